@@ -1,0 +1,6 @@
+"""tvm-mpq Relax passes, one per file (installed as ``tvm_mpq.passes``)."""
+
+from .annotate_bitwidth import AnnotateBitwidth
+from .lower_to_kernels import LowerToKernels
+
+__all__ = ["AnnotateBitwidth", "LowerToKernels"]

@@ -1,0 +1,145 @@
+"""AnnotateBitwidth: attach a :class:`~tvm_mpq.policy.QuantPolicy` to the layers of a Relax module.
+
+Every layer the policy quantizes (its conv2d / matmul, plus the bias ``add`` that follows it) is
+outlined into a private Relax function whose attributes carry the layer's name and bits, the way
+``FuseOpsByPattern`` marks composite functions::
+
+    @R.function(private=True)
+    def mpq_layer1_0_conv1(x):
+        R.func_attr({"mpq.layer": "layer1.0.conv1", "mpq.kind": "conv2d",
+                     "mpq.a_bits": 4, "mpq.groups": [[0, 32, 2], [32, 64, 4]]})
+        ...conv2d + bias...
+
+and ``main`` calls it. The module still compiles (in float) without lowering;
+:class:`~tvm_mpq.passes.LowerToKernels` replaces these calls with integer kernels. Float layers are
+left untouched. A policy that names a layer the module does not have is an error.
+"""
+
+from __future__ import annotations
+
+import re
+from types import SimpleNamespace
+
+from tvm_mpq._tvm import Constant, relax, tvm
+from tvm_mpq.frontend import LAYERS_ATTR, _layer_table
+from tvm_mpq.policy import QuantPolicy
+
+LAYER_ATTR = "mpq.layer"
+KIND_ATTR = "mpq.kind"
+A_BITS_ATTR = "mpq.a_bits"
+GROUPS_ATTR = "mpq.groups"
+
+
+def layer_function_name(layer: str) -> str:
+    return "mpq_" + re.sub(r"[^0-9a-zA-Z_]", "_", layer)
+
+
+def _is_op(expr, name: str) -> bool:
+    return isinstance(expr, relax.Call) and isinstance(expr.op, tvm.ir.Op) and expr.op.name == name
+
+
+def _uses(func) -> dict:
+    counts: dict = {}
+
+    def visit(expr):
+        if isinstance(expr, relax.Var):
+            counts[expr] = counts.get(expr, 0) + 1
+
+    relax.analysis.post_order_visit(func.body, visit)
+    return counts
+
+
+def _bias_add(binding, layer_var, kind: str, out_channels: int) -> bool:
+    """Is ``binding`` ``add(layer_var, const)`` (either order) with a per-output-channel constant?"""
+    if not _is_op(binding.value, "relax.add"):
+        return False
+    a, b = binding.value.args
+    other = b if a.same_as(layer_var) else a if b.same_as(layer_var) else None
+    if not isinstance(other, Constant):
+        return False
+    shape = tuple(int(d) for d in other.ty.shape)
+    o = out_channels
+    allowed = ((o,), (1, o)) if kind == "dense" else ((1, o, 1, 1), (o, 1, 1))
+    return shape in allowed
+
+
+@relax.expr_functor.mutator
+class _Outliner(relax.PyExprMutator):
+    def __init__(self, mod, plan: dict):
+        super().__init__(mod)
+        self.plan = plan  # name of the binding var to replace -> (layer var binding, bias binding or None, attrs)
+
+    def visit_var_binding_(self, binding) -> None:
+        entry = self.plan.get(binding.var.name)
+        if entry is None:
+            super().visit_var_binding_(binding)
+            return
+        if entry["bias"] is not None and binding.var.same_as(entry["layer"].var):
+            return  # emitted inside the outlined function, at the bias add
+        layer_binding, bias_binding = entry["layer"], entry["bias"]
+        x = layer_binding.value.args[0]
+        param = relax.Var("x", x.ty)
+        bb = relax.BlockBuilder()
+        with bb.function(entry["fname"], [param], attrs=entry["attrs"], private=True):
+            with bb.dataflow():
+                call = layer_binding.value
+                y = bb.emit(relax.Call(call.op, [param, *call.args[1:]], call.attrs, call.ty_args))
+                if bias_binding is not None:
+                    a, b = bias_binding.value.args
+                    args = [y, b] if a.same_as(layer_binding.var) else [a, y]
+                    y = bb.emit(relax.op.add(*args))
+                out = bb.emit_output(y)
+            bb.emit_func_output(out)
+        gvar = self.builder_.add_func(bb.get()[entry["fname"]], entry["fname"])
+        new_var = (relax.DataflowVar if isinstance(binding.var, relax.DataflowVar) else relax.Var)(binding.var.name, binding.var.ty)
+        self.builder_.emit_normalized(relax.VarBinding(new_var, self.builder_.normalize(relax.Call(gvar, [self.visit_expr(x)]))))
+        self.set_var_remap(binding.var, new_var)
+
+
+@tvm.transform.module_pass(opt_level=0, name="tvm_mpq.AnnotateBitwidth")
+class AnnotateBitwidth:
+    """Attach per-layer / per-channel-group bitwidths from ``policy`` to the module's layers."""
+
+    def __init__(self, policy: QuantPolicy):
+        if not isinstance(policy, QuantPolicy):
+            raise TypeError(f"AnnotateBitwidth needs a tvm_mpq.QuantPolicy, got {type(policy).__name__}")
+        self.policy = policy
+
+    def transform_module(self, mod, ctx):
+        func = mod["main"]
+        if not func.attrs or LAYERS_ATTR not in func.attrs:
+            raise ValueError(
+                "this module has no tvm-mpq layer table (function attribute 'mpq.layers'): "
+                "import the model with tvm_mpq.import_torch and pass net.mod"
+            )
+        layers = _layer_table(func)
+        resolved = self.policy.validate(SimpleNamespace(layers=layers))
+        uses = _uses(func)
+        bindings = [b for block in func.body.blocks for b in block.bindings]
+        by_var = {b.var.name: i for i, b in enumerate(bindings)}
+        plan = {}
+        for layer in layers:
+            bits = resolved[layer.name]
+            if bits.is_float:
+                continue
+            idx = by_var[layer.name]
+            layer_binding = bindings[idx]
+            bias_binding = None
+            if uses.get(layer_binding.var, 0) == 1:
+                for nxt in bindings[idx + 1 :]:
+                    if _bias_add(nxt, layer_binding.var, layer.kind, layer.out_channels):
+                        bias_binding = nxt
+                        break
+            groups = [[g.start, g.stop, g.w_bits] for g in bits.groups] or [[0, layer.out_channels, bits.w_bits]]
+            attrs = {LAYER_ATTR: layer.name, KIND_ATTR: layer.kind, A_BITS_ATTR: bits.a_bits, GROUPS_ATTR: groups}
+            entry = {"layer": layer_binding, "bias": bias_binding, "attrs": attrs, "fname": layer_function_name(layer.name)}
+            plan[(bias_binding or layer_binding).var.name] = entry
+            if bias_binding is not None:
+                plan[layer_binding.var.name] = entry
+        if not plan:
+            return mod
+        outliner = _Outliner(mod, plan)
+        new_main = outliner.visit_expr(func)
+        result = outliner.builder_.get()
+        result["main"] = new_main
+        return result

@@ -1,0 +1,171 @@
+"""LowerToKernels: replace layers annotated by AnnotateBitwidth with integer ``call_tir`` kernels.
+
+For each outlined layer function (attribute ``mpq.layer``):
+
+* weights are quantized per output channel (:func:`tvm_mpq.quant.qparams.quantize_weight`) and
+  bit-packed at compile time into constants;
+* activations are quantized (calibrated range, ``mpq.a_bits``) and packed inside the kernel;
+* bias (and BatchNorm, folded into the conv at import) is applied in the integer/float epilogue;
+* channel groups with different ``w_bits`` become one kernel each, concatenated on the channel
+  axis. Depthwise convolutions take per-channel integer levels, so one kernel covers all groups.
+
+The outlined function is then removed; everything else is left to TVM's pipeline.
+"""
+
+from __future__ import annotations
+
+import logging
+from functools import partial
+
+import numpy as np
+
+from tvm_mpq._tvm import Constant, relax, tvm
+from tvm_mpq.kernels import bitserial
+from tvm_mpq.kernels.spec import ConvSpec, DenseSpec
+from tvm_mpq.passes.annotate_bitwidth import A_BITS_ATTR, GROUPS_ATTR, KIND_ATTR, LAYER_ATTR, _is_op
+from tvm_mpq.quant.calibrate import Calibration
+from tvm_mpq.quant.packing import pack_bits
+from tvm_mpq.quant.qparams import Epilogue, check_reduction, make_epilogue, quantize_weight
+
+logger = logging.getLogger(__name__)
+
+
+def _ints(values) -> tuple[int, ...]:
+    return tuple(int(v) for v in values)
+
+
+def _parse_layer(func):
+    """(layer call, weight [O, ...] float32 numpy, bias [O] or None) from an outlined function."""
+    bindings = [b for block in func.body.blocks for b in block.bindings]
+    call = bindings[0].value
+    weight = call.args[1]
+    if not isinstance(weight, Constant):
+        raise ValueError(f"layer '{func.attrs[LAYER_ATTR]}': the weight is not a constant; run FoldConstant first")
+    w = weight.value.numpy().astype(np.float32)
+    if _is_op(call, "relax.matmul"):
+        w = np.ascontiguousarray(w.T)  # matmul(x, W^T): back to [O, K]
+    bias = None
+    for b in bindings[1:]:
+        if _is_op(b.value, "relax.add"):
+            const = next(a for a in b.value.args if isinstance(a, Constant))
+            bias = const.value.numpy().astype(np.float32).reshape(-1)
+    return call, w, bias
+
+
+def _slice(ep: Epilogue, start: int, stop: int) -> Epilogue:
+    return Epilogue(
+        bias_q=ep.bias_q[start:stop],
+        out_scale=ep.out_scale[start:stop],
+        dead_bias=ep.dead_bias[start:stop],
+        zp_correction=ep.zp_correction[start:stop],
+    )
+
+
+def _consts(ep: Epilogue):
+    return [relax.const(ep.kernel_bias), relax.const(ep.out_scale), relax.const(ep.dead_bias)]
+
+
+@relax.expr_functor.mutator
+class _Lowerer(relax.PyExprMutator):
+    def __init__(self, mod, calibration: Calibration):
+        super().__init__(mod)
+        self.mod_ = mod
+        self.calibration = calibration
+        self.lowered: list[str] = []
+
+    def visit_call_(self, call):
+        call = super().visit_call_(call)
+        if not isinstance(call.op, relax.GlobalVar):
+            return call
+        func = self.mod_[call.op]
+        if not isinstance(func, relax.Function) or not func.attrs or LAYER_ATTR not in func.attrs:
+            return call
+        return self._lower(call.args[0], func)
+
+    def _lower(self, x, func):
+        name = str(func.attrs[LAYER_ATTR])
+        kind = str(func.attrs[KIND_ATTR])
+        a_bits = int(func.attrs[A_BITS_ATTR])
+        groups = [tuple(int(v) for v in g) for g in func.attrs[GROUPS_ATTR]]
+        layer_call, w, bias = _parse_layer(func)
+        in_shape = _ints(x.ty.shape)
+        aq = self.calibration.act_quant(name, a_bits)
+        channel_bits = np.concatenate([np.full(stop - start, bits, np.int32) for start, stop, bits in groups])
+        wq = quantize_weight(w, channel_bits)
+        ep = make_epilogue(wq, aq, bias)
+        tag = f"a{a_bits}"
+        if kind == "dense":
+            spec = DenseSpec(batch=in_shape[0], in_features=in_shape[1], out_features=w.shape[0])
+        else:
+            attrs = layer_call.attrs
+            spec = ConvSpec(
+                batch=in_shape[0], in_channels=in_shape[1], height=in_shape[2], width=in_shape[3],
+                out_channels=w.shape[0], kernel=(w.shape[2], w.shape[3]), strides=_ints(attrs.strides),
+                padding=_ints(attrs.padding), dilation=_ints(attrs.dilation), groups=int(attrs.groups),
+            )
+        check_reduction(spec.reduction, name)
+        fname = f"mpq_{kind}_{name.replace('.', '_')}"
+        meta = {"mpq.layer": name, "mpq.a_bits": a_bits}
+        if kind == "depthwise_conv2d":
+            out = self.builder_.call_te(
+                partial(bitserial.depthwise_conv2d_int, spec=spec, aq=aq), x, relax.const(wq.levels), *_consts(ep),
+                primfunc_name_hint=fname + "_" + tag, primfunc_attrs=meta,
+            )
+            self.lowered.append(name)
+            return out
+        if kind not in ("conv2d", "dense"):
+            raise ValueError(f"layer '{name}': no integer kernel for {kind}; keep it float (w_bits=a_bits=32)")
+        parts = []
+        for start, stop, bits in groups:
+            codes = wq.codes[start:stop]
+            if kind == "conv2d":
+                packed = pack_bits(np.moveaxis(codes, 1, -1), bits)  # [O, KH, KW, bits, words]
+                gspec = ConvSpec(**{**spec.__dict__, "out_channels": stop - start})
+                te_func = bitserial.bitserial_conv2d
+            else:
+                packed = pack_bits(codes, bits)  # [O, bits, words]
+                gspec = DenseSpec(batch=spec.batch, in_features=spec.in_features, out_features=stop - start)
+                te_func = bitserial.bitserial_dense
+            parts.append(
+                self.builder_.emit(
+                    self.builder_.call_te(
+                        partial(te_func, spec=gspec, aq=aq, w_bits=bits), x, relax.const(packed),
+                        *_consts(_slice(ep, start, stop)),
+                        primfunc_name_hint=f"{fname}_w{bits}{tag}", primfunc_attrs={**meta, "mpq.w_bits": bits},
+                    )
+                )
+            )
+        self.lowered.append(name)
+        return parts[0] if len(parts) == 1 else relax.op.concat(parts, axis=1)
+
+
+@tvm.transform.module_pass(opt_level=0, name="tvm_mpq.LowerToKernels")
+class LowerToKernels:
+    """Lower every layer annotated by :class:`AnnotateBitwidth` to integer TVM kernels."""
+
+    def __init__(self, calibration: Calibration):
+        if not isinstance(calibration, Calibration):
+            raise TypeError(
+                f"LowerToKernels needs a tvm_mpq Calibration (from tvm_mpq.calibrate), got {type(calibration).__name__}"
+            )
+        self.calibration = calibration
+
+    def transform_module(self, mod, ctx):
+        annotated = [gv for gv, f in mod.functions.items() if isinstance(f, relax.Function) and f.attrs and LAYER_ATTR in f.attrs]
+        if not annotated:
+            return mod
+        lowerer = _Lowerer(mod, self.calibration)
+        for gv, func in list(mod.functions.items()):
+            if isinstance(func, relax.Function) and gv not in annotated:
+                lowerer.builder_.update_func(gv, lowerer.visit_expr(func))
+        result = lowerer.builder_.get()
+        for gv in annotated:
+            result = _remove(result, gv)
+        logger.info("lowered %d layers to integer kernels", len(lowerer.lowered))
+        return result
+
+
+def _remove(mod, gv):
+    funcs = {g: f for g, f in mod.functions.items() if not g.same_as(gv)}
+    new = tvm.IRModule(funcs, attrs=mod.attrs)
+    return new

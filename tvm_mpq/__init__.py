@@ -1,0 +1,23 @@
+"""tvm-mpq: hardware-aware mixed-precision quantization for TVM.
+
+    model, inputs = tvm_mpq.models.get("resnet18")
+    net = tvm_mpq.import_torch(model, inputs)
+    policy = tvm_mpq.QuantPolicy.uniform(net, w_bits=4, a_bits=4)
+    cal = tvm_mpq.calibrate(net, [inputs])
+    ex = tvm_mpq.build(net, policy, cal, target="llvm -mcpu=znver5")
+"""
+
+from tvm_mpq import models
+from tvm_mpq.build import CompiledModel, build, load_compiled, quantize_module
+from tvm_mpq.frontend import LayerInfo, Network, import_torch
+from tvm_mpq.policy import ChannelGroup, LayerBits, QuantPolicy
+from tvm_mpq.quant.calibrate import Calibration, calibrate
+from tvm_mpq.quant.simulate import simulate
+from tvm_mpq import transform  # noqa: E402  (imports the passes)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "models", "transform", "import_torch", "Network", "LayerInfo", "QuantPolicy", "LayerBits", "ChannelGroup",
+    "Calibration", "calibrate", "simulate", "build", "quantize_module", "CompiledModel", "load_compiled",
+]

@@ -1,0 +1,136 @@
+"""The one place tvm-mpq imports TVM (the API moves fast between releases).
+
+Everything else does ``from tvm_mpq._tvm import tvm, relax, te, tirx, ...``. Target handling
+lives here too: TVM 0.27 refuses ``"llvm -mcpu=znver5"`` strings, users know that form, so we
+accept it (and dicts and ``Target`` objects) and convert.
+"""
+
+from __future__ import annotations
+
+import logging
+import shlex
+from typing import Any, Mapping
+
+import tvm  # noqa: F401  (re-exported)
+from tvm import relax, te, tirx, topi  # noqa: F401
+from tvm.relax.frontend.torch import from_exported_program  # noqa: F401
+from tvm.target import Target, codegen
+
+logger = logging.getLogger(__name__)
+
+#: Relax constants are ``tvm.ir.GenericConst`` in 0.27 (``relax.Constant`` before); data in ``.value``.
+Constant = tvm.ir.GenericConst
+
+__all__ = [
+    "tvm",
+    "relax",
+    "te",
+    "tirx",
+    "topi",
+    "Target",
+    "Constant",
+    "from_exported_program",
+    "parse_target",
+    "target_to_str",
+    "host_cpu",
+    "cpu_device",
+    "tensor",
+]
+
+
+def host_cpu() -> str:
+    """LLVM's name for this machine's CPU (``znver5`` here)."""
+    return str(codegen.llvm_get_system_cpu())
+
+
+def _coerce(value: str) -> Any:
+    if value.lower() in ("true", "false"):
+        return value.lower() == "true"
+    try:
+        return int(value)
+    except ValueError:
+        return value
+
+
+def _parse_target_string(text: str) -> dict[str, Any]:
+    tokens = shlex.split(text)
+    if not tokens:
+        raise ValueError("empty target string: use e.g. 'llvm -mcpu=znver5'")
+    spec: dict[str, Any] = {"kind": tokens[0]}
+    for tok in tokens[1:]:
+        if not tok.startswith("-"):
+            raise ValueError(
+                f"cannot parse target option {tok!r} in {text!r}: options look like '-mcpu=znver5'"
+            )
+        key, _, value = tok.lstrip("-").partition("=")
+        if not value:
+            spec[key] = True
+        elif key == "mattr":
+            spec[key] = [v for v in value.split(",") if v]
+        else:
+            spec[key] = _coerce(value)
+    return spec
+
+
+def parse_target(target: "str | Mapping[str, Any] | Target | None" = None, *, num_cores: int | None = None) -> Target:
+    """Turn ``"llvm -mcpu=znver5"``, a dict, a ``Target`` or ``None`` (this host) into a ``Target``.
+
+    ``-mcpu=native`` (or no mcpu at all for ``None``) resolves to the host CPU: TVM would silently
+    fall back to a generic CPU. ``num-cores`` is filled in (MetaSchedule needs it).
+    """
+    if isinstance(target, Target):
+        return target
+    if target is None:
+        spec: dict[str, Any] = {"kind": "llvm", "mcpu": "native"}
+    elif isinstance(target, str):
+        spec = _parse_target_string(target)
+    elif isinstance(target, Mapping):
+        spec = dict(target)
+    else:
+        raise TypeError(
+            f"target must be a string like 'llvm -mcpu=znver5', a dict or a tvm Target, got {type(target).__name__}"
+        )
+    if spec.get("kind") != "llvm":
+        raise ValueError(f"target kind {spec.get('kind')!r} is not supported: tvm-mpq targets CPUs ('llvm -mcpu=...')")
+    mcpu = spec.get("mcpu")
+    if mcpu == "native":
+        spec["mcpu"] = mcpu = host_cpu()
+    if mcpu is not None and not codegen.llvm_is_valid_cpu(str(mcpu), spec.get("mtriple", "")):
+        raise ValueError(
+            f"unknown CPU '-mcpu={mcpu}' for LLVM: use an LLVM CPU name such as znver5, znver4, haswell or skylake-avx512"
+        )
+    if num_cores is not None:
+        spec["num-cores"] = num_cores
+    spec.setdefault("num-cores", _default_cores())
+    try:
+        return Target(spec)
+    except Exception as err:  # TVM raises its own error types
+        raise ValueError(f"TVM rejected target {spec}: {err}") from err
+
+
+def _default_cores() -> int:
+    import os
+
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def target_to_str(target: Target) -> str:
+    """The familiar ``llvm -mcpu=...`` spelling, for logs, records and file names."""
+    mcpu = target.attrs.get("mcpu", "") if hasattr(target, "attrs") else ""
+    return f"llvm -mcpu={mcpu}" if mcpu else "llvm"
+
+
+def target_features(target: Target) -> dict[str, bool]:
+    """ISA flags that matter to our kernels (AVX-512 VPOPCNTDQ, VNNI, AVX2)."""
+    mcpu = str(target.attrs.get("mcpu", "")) or "generic"
+    names = ("avx2", "avx512f", "avx512vpopcntdq", "avx512vnni", "avx512bw", "fma")
+    return {name: bool(codegen.llvm_cpu_has_features([name], Target({"kind": "llvm", "mcpu": mcpu}))) for name in names}
+
+
+def cpu_device():
+    return tvm.cpu(0)
+
+
+def tensor(array, device=None):
+    """numpy -> TVM runtime tensor."""
+    return tvm.runtime.tensor(array, device or tvm.cpu(0))

@@ -1,0 +1,296 @@
+"""PyTorch -> Relax import with a table of quantizable layers named after their torch modules.
+
+``import_torch`` folds BatchNorm into the preceding convolutions (:mod:`tvm_mpq.quant.fold`),
+exports with ``torch.export`` and converts with TVM's ``from_exported_program``. Weights end up as
+**constants** in ``net.mod`` (what a lowering pass needs to quantize and bit-pack them at compile
+time). Every conv2d / linear whose weight is a model parameter is bound to a Relax variable named
+after the torch module (``layer1.0.conv1``), and the module carries the list of layer names in its
+``mpq.layers`` attribute: that is how :class:`~tvm_mpq.passes.AnnotateBitwidth` finds layers, so
+run it on ``net.mod`` or after passes that keep binding names (all ``relax.transform`` passes that
+do not rewrite convolutions do).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+from tvm_mpq._tvm import Constant, from_exported_program, relax, tvm
+from tvm_mpq.kernels.spec import ConvSpec, DenseSpec
+from tvm_mpq.quant.fold import fold_batchnorm
+from tvm_mpq.quant.qparams import MAX_REDUCTION
+
+logger = logging.getLogger(__name__)
+
+LAYERS_ATTR = "mpq.layers"
+SUPPORTED_KINDS = ("conv2d", "depthwise_conv2d", "dense")
+
+
+@dataclass(frozen=True)
+class LayerInfo:
+    """One quantizable layer (conv2d or linear with a constant weight)."""
+
+    name: str
+    index: int
+    kind: str  # conv2d | depthwise_conv2d | grouped_conv2d | dense
+    in_shape: tuple[int, ...]
+    out_shape: tuple[int, ...]
+    weight_shape: tuple[int, ...]
+    has_bias: bool
+    spec: "ConvSpec | DenseSpec"
+
+    @property
+    def in_channels(self) -> int:
+        return self.in_shape[1]
+
+    @property
+    def out_channels(self) -> int:
+        return self.out_shape[1]
+
+    @property
+    def kernel(self) -> tuple[int, int]:
+        return getattr(self.spec, "kernel", (1, 1))
+
+    @property
+    def strides(self) -> tuple[int, int]:
+        return getattr(self.spec, "strides", (1, 1))
+
+    @property
+    def padding(self) -> tuple[int, int, int, int]:
+        return getattr(self.spec, "padding", (0, 0, 0, 0))
+
+    @property
+    def dilation(self) -> tuple[int, int]:
+        return getattr(self.spec, "dilation", (1, 1))
+
+    @property
+    def groups(self) -> int:
+        return getattr(self.spec, "groups", 1)
+
+    @property
+    def macs(self) -> int:
+        return self.spec.macs
+
+    @property
+    def params(self) -> int:
+        n = 1
+        for d in self.weight_shape:
+            n *= d
+        return n + (self.out_channels if self.has_bias else 0)
+
+    @property
+    def supported(self) -> bool:
+        """Whether integer kernels exist for this layer (others stay float)."""
+        return self.kind in SUPPORTED_KINDS and self.spec.reduction <= MAX_REDUCTION
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "index": self.index,
+            "kind": self.kind,
+            "in_shape": list(self.in_shape),
+            "out_shape": list(self.out_shape),
+            "weight_shape": list(self.weight_shape),
+            "kernel": list(self.kernel),
+            "strides": list(self.strides),
+            "padding": list(self.padding),
+            "dilation": list(self.dilation),
+            "groups": self.groups,
+            "macs": self.macs,
+            "params": self.params,
+            "supported": self.supported,
+        }
+
+
+@dataclass
+class Network:
+    """An imported model: Relax module, layer table, and the (BatchNorm-folded) torch model."""
+
+    mod: "tvm.IRModule"
+    layers: list[LayerInfo]
+    model: nn.Module
+    example_inputs: tuple
+    _by_name: dict[str, LayerInfo] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        self._by_name = {layer.name: layer for layer in self.layers}
+
+    def layer(self, name: str) -> LayerInfo:
+        try:
+            return self._by_name[name]
+        except KeyError:
+            raise ValueError(f"unknown layer {name!r}; layers: {', '.join(self._by_name)}") from None
+
+    @property
+    def layer_names(self) -> list[str]:
+        return [layer.name for layer in self.layers]
+
+    @property
+    def macs(self) -> int:
+        return sum(layer.macs for layer in self.layers)
+
+    @property
+    def input_shapes(self) -> list[tuple[int, ...]]:
+        return [tuple(t.shape) for t in self.example_inputs]
+
+
+def _shape(expr) -> tuple[int, ...]:
+    return tuple(int(d) for d in expr.ty.shape)
+
+
+def _ints(values) -> tuple[int, ...]:
+    return tuple(int(v) for v in values)
+
+
+@relax.expr_functor.mutator
+class _LayerNamer(relax.PyExprMutator):
+    """Renames the binding of each conv2d / matmul whose weight is a named parameter to the layer name."""
+
+    def __init__(self, mod, param_names: dict[str, str]):
+        super().__init__(mod)
+        self.param_names = param_names  # relax param var name -> torch module name
+        self.transposed: dict[Any, str] = {}  # var bound to permute_dims(weight param) -> module name
+        self.named: list[str] = []
+
+    def visit_var_binding_(self, binding) -> None:
+        value = self.visit_expr(binding.value)
+        name, transposed_owner = None, None
+        if isinstance(value, relax.Call) and isinstance(value.op, tvm.ir.Op):
+            op = value.op.name
+            if op == "relax.permute_dims" and isinstance(value.args[0], relax.Var):
+                owner = self.param_names.get(value.args[0].name)
+                if owner is not None and len(_shape(value.args[0])) == 2:
+                    transposed_owner = owner
+            elif op == "relax.nn.conv2d" and isinstance(value.args[1], relax.Var):
+                name = self.param_names.get(value.args[1].name)
+            elif op == "relax.matmul" and len(_shape(value.args[1])) == 2:
+                name = self.transposed.get(value.args[1])
+        if name is None or name in self.named:  # shared weights: keep the first call site only
+            name = binding.var.name
+        else:
+            self.named.append(name)
+        new_var = self._copy_var(binding.var, name)
+        self.builder_.emit_normalized(relax.VarBinding(new_var, value))
+        self.set_var_remap(binding.var, new_var)
+        if transposed_owner is not None:
+            self.transposed[new_var] = transposed_owner
+
+    @staticmethod
+    def _copy_var(var, name: str):
+        cls = relax.DataflowVar if isinstance(var, relax.DataflowVar) else relax.Var
+        return cls(name, var.ty)
+
+
+def _layer_table(func) -> list[LayerInfo]:
+    names = set(func.attrs[LAYERS_ATTR]) if func.attrs and LAYERS_ATTR in func.attrs else set()
+    layers: list[LayerInfo] = []
+    for block in func.body.blocks:
+        for binding in block.bindings:
+            var, call = binding.var, binding.value
+            if var.name not in names or not isinstance(call, relax.Call):
+                continue
+            x, w = call.args[0], call.args[1]
+            in_shape, out_shape = _shape(x), _shape(var)
+            if call.op.name == "relax.nn.conv2d":
+                attrs = call.attrs
+                weight_shape = _shape(w)
+                spec = ConvSpec(
+                    batch=in_shape[0],
+                    in_channels=in_shape[1],
+                    height=in_shape[2],
+                    width=in_shape[3],
+                    out_channels=weight_shape[0],
+                    kernel=(weight_shape[2], weight_shape[3]),
+                    strides=_ints(attrs.strides),
+                    padding=_ints(attrs.padding),
+                    dilation=_ints(attrs.dilation),
+                    groups=int(attrs.groups),
+                )
+                kind = spec.kind
+            else:  # matmul(x, W^T): the torch weight is [O, K]
+                kt, o = _shape(w)
+                weight_shape = (o, kt)
+                spec = DenseSpec(batch=in_shape[0], in_features=kt, out_features=o)
+                kind = "dense"
+            layers.append(
+                LayerInfo(
+                    name=var.name,
+                    index=len(layers),
+                    kind=kind,
+                    in_shape=in_shape,
+                    out_shape=out_shape,
+                    weight_shape=weight_shape,
+                    has_bias=False,
+                    spec=spec,
+                )
+            )
+    return layers
+
+
+def import_torch(model: nn.Module, example_inputs: Sequence[torch.Tensor]) -> Network:
+    """Import a torch model (evaluated in eval mode, static shapes) into a :class:`Network`."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"import_torch needs a torch.nn.Module, got {type(model).__name__}")
+    if isinstance(example_inputs, torch.Tensor):
+        example_inputs = (example_inputs,)
+    example_inputs = tuple(example_inputs)
+    model = model.eval()
+    try:
+        folded = fold_batchnorm(model, example_inputs)
+        exported = torch.export.export(folded, example_inputs)
+    except Exception as err:
+        raise ValueError(
+            f"torch.export could not trace {type(model).__name__}: {type(err).__name__}: {err}\n"
+            "hint: the model must be traceable with static shapes (no data-dependent control flow); "
+            "see https://pytorch.org/docs/stable/export.html"
+        ) from err
+    with torch.no_grad():
+        mod = from_exported_program(exported, keep_params_as_input=True)
+    mod, params = relax.frontend.detach_params(mod)
+    param_modules = {
+        placeholder: target[: -len(".weight")]
+        for placeholder, target in exported.graph_signature.inputs_to_parameters.items()
+        if target.endswith(".weight")
+    }
+    namer = _LayerNamer(mod, param_modules)
+    main = namer.visit_expr(mod["main"])
+    mod["main"] = main.with_attr(LAYERS_ATTR, list(namer.named))
+    mod = _bind(mod, params["main"], len(example_inputs))
+    mod = relax.transform.FoldConstant()(mod)
+    layers = _layer_table(mod["main"])
+    bias_of = _bias_flags(mod["main"], {layer.name for layer in layers})
+    layers = [LayerInfo(**{**layer.__dict__, "has_bias": bias_of.get(layer.name, False)}) for layer in layers]
+    logger.info("imported %s: %d quantizable layers, %.1f MMAC", type(model).__name__, len(layers), sum(l.macs for l in layers) / 1e6)
+    return Network(mod=mod, layers=layers, model=folded, example_inputs=example_inputs)
+
+
+def _bind(mod, values, num_inputs: int):
+    func = mod["main"]
+    weights = func.params[num_inputs:]
+    binding = {p.name: v for p, v in zip(weights, values)}
+    mod = relax.transform.BindParams("main", binding)(mod)
+    func = mod["main"]
+    attrs = {k: v for k, v in func.attrs.items() if k not in ("num_input", "params")} if func.attrs else {}
+    new = relax.Function(func.params, func.body, func.ret_ty, func.is_pure)
+    for key, value in attrs.items():
+        new = new.with_attr(key, value)
+    mod["main"] = new
+    return mod
+
+
+def _bias_flags(func, layer_names: set[str]) -> dict[str, bool]:
+    """Which layers are followed by an ``add`` of a constant (their bias)."""
+    flags = {}
+    for block in func.body.blocks:
+        for binding in block.bindings:
+            call = binding.value
+            if isinstance(call, relax.Call) and isinstance(call.op, tvm.ir.Op) and call.op.name == "relax.add":
+                a, b = call.args
+                for var, other in ((a, b), (b, a)):
+                    if isinstance(var, relax.Var) and var.name in layer_names and isinstance(other, Constant):
+                        flags[var.name] = True
+    return flags

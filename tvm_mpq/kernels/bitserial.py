@@ -1,0 +1,195 @@
+"""Integer conv2d / dense as TE computes: activation quantize + pack, bit-serial popcount, epilogue.
+
+Each function takes the float input and compile-time constants (packed weight codes and the
+per-channel epilogue of :mod:`tvm_mpq.quant.qparams`: ``kernel_bias``, ``out_scale``, ``dead_bias``)
+and returns the float output (``out="float"``) or the exact integer ``sum(code * level) +
+kernel_bias`` as int64 (``out="int"``, for tests), which equals ``sum((code - z) * level) + bias_q``.
+
+Bit-serial identity (weights are odd levels ``2*code - wmax``, see ``qparams``)::
+
+    sum_k a_k * level_k = 2 * sum_{i,j} 2**(i+j) popcount(A_j & W_i) - wmax * sum_j 2**j popcount(A_j)
+
+with ``A_j`` the packed bit plane j of the activation codes and ``W_i`` plane i of the weight codes.
+Spatial padding uses the activation zero point (float 0); channel padding uses code 0, which adds
+nothing to any popcount. Depthwise convolutions have no channel reduction to pack, so they run the
+same integer arithmetic with plain int32 multiply-adds (``depthwise_conv2d_int``).
+"""
+
+from __future__ import annotations
+
+from tvm_mpq._tvm import te, tirx
+from tvm_mpq.kernels.spec import ConvSpec, DenseSpec
+from tvm_mpq.quant.packing import PACK_BITS, PACK_DTYPE, words
+from tvm_mpq.quant.qparams import ActQuant
+
+TAG_CONV = "mpq_bitserial_conv2d"
+TAG_DENSE = "mpq_bitserial_dense"
+TAG_DEPTHWISE = "mpq_depthwise_conv2d_int"
+
+
+def _act_code(value, aq: ActQuant, dtype: str):
+    """``clip(round(x * inv_scale) + zero_point, 0, qmax)``: the same float ops as the simulation."""
+    r = te.round(value * tirx.const(aq.inv_scale, "float32")) + tirx.const(float(aq.zero_point), "float32")
+    r = te.max(te.min(r, tirx.const(float(aq.qmax), "float32")), tirx.const(0.0, "float32"))
+    return r.astype(dtype)
+
+
+def _pack(prefix_shape, code_fn, bits: int, channels: int, name: str):
+    """``packed[*prefix, j, w]``: bit j of codes ``code_fn(*prefix, c)`` for c in word w (LSB first)."""
+    cw = words(channels)
+    k = te.reduce_axis((0, PACK_BITS), name="k")
+    one = tirx.const(1, PACK_DTYPE)
+
+    def body(*idx):
+        *prefix, j, w = idx
+        c = w * PACK_BITS + k
+        code = tirx.if_then_else(c < channels, code_fn(*prefix, c), tirx.const(0, PACK_DTYPE))
+        bit = (code >> j.astype(PACK_DTYPE)) & one
+        return te.sum(bit << k.astype(PACK_DTYPE), axis=k)
+
+    return te.compute((*prefix_shape, bits, cw), body, name=name)
+
+
+def _popcount(x):
+    return tirx.popcount(x).astype("int32")
+
+
+def _epilogue(shape, acc_fn, channel_of, bias_q, out_scale, dead_bias, out: str, tag: str, name: str):
+    if out == "int":
+        return te.compute(shape, lambda *i: acc_fn(*i).astype("int64") + bias_q[channel_of(i)], name=name, tag=tag)
+    if out != "float":
+        raise ValueError(f"out must be 'float' or 'int', got {out!r}")
+
+    def body(*i):
+        o = channel_of(i)
+        v = (acc_fn(*i).astype("int64") + bias_q[o]).astype("float32")
+        return v * out_scale[o] + dead_bias[o]
+
+    return te.compute(shape, body, name=name, tag=tag)
+
+
+def bitserial_conv2d(data, w_packed, bias_q, out_scale, dead_bias, *, spec: ConvSpec, aq: ActQuant, w_bits: int, out: str = "float"):
+    """Bit-serial conv2d (groups=1).
+
+    data: float32 [N, C, H, W]; w_packed: uint64 [O, KH, KW, w_bits, ceil(C/64)];
+    bias_q: int64 [O]; out_scale, dead_bias: float32 [O]. Returns [N, O, OH, OW].
+    """
+    if spec.groups != 1:
+        raise ValueError(f"bitserial_conv2d handles groups=1, got {spec.groups}: use depthwise_conv2d_int")
+    n, c, h, w = spec.batch, spec.in_channels, spec.height, spec.width
+    pt, pl, pb, pr = spec.padding
+    zero = tirx.const(aq.zero_point, PACK_DTYPE)
+
+    def padded_code(b, hp, wp, ch):
+        inside = tirx.all(hp >= pt, hp < pt + h, wp >= pl, wp < pl + w)
+        ih = tirx.max(tirx.min(hp - pt, h - 1), 0)
+        iw = tirx.max(tirx.min(wp - pl, w - 1), 0)
+        return tirx.if_then_else(inside, _act_code(data[b, ch, ih, iw], aq, PACK_DTYPE), zero)
+
+    a_packed = _pack((n, h + pt + pb, w + pl + pr), padded_code, aq.bits, c, "a_packed")
+    cw = words(c)
+    (sh, sw), (dh, dw) = spec.strides, spec.dilation
+    kh_ax = te.reduce_axis((0, spec.kernel[0]), name="kh")
+    kw_ax = te.reduce_axis((0, spec.kernel[1]), name="kw")
+    cw_ax = te.reduce_axis((0, cw), name="cw")
+    j_ax = te.reduce_axis((0, aq.bits), name="j")
+    i_ax = te.reduce_axis((0, w_bits), name="i")
+    out_hw = (spec.out_height, spec.out_width)
+
+    def act(b, oh, ow):
+        return a_packed[b, oh * sh + kh_ax * dh, ow * sw + kw_ax * dw, j_ax, cw_ax]
+
+    s1 = te.compute(
+        (n, spec.out_channels, *out_hw),
+        lambda b, o, oh, ow: te.sum(
+            _popcount(act(b, oh, ow) & w_packed[o, kh_ax, kw_ax, i_ax, cw_ax]) << (i_ax + j_ax),
+            axis=[kh_ax, kw_ax, cw_ax, j_ax, i_ax],
+        ),
+        name="s1",
+    )
+    kh2 = te.reduce_axis((0, spec.kernel[0]), name="kh2")
+    kw2 = te.reduce_axis((0, spec.kernel[1]), name="kw2")
+    cw2 = te.reduce_axis((0, cw), name="cw2")
+    j2 = te.reduce_axis((0, aq.bits), name="j2")
+    a_sum = te.compute(
+        (n, *out_hw),
+        lambda b, oh, ow: te.sum(
+            _popcount(a_packed[b, oh * sh + kh2 * dh, ow * sw + kw2 * dw, j2, cw2]) << j2, axis=[kh2, kw2, cw2, j2]
+        ),
+        name="a_sum",
+    )
+    wmax = (1 << w_bits) - 1
+    return _epilogue(
+        spec.out_shape,
+        lambda b, o, oh, ow: 2 * s1[b, o, oh, ow] - wmax * a_sum[b, oh, ow],
+        lambda i: i[1],
+        bias_q,
+        out_scale,
+        dead_bias,
+        out,
+        TAG_CONV,
+        "conv_out",
+    )
+
+
+def bitserial_dense(data, w_packed, bias_q, out_scale, dead_bias, *, spec: DenseSpec, aq: ActQuant, w_bits: int, out: str = "float"):
+    """Bit-serial dense. data: float32 [N, K]; w_packed: uint64 [O, w_bits, ceil(K/64)]. Returns [N, O]."""
+    a_packed = _pack((spec.batch,), lambda b, k: _act_code(data[b, k], aq, PACK_DTYPE), aq.bits, spec.in_features, "a_packed")
+    kw = words(spec.in_features)
+    cw_ax = te.reduce_axis((0, kw), name="cw")
+    j_ax = te.reduce_axis((0, aq.bits), name="j")
+    i_ax = te.reduce_axis((0, w_bits), name="i")
+    s1 = te.compute(
+        (spec.batch, spec.out_features),
+        lambda b, o: te.sum(
+            _popcount(a_packed[b, j_ax, cw_ax] & w_packed[o, i_ax, cw_ax]) << (i_ax + j_ax), axis=[cw_ax, j_ax, i_ax]
+        ),
+        name="s1",
+    )
+    cw2 = te.reduce_axis((0, kw), name="cw2")
+    j2 = te.reduce_axis((0, aq.bits), name="j2")
+    a_sum = te.compute(
+        (spec.batch,), lambda b: te.sum(_popcount(a_packed[b, j2, cw2]) << j2, axis=[cw2, j2]), name="a_sum"
+    )
+    wmax = (1 << w_bits) - 1
+    return _epilogue(
+        spec.out_shape,
+        lambda b, o: 2 * s1[b, o] - wmax * a_sum[b],
+        lambda i: i[1],
+        bias_q,
+        out_scale,
+        dead_bias,
+        out,
+        TAG_DENSE,
+        "dense_out",
+    )
+
+
+def depthwise_conv2d_int(data, w_levels, bias_q, out_scale, dead_bias, *, spec: ConvSpec, aq: ActQuant, out: str = "float"):
+    """Depthwise conv2d on integer codes. w_levels: int32 [C, 1, KH, KW] (odd levels). Returns [N, C, OH, OW]."""
+    if not spec.is_depthwise:
+        raise ValueError(f"depthwise_conv2d_int needs groups == in_channels == out_channels, got {spec}")
+    n, c, h, w = spec.batch, spec.in_channels, spec.height, spec.width
+    pt, pl, pb, pr = spec.padding
+    zero = tirx.const(aq.zero_point, "int32")
+
+    def padded(b, ch, hp, wp):
+        inside = tirx.all(hp >= pt, hp < pt + h, wp >= pl, wp < pl + w)
+        ih = tirx.max(tirx.min(hp - pt, h - 1), 0)
+        iw = tirx.max(tirx.min(wp - pl, w - 1), 0)
+        return tirx.if_then_else(inside, _act_code(data[b, ch, ih, iw], aq, "int32"), zero)
+
+    codes = te.compute((n, c, h + pt + pb, w + pl + pr), padded, name="a_codes")
+    (sh, sw), (dh, dw) = spec.strides, spec.dilation
+    kh_ax = te.reduce_axis((0, spec.kernel[0]), name="kh")
+    kw_ax = te.reduce_axis((0, spec.kernel[1]), name="kw")
+    acc = te.compute(
+        spec.out_shape,
+        lambda b, ch, oh, ow: te.sum(
+            codes[b, ch, oh * sh + kh_ax * dh, ow * sw + kw_ax * dw] * w_levels[ch, 0, kh_ax, kw_ax], axis=[kh_ax, kw_ax]
+        ),
+        name="acc",
+    )
+    return _epilogue(
+        spec.out_shape, lambda *i: acc[i], lambda i: i[1], bias_q, out_scale, dead_bias, out, TAG_DEPTHWISE, "dw_out"
+    )

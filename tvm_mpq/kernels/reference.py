@@ -1,0 +1,33 @@
+"""NumPy references for the integer kernels: plain int64 arithmetic, no packing, no popcount."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from tvm_mpq.kernels.spec import ConvSpec
+
+
+def conv2d_int(codes: np.ndarray, zero_point: int, levels: np.ndarray, spec: ConvSpec) -> np.ndarray:
+    """``sum (codes - zero_point) * levels`` over each window, zero padding in the shifted domain. int64."""
+    a = codes.astype(np.int64) - zero_point
+    pt, pl, pb, pr = spec.padding
+    a = np.pad(a, ((0, 0), (0, 0), (pt, pb), (pl, pr)))
+    n, _, _, _ = a.shape
+    o, cg, kh, kw = levels.shape
+    (sh, sw), (dh, dw) = spec.strides, spec.dilation
+    oh, ow = spec.out_height, spec.out_width
+    out = np.zeros((n, o, oh, ow), dtype=np.int64)
+    lev = levels.astype(np.int64)
+    og = o // spec.groups
+    for g in range(spec.groups):
+        a_g = a[:, g * cg:(g + 1) * cg]
+        w_g = lev[g * og:(g + 1) * og]
+        for y in range(kh):
+            for x in range(kw):
+                win = a_g[:, :, y * dh: y * dh + (oh - 1) * sh + 1: sh, x * dw: x * dw + (ow - 1) * sw + 1: sw]
+                out[:, g * og:(g + 1) * og] += np.einsum("nchw,oc->nohw", win, w_g[:, :, y, x])
+    return out
+
+
+def dense_int(codes: np.ndarray, zero_point: int, levels: np.ndarray) -> np.ndarray:
+    return (codes.astype(np.int64) - zero_point) @ levels.astype(np.int64).T

@@ -1,0 +1,105 @@
+"""PyTorch simulation with exactly the kernels' arithmetic.
+
+Each quantized conv / linear becomes a :class:`IntegerLayer` that computes the same integer
+accumulator as the TVM kernel (in float64, where every integer up to 2**53 is exact, so the
+summation order does not matter) and the same float epilogue. Quantized layers therefore agree
+bit for bit with the compiled kernels given the same input; the float ops between layers
+(pooling, adds, float layers) may round differently in TVM and torch.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tvm_mpq.policy import LayerBits, QuantPolicy
+from tvm_mpq.quant.calibrate import Calibration, quantizable_modules
+from tvm_mpq.quant.fold import _set_submodule, fold_batchnorm
+from tvm_mpq.quant.qparams import ActQuant, check_reduction, make_epilogue, quantize_weight
+
+
+def module_kind(module: nn.Module) -> str:
+    if isinstance(module, nn.Linear):
+        return "dense"
+    if module.groups == 1:
+        return "conv2d"
+    if module.groups == module.in_channels == module.out_channels:
+        return "depthwise_conv2d"
+    return "grouped_conv2d"
+
+
+def module_supported(module: nn.Module) -> bool:
+    return module_kind(module) in ("conv2d", "depthwise_conv2d", "dense")
+
+
+class IntegerLayer(nn.Module):
+    """A conv2d / linear run on integer codes exactly as the TVM kernels run it."""
+
+    def __init__(self, module: nn.Module, bits: LayerBits, aq: ActQuant, name: str = ""):
+        super().__init__()
+        self.name, self.kind, self.aq = name, module_kind(module), aq
+        w = module.weight.detach().float().numpy()
+        bias = None if module.bias is None else module.bias.detach().float().numpy()
+        check_reduction(int(np.prod(w.shape[1:])), name)
+        wq = quantize_weight(w, bits.channel_bits(w.shape[0]))
+        ep = make_epilogue(wq, aq, bias)
+        self.register_buffer("levels", torch.from_numpy(wq.levels.astype(np.float64)))
+        self.register_buffer("bias_q", torch.from_numpy(ep.bias_q))
+        self.register_buffer("out_scale", torch.from_numpy(ep.out_scale))
+        self.register_buffer("dead_bias", torch.from_numpy(ep.dead_bias))
+        if isinstance(module, nn.Conv2d):
+            if module.padding_mode != "zeros":
+                raise ValueError(f"layer '{name}': padding_mode={module.padding_mode!r} is not supported; use zeros")
+            self.conv_args = dict(stride=module.stride, padding=module.padding, dilation=module.dilation, groups=module.groups)
+        else:
+            self.conv_args = None
+
+    def codes(self, x: torch.Tensor) -> torch.Tensor:
+        """Activation codes, same float32 ops as the kernel: clip(round(x * inv_scale) + z, 0, qmax)."""
+        r = torch.round(x.float() * torch.tensor(self.aq.inv_scale, dtype=torch.float32)) + float(self.aq.zero_point)
+        return torch.clamp(r, 0.0, float(self.aq.qmax))
+
+    def accumulate(self, x: torch.Tensor) -> torch.Tensor:
+        """The exact integer accumulator sum((code - z) * level) as int64."""
+        a = (self.codes(x) - float(self.aq.zero_point)).double()
+        if self.conv_args is None:
+            acc = F.linear(a, self.levels)
+        else:
+            acc = F.conv2d(a, self.levels, None, **self.conv_args)
+        return torch.round(acc).to(torch.int64)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        acc = self.accumulate(x)
+        shape = (1, -1) + (1,) * (acc.dim() - 2)
+        v = (acc + self.bias_q.view(shape)).to(torch.float32)
+        return v * self.out_scale.view(shape) + self.dead_bias.view(shape)
+
+
+@torch.no_grad()
+def simulate(model_or_net, policy: QuantPolicy, calibration: Calibration) -> nn.Module:
+    """A torch module that computes what ``tvm_mpq.build(net, policy, calibration)`` computes.
+
+    ``model_or_net``: the original torch model (BatchNorm is folded the same way the importer does,
+    using the calibration's input shapes) or the :class:`~tvm_mpq.frontend.Network`.
+    """
+    if hasattr(model_or_net, "layers") and hasattr(model_or_net, "model"):
+        sim = copy.deepcopy(model_or_net.model).eval()
+    elif isinstance(model_or_net, nn.Module):
+        if not calibration.input_shapes:
+            raise ValueError("the calibration has no input shapes: calibrate with tvm_mpq.calibrate, or pass the Network")
+        inputs = tuple(torch.zeros(s) for s in calibration.input_shapes)
+        sim = fold_batchnorm(model_or_net, inputs)
+    else:
+        raise TypeError(f"simulate needs a torch module or a tvm_mpq Network, got {type(model_or_net).__name__}")
+    modules = quantizable_modules(sim)
+    resolved = policy.resolve(list(modules), {n: module_supported(m) for n, m in modules.items()})
+    for name, bits in resolved.items():
+        if bits.is_float:
+            continue
+        layer = IntegerLayer(modules[name], bits, calibration.act_quant(name, bits.a_bits), name)
+        _set_submodule(sim, name, layer)
+    return sim.eval()

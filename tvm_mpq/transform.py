@@ -1,0 +1,12 @@
+"""The tvm-mpq passes, usable in any ``tvm.transform.Sequential`` next to ``relax.transform`` passes.
+
+    seq = tvm.transform.Sequential([
+        tvm_mpq.transform.AnnotateBitwidth(policy),
+        tvm_mpq.transform.LowerToKernels(calibration=cal),
+        relax.transform.LegalizeOps(),
+    ])
+"""
+
+from tvm_mpq.passes import AnnotateBitwidth, LowerToKernels
+
+__all__ = ["AnnotateBitwidth", "LowerToKernels"]
