@@ -1,0 +1,79 @@
+import pytest
+
+import tvm_mpq
+from tvm_mpq._tvm import relax, tvm
+from tvm_mpq.passes import AnnotateBitwidth
+from tvm_mpq.passes.annotate_bitwidth import A_BITS_ATTR, GROUPS_ATTR, LAYER_ATTR, layer_function_name
+from tests.conftest import mixed_policy
+
+
+def _annotated(mod):
+    return {str(f.attrs[LAYER_ATTR]): f for gv, f in mod.functions.items() if isinstance(f, relax.Function) and f.attrs and LAYER_ATTR in f.attrs}
+
+
+def test_outlines_quantized_layers_with_their_bits(digits_net):
+    _, _, net = digits_net
+    policy = mixed_policy(net)
+    mod = AnnotateBitwidth(policy)(net.mod)
+    found = _annotated(mod)
+    resolved = policy.validate(net)
+    assert set(found) == {n for n, b in resolved.items() if not b.is_float}
+    for name, func in found.items():
+        bits = resolved[name]
+        assert int(func.attrs[A_BITS_ATTR]) == bits.a_bits
+        groups = [tuple(int(v) for v in g) for g in func.attrs[GROUPS_ATTR]]
+        expected = [(g.start, g.stop, g.w_bits) for g in bits.groups] or [(0, net.layer(name).out_channels, bits.w_bits)]
+        assert groups == expected
+        assert layer_function_name(name) in [gv.name_hint for gv in mod.functions]
+    # every layer with a bias has its add inside the outlined function
+    for layer in net.layers:
+        if layer.name in found and layer.has_bias:
+            ops = [b.value.op.name for blk in found[layer.name].body.blocks for b in blk.bindings if isinstance(b.value, relax.Call)]
+            assert ops[-1] == "relax.add"
+
+
+def test_float_policy_is_identity(digits_net):
+    _, _, net = digits_net
+    mod = AnnotateBitwidth(tvm_mpq.QuantPolicy({}))(net.mod)
+    tvm.ir.assert_structural_equal(mod, net.mod)
+
+
+def test_annotated_module_still_compiles_in_float(digits_net):
+    import numpy as np
+    import torch
+
+    model, inputs, net = digits_net
+    mod = AnnotateBitwidth(mixed_policy(net))(net.mod)
+    ex = tvm_mpq.CompiledModel(tvm.compile(mod, target=tvm_mpq._tvm.parse_target(None)))
+    with torch.no_grad():
+        ref = model(*inputs).numpy()
+    np.testing.assert_allclose(ex.run(*inputs), ref, rtol=1e-4, atol=1e-5)
+
+
+def test_unknown_layer_is_an_error(digits_net):
+    _, _, net = digits_net
+    policy = tvm_mpq.QuantPolicy({"features.77": tvm_mpq.LayerBits(4, 4)})
+    with pytest.raises(ValueError, match="features.77"):
+        AnnotateBitwidth(policy)(net.mod)
+
+
+def test_groups_must_cover_channels(digits_net):
+    _, _, net = digits_net
+    layer = net.layers[1]
+    bad = {"a_bits": 4, "groups": [{"channels": [0, layer.out_channels - 1], "w_bits": 2}]}
+    policy = tvm_mpq.QuantPolicy.from_dict({"version": 1, "layers": {layer.name: bad}})
+    with pytest.raises(ValueError, match=layer.name):
+        AnnotateBitwidth(policy)(net.mod)
+
+
+def test_module_without_layer_table(digits_net):
+    _, _, net = digits_net
+    main = net.mod["main"]
+    bare = tvm.IRModule({"main": relax.Function(main.params, main.body, main.ret_ty, main.is_pure)})
+    with pytest.raises(ValueError, match="import_torch"):
+        AnnotateBitwidth(tvm_mpq.QuantPolicy({}))(bare)
+
+
+def test_wrong_argument_type():
+    with pytest.raises(TypeError, match="QuantPolicy"):
+        AnnotateBitwidth({"version": 1})

@@ -1,0 +1,62 @@
+import numpy as np
+import pytest
+import torch
+
+import tvm_mpq
+from tvm_mpq._tvm import parse_target, relax, tvm
+from tvm_mpq.passes import AnnotateBitwidth, LowerToKernels
+from tests.conftest import mixed_policy, random_batches
+
+
+def _call_tir_kernels(mod):
+    return [gv.name_hint for gv, f in mod.functions.items() if not isinstance(f, relax.Function)]
+
+
+def test_lowering_replaces_every_quantized_layer(digits_net):
+    _, inputs, net = digits_net
+    policy = mixed_policy(net)
+    cal = tvm_mpq.calibrate(net, random_batches(inputs))
+    mod = tvm.transform.Sequential([AnnotateBitwidth(policy), LowerToKernels(calibration=cal)])(net.mod)
+    # no outlined layer functions remain, one kernel per layer (two for the grouped one)
+    assert [gv.name_hint for gv, f in mod.functions.items() if isinstance(f, relax.Function)] == ["main"]
+    kernels = _call_tir_kernels(mod)
+    grouped = [n for n, b in policy.layers.items() if b.groups]
+    for layer in net.layers:
+        mine = [k for k in kernels if layer.name.replace(".", "_") in k]
+        expected = len(policy.layers[layer.name].groups) if layer.name in grouped and layer.kind != "depthwise_conv2d" else 1
+        assert len(mine) == expected, (layer.name, mine)
+
+
+def test_passes_in_a_users_sequential(digits_net):
+    model, inputs, net = digits_net
+    policy = mixed_policy(net)
+    cal = tvm_mpq.calibrate(net, random_batches(inputs))
+    seq = tvm.transform.Sequential(
+        [
+            relax.transform.FoldConstant(),
+            tvm_mpq.transform.AnnotateBitwidth(policy),
+            tvm_mpq.transform.LowerToKernels(calibration=cal),
+            relax.transform.LegalizeOps(),
+            relax.transform.AnnotateTIROpPattern(),
+            relax.transform.FoldConstant(),
+        ]
+    )
+    mod = seq(net.mod)
+    ex = tvm_mpq.CompiledModel(tvm.compile(mod, target=parse_target(None)))
+    sim = tvm_mpq.simulate(model, policy, cal)
+    with torch.no_grad():
+        ys = sim(*inputs).numpy()
+    np.testing.assert_allclose(ex.run(*inputs), ys, rtol=0, atol=1e-4 * np.abs(ys).max())
+
+
+def test_missing_calibration_names_the_layer(digits_net):
+    _, inputs, net = digits_net
+    policy = tvm_mpq.QuantPolicy.uniform(net, w_bits=4, a_bits=4)
+    cal = tvm_mpq.Calibration(ranges={})
+    with pytest.raises(ValueError, match=net.layer_names[0]):
+        tvm.transform.Sequential([AnnotateBitwidth(policy), LowerToKernels(calibration=cal)])(net.mod)
+
+
+def test_wrong_calibration_type():
+    with pytest.raises(TypeError, match="Calibration"):
+        LowerToKernels(calibration={"a": (0, 1)})

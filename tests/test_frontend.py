@@ -1,0 +1,91 @@
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import tvm_mpq
+from tvm_mpq.quant.calibrate import quantizable_modules
+
+
+def _torch_macs(model, inputs):
+    macs = {}
+
+    def hook(name):
+        def fn(m, inp, out):
+            per_out = m.in_features if isinstance(m, nn.Linear) else m.in_channels // m.groups * m.kernel_size[0] * m.kernel_size[1]
+            macs[name] = out.numel() * per_out
+        return fn
+
+    handles = [m.register_forward_hook(hook(n)) for n, m in quantizable_modules(model).items()]
+    with torch.no_grad():
+        model(*inputs)
+    for h in handles:
+        h.remove()
+    return macs
+
+
+@pytest.mark.parametrize("name, size", [("resnet18", 64), ("mobilenet_v2", 64), ("digits_cnn", None)])
+def test_layer_table_matches_torch_modules(name, size):
+    model, inputs = tvm_mpq.models.get(name, **({"input_size": size} if size else {}))
+    net = tvm_mpq.import_torch(model, inputs)
+    modules = quantizable_modules(model)
+    assert set(net.layer_names) == set(modules)
+    expected = _torch_macs(model, inputs)
+    for layer in net.layers:
+        m = modules[layer.name]
+        assert layer.macs == expected[layer.name], layer.name
+        assert layer.weight_shape == tuple(m.weight.shape)
+        assert layer.has_bias == (m.bias is not None or layer.kind != "dense")  # BN folding adds conv biases
+        if isinstance(m, nn.Conv2d):
+            assert layer.strides == tuple(m.stride) and layer.groups == m.groups
+            assert layer.padding == (m.padding[0], m.padding[1], m.padding[0], m.padding[1])
+            assert layer.kind == ("conv2d" if m.groups == 1 else "depthwise_conv2d")
+        assert layer.params == m.weight.numel() + layer.out_channels * layer.has_bias
+    assert [l.index for l in net.layers] == list(range(len(net.layers)))
+
+
+def test_resnet18_imagenet_layer_table():
+    model, inputs = tvm_mpq.models.get("resnet18")
+    net = tvm_mpq.import_torch(model, inputs)
+    assert len(net.layers) == 21
+    first = net.layer("conv1")
+    assert first.in_shape == (1, 3, 224, 224) and first.out_shape == (1, 64, 112, 112) and first.kernel == (7, 7)
+    assert net.layer("layer2.0.downsample.0").strides == (2, 2)
+    assert net.layer("fc").kind == "dense" and net.layer("fc").out_channels == 1000
+    assert abs(net.macs - 1.814e9) / 1.814e9 < 0.01  # ResNet-18's well-known 1.81 GMAC
+    with pytest.raises(ValueError, match="layer9"):
+        net.layer("layer9.0.conv1")
+
+
+def test_batchnorm_is_folded_exactly_enough(digits_net):
+    model, inputs, net = digits_net
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in net.model.modules())
+    x = torch.randn(4, *inputs[0].shape[1:])
+    with torch.no_grad():
+        np.testing.assert_allclose(net.model(x).numpy(), model(x).numpy(), rtol=1e-4, atol=1e-5)
+    assert "batch_norm" not in net.mod.script()
+
+
+def test_file_factory(tmp_path):
+    src = tmp_path / "mine.py"
+    src.write_text(
+        "import torch\n"
+        "def make():\n"
+        "    m = torch.nn.Sequential(torch.nn.Conv2d(2, 5, 3), torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(5 * 4 * 4, 3))\n"
+        "    return m, (torch.randn(1, 2, 6, 6),)\n"
+    )
+    model, inputs = tvm_mpq.models.get(f"{src}:make")
+    net = tvm_mpq.import_torch(model, inputs)
+    assert net.layer_names == ["0", "3"]
+    assert net.layer("3").kind == "dense"
+
+
+def test_untraceable_model_reports_torch_error():
+    class Bad(nn.Module):
+        def forward(self, x):
+            if x.sum() > 0:  # data-dependent control flow
+                return x * 2
+            return x
+
+    with pytest.raises(ValueError, match="torch.export could not trace Bad"):
+        tvm_mpq.import_torch(Bad(), (torch.randn(1, 3),))
