@@ -13,6 +13,7 @@ do not rewrite convolutions do).
 from __future__ import annotations
 
 import logging
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -25,6 +26,8 @@ from tvm_mpq.quant.fold import fold_batchnorm
 from tvm_mpq.quant.qparams import MAX_REDUCTION
 
 logger = logging.getLogger(__name__)
+# torch 2.13's own export code trips its LeafSpec deprecation; nothing a user can act on.
+warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*", category=FutureWarning)
 
 LAYERS_ATTR = "mpq.layers"
 SUPPORTED_KINDS = ("conv2d", "depthwise_conv2d", "dense")
