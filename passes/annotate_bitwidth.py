@@ -17,12 +17,15 @@ left untouched. A policy that names a layer the module does not have is an error
 
 from __future__ import annotations
 
+import logging
 import re
 from types import SimpleNamespace
 
 from tvm_mpq._tvm import Constant, relax, tvm
 from tvm_mpq.frontend import LAYERS_ATTR, _layer_table
 from tvm_mpq.policy import QuantPolicy
+
+logger = logging.getLogger(__name__)
 
 LAYER_ATTR = "mpq.layer"
 KIND_ATTR = "mpq.kind"
@@ -114,6 +117,9 @@ class AnnotateBitwidth:
             )
         layers = _layer_table(func)
         resolved = self.policy.validate(SimpleNamespace(layers=layers))
+        kept_float = [f"{l.name} ({l.kind})" for l in layers if not l.supported and self.policy.default and not self.policy.default.is_float]
+        if kept_float:
+            logger.warning("no integer kernel for %d layer(s), they stay float: %s", len(kept_float), ", ".join(kept_float))
         uses = _uses(func)
         bindings = [b for block in func.body.blocks for b in block.bindings]
         by_var = {b.var.name: i for i, b in enumerate(bindings)}

@@ -77,3 +77,19 @@ def test_module_without_layer_table(digits_net):
 def test_wrong_argument_type():
     with pytest.raises(TypeError, match="QuantPolicy"):
         AnnotateBitwidth({"version": 1})
+
+
+def test_unsupported_layers_stay_float_with_a_warning(caplog):
+    import torch
+    from torch import nn
+
+    model = nn.Sequential(nn.Conv2d(4, 8, 3, groups=2), nn.ReLU(), nn.Conv2d(8, 8, 1))
+    net = tvm_mpq.import_torch(model, (torch.randn(1, 4, 6, 6),))
+    assert net.layer("0").kind == "grouped_conv2d" and not net.layer("0").supported
+    policy = tvm_mpq.QuantPolicy({}, default=tvm_mpq.LayerBits(4, 4))
+    with caplog.at_level("WARNING"):
+        mod = AnnotateBitwidth(policy)(net.mod)
+    assert "0 (grouped_conv2d)" in caplog.text
+    assert set(_annotated(mod)) == {"2"}
+    with pytest.raises(ValueError, match="'0'"):
+        AnnotateBitwidth(tvm_mpq.QuantPolicy({"0": tvm_mpq.LayerBits(4, 4)}))(net.mod)
