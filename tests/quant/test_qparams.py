@@ -70,6 +70,24 @@ def test_act_qparams_dead_range(bits):
     np.testing.assert_array_equal(quantize_act_np(np.zeros((2, 3), np.float32), aq), 0)
 
 
+# A tiny non-empty range (float32 scale would be subnormal) is treated as dead; a range whose scale
+# overflows float32 is rejected.
+@pytest.mark.parametrize("lo,hi,bits", [(-1e-40, 0.0, 8), (0.0, 2e-37, 8), (-1e-45, 0.0, 1)])
+def test_act_qparams_tiny_range(lo, hi, bits):
+    """A non-empty but tiny range must still give a usable quantizer (or be rejected with ValueError)."""
+    aq = act_qparams(lo, hi, bits)
+    assert np.isfinite(aq.scale) and aq.scale > 0
+    assert np.isfinite(aq.inv_scale) and aq.inv_scale > 0
+    codes = quantize_act_np(np.array([0.0, lo, hi], np.float32), aq)
+    assert codes[0] == aq.zero_point
+    assert np.all((codes >= 0) & (codes <= aq.qmax))
+
+
+def test_act_qparams_huge_range():
+    with pytest.raises(ValueError, match="overflows a float32 scale"):
+        act_qparams(-3e38, 3e38, 1)
+
+
 @pytest.mark.parametrize("lo,hi", [(np.nan, 1.0), (0.0, np.nan), (-np.inf, 1.0), (0.0, np.inf), (np.inf, np.inf)])
 def test_act_qparams_non_finite_raises(lo, hi):
     with pytest.raises(ValueError):

@@ -75,11 +75,17 @@ def act_qparams(lo: float, hi: float, bits: int) -> ActQuant:
         raise ValueError(f"activation range [{lo}, {hi}] is not finite: calibrate on finite data")
     lo, hi = min(lo, 0.0), max(hi, 0.0)
     qmax = (1 << bits) - 1
-    if hi - lo <= 0.0:  # a dead input (all zeros): any scale represents it exactly
-        scale = 1.0
-        zero_point = 0
+    scale = (hi - lo) / qmax
+    if scale > float(np.finfo(np.float32).max):
+        raise ValueError(
+            f"activation range [{lo:g}, {hi:g}] overflows a float32 scale: calibrate on data without such outliers "
+            "(or use method='percentile')"
+        )
+    if scale < float(np.finfo(np.float32).tiny):
+        # A dead input (all zeros, or so close that its float32 scale would be subnormal): scale 1
+        # maps it to code 0 = zero point, float 0 exactly.
+        scale, zero_point = 1.0, 0
     else:
-        scale = (hi - lo) / qmax
         zero_point = int(np.clip(np.round(-lo / scale), 0, qmax))
     scale32 = np.float32(scale)
     inv32 = np.float32(1.0 / np.float64(scale32))
