@@ -38,9 +38,13 @@ class CompiledModel:
             self._vm = relax.VirtualMachine(self.executable, self.device)
         return self._vm
 
+    def _args(self, inputs) -> list:
+        """numpy arrays or torch tensors -> float32 TVM tensors on the device."""
+        arrays = [x.detach().numpy() if hasattr(x, "detach") else x for x in inputs]
+        return [tensor(np.ascontiguousarray(a, dtype=np.float32), self.device) for a in arrays]
+
     def run(self, *inputs: Any) -> "np.ndarray | tuple[np.ndarray, ...]":
-        args = [tensor(np.ascontiguousarray(np.asarray(getattr(x, "numpy", lambda: x)(), dtype=np.float32)), self.device) for x in inputs]
-        out = self.vm["main"](*args)
+        out = self.vm["main"](*self._args(inputs))
         outs = _flatten(out)
         return outs[0] if len(outs) == 1 else tuple(outs)
 
@@ -48,9 +52,8 @@ class CompiledModel:
 
     def time(self, *inputs: Any, number: int = 10, repeat: int = 3, min_repeat_ms: int = 0) -> np.ndarray:
         """Seconds per run, one entry per repeat (TVM's time_evaluator)."""
-        args = [tensor(np.asarray(getattr(x, "numpy", lambda: x)(), dtype=np.float32), self.device) for x in inputs]
         timer = self.vm.time_evaluator("main", self.device, number=number, repeat=repeat, min_repeat_ms=min_repeat_ms)
-        return np.array(timer(*args).results)
+        return np.array(timer(*self._args(inputs)).results)
 
     def export(self, path: "str | os.PathLike[str]") -> str:
         """Write a shared library loadable with :func:`load_compiled` (or the C++ ``mpq_run``)."""

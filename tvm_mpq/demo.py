@@ -31,7 +31,7 @@ def demo_policy(net: "tvm_mpq.Network") -> "tvm_mpq.QuantPolicy":
     return tvm_mpq.QuantPolicy.from_dict({"version": 1, "layers": layers})
 
 
-def _bits(b, out_channels: int) -> str:
+def _bits(b) -> str:
     if b.is_float:
         return "fp32"
     if b.groups:
@@ -64,7 +64,7 @@ def main(argv=None) -> int:
         b = resolved[layer.name]
         print(
             f"{layer.name:28s} {layer.kind:17s} {str(layer.out_shape):18s} {layer.macs / 1e6:8.2f} "
-            f"{_bits(b, layer.out_channels):>14s} {('fp32' if b.is_float else str(b.a_bits)):>6s}"
+            f"{_bits(b):>14s} {('fp32' if b.is_float else str(b.a_bits)):>6s}"
         )
     x = batches[0]
     y = ex.run(*x)

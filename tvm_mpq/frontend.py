@@ -190,6 +190,7 @@ class _LayerNamer(relax.PyExprMutator):
 
 def _layer_table(func) -> list[LayerInfo]:
     names = set(func.attrs[LAYERS_ATTR]) if func.attrs and LAYERS_ATTR in func.attrs else set()
+    biased = _bias_added(func, names)
     layers: list[LayerInfo] = []
     for block in func.body.blocks:
         for binding in block.bindings:
@@ -227,7 +228,7 @@ def _layer_table(func) -> list[LayerInfo]:
                     in_shape=in_shape,
                     out_shape=out_shape,
                     weight_shape=weight_shape,
-                    has_bias=False,
+                    has_bias=var.name in biased,
                     spec=spec,
                 )
             )
@@ -265,8 +266,6 @@ def import_torch(model: nn.Module, example_inputs: Sequence[torch.Tensor]) -> Ne
     mod = _bind(mod, params["main"], len(example_inputs))
     mod = relax.transform.FoldConstant()(mod)
     layers = _layer_table(mod["main"])
-    bias_of = _bias_flags(mod["main"], {layer.name for layer in layers})
-    layers = [LayerInfo(**{**layer.__dict__, "has_bias": bias_of.get(layer.name, False)}) for layer in layers]
     logger.info("imported %s: %d quantizable layers, %.1f MMAC", type(model).__name__, len(layers), sum(l.macs for l in layers) / 1e6)
     return Network(mod=mod, layers=layers, model=folded, example_inputs=example_inputs)
 
@@ -285,9 +284,9 @@ def _bind(mod, values, num_inputs: int):
     return mod
 
 
-def _bias_flags(func, layer_names: set[str]) -> dict[str, bool]:
-    """Which layers are followed by an ``add`` of a constant (their bias)."""
-    flags = {}
+def _bias_added(func, layer_names: set[str]) -> set[str]:
+    """The layers whose output has a constant (their bias) added."""
+    flags = set()
     for block in func.body.blocks:
         for binding in block.bindings:
             call = binding.value
@@ -295,5 +294,5 @@ def _bias_flags(func, layer_names: set[str]) -> dict[str, bool]:
                 a, b = call.args
                 for var, other in ((a, b), (b, a)):
                     if isinstance(var, relax.Var) and var.name in layer_names and isinstance(other, Constant):
-                        flags[var.name] = True
+                        flags.add(var.name)
     return flags
