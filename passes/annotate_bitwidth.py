@@ -22,7 +22,7 @@ import re
 from types import SimpleNamespace
 
 from tvm_mpq._tvm import Constant, relax, tvm
-from tvm_mpq.frontend import LAYERS_ATTR, _layer_table
+from tvm_mpq.frontend import LAYERS_ATTR, _layer_table, is_op
 from tvm_mpq.policy import QuantPolicy
 
 logger = logging.getLogger(__name__)
@@ -35,10 +35,6 @@ GROUPS_ATTR = "mpq.groups"
 
 def layer_function_name(layer: str) -> str:
     return "mpq_" + re.sub(r"[^0-9a-zA-Z_]", "_", layer)
-
-
-def _is_op(expr, name: str) -> bool:
-    return isinstance(expr, relax.Call) and isinstance(expr.op, tvm.ir.Op) and expr.op.name == name
 
 
 def _uses(func) -> dict:
@@ -54,7 +50,7 @@ def _uses(func) -> dict:
 
 def _bias_add(binding, layer_var, kind: str, out_channels: int) -> bool:
     """Is ``binding`` ``add(layer_var, const)`` (either order) with a per-output-channel constant?"""
-    if not _is_op(binding.value, "relax.add"):
+    if not is_op(binding.value, "relax.add"):
         return False
     a, b = binding.value.args
     other = b if a.same_as(layer_var) else a if b.same_as(layer_var) else None

@@ -22,16 +22,13 @@ import numpy as np
 from tvm_mpq._tvm import Constant, relax, tvm
 from tvm_mpq.kernels import bitserial
 from tvm_mpq.kernels.spec import ConvSpec, DenseSpec
-from tvm_mpq.passes.annotate_bitwidth import A_BITS_ATTR, GROUPS_ATTR, KIND_ATTR, LAYER_ATTR, _is_op
+from tvm_mpq.frontend import conv_spec, is_op
+from tvm_mpq.passes.annotate_bitwidth import A_BITS_ATTR, GROUPS_ATTR, KIND_ATTR, LAYER_ATTR
 from tvm_mpq.quant.calibrate import Calibration
 from tvm_mpq.quant.packing import pack_bits
 from tvm_mpq.quant.qparams import Epilogue, check_reduction, make_epilogue, quantize_weight
 
 logger = logging.getLogger(__name__)
-
-
-def _ints(values) -> tuple[int, ...]:
-    return tuple(int(v) for v in values)
 
 
 def _parse_layer(func):
@@ -42,11 +39,11 @@ def _parse_layer(func):
     if not isinstance(weight, Constant):
         raise ValueError(f"layer '{func.attrs[LAYER_ATTR]}': the weight is not a constant; run FoldConstant first")
     w = weight.value.numpy().astype(np.float32)
-    if _is_op(call, "relax.matmul"):
+    if is_op(call, "relax.matmul"):
         w = np.ascontiguousarray(w.T)  # matmul(x, W^T): back to [O, K]
     bias = None
     for b in bindings[1:]:
-        if _is_op(b.value, "relax.add"):
+        if is_op(b.value, "relax.add"):
             const = next(a for a in b.value.args if isinstance(a, Constant))
             bias = const.value.numpy().astype(np.float32).reshape(-1)
     return call, w, bias
@@ -88,7 +85,7 @@ class _Lowerer(relax.PyExprMutator):
         a_bits = int(func.attrs[A_BITS_ATTR])
         groups = [tuple(int(v) for v in g) for g in func.attrs[GROUPS_ATTR]]
         layer_call, w, bias = _parse_layer(func)
-        in_shape = _ints(x.ty.shape)
+        in_shape = tuple(int(d) for d in x.ty.shape)
         aq = self.calibration.act_quant(name, a_bits)
         channel_bits = np.concatenate([np.full(stop - start, bits, np.int32) for start, stop, bits in groups])
         wq = quantize_weight(w, channel_bits)
@@ -97,12 +94,7 @@ class _Lowerer(relax.PyExprMutator):
         if kind == "dense":
             spec = DenseSpec(batch=in_shape[0], in_features=in_shape[1], out_features=w.shape[0])
         else:
-            attrs = layer_call.attrs
-            spec = ConvSpec(
-                batch=in_shape[0], in_channels=in_shape[1], height=in_shape[2], width=in_shape[3],
-                out_channels=w.shape[0], kernel=(w.shape[2], w.shape[3]), strides=_ints(attrs.strides),
-                padding=_ints(attrs.padding), dilation=_ints(attrs.dilation), groups=int(attrs.groups),
-            )
+            spec = conv_spec(in_shape, w.shape, layer_call.attrs)
         check_reduction(spec.reduction, name)
         fname = f"mpq_{kind}_{name.replace('.', '_')}"
         meta = {"mpq.layer": name, "mpq.a_bits": a_bits}

@@ -149,6 +149,27 @@ def _ints(values) -> tuple[int, ...]:
     return tuple(int(v) for v in values)
 
 
+def is_op(expr, name: str) -> bool:
+    """Is ``expr`` a call to the Relax operator ``name`` (e.g. ``relax.add``)?"""
+    return isinstance(expr, relax.Call) and isinstance(expr.op, tvm.ir.Op) and expr.op.name == name
+
+
+def conv_spec(in_shape, weight_shape, attrs) -> ConvSpec:
+    """The :class:`ConvSpec` of a Relax ``nn.conv2d`` (NCHW/OIHW) from its shapes and attributes."""
+    return ConvSpec(
+        batch=in_shape[0],
+        in_channels=in_shape[1],
+        height=in_shape[2],
+        width=in_shape[3],
+        out_channels=weight_shape[0],
+        kernel=(weight_shape[2], weight_shape[3]),
+        strides=_ints(attrs.strides),
+        padding=_ints(attrs.padding),
+        dilation=_ints(attrs.dilation),
+        groups=int(attrs.groups),
+    )
+
+
 @relax.expr_functor.mutator
 class _LayerNamer(relax.PyExprMutator):
     """Renames the binding of each conv2d / matmul whose weight is a named parameter to the layer name."""
@@ -200,20 +221,8 @@ def _layer_table(func) -> list[LayerInfo]:
             x, w = call.args[0], call.args[1]
             in_shape, out_shape = _shape(x), _shape(var)
             if call.op.name == "relax.nn.conv2d":
-                attrs = call.attrs
                 weight_shape = _shape(w)
-                spec = ConvSpec(
-                    batch=in_shape[0],
-                    in_channels=in_shape[1],
-                    height=in_shape[2],
-                    width=in_shape[3],
-                    out_channels=weight_shape[0],
-                    kernel=(weight_shape[2], weight_shape[3]),
-                    strides=_ints(attrs.strides),
-                    padding=_ints(attrs.padding),
-                    dilation=_ints(attrs.dilation),
-                    groups=int(attrs.groups),
-                )
+                spec = conv_spec(in_shape, weight_shape, call.attrs)
                 kind = spec.kind
             else:  # matmul(x, W^T): the torch weight is [O, K]
                 kt, o = _shape(w)
@@ -290,7 +299,7 @@ def _bias_added(func, layer_names: set[str]) -> set[str]:
     for block in func.body.blocks:
         for binding in block.bindings:
             call = binding.value
-            if isinstance(call, relax.Call) and isinstance(call.op, tvm.ir.Op) and call.op.name == "relax.add":
+            if is_op(call, "relax.add"):
                 a, b = call.args
                 for var, other in ((a, b), (b, a)):
                     if isinstance(var, relax.Var) and var.name in layer_names and isinstance(other, Constant):

@@ -164,29 +164,22 @@ def _dense_case(w_bits, a_bits):
     return rng, spec
 
 
-def _check_conv(spec, w_bits, a_bits, x, w, bias, lo, hi):
+def _check(kind, spec, w_bits, a_bits, x, w, bias, lo, hi):
+    """Compile the ``kind`` ("conv" / "dense") kernel; int and float outputs equal the NumPy reference exactly."""
     aq = act_qparams(lo, hi, a_bits)
     wq = quantize_weight(w, w_bits)
     ep = make_epilogue(wq, aq, bias)
-    wp = _pack_conv_weight(wq, w_bits)
-    acc = reference.conv2d_int(quantize_act_np(x, aq), aq.zero_point, wq.levels, spec)
-    y_int = _run("conv", spec, aq, w_bits, "int", x, wp, ep)
-    np.testing.assert_array_equal(y_int, acc + ep.bias_q[None, :, None, None])
-    y_float = _run("conv", spec, aq, w_bits, "float", x, wp, ep)
-    assert y_float.dtype == np.float32
-    assert np.array_equal(y_float, apply_epilogue_np(acc, ep)), (spec, aq)
-    return acc, ep
-
-
-def _check_dense(spec, w_bits, a_bits, x, w, bias, lo, hi):
-    aq = act_qparams(lo, hi, a_bits)
-    wq = quantize_weight(w, w_bits)
-    ep = make_epilogue(wq, aq, bias)
-    wp = _pack_dense_weight(wq, w_bits)
-    acc = reference.dense_int(quantize_act_np(x, aq), aq.zero_point, wq.levels)
-    y_int = _run("dense", spec, aq, w_bits, "int", x, wp, ep)
-    np.testing.assert_array_equal(y_int, acc + ep.bias_q[None, :])
-    y_float = _run("dense", spec, aq, w_bits, "float", x, wp, ep)
+    codes = quantize_act_np(x, aq)
+    if kind == "conv":
+        wp = _pack_conv_weight(wq, w_bits)
+        acc = reference.conv2d_int(codes, aq.zero_point, wq.levels, spec)
+    else:
+        wp = _pack_dense_weight(wq, w_bits)
+        acc = reference.dense_int(codes, aq.zero_point, wq.levels)
+    bias_shape = (1, -1) + (1,) * (acc.ndim - 2)
+    y_int = _run(kind, spec, aq, w_bits, "int", x, wp, ep)
+    np.testing.assert_array_equal(y_int, acc + ep.bias_q.reshape(bias_shape))
+    y_float = _run(kind, spec, aq, w_bits, "float", x, wp, ep)
     assert y_float.dtype == np.float32
     assert np.array_equal(y_float, apply_epilogue_np(acc, ep)), (spec, aq)
     return acc, ep
@@ -211,7 +204,7 @@ def test_conv2d_exact(w_bits, a_bits):
     x = _random_input(rng, (spec.batch, spec.in_channels, spec.height, spec.width), lo, hi)
     w = _random_weight(rng, spec.weight_shape)
     bias = _random_bias(rng, spec.out_channels)
-    _check_conv(spec, w_bits, a_bits, x, w, bias, lo, hi)
+    _check("conv", spec, w_bits, a_bits, x, w, bias, lo, hi)
 
 
 @pytest.mark.parametrize("w_bits,a_bits", BIT_PAIRS)
@@ -221,7 +214,7 @@ def test_dense_exact(w_bits, a_bits):
     x = _random_input(rng, (spec.batch, spec.in_features), lo, hi)
     w = _random_weight(rng, spec.weight_shape)
     bias = _random_bias(rng, spec.out_features)
-    _check_dense(spec, w_bits, a_bits, x, w, bias, lo, hi)
+    _check("dense", spec, w_bits, a_bits, x, w, bias, lo, hi)
 
 
 @pytest.mark.parametrize("a_bits", BITS)
@@ -322,7 +315,7 @@ def test_conv2d_exact_hypothesis(data):
     x = _random_input(rng, (spec.batch, spec.in_channels, spec.height, spec.width), lo, hi)
     w = _random_weight(rng, spec.weight_shape)
     bias = _random_bias(rng, spec.out_channels)
-    _check_conv(spec, w_bits, a_bits, x, w, bias, lo, hi)
+    _check("conv", spec, w_bits, a_bits, x, w, bias, lo, hi)
 
 
 # --------------------------------------------------------------------------------------------
