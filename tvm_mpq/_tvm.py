@@ -14,6 +14,8 @@ from typing import Any, Mapping
 import tvm  # noqa: F401  (re-exported)
 from tvm import relax, te, tirx, topi  # noqa: F401
 from tvm.relax.frontend.torch import from_exported_program  # noqa: F401
+from tvm.s_tir import Schedule, TensorIntrin  # noqa: F401
+from tvm.script import tirx as T  # noqa: F401  (TVMScript, for tensor intrinsics)
 from tvm.target import Target, codegen
 
 logger = logging.getLogger(__name__)
@@ -28,10 +30,14 @@ __all__ = [
     "tirx",
     "topi",
     "Target",
+    "Schedule",
+    "TensorIntrin",
+    "T",
     "Constant",
     "from_exported_program",
     "parse_target",
     "target_to_str",
+    "target_features",
     "host_cpu",
     "cpu_device",
     "tensor",

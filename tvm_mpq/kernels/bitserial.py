@@ -27,7 +27,7 @@ TAG_DENSE = "mpq_bitserial_dense"
 TAG_DEPTHWISE = "mpq_depthwise_conv2d_int"
 
 
-def _act_code(value, aq: ActQuant, dtype: str):
+def act_code(value, aq: ActQuant, dtype: str):
     """``clip(round(x * inv_scale) + zero_point, 0, qmax)``: the same float ops as the simulation."""
     r = te.round(value * tirx.const(aq.inv_scale, "float32")) + tirx.const(float(aq.zero_point), "float32")
     r = te.max(te.min(r, tirx.const(float(aq.qmax), "float32")), tirx.const(0.0, "float32"))
@@ -54,7 +54,7 @@ def _popcount(x):
     return tirx.popcount(x).astype("int32")
 
 
-def _epilogue(shape, acc_fn, channel_of, bias_q, out_scale, dead_bias, out: str, tag: str, name: str):
+def epilogue(shape, acc_fn, channel_of, bias_q, out_scale, dead_bias, out: str, tag: str, name: str):
     if out == "int":
         return te.compute(shape, lambda *i: acc_fn(*i).astype("int64") + bias_q[channel_of(i)], name=name, tag=tag)
     if out != "float":
@@ -84,7 +84,7 @@ def bitserial_conv2d(data, w_packed, bias_q, out_scale, dead_bias, *, spec: Conv
         inside = tirx.all(hp >= pt, hp < pt + h, wp >= pl, wp < pl + w)
         ih = tirx.max(tirx.min(hp - pt, h - 1), 0)
         iw = tirx.max(tirx.min(wp - pl, w - 1), 0)
-        return tirx.if_then_else(inside, _act_code(data[b, ch, ih, iw], aq, PACK_DTYPE), zero)
+        return tirx.if_then_else(inside, act_code(data[b, ch, ih, iw], aq, PACK_DTYPE), zero)
 
     a_packed = _pack((n, h + pt + pb, w + pl + pr), padded_code, aq.bits, c, "a_packed")
     cw = words(c)
@@ -119,7 +119,7 @@ def bitserial_conv2d(data, w_packed, bias_q, out_scale, dead_bias, *, spec: Conv
         name="a_sum",
     )
     wmax = (1 << w_bits) - 1
-    return _epilogue(
+    return epilogue(
         spec.out_shape,
         lambda b, o, oh, ow: 2 * s1[b, o, oh, ow] - wmax * a_sum[b, oh, ow],
         lambda i: i[1],
@@ -134,7 +134,7 @@ def bitserial_conv2d(data, w_packed, bias_q, out_scale, dead_bias, *, spec: Conv
 
 def bitserial_dense(data, w_packed, bias_q, out_scale, dead_bias, *, spec: DenseSpec, aq: ActQuant, w_bits: int, out: str = "float"):
     """Bit-serial dense. data: float32 [N, K]; w_packed: uint64 [O, w_bits, ceil(K/64)]. Returns [N, O]."""
-    a_packed = _pack((spec.batch,), lambda b, k: _act_code(data[b, k], aq, PACK_DTYPE), aq.bits, spec.in_features, "a_packed")
+    a_packed = _pack((spec.batch,), lambda b, k: act_code(data[b, k], aq, PACK_DTYPE), aq.bits, spec.in_features, "a_packed")
     kw = words(spec.in_features)
     cw_ax = te.reduce_axis((0, kw), name="cw")
     j_ax = te.reduce_axis((0, aq.bits), name="j")
@@ -152,7 +152,7 @@ def bitserial_dense(data, w_packed, bias_q, out_scale, dead_bias, *, spec: Dense
         (spec.batch,), lambda b: te.sum(_popcount(a_packed[b, j2, cw2]) << j2, axis=[cw2, j2]), name="a_sum"
     )
     wmax = (1 << w_bits) - 1
-    return _epilogue(
+    return epilogue(
         spec.out_shape,
         lambda b, o: 2 * s1[b, o] - wmax * a_sum[b],
         lambda i: i[1],
@@ -177,7 +177,7 @@ def depthwise_conv2d_int(data, w_levels, bias_q, out_scale, dead_bias, *, spec: 
         inside = tirx.all(hp >= pt, hp < pt + h, wp >= pl, wp < pl + w)
         ih = tirx.max(tirx.min(hp - pt, h - 1), 0)
         iw = tirx.max(tirx.min(wp - pl, w - 1), 0)
-        return tirx.if_then_else(inside, _act_code(data[b, ch, ih, iw], aq, "int32"), zero)
+        return tirx.if_then_else(inside, act_code(data[b, ch, ih, iw], aq, "int32"), zero)
 
     codes = te.compute((n, c, h + pt + pb, w + pl + pr), padded, name="a_codes")
     (sh, sw), (dh, dw) = spec.strides, spec.dilation
@@ -190,6 +190,6 @@ def depthwise_conv2d_int(data, w_levels, bias_q, out_scale, dead_bias, *, spec: 
         ),
         name="acc",
     )
-    return _epilogue(
+    return epilogue(
         spec.out_shape, lambda *i: acc[i], lambda i: i[1], bias_q, out_scale, dead_bias, out, TAG_DEPTHWISE, "dw_out"
     )

@@ -1,0 +1,149 @@
+"""Exactness of the VNNI int8 kernels (scheduled for x86, tensorized) against the NumPy references.
+
+Every weight width 1..8 (levels as signed bytes for <= 7 bits, the ``2*h + 1`` split for 8 bits)
+with activation widths 1..8, random shapes (odd channel counts, strides, asymmetric padding,
+dilation, rectangular kernels), strided 1x1 convolutions, dense layers, several register tiles.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from kernels.test_bitserial import (
+    _random_act_range,
+    _random_bias,
+    _random_conv_spec,
+    _random_input,
+    _random_weight,
+)
+from tvm_mpq._tvm import Schedule, parse_target, te, tensor, tvm
+from tvm_mpq.kernels import int8, reference, x86
+from tvm_mpq.kernels.spec import ConvSpec, DenseSpec
+from tvm_mpq.quant.qparams import (
+    MAX_BITS,
+    act_qparams,
+    apply_epilogue_np,
+    make_epilogue,
+    quantize_act_np,
+    quantize_weight,
+)
+
+TARGET = parse_target(None)
+pytestmark = pytest.mark.skipif(
+    not x86.has_vnni(TARGET), reason="the int8 kernel needs AVX-512 VNNI (vpdpbusd) on the host"
+)
+
+
+def _compile(kind, spec, aq, w_bits, out, knobs=None):
+    shape = (spec.batch, spec.in_features) if kind == "dense" else (spec.batch, spec.in_channels, spec.height, spec.width)
+    x = te.placeholder(shape, "float32", name="x")
+    o = spec.out_features if kind == "dense" else spec.out_channels
+    k = spec.in_features if kind == "dense" else spec.in_channels
+    kh, kw = (1, 1) if kind == "dense" else spec.kernel
+    w = te.placeholder((-(-o // 16), -(-k // 4), kh, kw, 16, 4), "int8", name="w")
+    b = te.placeholder((o,), "int64", name="bias_q")
+    s = te.placeholder((o,), "float32", name="out_scale")
+    d = te.placeholder((o,), "float32", name="dead_bias")
+    fn = int8.int8_dense if kind == "dense" else int8.int8_conv2d
+    y = fn(x, w, b, s, d, spec=spec, aq=aq, w_bits=w_bits, out=out)
+    sch = Schedule(te.create_prim_func([x, w, b, s, d, y]))
+    x86.schedule_int8_conv(sch, knobs)
+    return tvm.compile(sch.mod, target=TARGET), str(y.dtype)
+
+
+def _check(kind, spec, w_bits, a_bits, x, wf, bias, lo, hi, knobs=None):
+    aq = act_qparams(lo, hi, a_bits)
+    wq = quantize_weight(wf, w_bits)
+    ep = make_epilogue(wq, aq, bias)
+    codes = quantize_act_np(x, aq)
+    if kind == "dense":
+        acc = reference.dense_int(codes, aq.zero_point, wq.levels)
+    else:
+        acc = reference.conv2d_int(codes, aq.zero_point, wq.levels, spec)
+    o = acc.shape[1]
+    w_arg = int8.prepare_weights(int8.weight_bytes(wq, 0, o, w_bits))
+    for out in ("int", "float"):
+        func, dtype = _compile(kind, spec, aq, w_bits, out, knobs)
+        y = tensor(np.zeros(acc.shape, dtype))
+        func(tensor(x), tensor(w_arg), tensor(ep.kernel_bias.astype(np.int64)), tensor(ep.out_scale), tensor(ep.dead_bias), y)
+        if out == "int":
+            bias_shape = (1, -1) + (1,) * (acc.ndim - 2)
+            np.testing.assert_array_equal(y.numpy(), acc + ep.bias_q.reshape(bias_shape))
+        else:
+            assert np.array_equal(y.numpy(), apply_epilogue_np(acc, ep)), (spec, aq, w_bits)
+
+
+def _conv_inputs(rng, spec):
+    lo, hi = _random_act_range(rng)
+    x = _random_input(rng, (spec.batch, spec.in_channels, spec.height, spec.width), lo, hi)
+    return x, _random_weight(rng, spec.weight_shape), _random_bias(rng, spec.out_channels), lo, hi
+
+
+@pytest.mark.parametrize("w_bits", range(1, MAX_BITS + 1))
+def test_conv_every_weight_width(w_bits):
+    rng = np.random.default_rng(300 + w_bits)
+    a_bits = int(rng.integers(1, MAX_BITS + 1)) if w_bits != 8 else 8
+    spec = _random_conv_spec(rng, in_channels=int(rng.integers(1, 70)))
+    _check("conv", spec, w_bits, a_bits, *_conv_inputs(rng, spec))
+
+
+@pytest.mark.parametrize("a_bits", [1, 2, 5, 8])
+def test_conv_activation_widths_with_8bit_weights(a_bits):
+    rng = np.random.default_rng(400 + a_bits)
+    spec = ConvSpec(batch=1, in_channels=19, height=9, width=12, out_channels=37, kernel=(3, 3), padding=(1, 0, 2, 1))
+    _check("conv", spec, 8, a_bits, *_conv_inputs(rng, spec))
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        # ResNet downsample: strided 1x1 packs only the pixels it reads
+        ConvSpec(batch=1, in_channels=64, height=14, width=14, out_channels=128, kernel=(1, 1), strides=(2, 2)),
+        # stem: 3 channels padded to the 4-channel dot, 7x7 stride 2
+        ConvSpec(batch=1, in_channels=3, height=20, width=20, out_channels=16, kernel=(7, 7), strides=(2, 2), padding=(3, 3, 3, 3)),
+        # several 16-channel vectors and a pixel tile that divides the width
+        ConvSpec(batch=2, in_channels=32, height=8, width=8, out_channels=64, kernel=(3, 3), padding=(1, 1, 1, 1)),
+    ],
+    ids=["1x1-stride2", "stem-7x7", "tiles"],
+)
+@pytest.mark.parametrize("w_bits", [4, 8])
+def test_conv_network_shapes(spec, w_bits):
+    rng = np.random.default_rng(7 + w_bits)
+    _check("conv", spec, w_bits, 8, *_conv_inputs(rng, spec))
+
+
+@pytest.mark.parametrize("knobs", [x86.Int8Knobs(1, 1), x86.Int8Knobs(4, 2, kernel_outer=True), x86.Int8Knobs(8, 4)])
+def test_conv_register_tiles_agree(knobs):
+    rng = np.random.default_rng(11)
+    spec = ConvSpec(batch=1, in_channels=24, height=8, width=8, out_channels=64, kernel=(3, 3), padding=(1, 1, 1, 1))
+    _check("conv", spec, 8, 8, *_conv_inputs(rng, spec), knobs=knobs)
+
+
+@pytest.mark.parametrize("w_bits,in_features", [(8, 300), (3, 65), (1, 7)])
+def test_dense(w_bits, in_features):
+    rng = np.random.default_rng(w_bits * 1000 + in_features)
+    spec = DenseSpec(batch=2, in_features=in_features, out_features=21)
+    lo, hi = _random_act_range(rng)
+    x = _random_input(rng, (2, in_features), lo, hi)
+    _check("dense", spec, w_bits, 8, x, _random_weight(rng, (21, in_features)), _random_bias(rng, 21), lo, hi)
+
+
+def test_default_knobs_fit_the_register_file():
+    for width in (1, 7, 14, 28, 56, 112):
+        for blocks in (1, 2, 4, 8, 32):
+            k = x86.default_int8_knobs(width, blocks)
+            assert width % k.ow_block == 0 and blocks % k.oc_blocks == 0
+            assert k.ow_block * k.oc_blocks <= x86.MAX_ACC_REGISTERS
+    assert x86.default_int8_knobs(56, 4) == x86.Int8Knobs(8, 2)
+
+
+def test_weights_out_of_byte_range_are_refused():
+    with pytest.raises(ValueError, match="-128..127"):
+        int8.prepare_weights(np.full((16, 4, 1, 1), 255))
+
+
+def test_vnni_instruction_is_emitted():
+    spec = ConvSpec(batch=1, in_channels=16, height=6, width=6, out_channels=16, kernel=(3, 3), padding=(1, 1, 1, 1))
+    func, _ = _compile("conv", spec, act_qparams(0.0, 1.0, 8), 8, "float")
+    assert "vpdpbusd" in func.mod.inspect_source("asm")

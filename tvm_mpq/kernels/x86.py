@@ -1,0 +1,177 @@
+"""x86 schedules for the integer kernels, and the VNNI tensor intrinsic they use.
+
+Schedules work on a :class:`Schedule` of any PrimFunc that contains a kernel's blocks (found by
+name), so they apply to a kernel alone or after ``FuseOps``/``FuseTIR`` merged elementwise
+consumers (ReLU, residual add) into it: those are inlined into the epilogue.
+
+TVM's stock ``dot_16x4_vnni`` intrinsic does not build with the LLVM 22 in the 0.27 wheel (it
+passes ``<16 x i32>`` where ``llvm.x86.avx512.vpdpbusd.512`` takes ``<64 x i8>``). We register a
+corrected one: the same 16x4 u8*s8->i32 description, an implementation that broadcasts the four
+activation bytes as one i32 and reinterprets the vectors as bytes. Its accumulator is a ``local``
+buffer (a register tile after LLVM's SROA).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from tvm_mpq._tvm import Schedule, T, Target, TensorIntrin, target_features
+from tvm_mpq.kernels import int8
+
+logger = logging.getLogger(__name__)
+
+VNNI_INTRIN = "tvm_mpq.vnni_u8s8_16x4"
+#: Accumulator registers a tile may use (AVX-512 has 32; the rest hold weights and broadcasts).
+MAX_ACC_REGISTERS = 20
+
+
+@T.prim_func(s_tir=True)
+def _dot_16x4_desc(
+    A: T.Buffer((4,), "uint8", offset_factor=1),
+    B: T.Buffer((16, 4), "int8", offset_factor=1),
+    C: T.Buffer((16,), "int32", offset_factor=1, scope="local"),
+) -> None:
+    with T.sblock("root"):
+        T.reads(C[0:16], A[0:4], B[0:16, 0:4])
+        T.writes(C[0:16])
+        for i in T.serial(0, 16):
+            for k in T.serial(0, 4):
+                with T.sblock("update"):
+                    vi, vk = T.axis.remap("SR", [i, k])
+                    C[vi] = C[vi] + T.cast(A[vk], "int32") * T.cast(B[vi, vk], "int32")
+
+
+@T.prim_func(s_tir=True)
+def _dot_16x4_vnni(
+    A: T.Buffer((4,), "uint8", offset_factor=1),
+    B: T.Buffer((16, 4), "int8", offset_factor=1),
+    C: T.Buffer((16,), "int32", offset_factor=1, scope="local"),
+) -> None:
+    with T.sblock("root"):
+        T.reads(C[0:16], A[0:4], B[0:16, 0:4])
+        T.writes(C[0:16])
+        a_word = T.reinterpret(A.vload([0], "uint8x4"), dtype="int32")
+        a_bytes = T.reinterpret(T.broadcast(a_word, 16), dtype="uint8x64")
+        C[T.ramp(T.int32(0), 1, 16)] = T.call_llvm_pure_intrin(
+            T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.512"),
+            C.vload([0], dtype="int32x16"),
+            a_bytes,
+            B.vload([0, 0], dtype="int8x64"),
+            dtype="int32x16",
+        )
+
+
+def _register_intrinsics() -> None:
+    try:
+        TensorIntrin.get(VNNI_INTRIN)
+    except Exception:  # not registered yet (TVM raises its own error type)
+        TensorIntrin.register(VNNI_INTRIN, _dot_16x4_desc, _dot_16x4_vnni)
+
+
+_register_intrinsics()
+
+
+def has_vnni(target: Target) -> bool:
+    """Whether ``target`` has AVX-512 VNNI (``vpdpbusd``), which the int8 kernel is tensorized to."""
+    features = target_features(target)
+    return features["avx512vnni"] and features["avx512bw"]
+
+
+@dataclass(frozen=True)
+class Int8Knobs:
+    """Register tile of the VNNI conv: ``ow_block`` output pixels x ``oc_blocks`` 16-channel vectors."""
+
+    ow_block: int
+    oc_blocks: int
+    kernel_outer: bool = False  # reduction order (kh, kw, c) instead of (c, kh, kw)
+
+    def to_dict(self) -> dict:
+        return {"ow_block": self.ow_block, "oc_blocks": self.oc_blocks, "kernel_outer": self.kernel_outer}
+
+
+def _divisors(n: int, limit: int) -> list[int]:
+    return [d for d in range(1, min(n, limit) + 1) if n % d == 0]
+
+
+def default_int8_knobs(out_width: int, oc_blocks: int) -> Int8Knobs:
+    """The largest register tile that fits :data:`MAX_ACC_REGISTERS`; ties go to 2 channel vectors
+    (each weight vector then serves many pixels and each broadcast two vectors: fastest measured)."""
+    best = max(
+        ((x, o) for x in _divisors(out_width, 16) for o in _divisors(oc_blocks, 4) if x * o <= MAX_ACC_REGISTERS),
+        key=lambda xo: (xo[0] * xo[1], -abs(xo[1] - 2), xo[0]),
+    )
+    return Int8Knobs(*best)
+
+
+def _extent(sch: Schedule, loop) -> int:
+    return int(sch.get(loop).extent)
+
+
+def _block(sch: Schedule, name: str):
+    """The top-level block called ``name`` (FuseTIR may have suffixed it), or None."""
+    for rv in sch.get_child_blocks(sch.get_sblock("root")):
+        hint = sch.get(rv).name_hint
+        if hint == name or hint.startswith(name + "_"):
+            return rv
+    return None
+
+
+def _tile_loops(sch: Schedule, block, outer, extents: dict[str, int]) -> dict:
+    """Name the loops of ``block`` below ``outer`` (compute_at drops unit loops, in this order)."""
+    loops = sch.get_loops(block)
+    below = next(i for i, loop in enumerate(loops) if sch.get(loop).same_as(sch.get(outer))) + 1
+    names = [name for name, extent in extents.items() if extent > 1]
+    own = loops[below:]
+    if len(own) != len(names):
+        raise RuntimeError(f"tile of {sch.get(block).name_hint}: expected loops {names}, found {len(own)}")
+    return dict(zip(names, own))
+
+
+def _parallel_outer(sch: Schedule, block, count: int, vectorize_inner: bool = False) -> None:
+    loops = sch.get_loops(block)
+    sch.parallel(sch.fuse(*loops[:count]))
+    if vectorize_inner:
+        sch.vectorize(loops[-1])
+
+
+def schedule_int8_conv(sch: Schedule, knobs: Int8Knobs | None = None) -> Int8Knobs:
+    """Schedule the VNNI conv/dense in ``sch`` (in place); returns the knobs used.
+
+    The output (epilogue) loop nest is tiled and the accumulator tile is computed inside it, in
+    registers: ``ow_block`` pixels x ``oc_blocks`` vectors of 16 channels, reduction over
+    (C/4, KH, KW) with one ``vpdpbusd`` per (pixel, vector, 4 channels).
+    """
+    acc = _block(sch, int8.ACC_BLOCK)
+    out = _block(sch, int8.OUT_BLOCK)
+    region = sch.get(acc).writes[0]
+    _, o_blocks, _, out_w, _ = (int(v) for v in region.source.shape)
+    if knobs is None:
+        knobs = default_int8_knobs(out_w, o_blocks)
+    n, o, y, x = sch.get_loops(out)
+    oo, ob, oi = sch.split(o, [None, knobs.oc_blocks, int8.OC_BLOCK])
+    xo, xi = sch.split(x, [None, knobs.ow_block])
+    sch.reorder(n, oo, y, xo, ob, oi, xi)
+    sch.parallel(sch.fuse(n, oo, y))
+    sch.vectorize(xi)
+    sch.set_scope(acc, 0, "local")
+    sch.compute_at(acc, xo)
+    rc_n, kh_n, kw_n = (int(iv.dom.extent) for iv in sch.get(acc).iter_vars[5:8])
+    loops = _tile_loops(sch, acc, xo, {"ob": knobs.oc_blocks, "x": knobs.ow_block, "oi": int8.OC_BLOCK, "rc": rc_n, "kh": kh_n, "kw": kw_n, "ri": int8.IC_BLOCK})
+    order = ("kh", "kw", "rc") if knobs.kernel_outer else ("rc", "kh", "kw")
+    reduction = [loops[k] for k in order if k in loops]
+    spatial = [loops[k] for k in ("ob", "x") if k in loops]
+    sch.reorder(*reduction, *spatial, loops["oi"], loops["ri"])
+    init = sch.decompose_reduction(acc, (reduction or spatial or [loops["oi"]])[0])
+    sch.tensorize(loops["oi"], VNNI_INTRIN)
+    for loop in spatial:
+        sch.unroll(loop)
+    sch.vectorize(sch.get_loops(init)[-1])
+    boxsum = _block(sch, int8.ASUM_BLOCK)
+    if boxsum is not None:  # 8-bit weights: per-pixel code sums, before the conv loop nest
+        _parallel_outer(sch, _block(sch, int8.ROWSUM_BLOCK), 2)
+        _parallel_outer(sch, boxsum, 2)
+    act = _block(sch, int8.ACT_BLOCK)
+    _parallel_outer(sch, act, 3)
+    sch.unroll(sch.get_loops(act)[-1])
+    return knobs
