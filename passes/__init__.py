@@ -2,5 +2,6 @@
 
 from .annotate_bitwidth import AnnotateBitwidth
 from .lower_to_kernels import LowerToKernels
+from .schedule_generic import ScheduleGeneric
 
-__all__ = ["AnnotateBitwidth", "LowerToKernels"]
+__all__ = ["AnnotateBitwidth", "LowerToKernels", "ScheduleGeneric"]

@@ -1,7 +1,7 @@
 """AnnotateBitwidth: attach a :class:`~tvm_mpq.policy.QuantPolicy` to the layers of a Relax module.
 
-Every layer the policy quantizes (its conv2d / matmul, plus the bias ``add`` that follows it) is
-outlined into a private Relax function whose attributes carry the layer's name and bits, the way
+Every layer the policy quantizes (its conv2d / matmul, plus the bias ``add`` and the ``relu`` that
+follow it when the layer output has no other use) is outlined into a private Relax function whose attributes carry the layer's name and bits, the way
 ``FuseOpsByPattern`` marks composite functions::
 
     @R.function(private=True)
@@ -62,6 +62,16 @@ def _bias_add(binding, layer_var, kind: str, out_channels: int) -> bool:
     return shape in allowed
 
 
+def _relu_of(bindings, by_var, uses, producer):
+    """The ``relu(producer)`` binding when it is the producer's only use, else None."""
+    if uses.get(producer.var, 0) != 1:
+        return None
+    for b in bindings[by_var[producer.var.name] + 1 :]:
+        if is_op(b.value, "relax.nn.relu") and b.value.args[0].same_as(producer.var):
+            return b
+    return None
+
+
 @relax.expr_functor.mutator
 class _Outliner(relax.PyExprMutator):
     def __init__(self, mod, plan: dict):
@@ -73,9 +83,9 @@ class _Outliner(relax.PyExprMutator):
         if entry is None:
             super().visit_var_binding_(binding)
             return
-        if entry["bias"] is not None and binding.var.same_as(entry["layer"].var):
-            return  # emitted inside the outlined function, at the bias add
-        layer_binding, bias_binding = entry["layer"], entry["bias"]
+        if not binding.var.same_as(entry["last"].var):
+            return  # emitted inside the outlined function, at its last binding
+        layer_binding, bias_binding, relu_binding = entry["layer"], entry["bias"], entry["relu"]
         x = layer_binding.value.args[0]
         param = relax.Var("x", x.ty)
         bb = relax.BlockBuilder()
@@ -87,6 +97,8 @@ class _Outliner(relax.PyExprMutator):
                     a, b = bias_binding.value.args
                     args = [y, b] if a.same_as(layer_binding.var) else [a, y]
                     y = bb.emit(relax.op.add(*args))
+                if relu_binding is not None:
+                    y = bb.emit(relax.op.nn.relu(y))
                 out = bb.emit_output(y)
             bb.emit_func_output(out)
         gvar = self.builder_.add_func(bb.get()[entry["fname"]], entry["fname"])
@@ -132,12 +144,21 @@ class AnnotateBitwidth:
                     if _bias_add(nxt, layer_binding.var, layer.kind, layer.out_channels):
                         bias_binding = nxt
                         break
+            last = bias_binding or layer_binding
+            relu_binding = _relu_of(bindings, by_var, uses, last)
             groups = [[g.start, g.stop, g.w_bits] for g in bits.groups] or [[0, layer.out_channels, bits.w_bits]]
             attrs = {LAYER_ATTR: layer.name, KIND_ATTR: layer.kind, A_BITS_ATTR: bits.a_bits, GROUPS_ATTR: groups}
-            entry = {"layer": layer_binding, "bias": bias_binding, "attrs": attrs, "fname": layer_function_name(layer.name)}
-            plan[(bias_binding or layer_binding).var.name] = entry
-            if bias_binding is not None:
-                plan[layer_binding.var.name] = entry
+            entry = {
+                "layer": layer_binding,
+                "bias": bias_binding,
+                "relu": relu_binding,
+                "last": relu_binding or last,
+                "attrs": attrs,
+                "fname": layer_function_name(layer.name),
+            }
+            for b in (layer_binding, bias_binding, relu_binding):
+                if b is not None:
+                    plan[b.var.name] = entry
         if not plan:
             return mod
         outliner = _Outliner(mod, plan)

@@ -7,9 +7,14 @@ For each outlined layer function (attribute ``mpq.layer``):
 * activations are quantized (calibrated range, ``mpq.a_bits``) and packed inside the kernel;
 * bias (and BatchNorm, folded into the conv at import) is applied in the integer/float epilogue;
 * channel groups with different ``w_bits`` become one kernel each, concatenated on the channel
-  axis. Depthwise convolutions take per-channel integer levels, so one kernel covers all groups.
+  axis. Depthwise convolutions take per-channel integer levels, so one kernel covers all groups;
+* a ReLU outlined with the layer is fused into the kernel's epilogue.
 
-The outlined function is then removed; everything else is left to TVM's pipeline.
+Each conv2d/dense kernel is one of :mod:`tvm_mpq.kernels.registry` (``kernel="auto"`` picks by
+target and bits; a name or a callable ``(layer, kind, w_bits, a_bits, target) -> name`` overrides)
+and is scheduled for the target right here; scheduled kernels are marked opaque so that later
+fusion passes leave them alone. The outlined function is then removed; everything else is left to
+TVM's pipeline.
 """
 
 from __future__ import annotations
@@ -19,20 +24,20 @@ from functools import partial
 
 import numpy as np
 
-from tvm_mpq._tvm import Constant, relax, tvm
+from tvm_mpq._tvm import Constant, Schedule, Target, parse_target, relax, tvm
 from tvm_mpq.kernels import bitserial
+from tvm_mpq.kernels.registry import KERNELS, choose_kernel, get_kernel
 from tvm_mpq.kernels.spec import ConvSpec, DenseSpec
 from tvm_mpq.frontend import conv_spec, is_op
 from tvm_mpq.passes.annotate_bitwidth import A_BITS_ATTR, GROUPS_ATTR, KIND_ATTR, LAYER_ATTR
 from tvm_mpq.quant.calibrate import Calibration
-from tvm_mpq.quant.packing import pack_bits
 from tvm_mpq.quant.qparams import Epilogue, check_reduction, make_epilogue, quantize_weight
 
 logger = logging.getLogger(__name__)
 
 
 def _parse_layer(func):
-    """(layer call, weight [O, ...] float32 numpy, bias [O] or None) from an outlined function."""
+    """(layer call, weight [O, ...] float32 numpy, bias [O] or None, relu?) from an outlined function."""
     bindings = [b for block in func.body.blocks for b in block.bindings]
     call = bindings[0].value
     weight = call.args[1]
@@ -46,7 +51,8 @@ def _parse_layer(func):
         if is_op(b.value, "relax.add"):
             const = next(a for a in b.value.args if isinstance(a, Constant))
             bias = const.value.numpy().astype(np.float32).reshape(-1)
-    return call, w, bias
+    relu = any(is_op(b.value, "relax.nn.relu") for b in bindings[1:])
+    return call, w, bias, relu
 
 
 def _slice(ep: Epilogue, start: int, stop: int) -> Epilogue:
@@ -64,11 +70,15 @@ def _consts(ep: Epilogue):
 
 @relax.expr_functor.mutator
 class _Lowerer(relax.PyExprMutator):
-    def __init__(self, mod, calibration: Calibration):
+    def __init__(self, mod, calibration: Calibration, target: Target, kernel):
         super().__init__(mod)
         self.mod_ = mod
         self.calibration = calibration
+        self.target = target
+        self.kernel = kernel
         self.lowered: list[str] = []
+        self.schedules: dict[str, object] = {}  # PrimFunc name -> schedule function
+        self.choices: dict[str, list[str]] = {}  # layer -> kernel per channel group
 
     def visit_call_(self, call):
         call = super().visit_call_(call)
@@ -84,7 +94,8 @@ class _Lowerer(relax.PyExprMutator):
         kind = str(func.attrs[KIND_ATTR])
         a_bits = int(func.attrs[A_BITS_ATTR])
         groups = [tuple(int(v) for v in g) for g in func.attrs[GROUPS_ATTR]]
-        layer_call, w, bias = _parse_layer(func)
+        layer_call, w, bias, relu = _parse_layer(func)
+        out = "relu" if relu else "float"
         in_shape = tuple(int(d) for d in x.ty.shape)
         aq = self.calibration.act_quant(name, a_bits)
         channel_bits = np.concatenate([np.full(stop - start, bits, np.int32) for start, stop, bits in groups])
@@ -99,62 +110,95 @@ class _Lowerer(relax.PyExprMutator):
         fname = f"mpq_{kind}_{name.replace('.', '_')}"
         meta = {"mpq.layer": name, "mpq.a_bits": a_bits}
         if kind == "depthwise_conv2d":
-            out = self.builder_.call_te(
-                partial(bitserial.depthwise_conv2d_int, spec=spec, aq=aq), x, relax.const(wq.levels), *_consts(ep),
+            out_var = self.builder_.call_te(
+                partial(bitserial.depthwise_conv2d_int, spec=spec, aq=aq, out=out), x, relax.const(wq.levels), *_consts(ep),
                 primfunc_name_hint=fname + "_" + tag, primfunc_attrs=meta,
             )
             self.lowered.append(name)
-            return out
+            return out_var
         if kind not in ("conv2d", "dense"):
             raise ValueError(f"layer '{name}': no integer kernel for {kind}; keep it float (w_bits=a_bits=32)")
         parts = []
+        self.choices[name] = []
         for start, stop, bits in groups:
-            codes = wq.codes[start:stop]
+            impl = get_kernel(self._choose(name, kind, bits, a_bits))
+            if not impl.available(self.target):
+                raise ValueError(f"layer '{name}': kernel '{impl.name}' is not available on {self.target}; choose another kernel")
+            self.choices[name].append(impl.name)
             if kind == "conv2d":
-                packed = pack_bits(np.moveaxis(codes, 1, -1), bits)  # [O, KH, KW, bits, words]
                 gspec = ConvSpec(**{**spec.__dict__, "out_channels": stop - start})
-                te_func = bitserial.bitserial_conv2d
             else:
-                packed = pack_bits(codes, bits)  # [O, bits, words]
                 gspec = DenseSpec(batch=spec.batch, in_features=spec.in_features, out_features=stop - start)
-                te_func = bitserial.bitserial_dense
-            parts.append(
-                self.builder_.emit(
-                    self.builder_.call_te(
-                        partial(te_func, spec=gspec, aq=aq, w_bits=bits), x, relax.const(packed),
-                        *_consts(_slice(ep, start, stop)),
-                        primfunc_name_hint=f"{fname}_w{bits}{tag}", primfunc_attrs={**meta, "mpq.w_bits": bits},
-                    )
-                )
+            te_func = impl.conv2d if kind == "conv2d" else impl.dense
+            call = self.builder_.call_te(
+                partial(te_func, spec=gspec, aq=aq, w_bits=bits, out=out), x, relax.const(impl.prepare(wq, start, stop, bits, kind)),
+                *_consts(_slice(ep, start, stop)),
+                primfunc_name_hint=f"{fname}_{impl.name}_w{bits}{tag}", primfunc_attrs={**meta, "mpq.w_bits": bits, "mpq.kernel": impl.name},
             )
+            if impl.schedule is not None:
+                self.schedules[call.args[0].name_hint] = impl.schedule
+            parts.append(self.builder_.emit(call))
         self.lowered.append(name)
         return parts[0] if len(parts) == 1 else relax.op.concat(parts, axis=1)
+
+    def _choose(self, name: str, kind: str, w_bits: int, a_bits: int) -> str:
+        if self.kernel == "auto":
+            return choose_kernel(kind, w_bits, a_bits, self.target)
+        if callable(self.kernel):
+            return self.kernel(name, kind, w_bits, a_bits, self.target)
+        return self.kernel
 
 
 @tvm.transform.module_pass(opt_level=0, name="tvm_mpq.LowerToKernels")
 class LowerToKernels:
     """Lower every layer annotated by :class:`AnnotateBitwidth` to integer TVM kernels."""
 
-    def __init__(self, calibration: Calibration):
+    def __init__(self, calibration: Calibration, target=None, kernel="auto"):
         if not isinstance(calibration, Calibration):
             raise TypeError(
                 f"LowerToKernels needs a tvm_mpq Calibration (from tvm_mpq.calibrate), got {type(calibration).__name__}"
             )
+        if not (kernel == "auto" or callable(kernel) or kernel in KERNELS):
+            raise ValueError(f"kernel must be 'auto', a callable or one of {sorted(KERNELS)}, got {kernel!r}")
         self.calibration = calibration
+        self.target = target
+        self.kernel = kernel
+        self.choices: dict[str, list[str]] = {}
 
     def transform_module(self, mod, ctx):
         annotated = [gv for gv, f in mod.functions.items() if isinstance(f, relax.Function) and f.attrs and LAYER_ATTR in f.attrs]
         if not annotated:
             return mod
-        lowerer = _Lowerer(mod, self.calibration)
+        target = parse_target(self.target) if self.target is not None else (Target.current(allow_none=True) or parse_target(None))
+        lowerer = _Lowerer(mod, self.calibration, target, self.kernel)
         for gv, func in list(mod.functions.items()):
             if isinstance(func, relax.Function) and gv not in annotated:
                 lowerer.builder_.update_func(gv, lowerer.visit_expr(func))
         result = lowerer.builder_.get()
         for gv in annotated:
             result = _remove(result, gv)
+        result = _schedule(result, lowerer.schedules)
+        self.choices = dict(lowerer.choices)
         logger.info("lowered %d layers to integer kernels", len(lowerer.lowered))
         return result
+
+
+def _schedule(mod, schedules: dict):
+    """Apply each kernel's schedule to its PrimFunc and mark it opaque (no later fusion)."""
+    if not schedules:
+        return mod
+    funcs = {}
+    for gv, func in mod.functions.items():
+        fn = schedules.get(gv.name_hint)
+        if fn is not None:
+            sch = Schedule(func)
+            try:
+                fn(sch)
+            except Exception as err:
+                raise RuntimeError(f"scheduling kernel {gv.name_hint} failed: {err}") from err
+            func = sch.mod["main"].with_attr("op_pattern", 8)
+        funcs[gv] = func
+    return tvm.IRModule(funcs, attrs=mod.attrs)
 
 
 def _remove(mod, gv):

@@ -13,6 +13,7 @@ from typing import Any, Mapping
 
 import tvm  # noqa: F401  (re-exported)
 from tvm import relax, te, tirx, topi  # noqa: F401
+from tvm.relax.backend.cpu_generic import pipeline as cpu_generic  # noqa: F401  (CPU pipeline phases)
 from tvm.relax.frontend.torch import from_exported_program  # noqa: F401
 from tvm.s_tir import Schedule, TensorIntrin  # noqa: F401
 from tvm.script import tirx as T  # noqa: F401  (TVMScript, for tensor intrinsics)
@@ -31,6 +32,7 @@ __all__ = [
     "topi",
     "Target",
     "Schedule",
+    "cpu_generic",
     "TensorIntrin",
     "T",
     "Constant",

@@ -8,19 +8,41 @@ from typing import Any
 
 import numpy as np
 
-from tvm_mpq._tvm import parse_target, relax, tensor, tvm
+from tvm_mpq._tvm import cpu_generic, parse_target, relax, tensor, tvm
 from tvm_mpq.frontend import Network
-from tvm_mpq.passes import AnnotateBitwidth, LowerToKernels
+from tvm_mpq.passes import AnnotateBitwidth, LowerToKernels, ScheduleGeneric
 from tvm_mpq.policy import QuantPolicy
 from tvm_mpq.quant.calibrate import Calibration
 
 logger = logging.getLogger(__name__)
 
 
-def quantize_module(net: Network, policy: QuantPolicy, calibration: Calibration):
+def quantize_module(net: Network, policy: QuantPolicy, calibration: Calibration, target=None, kernel="auto"):
     """The tvm-mpq phase of the pipeline: annotate, then lower to integer kernels (Relax -> Relax)."""
-    seq = tvm.transform.Sequential([AnnotateBitwidth(policy), LowerToKernels(calibration=calibration)], name="tvm_mpq.Quantize")
-    return seq(net.mod)
+    return _quantize(net, policy, calibration, target, kernel)[0]
+
+
+def _quantize(net, policy, calibration, target, kernel):
+    lower = LowerToKernels(calibration=calibration, target=target, kernel=kernel)
+    seq = tvm.transform.Sequential([AnnotateBitwidth(policy), lower], name="tvm_mpq.Quantize")
+    return seq(net.mod), lower.choices
+
+
+def cpu_pipeline(target):
+    """TVM's CPU pipeline with :class:`ScheduleGeneric` after fusion (TVM leaves those loops serial)."""
+    @tvm.transform.module_pass(opt_level=0, name="tvm_mpq.CPUPipeline")
+    def _pipeline(mod, _ctx):
+        with target:
+            seq = tvm.transform.Sequential(
+                cpu_generic.library_dispatch_passes(target)
+                + cpu_generic.legalize_passes(target)
+                + [ScheduleGeneric()]
+                + cpu_generic.dataflow_lower_passes(target)
+                + cpu_generic.finalize_passes(target)
+            )
+            return seq(mod)
+
+    return _pipeline
 
 
 class CompiledModel:
@@ -30,6 +52,7 @@ class CompiledModel:
         self.executable = executable
         self.target = target
         self.device = device or tvm.cpu(0)
+        self.kernels: dict[str, list[str]] = {}
         self._vm = None
 
     @property
@@ -71,12 +94,27 @@ def _flatten(out) -> list[np.ndarray]:
     return result
 
 
-def build(net: Network, policy: QuantPolicy, calibration: Calibration, target=None, *, pipeline: str = "default") -> CompiledModel:
-    """Annotate + lower + ``tvm.compile``. ``target``: ``"llvm -mcpu=znver5"``, a dict, a Target or None (host)."""
+def build(
+    net: Network, policy: QuantPolicy, calibration: Calibration, target=None, *, pipeline: str = "mpq", kernel="auto"
+) -> CompiledModel:
+    """Annotate + lower + ``tvm.compile``. ``target``: ``"llvm -mcpu=znver5"``, a dict, a Target or None (host).
+
+    ``pipeline="mpq"`` (default) is TVM's CPU pipeline plus :class:`ScheduleGeneric`; any name of
+    ``relax.get_pipeline`` works too. ``kernel``: see :class:`LowerToKernels`. The returned model's
+    ``kernels`` maps every conv/dense layer to what runs it (kernel per channel group, or
+    ``"float"`` for layers left to TVM's generic float path).
+    """
     tgt = parse_target(target)
-    mod = quantize_module(net, policy, calibration)
-    ex = tvm.compile(mod, target=tgt, relax_pipeline=pipeline)
-    return CompiledModel(ex, tgt)
+    mod, choices = _quantize(net, policy, calibration, tgt, kernel)
+    relax_pipeline = cpu_pipeline(tgt) if pipeline == "mpq" else pipeline
+    ex = tvm.compile(mod, target=tgt, relax_pipeline=relax_pipeline)
+    kernels = {layer.name: choices.get(layer.name, ["float"]) for layer in net.layers}
+    float_layers = [name for name, k in kernels.items() if k == ["float"]]
+    if float_layers:
+        logger.info("layers on TVM's generic float path (no tuned kernel): %s", ", ".join(float_layers))
+    model = CompiledModel(ex, tgt)
+    model.kernels = kernels
+    return model
 
 
 def load_compiled(path: "str | os.PathLike[str]") -> CompiledModel:

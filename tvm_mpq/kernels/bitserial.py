@@ -25,9 +25,15 @@ from tvm_mpq.quant.qparams import ActQuant
 TAG_CONV = "mpq_bitserial_conv2d"
 TAG_DENSE = "mpq_bitserial_dense"
 TAG_DEPTHWISE = "mpq_depthwise_conv2d_int"
+#: Block names of the depthwise kernel (the x86 schedule looks for them).
+DW_CODES_BLOCK = "mpq_dw_codes"
+DW_ACC_BLOCK = "mpq_dw_acc"
+DW_OUT_BLOCK = "mpq_dw_out"
 
 
 def act_code(value, aq: ActQuant, dtype: str):
+    # Callers select the zero point outside the image with ``tirx.Select`` on clamped (always
+    # in-bounds) indices, not ``if_then_else``: a select keeps the row loop vectorizable.
     """``clip(round(x * inv_scale) + zero_point, 0, qmax)``: the same float ops as the simulation."""
     r = te.round(value * tirx.const(aq.inv_scale, "float32")) + tirx.const(float(aq.zero_point), "float32")
     r = te.max(te.min(r, tirx.const(float(aq.qmax), "float32")), tirx.const(0.0, "float32"))
@@ -54,16 +60,22 @@ def _popcount(x):
     return tirx.popcount(x).astype("int32")
 
 
+#: Kernel outputs: the exact integer accumulator (tests), the float layer output, or the float
+#: output with the following ReLU fused.
+OUTPUTS = ("int", "float", "relu")
+
+
 def epilogue(shape, acc_fn, channel_of, bias_q, out_scale, dead_bias, out: str, tag: str, name: str):
     if out == "int":
         return te.compute(shape, lambda *i: acc_fn(*i).astype("int64") + bias_q[channel_of(i)], name=name, tag=tag)
-    if out != "float":
-        raise ValueError(f"out must be 'float' or 'int', got {out!r}")
+    if out not in OUTPUTS:
+        raise ValueError(f"out must be one of {OUTPUTS}, got {out!r}")
 
     def body(*i):
         o = channel_of(i)
         v = (acc_fn(*i).astype("int64") + bias_q[o]).astype("float32")
-        return v * out_scale[o] + dead_bias[o]
+        y = v * out_scale[o] + dead_bias[o]
+        return te.max(y, tirx.const(0.0, "float32")) if out == "relu" else y
 
     return te.compute(shape, body, name=name, tag=tag)
 
@@ -84,7 +96,7 @@ def bitserial_conv2d(data, w_packed, bias_q, out_scale, dead_bias, *, spec: Conv
         inside = tirx.all(hp >= pt, hp < pt + h, wp >= pl, wp < pl + w)
         ih = tirx.max(tirx.min(hp - pt, h - 1), 0)
         iw = tirx.max(tirx.min(wp - pl, w - 1), 0)
-        return tirx.if_then_else(inside, act_code(data[b, ch, ih, iw], aq, PACK_DTYPE), zero)
+        return tirx.Select(inside, act_code(data[b, ch, ih, iw], aq, PACK_DTYPE), zero)
 
     a_packed = _pack((n, h + pt + pb, w + pl + pr), padded_code, aq.bits, c, "a_packed")
     cw = words(c)
@@ -177,9 +189,9 @@ def depthwise_conv2d_int(data, w_levels, bias_q, out_scale, dead_bias, *, spec: 
         inside = tirx.all(hp >= pt, hp < pt + h, wp >= pl, wp < pl + w)
         ih = tirx.max(tirx.min(hp - pt, h - 1), 0)
         iw = tirx.max(tirx.min(wp - pl, w - 1), 0)
-        return tirx.if_then_else(inside, act_code(data[b, ch, ih, iw], aq, "int32"), zero)
+        return tirx.Select(inside, act_code(data[b, ch, ih, iw], aq, "int32"), zero)
 
-    codes = te.compute((n, c, h + pt + pb, w + pl + pr), padded, name="a_codes")
+    codes = te.compute((n, c, h + pt + pb, w + pl + pr), padded, name=DW_CODES_BLOCK)
     (sh, sw), (dh, dw) = spec.strides, spec.dilation
     kh_ax = te.reduce_axis((0, spec.kernel[0]), name="kh")
     kw_ax = te.reduce_axis((0, spec.kernel[1]), name="kw")
@@ -188,8 +200,8 @@ def depthwise_conv2d_int(data, w_levels, bias_q, out_scale, dead_bias, *, spec: 
         lambda b, ch, oh, ow: te.sum(
             codes[b, ch, oh * sh + kh_ax * dh, ow * sw + kw_ax * dw] * w_levels[ch, 0, kh_ax, kw_ax], axis=[kh_ax, kw_ax]
         ),
-        name="acc",
+        name=DW_ACC_BLOCK,
     )
     return epilogue(
-        spec.out_shape, lambda *i: acc[i], lambda i: i[1], bias_q, out_scale, dead_bias, out, TAG_DEPTHWISE, "dw_out"
+        spec.out_shape, lambda *i: acc[i], lambda i: i[1], bias_q, out_scale, dead_bias, out, TAG_DEPTHWISE, DW_OUT_BLOCK
     )

@@ -95,7 +95,7 @@ def int8_conv2d(data, w_blocked, bias_q, out_scale, dead_bias, *, spec: ConvSpec
         ih = tirx.max(tirx.min(hp - pt, h - 1), 0)
         iw = tirx.max(tirx.min(wp - pl, w - 1), 0)
         cc = tirx.min(ch, c - 1)
-        value = tirx.if_then_else(inside, act_code(data[b, cc, ih, iw], aq, "uint8"), zero)
+        value = tirx.Select(inside, act_code(data[b, cc, ih, iw], aq, "uint8"), zero)
         return tirx.if_then_else(ch < c, value, tirx.const(0, "uint8"))
 
     (sh, sw), (dh, dw) = spec.strides, spec.dilation

@@ -175,3 +175,30 @@ def schedule_int8_conv(sch: Schedule, knobs: Int8Knobs | None = None) -> Int8Kno
     _parallel_outer(sch, act, 3)
     sch.unroll(sch.get_loops(act)[-1])
     return knobs
+
+
+def schedule_depthwise(sch: Schedule, knobs=None) -> None:
+    """Depthwise integer conv: one output row per task step, the row vectorized, codes per channel.
+
+    Per (image, channel): quantize the padded input plane once, then for each output row accumulate
+    the KH x KW taps over the whole row (vector lanes along the row) and apply the epilogue.
+    """
+    from tvm_mpq.kernels import bitserial
+
+    out = _block(sch, bitserial.DW_OUT_BLOCK)
+    acc = _block(sch, bitserial.DW_ACC_BLOCK)
+    codes = _block(sch, bitserial.DW_CODES_BLOCK)
+    n, c, y, x = sch.get_loops(out)
+    plane = sch.fuse(n, c)
+    sch.parallel(plane)
+    sch.vectorize(x)
+    sch.set_scope(acc, 0, "local")
+    sch.compute_at(acc, y)
+    loops = sch.get_loops(acc)
+    below = next(i for i, loop in enumerate(loops) if sch.get(loop).same_as(sch.get(y))) + 1
+    own = loops[below:]  # (x, kh, kw) minus unit loops
+    if len(own) >= 2:
+        sch.reorder(*own[1:], own[0])
+        init = sch.decompose_reduction(acc, own[1])
+        sch.vectorize(sch.get_loops(init)[-1])
+    sch.compute_at(codes, plane)

@@ -1,0 +1,76 @@
+"""ScheduleGeneric: a plain multi-core schedule for the TIR functions our kernels do not cover.
+
+After ``LegalizeOps`` + ``FuseOps`` + ``FuseTIR``, the glue between quantized layers (residual
+add + ReLU, pooling, concat, reshape) and any layer kept in float are unscheduled loop nests: one
+thread, whatever LLVM auto-vectorizes. This pass gives every root block of those functions a
+parallel outer loop (leading spatial loops fused until there are enough tasks); inner loops stay
+whole so that LLVM vectorizes them. Functions already scheduled (our kernels are marked ``op_pattern`` 8 = opaque) are
+left alone. A block the rule cannot handle stays as it was (logged at debug level).
+"""
+
+from __future__ import annotations
+
+import logging
+
+from tvm_mpq._tvm import Schedule, tirx, tvm
+
+logger = logging.getLogger(__name__)
+
+#: fused outer iterations to aim for (coarse tasks for the thread pool)
+PARALLEL_TASKS = 64
+#: fused outer iterations below which a parallel loop does not pay
+MIN_PARALLEL = 2
+
+
+def _spatial_prefix(sch: Schedule, block, loops) -> int:
+    """Leading data-parallel block iterators (a legalized block binds its loops in iterator order)."""
+    count = 0
+    for iv in sch.get(block).iter_vars:
+        if int(iv.iter_type) != 0:
+            break
+        count += 1
+    return min(count, len(loops))
+
+
+def schedule_function(func) -> "tirx.PrimFunc":
+    sch = Schedule(func)
+    root = sch.get_sblock("root")
+    for block in sch.get_child_blocks(root):
+        loops = sch.get_loops(block)
+        try:
+            spatial = _spatial_prefix(sch, block, loops)
+            # fuse leading spatial loops until there is enough coarse-grained parallel work, and
+            # leave the inner loops whole (contiguous, so LLVM vectorizes them; fusing them into
+            # the parallel loop would put div/mod on every element)
+            count, extent = 0, 1
+            while count < spatial - 1 and extent < PARALLEL_TASKS:
+                extent *= int(sch.get(loops[count]).extent)
+                count += 1
+            if count == 0 or extent < MIN_PARALLEL:
+                continue
+            outer = sch.fuse(*loops[:count]) if count > 1 else loops[0]
+            sch.parallel(outer)
+        except Exception as err:  # a shape the rule does not fit: keep the block as it was
+            logger.debug("ScheduleGeneric: left block %s unscheduled: %s", sch.get(block).name_hint, err)
+    return sch.mod["main"]
+
+
+@tvm.transform.module_pass(opt_level=0, name="tvm_mpq.ScheduleGeneric")
+class ScheduleGeneric:
+    """Parallelize (and vectorize where purely spatial) every unscheduled TIR function."""
+
+    def transform_module(self, mod, ctx):
+        funcs = {}
+        for gv, func in mod.functions.items():
+            if isinstance(func, tirx.PrimFunc) and not _is_scheduled(func):
+                try:
+                    func = schedule_function(func).with_attr("tvm_mpq.scheduled", True)
+                except Exception as err:
+                    logger.debug("ScheduleGeneric: left %s unscheduled: %s", gv.name_hint, err)
+            funcs[gv] = func
+        return tvm.IRModule(funcs, attrs=mod.attrs)
+
+
+def _is_scheduled(func) -> bool:
+    attrs = func.attrs or {}
+    return int(attrs.get("op_pattern", -1)) == 8 or "tvm_mpq.scheduled" in attrs

@@ -1,0 +1,101 @@
+"""Kernel implementations a quantized layer can be lowered to, and how one is chosen.
+
+Every implementation computes the same exact integer accumulator (see ``quant/qparams``), so the
+choice is a pure speed decision: which one is fastest for this layer's shape and bits on this
+target. ``choose_kernel`` is the built-in rule; a callable (e.g. backed by the cost model) or a
+fixed name can replace it in :class:`~tvm_mpq.passes.LowerToKernels`.
+
+An implementation bundles: the TE computes (conv2d, dense), the NumPy weight preparation (codes ->
+the kernel's constant layout), an optional schedule for x86 and an availability test on the target.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import numpy as np
+
+from tvm_mpq._tvm import Schedule, Target
+from tvm_mpq.kernels import bitserial, int8, x86
+from tvm_mpq.quant.packing import pack_bits
+from tvm_mpq.quant.qparams import WeightQuant
+
+
+@dataclass(frozen=True)
+class KernelImpl:
+    """One way to run an integer conv2d (groups=1) / dense layer."""
+
+    name: str
+    conv2d: Callable
+    dense: Callable
+    #: (weights, channel start, stop, w_bits, kind) -> the constant the compute takes
+    prepare: Callable[[WeightQuant, int, int, int, str], np.ndarray]
+    schedule: Optional[Callable[[Schedule], object]]
+    available: Callable[[Target], bool]
+    description: str = ""
+
+
+KERNELS: dict[str, KernelImpl] = {}
+
+
+def register_kernel(impl: KernelImpl) -> KernelImpl:
+    if impl.name in KERNELS:
+        raise ValueError(f"kernel '{impl.name}' is already registered")
+    KERNELS[impl.name] = impl
+    return impl
+
+
+def get_kernel(name: str) -> KernelImpl:
+    try:
+        return KERNELS[name]
+    except KeyError:
+        raise ValueError(f"unknown kernel '{name}': choose one of {sorted(KERNELS)}") from None
+
+
+def _prepare_packed(wq: WeightQuant, start: int, stop: int, bits: int, kind: str) -> np.ndarray:
+    codes = wq.codes[start:stop]
+    if kind == "conv2d":
+        return pack_bits(np.moveaxis(codes, 1, -1), bits)  # [O, KH, KW, bits, words]
+    return pack_bits(codes, bits)  # [O, bits, words]
+
+
+def _prepare_int8(wq: WeightQuant, start: int, stop: int, bits: int, kind: str) -> np.ndarray:
+    return int8.prepare_weights(int8.weight_bytes(wq, start, stop, bits))
+
+
+register_kernel(
+    KernelImpl(
+        name="bitserial_ref",
+        conv2d=bitserial.bitserial_conv2d,
+        dense=bitserial.bitserial_dense,
+        prepare=_prepare_packed,
+        schedule=None,
+        available=lambda target: True,
+        description="bit-serial popcount, plain TE (no schedule): any target, slow; the reference",
+    )
+)
+
+register_kernel(
+    KernelImpl(
+        name="int8",
+        conv2d=int8.int8_conv2d,
+        dense=int8.int8_dense,
+        prepare=_prepare_int8,
+        schedule=x86.schedule_int8_conv,
+        available=x86.has_vnni,
+        description="u8 x s8 bytes tensorized to AVX-512 VNNI vpdpbusd (any w/a bits <= 8)",
+    )
+)
+
+
+def choose_kernel(kind: str, w_bits: int, a_bits: int, target: Target) -> str:
+    """The built-in rule (until a cost model decides): VNNI int8 unless bit-serial is cheaper.
+
+    A w-bit x a-bit bit-serial MAC costs w*a AND+popcount bits; measured per-core peaks make
+    bit-serial pay against VNNI only at ``w*a <= 2`` (W1A1, W1A2, W2A1).
+    """
+    serial = "bitserial" if "bitserial" in KERNELS and KERNELS["bitserial"].available(target) else "bitserial_ref"
+    if KERNELS["int8"].available(target) and (w_bits * a_bits > 2 or serial == "bitserial_ref"):
+        return "int8"
+    return serial

@@ -1,0 +1,89 @@
+"""Build and time one layer's kernel on its own: the unit that benchmarks and tuning measure.
+
+A workload is a layer shape (:class:`ConvSpec` / :class:`DenseSpec`) plus a precision (w/a bits and
+kernel implementation). Weights, calibration and inputs are synthetic (seeded): latency does not
+depend on the values, and the kernel's output is checked against the NumPy reference when asked.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from tvm_mpq._tvm import Schedule, parse_target, te, tensor, tvm
+from tvm_mpq.kernels import bitserial, reference, x86
+from tvm_mpq.kernels.registry import choose_kernel, get_kernel
+from tvm_mpq.kernels.spec import ConvSpec, DenseSpec
+from tvm_mpq.quant.qparams import act_qparams, apply_epilogue_np, make_epilogue, quantize_act_np, quantize_weight
+
+
+@dataclass
+class LayerKernel:
+    """A compiled single-layer kernel with its (synthetic) arguments."""
+
+    spec: Any
+    kernel: str
+    w_bits: int
+    a_bits: int
+    func: Any
+    args: list
+    expected: np.ndarray
+
+    def run(self) -> np.ndarray:
+        self.func(*self.args)
+        return self.args[-1].numpy()
+
+    def check(self) -> bool:
+        """Exact equality with the NumPy integer reference + epilogue."""
+        return bool(np.array_equal(self.run(), self.expected))
+
+    def time(self, number: int = 10, repeat: int = 5) -> np.ndarray:
+        """Seconds per call, one entry per repeat."""
+        timer = self.func.jit().time_evaluator("main", tvm.cpu(0), number=number, repeat=repeat)
+        return np.array(timer(*self.args).results)
+
+
+def build_layer_kernel(spec, w_bits: int, a_bits: int, kernel: str = "auto", target=None, knobs=None, seed: int = 0) -> LayerKernel:
+    """Compile ``spec`` at ``w_bits``/``a_bits`` with ``kernel`` (a registry name, "depthwise" or "auto")."""
+    tgt = parse_target(target)
+    rng = np.random.default_rng(seed)
+    dense = isinstance(spec, DenseSpec)
+    in_shape = (spec.batch, spec.in_features) if dense else (spec.batch, spec.in_channels, spec.height, spec.width)
+    x = np.maximum(rng.standard_normal(in_shape), 0).astype(np.float32)  # post-ReLU activations
+    w = rng.standard_normal(spec.weight_shape).astype(np.float32)
+    bias = rng.standard_normal(spec.out_channels).astype(np.float32)
+    aq = act_qparams(0.0, float(x.max()) or 1.0, a_bits)
+    wq = quantize_weight(w, w_bits)
+    ep = make_epilogue(wq, aq, bias)
+    codes = quantize_act_np(x, aq)
+    xt = te.placeholder(in_shape, "float32", name="x")
+    consts = [te.placeholder((spec.out_channels,), dt, name=n) for n, dt in (("bias_q", "int64"), ("out_scale", "float32"), ("dead_bias", "float32"))]
+    schedule = None
+    if not dense and spec.is_depthwise:
+        kernel = "depthwise"
+        w_arg = wq.levels.astype(np.int32)
+        wt = te.placeholder(w_arg.shape, "int32", name="w")
+        y = bitserial.depthwise_conv2d_int(xt, wt, *consts, spec=spec, aq=aq)
+        acc = reference.conv2d_int(codes, aq.zero_point, wq.levels, spec)
+        schedule = x86.schedule_depthwise
+    else:
+        kind = "dense" if dense else "conv2d"
+        if kernel == "auto":
+            kernel = choose_kernel(kind, w_bits, a_bits, tgt)
+        impl = get_kernel(kernel)
+        if not impl.available(tgt):
+            raise ValueError(f"kernel '{kernel}' is not available on {tgt}")
+        w_arg = impl.prepare(wq, 0, spec.out_channels, w_bits, kind)
+        wt = te.placeholder(w_arg.shape, str(w_arg.dtype), name="w")
+        y = (impl.dense if dense else impl.conv2d)(xt, wt, *consts, spec=spec, aq=aq, w_bits=w_bits)
+        schedule = impl.schedule
+        acc = reference.dense_int(codes, aq.zero_point, wq.levels) if dense else reference.conv2d_int(codes, aq.zero_point, wq.levels, spec)
+    sch = Schedule(te.create_prim_func([xt, wt, *consts, y]))
+    if schedule is not None:
+        schedule(sch, knobs) if knobs is not None else schedule(sch)
+    func = tvm.compile(sch.mod, target=tgt)
+    args = [tensor(x), tensor(np.ascontiguousarray(w_arg)), tensor(ep.kernel_bias.astype(np.int64)), tensor(ep.out_scale), tensor(ep.dead_bias)]
+    args.append(tensor(np.zeros(spec.out_shape, np.float32)))
+    return LayerKernel(spec, kernel, w_bits, a_bits, func, args, apply_epilogue_np(acc, ep))
