@@ -1,7 +1,7 @@
 """AnnotateBitwidth: attach a :class:`~tvm_mpq.policy.QuantPolicy` to the layers of a Relax module.
 
-Every layer the policy quantizes (its conv2d / matmul, plus the bias ``add`` and the ``relu`` that
-follow it when the layer output has no other use) is outlined into a private Relax function whose attributes carry the layer's name and bits, the way
+Every layer the policy quantizes (its conv2d / matmul, plus the bias ``add`` and the ReLU / ReLU6
+that follow it when the layer output has no other use) is outlined into a private Relax function whose attributes carry the layer's name and bits, the way
 ``FuseOpsByPattern`` marks composite functions::
 
     @R.function(private=True)
@@ -62,13 +62,24 @@ def _bias_add(binding, layer_var, kind: str, out_channels: int) -> bool:
     return shape in allowed
 
 
+def activation_kind(call) -> "str | None":
+    """"relu" for ``relu(x)``, "relu6" for ``clip(x, 0, 6)``: the activations kernels fuse."""
+    if is_op(call, "relax.nn.relu"):
+        return "relu"
+    if is_op(call, "relax.clip"):
+        lo, hi = (float(getattr(a.value, "value", a.value)) for a in call.args[1:3])
+        if (lo, hi) == (0.0, 6.0):
+            return "relu6"
+    return None
+
+
 def _relu_of(bindings, by_var, uses, producer):
-    """The ``relu(producer)`` binding when it is the producer's only use, else None."""
+    """The ReLU / ReLU6 binding of ``producer`` when it is the producer's only use, else None."""
     if uses.get(producer.var, 0) != 1:
         return None
     for b in bindings[by_var[producer.var.name] + 1 :]:
-        if is_op(b.value, "relax.nn.relu") and b.value.args[0].same_as(producer.var):
-            return b
+        if isinstance(b.value, relax.Call) and b.value.args and b.value.args[0].same_as(producer.var):
+            return b if activation_kind(b.value) else None
     return None
 
 
@@ -98,7 +109,8 @@ class _Outliner(relax.PyExprMutator):
                     args = [y, b] if a.same_as(layer_binding.var) else [a, y]
                     y = bb.emit(relax.op.add(*args))
                 if relu_binding is not None:
-                    y = bb.emit(relax.op.nn.relu(y))
+                    act = relu_binding.value
+                    y = bb.emit(relax.Call(act.op, [y, *act.args[1:]], act.attrs, act.ty_args))
                 out = bb.emit_output(y)
             bb.emit_func_output(out)
         gvar = self.builder_.add_func(bb.get()[entry["fname"]], entry["fname"])

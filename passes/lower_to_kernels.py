@@ -8,7 +8,7 @@ For each outlined layer function (attribute ``mpq.layer``):
 * bias (and BatchNorm, folded into the conv at import) is applied in the integer/float epilogue;
 * channel groups with different ``w_bits`` become one kernel each, concatenated on the channel
   axis. Depthwise convolutions take per-channel integer levels, so one kernel covers all groups;
-* a ReLU outlined with the layer is fused into the kernel's epilogue.
+* a ReLU / ReLU6 outlined with the layer is fused into the kernel's epilogue.
 
 Each conv2d/dense kernel is one of :mod:`tvm_mpq.kernels.registry` (``kernel="auto"`` picks by
 target and bits; a name or a callable ``(layer, kind, w_bits, a_bits, target) -> name`` overrides)
@@ -25,11 +25,11 @@ from functools import partial
 import numpy as np
 
 from tvm_mpq._tvm import Constant, Schedule, Target, parse_target, relax, tvm
-from tvm_mpq.kernels import bitserial
+from tvm_mpq.kernels import bitserial, x86
 from tvm_mpq.kernels.registry import KERNELS, choose_kernel, get_kernel
 from tvm_mpq.kernels.spec import ConvSpec, DenseSpec
 from tvm_mpq.frontend import conv_spec, is_op
-from tvm_mpq.passes.annotate_bitwidth import A_BITS_ATTR, GROUPS_ATTR, KIND_ATTR, LAYER_ATTR
+from tvm_mpq.passes.annotate_bitwidth import A_BITS_ATTR, GROUPS_ATTR, KIND_ATTR, LAYER_ATTR, activation_kind
 from tvm_mpq.quant.calibrate import Calibration
 from tvm_mpq.quant.qparams import Epilogue, check_reduction, make_epilogue, quantize_weight
 
@@ -37,7 +37,7 @@ logger = logging.getLogger(__name__)
 
 
 def _parse_layer(func):
-    """(layer call, weight [O, ...] float32 numpy, bias [O] or None, relu?) from an outlined function."""
+    """(layer call, weight [O, ...] float32 numpy, bias [O] or None, fused activation or None)."""
     bindings = [b for block in func.body.blocks for b in block.bindings]
     call = bindings[0].value
     weight = call.args[1]
@@ -51,8 +51,9 @@ def _parse_layer(func):
         if is_op(b.value, "relax.add"):
             const = next(a for a in b.value.args if isinstance(a, Constant))
             bias = const.value.numpy().astype(np.float32).reshape(-1)
-    relu = any(is_op(b.value, "relax.nn.relu") for b in bindings[1:])
-    return call, w, bias, relu
+    acts = [activation_kind(b.value) for b in bindings[1:] if isinstance(b.value, relax.Call)]
+    act = next((a for a in acts if a), None)
+    return call, w, bias, act
 
 
 def _slice(ep: Epilogue, start: int, stop: int) -> Epilogue:
@@ -94,8 +95,8 @@ class _Lowerer(relax.PyExprMutator):
         kind = str(func.attrs[KIND_ATTR])
         a_bits = int(func.attrs[A_BITS_ATTR])
         groups = [tuple(int(v) for v in g) for g in func.attrs[GROUPS_ATTR]]
-        layer_call, w, bias, relu = _parse_layer(func)
-        out = "relu" if relu else "float"
+        layer_call, w, bias, act = _parse_layer(func)
+        out = act or "float"
         in_shape = tuple(int(d) for d in x.ty.shape)
         aq = self.calibration.act_quant(name, a_bits)
         channel_bits = np.concatenate([np.full(stop - start, bits, np.int32) for start, stop, bits in groups])
@@ -110,12 +111,14 @@ class _Lowerer(relax.PyExprMutator):
         fname = f"mpq_{kind}_{name.replace('.', '_')}"
         meta = {"mpq.layer": name, "mpq.a_bits": a_bits}
         if kind == "depthwise_conv2d":
-            out_var = self.builder_.call_te(
+            call = self.builder_.call_te(
                 partial(bitserial.depthwise_conv2d_int, spec=spec, aq=aq, out=out), x, relax.const(wq.levels), *_consts(ep),
-                primfunc_name_hint=fname + "_" + tag, primfunc_attrs=meta,
+                primfunc_name_hint=fname + "_" + tag, primfunc_attrs={**meta, "mpq.kernel": "depthwise"},
             )
+            self.schedules[call.args[0].name_hint] = x86.schedule_depthwise
+            self.choices[name] = ["depthwise"]
             self.lowered.append(name)
-            return out_var
+            return call
         if kind not in ("conv2d", "dense"):
             raise ValueError(f"layer '{name}': no integer kernel for {kind}; keep it float (w_bits=a_bits=32)")
         parts = []

@@ -4,6 +4,7 @@ import torch
 
 import tvm_mpq
 from tvm_mpq._tvm import parse_target, relax, tvm
+from tvm_mpq.kernels import x86
 from tvm_mpq.passes import AnnotateBitwidth, LowerToKernels
 from tests.conftest import mixed_policy, random_batches
 
@@ -60,3 +61,44 @@ def test_missing_calibration_names_the_layer(digits_net):
 def test_wrong_calibration_type():
     with pytest.raises(TypeError, match="Calibration"):
         LowerToKernels(calibration={"a": (0, 1)})
+
+
+def test_every_kernel_choice_gives_the_same_model(digits_net):
+    """int8 (VNNI) and the reference bit-serial kernel compute the same integers: same outputs."""
+    model, inputs, net = digits_net
+    policy = mixed_policy(net)
+    batches = random_batches(inputs)
+    cal = tvm_mpq.calibrate(net, batches)
+    x = random_batches(inputs, n=1, seed=3)[0][0].numpy()
+    outs = {}
+    for kernel in ("auto", "bitserial_ref") + (("int8",) if x86.has_vnni(parse_target(None)) else ()):
+        compiled = tvm_mpq.build(net, policy, cal, kernel=kernel)
+        used = {k for kinds in compiled.kernels.values() for k in kinds}
+        if kernel != "auto":
+            assert used <= {kernel, "depthwise", "float"}, used
+        outs[kernel] = compiled.run(x)
+    for y in outs.values():
+        np.testing.assert_array_equal(y, outs["bitserial_ref"])
+
+
+def test_unknown_kernel_is_refused(digits_net):
+    _, inputs, net = digits_net
+    cal = tvm_mpq.calibrate(net, random_batches(inputs))
+    with pytest.raises(ValueError, match="kernel must be 'auto'"):
+        LowerToKernels(calibration=cal, kernel="gemm9000")
+
+
+def test_kernel_callable_decides_per_layer(digits_net):
+    _, inputs, net = digits_net
+    cal = tvm_mpq.calibrate(net, random_batches(inputs))
+    policy = tvm_mpq.QuantPolicy.uniform(net, w_bits=4, a_bits=4)
+    seen = []
+
+    def decide(layer, kind, w_bits, a_bits, target):
+        seen.append((layer, kind, w_bits, a_bits))
+        return "bitserial_ref"
+
+    compiled = tvm_mpq.build(net, policy, cal, kernel=decide)
+    assert {s[0] for s in seen} == {l.name for l in net.layers if l.kind in ("conv2d", "dense")}
+    assert all(s[2:] == (4, 4) for s in seen)
+    assert all(k in (["bitserial_ref"], ["depthwise"]) for k in compiled.kernels.values())

@@ -61,8 +61,8 @@ def _popcount(x):
 
 
 #: Kernel outputs: the exact integer accumulator (tests), the float layer output, or the float
-#: output with the following ReLU fused.
-OUTPUTS = ("int", "float", "relu")
+#: output with the following ReLU / ReLU6 fused.
+OUTPUTS = ("int", "float", "relu", "relu6")
 
 
 def epilogue(shape, acc_fn, channel_of, bias_q, out_scale, dead_bias, out: str, tag: str, name: str):
@@ -75,7 +75,11 @@ def epilogue(shape, acc_fn, channel_of, bias_q, out_scale, dead_bias, out: str, 
         o = channel_of(i)
         v = (acc_fn(*i).astype("int64") + bias_q[o]).astype("float32")
         y = v * out_scale[o] + dead_bias[o]
-        return te.max(y, tirx.const(0.0, "float32")) if out == "relu" else y
+        if out == "relu":
+            return te.max(y, tirx.const(0.0, "float32"))
+        if out == "relu6":
+            return te.min(te.max(y, tirx.const(0.0, "float32")), tirx.const(6.0, "float32"))
+        return y
 
     return te.compute(shape, body, name=name, tag=tag)
 
@@ -178,18 +182,25 @@ def bitserial_dense(data, w_packed, bias_q, out_scale, dead_bias, *, spec: Dense
 
 
 def depthwise_conv2d_int(data, w_levels, bias_q, out_scale, dead_bias, *, spec: ConvSpec, aq: ActQuant, out: str = "float"):
-    """Depthwise conv2d on integer codes. w_levels: int32 [C, 1, KH, KW] (odd levels). Returns [N, C, OH, OW]."""
+    """Depthwise conv2d on integer codes. w_levels: int32 [C, 1, KH, KW] (odd levels). Returns [N, C, OH, OW].
+
+    The integer products are summed in float32, which is exact here: every code, level and
+    partial sum is an integer below 2**24 (KH*KW * 255 * 255 < 2**24 up to 258 taps, e.g. 16x16), and
+    float multiply-adds vectorize far better than 32-bit integer multiplies on x86.
+    """
     if not spec.is_depthwise:
         raise ValueError(f"depthwise_conv2d_int needs groups == in_channels == out_channels, got {spec}")
+    if spec.kernel[0] * spec.kernel[1] * 255 * 255 >= 2**24:
+        raise ValueError(f"depthwise kernel {spec.kernel} is too large for exact float32 accumulation (at most 258 taps)")
     n, c, h, w = spec.batch, spec.in_channels, spec.height, spec.width
     pt, pl, pb, pr = spec.padding
-    zero = tirx.const(aq.zero_point, "int32")
+    zero = tirx.const(float(aq.zero_point), "float32")
 
     def padded(b, ch, hp, wp):
         inside = tirx.all(hp >= pt, hp < pt + h, wp >= pl, wp < pl + w)
         ih = tirx.max(tirx.min(hp - pt, h - 1), 0)
         iw = tirx.max(tirx.min(wp - pl, w - 1), 0)
-        return tirx.Select(inside, act_code(data[b, ch, ih, iw], aq, "int32"), zero)
+        return tirx.Select(inside, act_code(data[b, ch, ih, iw], aq, "float32"), zero)
 
     codes = te.compute((n, c, h + pt + pb, w + pl + pr), padded, name=DW_CODES_BLOCK)
     (sh, sw), (dh, dw) = spec.strides, spec.dilation
@@ -198,7 +209,8 @@ def depthwise_conv2d_int(data, w_levels, bias_q, out_scale, dead_bias, *, spec: 
     acc = te.compute(
         spec.out_shape,
         lambda b, ch, oh, ow: te.sum(
-            codes[b, ch, oh * sh + kh_ax * dh, ow * sw + kw_ax * dw] * w_levels[ch, 0, kh_ax, kw_ax], axis=[kh_ax, kw_ax]
+            codes[b, ch, oh * sh + kh_ax * dh, ow * sw + kw_ax * dw] * w_levels[ch, 0, kh_ax, kw_ax].astype("float32"),
+            axis=[kh_ax, kw_ax],
         ),
         name=DW_ACC_BLOCK,
     )
