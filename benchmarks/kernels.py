@@ -44,6 +44,8 @@ def _layers(quick: bool) -> list[dict]:
                 continue
             spec = layer.spec
             key = (spec.in_channels, spec.height, spec.out_channels, spec.kernel, spec.strides, spec.groups)
+            if model_name == "mobilenet_v2":  # one depthwise / pointwise layer per resolution and stride
+                key = (layer.kind, spec.kernel, spec.height, spec.strides, spec.in_channels < spec.out_channels)
             if key in seen:
                 continue
             if model_name == "mobilenet_v2" and layer.kind == "conv2d" and spec.kernel != (1, 1):

@@ -20,14 +20,7 @@ from kernels.test_bitserial import (
 from tvm_mpq._tvm import Schedule, parse_target, te, tensor, tvm
 from tvm_mpq.kernels import int8, reference, x86
 from tvm_mpq.kernels.spec import ConvSpec, DenseSpec
-from tvm_mpq.quant.qparams import (
-    MAX_BITS,
-    act_qparams,
-    apply_epilogue_np,
-    make_epilogue,
-    quantize_act_np,
-    quantize_weight,
-)
+from tvm_mpq.quant.qparams import MAX_BITS, act_qparams
 
 TARGET = parse_target(None)
 pytestmark = pytest.mark.skipif(
@@ -53,25 +46,15 @@ def _compile(kind, spec, aq, w_bits, out, knobs=None):
 
 
 def _check(kind, spec, w_bits, a_bits, x, wf, bias, lo, hi, knobs=None):
-    aq = act_qparams(lo, hi, a_bits)
-    wq = quantize_weight(wf, w_bits)
-    ep = make_epilogue(wq, aq, bias)
-    codes = quantize_act_np(x, aq)
-    if kind == "dense":
-        acc = reference.dense_int(codes, aq.zero_point, wq.levels)
-    else:
-        acc = reference.conv2d_int(codes, aq.zero_point, wq.levels, spec)
-    o = acc.shape[1]
-    w_arg = int8.prepare_weights(int8.weight_bytes(wq, 0, o, w_bits))
+    ref = reference.layer_reference(spec, x, wf, bias, lo, hi, w_bits, a_bits)
+    ep = ref.ep
+    w_arg = int8.prepare_weights(int8.weight_bytes(ref.wq, 0, ref.acc.shape[1], w_bits))
     for out in ("int", "float"):
-        func, dtype = _compile(kind, spec, aq, w_bits, out, knobs)
-        y = tensor(np.zeros(acc.shape, dtype))
+        func, dtype = _compile(kind, spec, ref.aq, w_bits, out, knobs)
+        y = tensor(np.zeros(ref.acc.shape, dtype))
         func(tensor(x), tensor(w_arg), tensor(ep.kernel_bias.astype(np.int64)), tensor(ep.out_scale), tensor(ep.dead_bias), y)
-        if out == "int":
-            bias_shape = (1, -1) + (1,) * (acc.ndim - 2)
-            np.testing.assert_array_equal(y.numpy(), acc + ep.bias_q.reshape(bias_shape))
-        else:
-            assert np.array_equal(y.numpy(), apply_epilogue_np(acc, ep)), (spec, aq, w_bits)
+        expected = ref.int_output() if out == "int" else ref.float_output()
+        assert np.array_equal(y.numpy(), expected), (spec, ref.aq, w_bits, out)
 
 
 def _conv_inputs(rng, spec):

@@ -1,6 +1,5 @@
 """Single-layer workloads (what benchmarks and tuning measure) compile and stay exact."""
 
-import numpy as np
 import pytest
 
 from tvm_mpq._tvm import parse_target

@@ -32,7 +32,7 @@ import numpy as np
 
 from tvm_mpq._tvm import te, tirx
 from tvm_mpq.kernels.bitserial import act_code, epilogue
-from tvm_mpq.kernels.spec import ConvSpec, DenseSpec
+from tvm_mpq.kernels.spec import ConvSpec, DenseSpec, ceil_div
 from tvm_mpq.quant.qparams import WeightQuant
 
 #: Output channels per accumulator vector and input channels per dot product.
@@ -47,10 +47,6 @@ ACC_BLOCK = "mpq_int8_acc"
 ROWSUM_BLOCK = "mpq_a_rowsum"
 ASUM_BLOCK = "mpq_a_boxsum"
 OUT_BLOCK = "mpq_int8_out"
-
-
-def _blocks(n: int, block: int) -> int:
-    return -(-n // block)
 
 
 def split_levels(w_bits: int) -> bool:
@@ -73,7 +69,7 @@ def prepare_weights(values: np.ndarray) -> np.ndarray:
     if values.min(initial=0) < -128 or values.max(initial=0) > 127:
         raise ValueError("int8 kernel weights must lie in -128..127")
     o, c, kh, kw = values.shape
-    ob, cb = _blocks(o, OC_BLOCK), _blocks(c, IC_BLOCK)
+    ob, cb = ceil_div(o, OC_BLOCK), ceil_div(c, IC_BLOCK)
     padded = np.zeros((ob * OC_BLOCK, cb * IC_BLOCK, kh, kw), np.int8)
     padded[:o, :c] = values
     blocked = padded.reshape(ob, OC_BLOCK, cb, IC_BLOCK, kh, kw)
@@ -86,7 +82,7 @@ def int8_conv2d(data, w_blocked, bias_q, out_scale, dead_bias, *, spec: ConvSpec
         raise ValueError(f"int8_conv2d handles groups=1, got {spec.groups}: use depthwise_conv2d_int")
     n, c, h, w = spec.batch, spec.in_channels, spec.height, spec.width
     pt, pl, pb, pr = spec.padding
-    cb, ob = _blocks(c, IC_BLOCK), _blocks(spec.out_channels, OC_BLOCK)
+    cb, ob = ceil_div(c, IC_BLOCK), ceil_div(spec.out_channels, OC_BLOCK)
     zero = tirx.const(aq.zero_point, "uint8")
 
     def padded(b, cblk, hp, wp, ci):

@@ -2,9 +2,21 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
-from tvm_mpq.kernels.spec import ConvSpec
+from tvm_mpq.kernels.spec import ConvSpec, DenseSpec
+from tvm_mpq.quant.qparams import (
+    ActQuant,
+    Epilogue,
+    WeightQuant,
+    act_qparams,
+    apply_epilogue_np,
+    make_epilogue,
+    quantize_act_np,
+    quantize_weight,
+)
 
 
 def conv2d_int(codes: np.ndarray, zero_point: int, levels: np.ndarray, spec: ConvSpec) -> np.ndarray:
@@ -31,3 +43,32 @@ def conv2d_int(codes: np.ndarray, zero_point: int, levels: np.ndarray, spec: Con
 
 def dense_int(codes: np.ndarray, zero_point: int, levels: np.ndarray) -> np.ndarray:
     return (codes.astype(np.int64) - zero_point) @ levels.astype(np.int64).T
+
+
+@dataclass(frozen=True)
+class LayerReference:
+    """A layer quantized the way every kernel sees it, and its exact integer accumulator."""
+
+    aq: ActQuant
+    wq: WeightQuant
+    ep: Epilogue
+    acc: np.ndarray  # int64 sum((code - z) * level), [N, O, ...]
+
+    def int_output(self) -> np.ndarray:
+        """What a kernel returns with ``out="int"``: accumulator + bias in accumulator units."""
+        return self.acc + self.ep.bias_q.reshape((1, -1) + (1,) * (self.acc.ndim - 2))
+
+    def float_output(self) -> np.ndarray:
+        return apply_epilogue_np(self.acc, self.ep)
+
+
+def layer_reference(spec, x: np.ndarray, w: np.ndarray, bias, lo: float, hi: float, w_bits: int, a_bits: int) -> LayerReference:
+    """Quantize ``x`` (range [lo, hi]) and ``w`` like the lowering does; the NumPy accumulator."""
+    aq = act_qparams(lo, hi, a_bits)
+    wq = quantize_weight(w, w_bits)
+    codes = quantize_act_np(x, aq)
+    if isinstance(spec, DenseSpec):
+        acc = dense_int(codes, aq.zero_point, wq.levels)
+    else:
+        acc = conv2d_int(codes, aq.zero_point, wq.levels, spec)
+    return LayerReference(aq, wq, make_epilogue(wq, aq, bias), acc)

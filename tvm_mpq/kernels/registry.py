@@ -17,7 +17,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from tvm_mpq._tvm import Schedule, Target
-from tvm_mpq.kernels import bitserial, int8, x86
+from tvm_mpq.kernels import bitserial, bitserial_x86, int8, x86
 from tvm_mpq.quant.packing import pack_bits
 from tvm_mpq.quant.qparams import WeightQuant
 
@@ -85,6 +85,23 @@ register_kernel(
         schedule=x86.schedule_int8_conv,
         available=x86.has_vnni,
         description="u8 x s8 bytes tensorized to AVX-512 VNNI vpdpbusd (any w/a bits <= 8)",
+    )
+)
+
+
+def _prepare_bitserial_x86(wq: WeightQuant, start: int, stop: int, bits: int, kind: str) -> np.ndarray:
+    return bitserial_x86.prepare_weights(wq.codes[start:stop], bits)
+
+
+register_kernel(
+    KernelImpl(
+        name="bitserial",
+        conv2d=bitserial_x86.bitserial_x86_conv2d,
+        dense=bitserial_x86.bitserial_x86_dense,
+        prepare=_prepare_bitserial_x86,
+        schedule=bitserial_x86.schedule_bitserial_conv,
+        available=x86.is_x86,
+        description="bit-serial AND+popcount, 8 output pixels per 512-bit vector (vpopcntq; vpshufb on AVX2)",
     )
 )
 

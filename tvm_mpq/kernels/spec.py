@@ -5,6 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 
+def ceil_div(n: int, d: int) -> int:
+    return -(-n // d)
+
+
 @dataclass(frozen=True)
 class ConvSpec:
     """A 2-D convolution in NCHW / OIHW. ``padding`` is (top, left, bottom, right) as in Relax."""

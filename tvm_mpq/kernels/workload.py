@@ -15,8 +15,7 @@ import numpy as np
 from tvm_mpq._tvm import Schedule, parse_target, te, tensor, tvm
 from tvm_mpq.kernels import bitserial, reference, x86
 from tvm_mpq.kernels.registry import choose_kernel, get_kernel
-from tvm_mpq.kernels.spec import ConvSpec, DenseSpec
-from tvm_mpq.quant.qparams import act_qparams, apply_epilogue_np, make_epilogue, quantize_act_np, quantize_weight
+from tvm_mpq.kernels.spec import DenseSpec
 
 
 @dataclass
@@ -54,10 +53,8 @@ def build_layer_kernel(spec, w_bits: int, a_bits: int, kernel: str = "auto", tar
     x = np.maximum(rng.standard_normal(in_shape), 0).astype(np.float32)  # post-ReLU activations
     w = rng.standard_normal(spec.weight_shape).astype(np.float32)
     bias = rng.standard_normal(spec.out_channels).astype(np.float32)
-    aq = act_qparams(0.0, float(x.max()) or 1.0, a_bits)
-    wq = quantize_weight(w, w_bits)
-    ep = make_epilogue(wq, aq, bias)
-    codes = quantize_act_np(x, aq)
+    ref = reference.layer_reference(spec, x, w, bias, 0.0, float(x.max()) or 1.0, w_bits, a_bits)
+    aq, wq, ep = ref.aq, ref.wq, ref.ep
     xt = te.placeholder(in_shape, "float32", name="x")
     consts = [te.placeholder((spec.out_channels,), dt, name=n) for n, dt in (("bias_q", "int64"), ("out_scale", "float32"), ("dead_bias", "float32"))]
     schedule = None
@@ -66,7 +63,6 @@ def build_layer_kernel(spec, w_bits: int, a_bits: int, kernel: str = "auto", tar
         w_arg = wq.levels.astype(np.int32)
         wt = te.placeholder(w_arg.shape, "int32", name="w")
         y = bitserial.depthwise_conv2d_int(xt, wt, *consts, spec=spec, aq=aq)
-        acc = reference.conv2d_int(codes, aq.zero_point, wq.levels, spec)
         schedule = x86.schedule_depthwise
     else:
         kind = "dense" if dense else "conv2d"
@@ -79,11 +75,10 @@ def build_layer_kernel(spec, w_bits: int, a_bits: int, kernel: str = "auto", tar
         wt = te.placeholder(w_arg.shape, str(w_arg.dtype), name="w")
         y = (impl.dense if dense else impl.conv2d)(xt, wt, *consts, spec=spec, aq=aq, w_bits=w_bits)
         schedule = impl.schedule
-        acc = reference.dense_int(codes, aq.zero_point, wq.levels) if dense else reference.conv2d_int(codes, aq.zero_point, wq.levels, spec)
     sch = Schedule(te.create_prim_func([xt, wt, *consts, y]))
     if schedule is not None:
         schedule(sch, knobs) if knobs is not None else schedule(sch)
     func = tvm.compile(sch.mod, target=tgt)
     args = [tensor(x), tensor(np.ascontiguousarray(w_arg)), tensor(ep.kernel_bias.astype(np.int64)), tensor(ep.out_scale), tensor(ep.dead_bias)]
     args.append(tensor(np.zeros(spec.out_shape, np.float32)))
-    return LayerKernel(spec, kernel, w_bits, a_bits, func, args, apply_epilogue_np(acc, ep))
+    return LayerKernel(spec, kernel, w_bits, a_bits, func, args, ref.float_output())

@@ -14,7 +14,7 @@ buffer (a register tile after LLVM's SROA).
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 from tvm_mpq._tvm import Schedule, T, Target, TensorIntrin, target_features
 from tvm_mpq.kernels import int8
@@ -72,6 +72,12 @@ def _register_intrinsics() -> None:
 _register_intrinsics()
 
 
+def is_x86(target: Target) -> bool:
+    """An x86-64 LLVM target (the schedules here assume x86 vector widths)."""
+    triple = str(target.attrs.get("mtriple", "")) if hasattr(target, "attrs") else ""
+    return target.kind.name == "llvm" and (not triple or triple.startswith(("x86_64", "i686", "amd64")))
+
+
 def has_vnni(target: Target) -> bool:
     """Whether ``target`` has AVX-512 VNNI (``vpdpbusd``), which the int8 kernel is tensorized to."""
     features = target_features(target)
@@ -86,11 +92,10 @@ class Int8Knobs:
     oc_blocks: int
     kernel_outer: bool = False  # reduction order (kh, kw, c) instead of (c, kh, kw)
 
-    def to_dict(self) -> dict:
-        return {"ow_block": self.ow_block, "oc_blocks": self.oc_blocks, "kernel_outer": self.kernel_outer}
+    to_dict = asdict
 
 
-def _divisors(n: int, limit: int) -> list[int]:
+def divisors(n: int, limit: int) -> list[int]:
     return [d for d in range(1, min(n, limit) + 1) if n % d == 0]
 
 
@@ -98,7 +103,7 @@ def default_int8_knobs(out_width: int, oc_blocks: int) -> Int8Knobs:
     """The largest register tile that fits :data:`MAX_ACC_REGISTERS`; ties go to 2 channel vectors
     (each weight vector then serves many pixels and each broadcast two vectors: fastest measured)."""
     best = max(
-        ((x, o) for x in _divisors(out_width, 16) for o in _divisors(oc_blocks, 4) if x * o <= MAX_ACC_REGISTERS),
+        ((x, o) for x in divisors(out_width, 16) for o in divisors(oc_blocks, 4) if x * o <= MAX_ACC_REGISTERS),
         key=lambda xo: (xo[0] * xo[1], -abs(xo[1] - 2), xo[0]),
     )
     return Int8Knobs(*best)
@@ -108,7 +113,7 @@ def _extent(sch: Schedule, loop) -> int:
     return int(sch.get(loop).extent)
 
 
-def _block(sch: Schedule, name: str):
+def find_block(sch: Schedule, name: str):
     """The top-level block called ``name`` (FuseTIR may have suffixed it), or None."""
     for rv in sch.get_child_blocks(sch.get_sblock("root")):
         hint = sch.get(rv).name_hint
@@ -117,7 +122,7 @@ def _block(sch: Schedule, name: str):
     return None
 
 
-def _tile_loops(sch: Schedule, block, outer, extents: dict[str, int]) -> dict:
+def tile_loops(sch: Schedule, block, outer, extents: dict[str, int]) -> dict:
     """Name the loops of ``block`` below ``outer`` (compute_at drops unit loops, in this order)."""
     loops = sch.get_loops(block)
     below = next(i for i, loop in enumerate(loops) if sch.get(loop).same_as(sch.get(outer))) + 1
@@ -142,8 +147,8 @@ def schedule_int8_conv(sch: Schedule, knobs: Int8Knobs | None = None) -> Int8Kno
     registers: ``ow_block`` pixels x ``oc_blocks`` vectors of 16 channels, reduction over
     (C/4, KH, KW) with one ``vpdpbusd`` per (pixel, vector, 4 channels).
     """
-    acc = _block(sch, int8.ACC_BLOCK)
-    out = _block(sch, int8.OUT_BLOCK)
+    acc = find_block(sch, int8.ACC_BLOCK)
+    out = find_block(sch, int8.OUT_BLOCK)
     region = sch.get(acc).writes[0]
     _, o_blocks, _, out_w, _ = (int(v) for v in region.source.shape)
     if knobs is None:
@@ -157,7 +162,7 @@ def schedule_int8_conv(sch: Schedule, knobs: Int8Knobs | None = None) -> Int8Kno
     sch.set_scope(acc, 0, "local")
     sch.compute_at(acc, xo)
     rc_n, kh_n, kw_n = (int(iv.dom.extent) for iv in sch.get(acc).iter_vars[5:8])
-    loops = _tile_loops(sch, acc, xo, {"ob": knobs.oc_blocks, "x": knobs.ow_block, "oi": int8.OC_BLOCK, "rc": rc_n, "kh": kh_n, "kw": kw_n, "ri": int8.IC_BLOCK})
+    loops = tile_loops(sch, acc, xo, {"ob": knobs.oc_blocks, "x": knobs.ow_block, "oi": int8.OC_BLOCK, "rc": rc_n, "kh": kh_n, "kw": kw_n, "ri": int8.IC_BLOCK})
     order = ("kh", "kw", "rc") if knobs.kernel_outer else ("rc", "kh", "kw")
     reduction = [loops[k] for k in order if k in loops]
     spatial = [loops[k] for k in ("ob", "x") if k in loops]
@@ -167,11 +172,11 @@ def schedule_int8_conv(sch: Schedule, knobs: Int8Knobs | None = None) -> Int8Kno
     for loop in spatial:
         sch.unroll(loop)
     sch.vectorize(sch.get_loops(init)[-1])
-    boxsum = _block(sch, int8.ASUM_BLOCK)
+    boxsum = find_block(sch, int8.ASUM_BLOCK)
     if boxsum is not None:  # 8-bit weights: per-pixel code sums, before the conv loop nest
-        _parallel_outer(sch, _block(sch, int8.ROWSUM_BLOCK), 2)
+        _parallel_outer(sch, find_block(sch, int8.ROWSUM_BLOCK), 2)
         _parallel_outer(sch, boxsum, 2)
-    act = _block(sch, int8.ACT_BLOCK)
+    act = find_block(sch, int8.ACT_BLOCK)
     _parallel_outer(sch, act, 3)
     sch.unroll(sch.get_loops(act)[-1])
     return knobs
@@ -185,9 +190,9 @@ def schedule_depthwise(sch: Schedule, knobs=None) -> None:
     """
     from tvm_mpq.kernels import bitserial
 
-    out = _block(sch, bitserial.DW_OUT_BLOCK)
-    acc = _block(sch, bitserial.DW_ACC_BLOCK)
-    codes = _block(sch, bitserial.DW_CODES_BLOCK)
+    out = find_block(sch, bitserial.DW_OUT_BLOCK)
+    acc = find_block(sch, bitserial.DW_ACC_BLOCK)
+    codes = find_block(sch, bitserial.DW_CODES_BLOCK)
     n, c, y, x = sch.get_loops(out)
     plane = sch.fuse(n, c)
     sch.parallel(plane)
