@@ -24,6 +24,7 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/kernels.py
+	$(PY) benchmarks/resnet18.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info
