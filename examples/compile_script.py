@@ -29,11 +29,12 @@ def main() -> None:
     policy = tvm_mpq.QuantPolicy.uniform(net, w_bits=4, a_bits=4, keep_first_last=8)
     policy.save("/tmp/tvm_mpq_policy.json")
 
+    target = tvm_mpq._tvm.parse_target(args.target)  # accepts "llvm -mcpu=znver5" strings
     pipeline = tvm.transform.Sequential(
         [
             relax.transform.FoldConstant(),
             tvm_mpq.transform.AnnotateBitwidth(policy),
-            tvm_mpq.transform.LowerToKernels(calibration=cal),
+            tvm_mpq.transform.LowerToKernels(calibration=cal, target=target),  # kernels chosen and scheduled for it
             relax.transform.LegalizeOps(),
             relax.transform.AnnotateTIROpPattern(),
             relax.transform.FoldConstant(),
@@ -42,7 +43,6 @@ def main() -> None:
         ]
     )
     mod = pipeline(net.mod)
-    target = tvm_mpq._tvm.parse_target(args.target)  # accepts "llvm -mcpu=znver5" strings
     ex = tvm.compile(mod, target=target)
     ex.export_library(args.out)
 

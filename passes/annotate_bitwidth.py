@@ -1,8 +1,9 @@
 """AnnotateBitwidth: attach a :class:`~tvm_mpq.policy.QuantPolicy` to the layers of a Relax module.
 
 Every layer the policy quantizes (its conv2d / matmul, plus the bias ``add`` and the ReLU / ReLU6
-that follow it when the layer output has no other use) is outlined into a private Relax function whose attributes carry the layer's name and bits, the way
-``FuseOpsByPattern`` marks composite functions::
+that follow it when the layer output has no other use) is outlined into a private Relax function
+whose attributes carry the layer's name and bits, the way ``FuseOpsByPattern`` marks composite
+functions::
 
     @R.function(private=True)
     def mpq_layer1_0_conv1(x):
@@ -73,7 +74,7 @@ def activation_kind(call) -> "str | None":
     return None
 
 
-def _relu_of(bindings, by_var, uses, producer):
+def _activation_of(bindings, by_var, uses, producer):
     """The ReLU / ReLU6 binding of ``producer`` when it is the producer's only use, else None."""
     if uses.get(producer.var, 0) != 1:
         return None
@@ -96,7 +97,7 @@ class _Outliner(relax.PyExprMutator):
             return
         if not binding.var.same_as(entry["last"].var):
             return  # emitted inside the outlined function, at its last binding
-        layer_binding, bias_binding, relu_binding = entry["layer"], entry["bias"], entry["relu"]
+        layer_binding, bias_binding, act_binding = entry["layer"], entry["bias"], entry["act"]
         x = layer_binding.value.args[0]
         param = relax.Var("x", x.ty)
         bb = relax.BlockBuilder()
@@ -108,8 +109,8 @@ class _Outliner(relax.PyExprMutator):
                     a, b = bias_binding.value.args
                     args = [y, b] if a.same_as(layer_binding.var) else [a, y]
                     y = bb.emit(relax.op.add(*args))
-                if relu_binding is not None:
-                    act = relu_binding.value
+                if act_binding is not None:
+                    act = act_binding.value
                     y = bb.emit(relax.Call(act.op, [y, *act.args[1:]], act.attrs, act.ty_args))
                 out = bb.emit_output(y)
             bb.emit_func_output(out)
@@ -157,18 +158,18 @@ class AnnotateBitwidth:
                         bias_binding = nxt
                         break
             last = bias_binding or layer_binding
-            relu_binding = _relu_of(bindings, by_var, uses, last)
+            act_binding = _activation_of(bindings, by_var, uses, last)
             groups = [[g.start, g.stop, g.w_bits] for g in bits.groups] or [[0, layer.out_channels, bits.w_bits]]
             attrs = {LAYER_ATTR: layer.name, KIND_ATTR: layer.kind, A_BITS_ATTR: bits.a_bits, GROUPS_ATTR: groups}
             entry = {
                 "layer": layer_binding,
                 "bias": bias_binding,
-                "relu": relu_binding,
-                "last": relu_binding or last,
+                "act": act_binding,
+                "last": act_binding or last,
                 "attrs": attrs,
                 "fname": layer_function_name(layer.name),
             }
-            for b in (layer_binding, bias_binding, relu_binding):
+            for b in (layer_binding, bias_binding, act_binding):
                 if b is not None:
                     plan[b.var.name] = entry
         if not plan:

@@ -26,7 +26,7 @@ import numpy as np
 
 from tvm_mpq._tvm import Constant, Schedule, Target, parse_target, relax, tvm
 from tvm_mpq.kernels import bitserial, x86
-from tvm_mpq.kernels.registry import KERNELS, choose_kernel, get_kernel
+from tvm_mpq.kernels.registry import KERNELS, resolve_kernel
 from tvm_mpq.kernels.spec import ConvSpec, DenseSpec
 from tvm_mpq.frontend import conv_spec, is_op
 from tvm_mpq.passes.annotate_bitwidth import A_BITS_ATTR, GROUPS_ATTR, KIND_ATTR, LAYER_ATTR, activation_kind
@@ -124,9 +124,7 @@ class _Lowerer(relax.PyExprMutator):
         parts = []
         self.choices[name] = []
         for start, stop, bits in groups:
-            impl = get_kernel(self._choose(name, kind, bits, a_bits))
-            if not impl.available(self.target):
-                raise ValueError(f"layer '{name}': kernel '{impl.name}' is not available on {self.target}; choose another kernel")
+            impl = resolve_kernel(self.kernel, kind, bits, a_bits, self.target, layer=name)
             self.choices[name].append(impl.name)
             if kind == "conv2d":
                 gspec = ConvSpec(**{**spec.__dict__, "out_channels": stop - start})
@@ -143,13 +141,6 @@ class _Lowerer(relax.PyExprMutator):
             parts.append(self.builder_.emit(call))
         self.lowered.append(name)
         return parts[0] if len(parts) == 1 else relax.op.concat(parts, axis=1)
-
-    def _choose(self, name: str, kind: str, w_bits: int, a_bits: int) -> str:
-        if self.kernel == "auto":
-            return choose_kernel(kind, w_bits, a_bits, self.target)
-        if callable(self.kernel):
-            return self.kernel(name, kind, w_bits, a_bits, self.target)
-        return self.kernel
 
 
 @tvm.transform.module_pass(opt_level=0, name="tvm_mpq.LowerToKernels")

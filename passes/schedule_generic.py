@@ -57,7 +57,7 @@ def schedule_function(func) -> "tirx.PrimFunc":
 
 @tvm.transform.module_pass(opt_level=0, name="tvm_mpq.ScheduleGeneric")
 class ScheduleGeneric:
-    """Parallelize (and vectorize where purely spatial) every unscheduled TIR function."""
+    """Give every unscheduled TIR function a parallel outer loop per root block."""
 
     def transform_module(self, mod, ctx):
         funcs = {}

@@ -7,6 +7,6 @@
     ])
 """
 
-from tvm_mpq.passes import AnnotateBitwidth, LowerToKernels
+from tvm_mpq.passes import AnnotateBitwidth, LowerToKernels, ScheduleGeneric
 
-__all__ = ["AnnotateBitwidth", "LowerToKernels"]
+__all__ = ["AnnotateBitwidth", "LowerToKernels", "ScheduleGeneric"]

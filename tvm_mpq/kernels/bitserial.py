@@ -32,9 +32,12 @@ DW_OUT_BLOCK = "mpq_dw_out"
 
 
 def act_code(value, aq: ActQuant, dtype: str):
-    # Callers select the zero point outside the image with ``tirx.Select`` on clamped (always
-    # in-bounds) indices, not ``if_then_else``: a select keeps the row loop vectorizable.
-    """``clip(round(x * inv_scale) + zero_point, 0, qmax)``: the same float ops as the simulation."""
+    """``clip(round(x * inv_scale) + zero_point, 0, qmax)``: the same float ops as the simulation.
+
+    For spatial padding the kernels select the zero point with ``tirx.Select`` over clamped
+    (always in-bounds) indices rather than a guarded ``if_then_else`` load, which keeps the row
+    loop free of branches.
+    """
     r = te.round(value * tirx.const(aq.inv_scale, "float32")) + tirx.const(float(aq.zero_point), "float32")
     r = te.max(te.min(r, tirx.const(float(aq.qmax), "float32")), tirx.const(0.0, "float32"))
     return r.astype(dtype)

@@ -116,3 +116,20 @@ def choose_kernel(kind: str, w_bits: int, a_bits: int, target: Target) -> str:
     if KERNELS["int8"].available(target) and (w_bits * a_bits > 2 or serial == "bitserial_ref"):
         return "int8"
     return serial
+
+
+def resolve_kernel(kernel, kind: str, w_bits: int, a_bits: int, target: Target, layer: str = "") -> KernelImpl:
+    """The implementation for one (channel group of a) layer: ``kernel`` is ``"auto"``
+    (:func:`choose_kernel`), a registry name, or a callable ``(layer, kind, w_bits, a_bits, target)
+    -> name``. Refuses an implementation the target cannot run."""
+    if kernel == "auto":
+        name = choose_kernel(kind, w_bits, a_bits, target)
+    elif callable(kernel):
+        name = kernel(layer, kind, w_bits, a_bits, target)
+    else:
+        name = kernel
+    impl = get_kernel(name)
+    if not impl.available(target):
+        where = f"layer '{layer}': " if layer else ""
+        raise ValueError(f"{where}kernel '{impl.name}' is not available on {target}; choose another kernel")
+    return impl

@@ -14,7 +14,7 @@ import numpy as np
 
 from tvm_mpq._tvm import Schedule, parse_target, te, tensor, tvm
 from tvm_mpq.kernels import bitserial, reference, x86
-from tvm_mpq.kernels.registry import choose_kernel, get_kernel
+from tvm_mpq.kernels.registry import resolve_kernel
 from tvm_mpq.kernels.spec import DenseSpec
 
 
@@ -66,18 +66,15 @@ def build_layer_kernel(spec, w_bits: int, a_bits: int, kernel: str = "auto", tar
         schedule = x86.schedule_depthwise
     else:
         kind = "dense" if dense else "conv2d"
-        if kernel == "auto":
-            kernel = choose_kernel(kind, w_bits, a_bits, tgt)
-        impl = get_kernel(kernel)
-        if not impl.available(tgt):
-            raise ValueError(f"kernel '{kernel}' is not available on {tgt}")
+        impl = resolve_kernel(kernel, kind, w_bits, a_bits, tgt)
+        kernel = impl.name
         w_arg = impl.prepare(wq, 0, spec.out_channels, w_bits, kind)
         wt = te.placeholder(w_arg.shape, str(w_arg.dtype), name="w")
         y = (impl.dense if dense else impl.conv2d)(xt, wt, *consts, spec=spec, aq=aq, w_bits=w_bits)
         schedule = impl.schedule
     sch = Schedule(te.create_prim_func([xt, wt, *consts, y]))
     if schedule is not None:
-        schedule(sch, knobs) if knobs is not None else schedule(sch)
+        schedule(sch, knobs)
     func = tvm.compile(sch.mod, target=tgt)
     args = [tensor(x), tensor(np.ascontiguousarray(w_arg)), tensor(ep.kernel_bias.astype(np.int64)), tensor(ep.out_scale), tensor(ep.dead_bias)]
     args.append(tensor(np.zeros(spec.out_shape, np.float32)))

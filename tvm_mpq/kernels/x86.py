@@ -1,14 +1,15 @@
 """x86 schedules for the integer kernels, and the VNNI tensor intrinsic they use.
 
-Schedules work on a :class:`Schedule` of any PrimFunc that contains a kernel's blocks (found by
-name), so they apply to a kernel alone or after ``FuseOps``/``FuseTIR`` merged elementwise
-consumers (ReLU, residual add) into it: those are inlined into the epilogue.
+Schedules work on a :class:`Schedule` of a PrimFunc that contains a kernel's blocks (found by
+name). ``LowerToKernels`` applies them to each kernel as it lowers it and marks the kernel opaque,
+so later fusion passes leave it alone; a ReLU / ReLU6 is part of the kernel's own epilogue.
 
 TVM's stock ``dot_16x4_vnni`` intrinsic does not build with the LLVM 22 in the 0.27 wheel (it
 passes ``<16 x i32>`` where ``llvm.x86.avx512.vpdpbusd.512`` takes ``<64 x i8>``). We register a
 corrected one: the same 16x4 u8*s8->i32 description, an implementation that broadcasts the four
 activation bytes as one i32 and reinterprets the vectors as bytes. Its accumulator is a ``local``
-buffer (a register tile after LLVM's SROA).
+buffer: the reduction loop keeps the tile in registers; TVM 0.27 allocates even small local
+buffers through ``TVMBackendAllocWorkspace``, so the tile is stored and reloaded once per tile.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import logging
 from dataclasses import asdict, dataclass
 
 from tvm_mpq._tvm import Schedule, T, Target, TensorIntrin, target_features
-from tvm_mpq.kernels import int8
+from tvm_mpq.kernels import bitserial, int8
 
 logger = logging.getLogger(__name__)
 
@@ -109,10 +110,6 @@ def default_int8_knobs(out_width: int, oc_blocks: int) -> Int8Knobs:
     return Int8Knobs(*best)
 
 
-def _extent(sch: Schedule, loop) -> int:
-    return int(sch.get(loop).extent)
-
-
 def find_block(sch: Schedule, name: str):
     """The top-level block called ``name`` (FuseTIR may have suffixed it), or None."""
     for rv in sch.get_child_blocks(sch.get_sblock("root")):
@@ -133,11 +130,9 @@ def tile_loops(sch: Schedule, block, outer, extents: dict[str, int]) -> dict:
     return dict(zip(names, own))
 
 
-def _parallel_outer(sch: Schedule, block, count: int, vectorize_inner: bool = False) -> None:
+def _parallel_outer(sch: Schedule, block, count: int) -> None:
     loops = sch.get_loops(block)
     sch.parallel(sch.fuse(*loops[:count]))
-    if vectorize_inner:
-        sch.vectorize(loops[-1])
 
 
 def schedule_int8_conv(sch: Schedule, knobs: Int8Knobs | None = None) -> Int8Knobs:
@@ -188,22 +183,21 @@ def schedule_depthwise(sch: Schedule, knobs=None) -> None:
     Per (image, channel): quantize the padded input plane once, then for each output row accumulate
     the KH x KW taps over the whole row (vector lanes along the row) and apply the epilogue.
     """
-    from tvm_mpq.kernels import bitserial
-
     out = find_block(sch, bitserial.DW_OUT_BLOCK)
     acc = find_block(sch, bitserial.DW_ACC_BLOCK)
     codes = find_block(sch, bitserial.DW_CODES_BLOCK)
+    kh_n, kw_n = (int(iv.dom.extent) for iv in sch.get(acc).iter_vars[4:6])
     n, c, y, x = sch.get_loops(out)
+    extents = {"x": int(sch.get(x).extent), "kh": kh_n, "kw": kw_n}
     plane = sch.fuse(n, c)
     sch.parallel(plane)
     sch.vectorize(x)
     sch.set_scope(acc, 0, "local")
     sch.compute_at(acc, y)
-    loops = sch.get_loops(acc)
-    below = next(i for i, loop in enumerate(loops) if sch.get(loop).same_as(sch.get(y))) + 1
-    own = loops[below:]  # (x, kh, kw) minus unit loops
-    if len(own) >= 2:
-        sch.reorder(*own[1:], own[0])
-        init = sch.decompose_reduction(acc, own[1])
+    loops = tile_loops(sch, acc, y, extents)
+    reduction = [loops[k] for k in ("kh", "kw") if k in loops]
+    if reduction and "x" in loops:  # taps outside, the row inside
+        sch.reorder(*reduction, loops["x"])
+        init = sch.decompose_reduction(acc, reduction[0])
         sch.vectorize(sch.get_loops(init)[-1])
     sch.compute_at(codes, plane)
