@@ -26,7 +26,7 @@ import numpy as np
 
 from tvm_mpq._tvm import Constant, Schedule, Target, parse_target, relax, tvm
 from tvm_mpq.kernels import bitserial, x86
-from tvm_mpq.kernels.registry import KERNELS, resolve_kernel
+from tvm_mpq.kernels.registry import KERNELS, KernelImpl, resolve_kernel, schedule_kernel
 from tvm_mpq.kernels.spec import ConvSpec, DenseSpec
 from tvm_mpq.frontend import conv_spec, is_op
 from tvm_mpq.passes.annotate_bitwidth import A_BITS_ATTR, GROUPS_ATTR, KIND_ATTR, LAYER_ATTR, activation_kind
@@ -78,7 +78,7 @@ class _Lowerer(relax.PyExprMutator):
         self.target = target
         self.kernel = kernel
         self.lowered: list[str] = []
-        self.schedules: dict[str, object] = {}  # PrimFunc name -> schedule function
+        self.schedules: dict[str, object] = {}  # PrimFunc name -> KernelImpl, or a schedule function
         self.choices: dict[str, list[str]] = {}  # layer -> kernel per channel group
 
     def visit_call_(self, call):
@@ -124,7 +124,7 @@ class _Lowerer(relax.PyExprMutator):
         parts = []
         self.choices[name] = []
         for start, stop, bits in groups:
-            impl = resolve_kernel(self.kernel, kind, bits, a_bits, self.target, layer=name)
+            impl = resolve_kernel(self.kernel, kind, bits, a_bits, self.target, layer=name, in_channels=w.shape[1])
             self.choices[name].append(impl.name)
             if kind == "conv2d":
                 gspec = ConvSpec(**{**spec.__dict__, "out_channels": stop - start})
@@ -137,7 +137,7 @@ class _Lowerer(relax.PyExprMutator):
                 primfunc_name_hint=f"{fname}_{impl.name}_w{bits}{tag}", primfunc_attrs={**meta, "mpq.w_bits": bits, "mpq.kernel": impl.name},
             )
             if impl.schedule is not None:
-                self.schedules[call.args[0].name_hint] = impl.schedule
+                self.schedules[call.args[0].name_hint] = impl
             parts.append(self.builder_.emit(call))
         self.lowered.append(name)
         return parts[0] if len(parts) == 1 else relax.op.concat(parts, axis=1)
@@ -183,14 +183,18 @@ def _schedule(mod, schedules: dict):
         return mod
     funcs = {}
     for gv, func in mod.functions.items():
-        fn = schedules.get(gv.name_hint)
-        if fn is not None:
-            sch = Schedule(func)
+        how = schedules.get(gv.name_hint)
+        if how is not None:
             try:
-                fn(sch)
+                if isinstance(how, KernelImpl):
+                    func = schedule_kernel(how, func)
+                else:
+                    sch = Schedule(func)
+                    how(sch)
+                    func = sch.mod["main"]
             except Exception as err:
                 raise RuntimeError(f"scheduling kernel {gv.name_hint} failed: {err}") from err
-            func = sch.mod["main"].with_attr("op_pattern", 8)
+            func = func.with_attr("op_pattern", 8)
         funcs[gv] = func
     return tvm.IRModule(funcs, attrs=mod.attrs)
 

@@ -15,6 +15,7 @@ import tvm  # noqa: F401  (re-exported)
 from tvm import relax, te, tirx, topi  # noqa: F401
 from tvm.relax.backend.cpu_generic import pipeline as cpu_generic  # noqa: F401  (CPU pipeline phases)
 from tvm.relax.frontend.torch import from_exported_program  # noqa: F401
+from tvm import s_tir  # noqa: F401
 from tvm.s_tir import Schedule, TensorIntrin  # noqa: F401
 from tvm.script import tirx as T  # noqa: F401  (TVMScript, for tensor intrinsics)
 from tvm.target import Target, codegen
@@ -32,6 +33,7 @@ __all__ = [
     "topi",
     "Target",
     "Schedule",
+    "s_tir",
     "cpu_generic",
     "TensorIntrin",
     "T",
@@ -103,6 +105,9 @@ def parse_target(target: "str | Mapping[str, Any] | Target | None" = None, *, nu
     mcpu = spec.get("mcpu")
     if mcpu == "native":
         spec["mcpu"] = mcpu = host_cpu()
+        extra = _host_extra_features(mcpu)
+        if extra:
+            spec["mattr"] = [*spec.get("mattr", []), *extra]
     if mcpu is not None and not codegen.llvm_is_valid_cpu(str(mcpu), spec.get("mtriple", "")):
         raise ValueError(
             f"unknown CPU '-mcpu={mcpu}' for LLVM: use an LLVM CPU name such as znver5, znver4, haswell or skylake-avx512"
@@ -128,11 +133,34 @@ def target_to_str(target: Target) -> str:
     return f"llvm -mcpu={mcpu}" if mcpu else "llvm"
 
 
+#: ISA flags that matter to our kernels.
+FEATURES = ("avx2", "avx512f", "avx512vpopcntdq", "avx512vnni", "avx512bw", "fma", "amx-tile", "amx-int8")
+#: /proc/cpuinfo flag -> LLVM feature, for features LLVM's host-CPU name may not imply.
+_CPUINFO_FEATURES = {"amx_tile": "amx-tile", "amx_int8": "amx-int8"}
+
+
 def target_features(target: Target) -> dict[str, bool]:
-    """ISA flags that matter to our kernels (AVX-512 VPOPCNTDQ, VNNI, AVX2)."""
-    mcpu = str(target.attrs.get("mcpu", "")) or "generic"
-    names = ("avx2", "avx512f", "avx512vpopcntdq", "avx512vnni", "avx512bw", "fma")
-    return {name: bool(codegen.llvm_cpu_has_features([name], Target({"kind": "llvm", "mcpu": mcpu}))) for name in names}
+    """ISA flags that matter to our kernels (AVX-512 VPOPCNTDQ, VNNI, AVX2, AMX), from ``-mcpu`` and ``-mattr``."""
+    return {name: bool(codegen.llvm_cpu_has_features([name], target)) for name in FEATURES}
+
+
+def _cpuinfo_flags() -> set[str]:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def _host_extra_features(mcpu: str) -> list[str]:
+    """``+feature`` for host features the CPU name misses (a VM can report an older model: this
+    Sapphire-Rapids-class host reads as ``rocketlake``, which has no AMX)."""
+    flags = _cpuinfo_flags()
+    base = Target({"kind": "llvm", "mcpu": mcpu})
+    return [f"+{feat}" for flag, feat in _CPUINFO_FEATURES.items() if flag in flags and not codegen.llvm_cpu_has_features([feat], base)]
 
 
 def cpu_device():

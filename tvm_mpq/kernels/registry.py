@@ -17,7 +17,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from tvm_mpq._tvm import Schedule, Target
-from tvm_mpq.kernels import bitserial, bitserial_x86, int8, x86
+from tvm_mpq.kernels import amx, bitserial, bitserial_x86, int8, x86
 from tvm_mpq.quant.packing import pack_bits
 from tvm_mpq.quant.qparams import WeightQuant
 
@@ -34,6 +34,18 @@ class KernelImpl:
     schedule: Optional[Callable[[Schedule], object]]
     available: Callable[[Target], bool]
     description: str = ""
+    #: scheduled PrimFunc -> PrimFunc, for what a schedule cannot express (AMX tile configuration)
+    finalize: Optional[Callable] = None
+
+
+def schedule_kernel(impl: KernelImpl, func, knobs=None):
+    """``func`` (a PrimFunc of ``impl``'s compute) scheduled with ``knobs`` (None: defaults)."""
+    if impl.schedule is None:
+        return func
+    sch = Schedule(func)
+    impl.schedule(sch, knobs)
+    func = sch.mod["main"]
+    return impl.finalize(func) if impl.finalize is not None else func
 
 
 KERNELS: dict[str, KernelImpl] = {}
@@ -106,24 +118,57 @@ register_kernel(
 )
 
 
-def choose_kernel(kind: str, w_bits: int, a_bits: int, target: Target) -> str:
-    """The built-in rule (until a cost model decides): VNNI int8 unless bit-serial is cheaper.
+def _prepare_amx(wq: WeightQuant, start: int, stop: int, bits: int, kind: str) -> np.ndarray:
+    values = int8.weight_bytes(wq, start, stop, bits)
+    return amx.prepare_weights(values) if kind == "conv2d" else int8.prepare_weights(values)
+
+
+def _schedule_amx(sch: Schedule, knobs=None):
+    if x86.find_block(sch, amx.ACC_BLOCK) is not None:
+        return amx.schedule_amx_conv(sch, knobs)
+    return x86.schedule_int8_conv(sch, knobs)  # dense: VNNI
+
+
+register_kernel(
+    KernelImpl(
+        name="amx",
+        conv2d=amx.amx_conv2d,
+        dense=int8.int8_dense,
+        prepare=_prepare_amx,
+        schedule=_schedule_amx,
+        available=lambda target: amx.has_amx(target) and x86.has_vnni(target),
+        description="u8 x s8 bytes on AMX tiles (tdpbusd, 16x16x64 per instruction; any w/a bits <= 8); dense on VNNI",
+        finalize=amx.finalize_amx,
+    )
+)
+
+#: Fewest input channels for which the built-in rule takes AMX for a conv.
+AMX_MIN_CHANNELS = 16
+
+
+def choose_kernel(kind: str, w_bits: int, a_bits: int, target: Target, in_channels: int | None = None) -> str:
+    """The built-in rule (until a cost model decides): AMX, else VNNI int8 unless bit-serial is cheaper.
 
     A w-bit x a-bit bit-serial MAC costs w*a AND+popcount bits; measured per-core peaks make
-    bit-serial pay against VNNI only at ``w*a <= 2`` (W1A1, W1A2, W2A1).
+    bit-serial pay against VNNI only at ``w*a <= 2`` (W1A1, W1A2, W2A1). AMX tiles (~1,100
+    GMAC/s per core measured) beat even W1A1 popcount (~800 G binary MAC/s), so a conv with at least
+    :data:`AMX_MIN_CHANNELS` input channels takes AMX on a CPU that has it, at any bits (a conv
+    with fewer channels fills too little of a 64-byte tile row; dense layers stay on VNNI).
     """
+    if kind == "conv2d" and (in_channels or 0) >= AMX_MIN_CHANNELS and KERNELS["amx"].available(target):
+        return "amx"
     serial = "bitserial" if "bitserial" in KERNELS and KERNELS["bitserial"].available(target) else "bitserial_ref"
     if KERNELS["int8"].available(target) and (w_bits * a_bits > 2 or serial == "bitserial_ref"):
         return "int8"
     return serial
 
 
-def resolve_kernel(kernel, kind: str, w_bits: int, a_bits: int, target: Target, layer: str = "") -> KernelImpl:
+def resolve_kernel(kernel, kind: str, w_bits: int, a_bits: int, target: Target, layer: str = "", in_channels: int | None = None) -> KernelImpl:
     """The implementation for one (channel group of a) layer: ``kernel`` is ``"auto"``
     (:func:`choose_kernel`), a registry name, or a callable ``(layer, kind, w_bits, a_bits, target)
     -> name``. Refuses an implementation the target cannot run."""
     if kernel == "auto":
-        name = choose_kernel(kind, w_bits, a_bits, target)
+        name = choose_kernel(kind, w_bits, a_bits, target, in_channels)
     elif callable(kernel):
         name = kernel(layer, kind, w_bits, a_bits, target)
     else:

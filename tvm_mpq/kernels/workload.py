@@ -14,7 +14,7 @@ import numpy as np
 
 from tvm_mpq._tvm import Schedule, parse_target, te, tensor, tvm
 from tvm_mpq.kernels import bitserial, reference, x86
-from tvm_mpq.kernels.registry import resolve_kernel
+from tvm_mpq.kernels.registry import resolve_kernel, schedule_kernel
 from tvm_mpq.kernels.spec import DenseSpec
 
 
@@ -57,25 +57,23 @@ def build_layer_kernel(spec, w_bits: int, a_bits: int, kernel: str = "auto", tar
     aq, wq, ep = ref.aq, ref.wq, ref.ep
     xt = te.placeholder(in_shape, "float32", name="x")
     consts = [te.placeholder((spec.out_channels,), dt, name=n) for n, dt in (("bias_q", "int64"), ("out_scale", "float32"), ("dead_bias", "float32"))]
-    schedule = None
     if not dense and spec.is_depthwise:
         kernel = "depthwise"
         w_arg = wq.levels.astype(np.int32)
         wt = te.placeholder(w_arg.shape, "int32", name="w")
         y = bitserial.depthwise_conv2d_int(xt, wt, *consts, spec=spec, aq=aq)
-        schedule = x86.schedule_depthwise
+        sch = Schedule(te.create_prim_func([xt, wt, *consts, y]))
+        x86.schedule_depthwise(sch, knobs)
+        func = sch.mod["main"]
     else:
         kind = "dense" if dense else "conv2d"
-        impl = resolve_kernel(kernel, kind, w_bits, a_bits, tgt)
+        impl = resolve_kernel(kernel, kind, w_bits, a_bits, tgt, in_channels=spec.in_features if dense else spec.in_channels)
         kernel = impl.name
         w_arg = impl.prepare(wq, 0, spec.out_channels, w_bits, kind)
         wt = te.placeholder(w_arg.shape, str(w_arg.dtype), name="w")
         y = (impl.dense if dense else impl.conv2d)(xt, wt, *consts, spec=spec, aq=aq, w_bits=w_bits)
-        schedule = impl.schedule
-    sch = Schedule(te.create_prim_func([xt, wt, *consts, y]))
-    if schedule is not None:
-        schedule(sch, knobs)
-    func = tvm.compile(sch.mod, target=tgt)
+        func = schedule_kernel(impl, te.create_prim_func([xt, wt, *consts, y]), knobs)
+    func = tvm.compile(tvm.IRModule({"main": func}), target=tgt)
     args = [tensor(x), tensor(np.ascontiguousarray(w_arg)), tensor(ep.kernel_bias.astype(np.int64)), tensor(ep.out_scale), tensor(ep.dead_bias)]
     args.append(tensor(np.zeros(spec.out_shape, np.float32)))
     return LayerKernel(spec, kernel, w_bits, a_bits, func, args, ref.float_output())

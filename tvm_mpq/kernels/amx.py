@@ -1,0 +1,495 @@
+"""Integer conv2d on Intel AMX tiles (``tdpbusd``: u8 x s8 -> i32, 16x16x64 per instruction).
+
+Same encoding and exact result as the VNNI kernel (:mod:`tvm_mpq.kernels.int8`): activation codes
+are unsigned bytes, weight levels signed bytes (8-bit levels split ``2*h + 1`` plus a box sum of
+the codes). Any ``a_bits``/``w_bits`` <= 8 runs here. On a CPU with AMX (Sapphire Rapids and
+later) one ``tdpbusd`` does 16,384 MACs: about 4x the VNNI peak per core, more than the
+AND+popcount peak in binary MACs, so it is the fastest path for any bitwidth a conv takes there.
+
+Implicit GEMM on a flat pixel axis. A tile row is one output pixel, a tile column group 16 output
+channels, the reduction ``kc`` (<= 64) input channels per tile load. Output pixel ``(y, x)`` is
+row ``m = y * WQ + x`` of a grid as wide as the padded input (``WQ`` columns), so one tap
+``(kh, kw)`` of 16 consecutive rows reads 16 consecutive input pixels: a single strided tile load,
+whatever the image width (7x7 and 14x14 layers fill whole tiles; the ``WQ - OW`` extra columns
+per row are computed and dropped). Stride ``s`` is reduced to stride 1 by splitting the padded
+input into ``s x s`` phases (space-to-depth), tap ``k`` reading phase ``k % s`` at offset ``k // s``.
+
+Layouts (``kc = min(64, C rounded up to 4)`` channels per tile load)::
+
+    data     float32 [N, C, H, W]
+    a        uint8   [N, C/kc, SH, SW, Q, kc]       quantized, padded, phase-split, flat pixels
+    weights  int8    [C/kc, KH, KW, O/16, kc/4, 16, 4]   (``prepare_weights``; one B tile per
+                                                    (chunk, tap, 16 channels), VNNI-packed rows)
+    acc      int32   [N, O/16, M, 16]               M = OH * WQ rounded up to 32
+    out      float32 [N, O, OH, OW]
+
+The schedule (``schedule_amx_conv``) keeps ``mt`` x ``nt`` accumulator tiles (<= 2 x 2) in tile
+registers over the whole reduction; tiles 0-3 accumulate, 4-5 hold activations, 6-7 weights.
+``finalize_amx`` adds what TIR schedules cannot express: the tile configuration (``ldtilecfg``)
+at the start of every parallel task and the Linux request for the AMX state (``arch_prctl``).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from tvm_mpq._tvm import Schedule, T, Target, TensorIntrin, s_tir, te, tirx, tvm
+from tvm_mpq.kernels.bitserial import act_code, epilogue
+from tvm_mpq.kernels.int8 import split_levels
+from tvm_mpq.kernels.spec import ConvSpec, ceil_div
+
+OC_BLOCK = 16
+TILE_ROWS = 16
+#: Pixel rows are padded to a multiple of this, so 1 or 2 row tiles divide them.
+M_ALIGN = 32
+ACC_TILES, A_TILES, B_TILES = (0, 1, 2, 3), (4, 5), (6, 7)
+
+TAG_CONV = "mpq_amx_conv2d"
+ACT_BLOCK = "mpq_amx_a"
+ACC_BLOCK = "mpq_amx_acc"
+ROWSUM_BLOCK = "mpq_amx_rowsum"
+ASUM_BLOCK = "mpq_amx_boxsum"
+OUT_BLOCK = "mpq_amx_out"
+
+# Linux: arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) grants the process the AMX state.
+SYS_ARCH_PRCTL, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA = 158, 0x1023, 18
+
+
+def k_chunk(channels: int) -> int:
+    """Input channels per tile load: 64 (a full 64-byte row), or all of them rounded up to 4 (at least 8)."""
+    return min(64, max(8, ceil_div(channels, 4) * 4))
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """Where each pixel of a conv lives in the AMX layouts (see the module docstring)."""
+
+    kc: int
+    chunks: int
+    sh: int
+    sw: int
+    hq: int  # phase grid height / width
+    wq: int
+    rows: int  # M: flat output rows incl. padding
+    q: int  # flat input pixels per phase incl. the reach of the last tap
+    subsample: tuple[int, int]  # strided 1x1 without padding: read every s-th pixel, then stride 1
+
+    def offset(self, kh: int, kw: int, dilation: tuple[int, int]):
+        dh, dw = dilation
+        return ((kh * dh) // self.sh) * self.wq + (kw * dw) // self.sw
+
+
+def geometry(spec: ConvSpec) -> Geometry:
+    kc = k_chunk(spec.in_channels)
+    (sh, sw), (dh, dw) = spec.strides, spec.dilation
+    kh, kw = spec.kernel
+    hp, wp = spec.height + spec.padding[0] + spec.padding[2], spec.width + spec.padding[1] + spec.padding[3]
+    subsample = (1, 1)
+    if (kh, kw) == (1, 1) and spec.padding == (0, 0, 0, 0) and (sh, sw) != (1, 1):
+        subsample, (sh, sw), (hp, wp) = (sh, sw), (1, 1), (spec.out_height, spec.out_width)
+    hq, wq = ceil_div(hp, sh), ceil_div(wp, sw)
+    rows = ceil_div(spec.out_height * wq, M_ALIGN) * M_ALIGN
+    reach = (((kh - 1) * dh) // sh) * wq + ((kw - 1) * dw) // sw
+    return Geometry(kc, ceil_div(spec.in_channels, kc), sh, sw, hq, wq, rows, rows + reach, subsample)
+
+
+def prepare_weights(values: np.ndarray) -> np.ndarray:
+    """int8 weights ``[O, C, KH, KW]`` -> ``[C/kc, KH, KW, O/16, kc/4, 16, 4]``."""
+    values = np.asarray(values)
+    if values.min(initial=0) < -128 or values.max(initial=0) > 127:
+        raise ValueError("AMX kernel weights must lie in -128..127")
+    o, c, kh, kw = values.shape
+    kc = k_chunk(c)
+    ob, cb = ceil_div(o, OC_BLOCK), ceil_div(c, kc)
+    padded = np.zeros((ob * OC_BLOCK, cb * kc, kh, kw), np.int8)
+    padded[:o, :c] = values
+    blocked = padded.reshape(ob, OC_BLOCK, cb, kc // 4, 4, kh, kw)
+    return np.ascontiguousarray(blocked.transpose(2, 5, 6, 0, 3, 1, 4))
+
+
+def amx_conv2d(data, w_blocked, bias_q, out_scale, dead_bias, *, spec: ConvSpec, aq, w_bits: int, out: str = "float"):
+    """Conv2d (groups=1) on AMX tiles. Shapes in the module docstring; returns [N, O, OH, OW]."""
+    if spec.groups != 1:
+        raise ValueError(f"amx_conv2d handles groups=1, got {spec.groups}: use depthwise_conv2d_int")
+    g = geometry(spec)
+    n, c, h, w = spec.batch, spec.in_channels, spec.height, spec.width
+    pt, pl = spec.padding[0], spec.padding[1]
+    uh, uw = g.subsample
+    zero = tirx.const(aq.zero_point, "uint8")
+
+    def code(b, ch, hp, wp):
+        """Code of padded input pixel (hp, wp) of channel ch (zero point in the padding)."""
+        hp, wp = hp * uh, wp * uw
+        inside = tirx.all(hp >= pt, hp < pt + h, wp >= pl, wp < pl + w)
+        ih = tirx.max(tirx.min(hp - pt, h - 1), 0)
+        iw = tirx.max(tirx.min(wp - pl, w - 1), 0)
+        cc = tirx.min(ch, c - 1)
+        value = tirx.Select(inside, act_code(data[b, cc, ih, iw], aq, "uint8"), zero)
+        return tirx.if_then_else(ch < c, value, tirx.const(0, "uint8"))
+
+    def act(b, cblk, ph, pw, q, ci):
+        return code(b, cblk * g.kc + ci, (q // g.wq) * g.sh + ph, (q % g.wq) * g.sw + pw)
+
+    a = te.compute((n, g.chunks, g.sh, g.sw, g.q, g.kc), act, name=ACT_BLOCK)
+    kh, kw = spec.kernel
+    dh, dw = spec.dilation
+    rc = te.reduce_axis((0, g.chunks), name="rc")
+    rkh = te.reduce_axis((0, kh), name="rkh")
+    rkw = te.reduce_axis((0, kw), name="rkw")
+    rko = te.reduce_axis((0, g.kc // 4), name="rko")
+    rki = te.reduce_axis((0, 4), name="rki")
+
+    def tap(k, dil, s):
+        """(phase, offset in phase pixels) of tap k; plain k*dil for stride 1."""
+        return (0, k * dil) if s == 1 else ((k * dil) % s, (k * dil) // s)
+
+    def acc_body(b, o, m, oi):
+        (ph, dy), (pw, dx) = tap(rkh, dh, g.sh), tap(rkw, dw, g.sw)
+        pixel = a[b, rc, ph, pw, m + dy * g.wq + dx, rko * 4 + rki].astype("int32")
+        return te.sum(pixel * w_blocked[rc, rkh, rkw, o, rko, oi, rki].astype("int32"), axis=[rc, rkh, rkw, rko, rki])
+
+    ob = ceil_div(spec.out_channels, OC_BLOCK)
+    acc = te.compute((n, ob, g.rows, OC_BLOCK), acc_body, name=ACC_BLOCK)
+    row = lambda y, x: y * g.wq + x  # noqa: E731
+    if split_levels(w_bits):
+        r1 = te.reduce_axis((0, g.chunks), name="r1")
+        r2 = te.reduce_axis((0, g.kc), name="r2")
+        rowsum = te.compute(
+            (n, g.sh, g.sw, g.q), lambda b, ph, pw, q: te.sum(a[b, r1, ph, pw, q, r2].astype("int32"), axis=[r1, r2]), name=ROWSUM_BLOCK
+        )
+        bh = te.reduce_axis((0, kh), name="bh")
+        bw = te.reduce_axis((0, kw), name="bw")
+
+        def box(b, y, x):
+            (ph, dy), (pw, dx) = tap(bh, dh, g.sh), tap(bw, dw, g.sw)
+            return te.sum(rowsum[b, ph, pw, row(y, x) + dy * g.wq + dx], axis=[bh, bw])
+
+        boxsum = te.compute((n, spec.out_height, spec.out_width), box, name=ASUM_BLOCK)
+
+        def total(b, o, y, x):
+            return 2 * acc[b, o // OC_BLOCK, row(y, x), o % OC_BLOCK] + boxsum[b, y, x]
+    else:
+
+        def total(b, o, y, x):
+            return acc[b, o // OC_BLOCK, row(y, x), o % OC_BLOCK]
+
+    return epilogue(spec.out_shape, total, lambda i: i[1], bias_q, out_scale, dead_bias, out, TAG_CONV, OUT_BLOCK)
+
+
+# ---------------------------------------------------------------------------------------------
+# tensor intrinsics: (mt row tiles) x (nt column tiles) x kc, accumulators held in tile registers.
+# ``zero`` and ``update`` describe their effect on the local accumulator, which lives in tile
+# registers 0-3 (tile i*2+j for row tile i, column tile j); ``store`` writes the tiles to memory.
+
+
+def _tile(i: int):
+    return T.int8(i)
+
+
+def _intrinsics(mt: int, nt: int, kc: int):
+    rows, ko = mt * TILE_ROWS, kc // 4
+
+    @T.prim_func(s_tir=True)
+    def update_desc(a: T.handle, b: T.handle, c: T.handle):
+        s = T.int32()
+        A = T.match_buffer(a, (rows, kc), "uint8", offset_factor=1)
+        B = T.match_buffer(b, (nt, ko, OC_BLOCK, 4), "int8", offset_factor=1)
+        C = T.match_buffer(c, (nt, rows, OC_BLOCK), "int32", offset_factor=1, strides=[s, OC_BLOCK, 1], scope="local")
+        with T.sblock("root"):
+            T.reads(C[0:nt, 0:rows, 0:OC_BLOCK], A[0:rows, 0:kc], B[0:nt, 0:ko, 0:OC_BLOCK, 0:4])
+            T.writes(C[0:nt, 0:rows, 0:OC_BLOCK])
+            if nt == 2:
+                for j, i, n, k1, k2 in T.grid(nt, rows, OC_BLOCK, ko, 4):
+                    with T.sblock("update"):
+                        vj, vi, vn, vk1, vk2 = T.axis.remap("SSSRR", [j, i, n, k1, k2])
+                        C[vj, vi, vn] = C[vj, vi, vn] + T.Cast("int32", A[vi, vk1 * 4 + vk2]) * T.Cast("int32", B[vj, vk1, vn, vk2])
+            else:  # a single column tile: no unit loop (schedules do not split one off)
+                for i, n, k1, k2 in T.grid(rows, OC_BLOCK, ko, 4):
+                    with T.sblock("update"):
+                        vi, vn, vk1, vk2 = T.axis.remap("SSRR", [i, n, k1, k2])
+                        C[0, vi, vn] = C[0, vi, vn] + T.Cast("int32", A[vi, vk1 * 4 + vk2]) * T.Cast("int32", B[0, vk1, vn, vk2])
+
+    @T.prim_func(s_tir=True)
+    def update_impl(a: T.handle, b: T.handle, c: T.handle):
+        s = T.int32()
+        A = T.match_buffer(a, (rows, kc), "uint8", offset_factor=1)
+        B = T.match_buffer(b, (nt, ko, OC_BLOCK, 4), "int8", offset_factor=1)
+        C = T.match_buffer(c, (nt, rows, OC_BLOCK), "int32", offset_factor=1, strides=[s, OC_BLOCK, 1], scope="local")
+        with T.sblock("root"):
+            T.reads(C[0:nt, 0:rows, 0:OC_BLOCK], A[0:rows, 0:kc], B[0:nt, 0:ko, 0:OC_BLOCK, 0:4])
+            T.writes(C[0:nt, 0:rows, 0:OC_BLOCK])
+            # no register renaming for tiles: interleave loads with the products that free them
+            T.call_llvm_intrin("void", "llvm.x86.tileloadd64", _tile(4), A.access_ptr("r"), T.int64(kc))
+            T.call_llvm_intrin("void", "llvm.x86.tileloadd64", _tile(6), B.access_ptr("r"), T.int64(64))
+            T.call_llvm_intrin("void", "llvm.x86.tdpbusd", _tile(0), _tile(4), _tile(6))
+            if nt == 2:
+                T.call_llvm_intrin("void", "llvm.x86.tileloadd64", _tile(7), B.access_ptr("r", offset=ko * 64), T.int64(64))
+                T.call_llvm_intrin("void", "llvm.x86.tdpbusd", _tile(1), _tile(4), _tile(7))
+            if mt == 2:
+                T.call_llvm_intrin("void", "llvm.x86.tileloadd64", _tile(5), A.access_ptr("r", offset=TILE_ROWS * kc), T.int64(kc))
+                T.call_llvm_intrin("void", "llvm.x86.tdpbusd", _tile(2), _tile(5), _tile(6))
+            if mt == 2 and nt == 2:
+                T.call_llvm_intrin("void", "llvm.x86.tdpbusd", _tile(3), _tile(5), _tile(7))
+
+    @T.prim_func(s_tir=True)
+    def zero_desc(c: T.handle):
+        s = T.int32()
+        C = T.match_buffer(c, (nt, rows, OC_BLOCK), "int32", offset_factor=1, strides=[s, OC_BLOCK, 1], scope="local")
+        with T.sblock("root"):
+            T.reads()
+            T.writes(C[0:nt, 0:rows, 0:OC_BLOCK])
+            if nt == 2:
+                for j, i, n in T.grid(nt, rows, OC_BLOCK):
+                    with T.sblock("init"):
+                        vj, vi, vn = T.axis.remap("SSS", [j, i, n])
+                        C[vj, vi, vn] = 0
+            else:
+                for i, n in T.grid(rows, OC_BLOCK):
+                    with T.sblock("init"):
+                        vi, vn = T.axis.remap("SS", [i, n])
+                        C[0, vi, vn] = 0
+
+    @T.prim_func(s_tir=True)
+    def zero_impl(c: T.handle):
+        s = T.int32()
+        C = T.match_buffer(c, (nt, rows, OC_BLOCK), "int32", offset_factor=1, strides=[s, OC_BLOCK, 1], scope="local")
+        with T.sblock("root"):
+            T.reads()
+            T.writes(C[0:nt, 0:rows, 0:OC_BLOCK])
+            T.call_llvm_intrin("void", "llvm.x86.tilezero", _tile(0))
+            if nt == 2:
+                T.call_llvm_intrin("void", "llvm.x86.tilezero", _tile(1))
+            if mt == 2:
+                T.call_llvm_intrin("void", "llvm.x86.tilezero", _tile(2))
+            if mt == 2 and nt == 2:
+                T.call_llvm_intrin("void", "llvm.x86.tilezero", _tile(3))
+
+    @T.prim_func(s_tir=True)
+    def store_desc(c: T.handle, d: T.handle):
+        s = T.int32()
+        t = T.int32()
+        C = T.match_buffer(c, (nt, rows, OC_BLOCK), "int32", offset_factor=1, strides=[s, OC_BLOCK, 1], scope="local")
+        D = T.match_buffer(d, (nt, rows, OC_BLOCK), "int32", offset_factor=1, strides=[t, OC_BLOCK, 1])
+        with T.sblock("root"):
+            T.reads(C[0:nt, 0:rows, 0:OC_BLOCK])
+            T.writes(D[0:nt, 0:rows, 0:OC_BLOCK])
+            if nt == 2:
+                for j, i, n in T.grid(nt, rows, OC_BLOCK):
+                    with T.sblock("store"):
+                        vj, vi, vn = T.axis.remap("SSS", [j, i, n])
+                        D[vj, vi, vn] = C[vj, vi, vn]
+            else:
+                for i, n in T.grid(rows, OC_BLOCK):
+                    with T.sblock("store"):
+                        vi, vn = T.axis.remap("SS", [i, n])
+                        D[0, vi, vn] = C[0, vi, vn]
+
+    @T.prim_func(s_tir=True)
+    def store_impl(c: T.handle, d: T.handle):
+        s = T.int32()
+        t = T.int32()
+        C = T.match_buffer(c, (nt, rows, OC_BLOCK), "int32", offset_factor=1, strides=[s, OC_BLOCK, 1], scope="local")
+        D = T.match_buffer(d, (nt, rows, OC_BLOCK), "int32", offset_factor=1, strides=[t, OC_BLOCK, 1])
+        with T.sblock("root"):
+            T.reads(C[0:nt, 0:rows, 0:OC_BLOCK])
+            T.writes(D[0:nt, 0:rows, 0:OC_BLOCK])
+            T.call_llvm_intrin("void", "llvm.x86.tilestored64", _tile(0), D.access_ptr("w"), T.int64(64))
+            if nt == 2:
+                T.call_llvm_intrin("void", "llvm.x86.tilestored64", _tile(1), D.access_ptr("w", offset=t), T.int64(64))
+            if mt == 2:
+                T.call_llvm_intrin("void", "llvm.x86.tilestored64", _tile(2), D.access_ptr("w", offset=TILE_ROWS * OC_BLOCK), T.int64(64))
+            if mt == 2 and nt == 2:
+                T.call_llvm_intrin("void", "llvm.x86.tilestored64", _tile(3), D.access_ptr("w", offset=t + TILE_ROWS * OC_BLOCK), T.int64(64))
+
+    return (zero_desc, zero_impl), (update_desc, update_impl), (store_desc, store_impl)
+
+
+@functools.lru_cache(maxsize=None)
+def intrinsics(mt: int, nt: int, kc: int) -> tuple[str, str, str]:
+    """Names of the (zero, update, store) intrinsics for ``mt`` x ``nt`` tiles, registered once."""
+    if mt not in (1, 2) or nt not in (1, 2):
+        raise ValueError(f"AMX tile block must be 1 or 2 row tiles x 1 or 2 column tiles, got {mt}x{nt}")
+    names = []
+    for what, (desc, impl) in zip(("zero", "update", "store"), _intrinsics(mt, nt, kc)):
+        name = f"tvm_mpq.amx_{what}_{mt}x{nt}_k{kc}"
+        try:
+            TensorIntrin.get(name)
+        except Exception:  # not registered yet (TVM raises its own error type)
+            TensorIntrin.register(name, desc, impl)
+        names.append(name)
+    return tuple(names)
+
+
+def has_amx(target: Target) -> bool:
+    """Whether ``target`` has AMX int8 tiles (``-mcpu=sapphirerapids`` or ``-mattr=+amx-int8,+amx-tile``)."""
+    from tvm_mpq._tvm import target_features
+
+    features = target_features(target)
+    return features.get("amx-int8", False) and features.get("amx-tile", False)
+
+
+@functools.lru_cache(maxsize=1)
+def os_allows_amx() -> bool:
+    """Linux grants the AMX tile state to this process (else AMX code dies with SIGILL)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.syscall(SYS_ARCH_PRCTL, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+# ---------------------------------------------------------------------------------------------
+# schedule
+
+CONFIG_ANNOTATION = "mpq_amx_tile_config"
+#: Tile blocks per parallel task at least (each task loads the tile configuration once, ~100 ns).
+MIN_BLOCKS_PER_TASK = 8
+
+
+@dataclass(frozen=True)
+class AmxKnobs:
+    """Accumulator block: ``mt`` row tiles (16 pixels each) x ``nt`` column tiles (16 channels each)."""
+
+    mt: int = 2
+    nt: int = 2
+    pixels_outer: bool = True  # task order: pixel blocks outside channel blocks (weights stay in cache)
+
+    to_dict = asdict
+
+
+def default_amx_knobs(oc_blocks: int) -> AmxKnobs:
+    return AmxKnobs(mt=2, nt=2 if oc_blocks % 2 == 0 else 1)
+
+
+def _tile_config(mt: int, nt: int, kc: int) -> list[int]:
+    """The 64-byte ``ldtilecfg`` operand: palette 1, (bytes per row, rows) per tile register."""
+    cfg = [0] * 64
+    cfg[0] = 1
+    shapes = {ACC_TILES[i * 2 + j]: (64, TILE_ROWS) for i in range(mt) for j in range(nt)}
+    shapes.update({A_TILES[i]: (kc, TILE_ROWS) for i in range(mt)})
+    shapes.update({B_TILES[j]: (64, kc // 4) for j in range(nt)})
+    for tile, (colsb, rows) in shapes.items():
+        cfg[16 + 2 * tile] = colsb & 0xFF
+        cfg[17 + 2 * tile] = colsb >> 8
+        cfg[48 + tile] = rows
+    return cfg
+
+
+def schedule_amx_conv(sch: Schedule, knobs: AmxKnobs | None = None) -> AmxKnobs:
+    """Schedule the AMX conv in ``sch`` (in place); returns the knobs used.
+
+    Parallel tasks of several ``mt x nt`` tile blocks; per block the accumulator tiles are zeroed,
+    the reduction over (C/kc, KH, KW) loads ``mt`` activation and ``nt`` weight tiles and issues
+    ``mt*nt`` ``tdpbusd``, then the tiles are stored to the int32 accumulator. Quantize+pack
+    prologue and dequantize epilogue run as parallel loops of their own.
+    """
+    from tvm_mpq.kernels.x86 import find_block
+
+    acc = find_block(sch, ACC_BLOCK)
+    _, oc_blocks, rows, _ = (int(v) for v in sch.get(acc).writes[0].source.shape)
+    kc = int(sch.get(find_block(sch, ACT_BLOCK)).writes[0].source.shape[-1])
+    if knobs is None:
+        knobs = default_amx_knobs(oc_blocks)
+    if oc_blocks % knobs.nt or rows % (knobs.mt * TILE_ROWS):
+        raise ValueError(f"AMX knobs {knobs} do not divide {oc_blocks} channel blocks x {rows} pixel rows")
+    zero, update, store = intrinsics(knobs.mt, knobs.nt, kc)
+    copy = sch.cache_write(acc, 0, "local")
+    b, o, m, oi, rc, rkh, rkw, rko, rki = sch.get_loops(acc)
+    oo, ot = sch.split(o, [None, knobs.nt]) if knobs.nt > 1 else (o, None)
+    mo, mi = sch.split(m, [None, knobs.mt * TILE_ROWS])
+    outer, second = (mo, oo) if knobs.pixels_outer else (oo, mo)
+    inner = [loop for loop in (ot, mi) if loop is not None]
+    # parallel tasks of several tile blocks each (one ldtilecfg per task); split, not fuse, so
+    # that the tile loops below stay affine for tensorize
+    extent = int(sch.get(outer).extent)
+    per_task = next((d for d in range(1, extent + 1) if extent % d == 0 and d * int(sch.get(second).extent) >= MIN_BLOCKS_PER_TASK), extent)
+    task, rest = sch.split(outer, [None, per_task])
+    sch.reorder(b, task, rest, second, rc, rkh, rkw, *inner, oi, rko, rki)
+    sch.parallel(task)
+    sch.annotate(task, CONFIG_ANNOTATION, f"{knobs.mt}x{knobs.nt}x{kc}")
+    sch.reverse_compute_at(copy, second)
+    init = sch.decompose_reduction(acc, rc)
+    tile_loops = 3 if knobs.nt > 1 else 2  # (column tile,) pixel row, channel
+    sch.tensorize(sch.get_loops(init)[-tile_loops], zero)
+    sch.tensorize(inner[0], update)
+    sch.tensorize(sch.get_loops(copy)[-tile_loops], store)
+    _schedule_side_blocks(sch)
+    return knobs
+
+
+def _schedule_side_blocks(sch: Schedule) -> None:
+    from tvm_mpq.kernels.x86 import find_block
+
+    act = find_block(sch, ACT_BLOCK)
+    loops = sch.get_loops(act)
+    sch.parallel(sch.fuse(*loops[:-1]))
+    sch.vectorize(loops[-1])
+    out = find_block(sch, OUT_BLOCK)
+    n, o, y, x = sch.get_loops(out)
+    sch.parallel(sch.fuse(n, o, y))
+    sch.vectorize(x)
+    for name in (ROWSUM_BLOCK, ASUM_BLOCK):
+        blk = find_block(sch, name)
+        if blk is not None:
+            loops = sch.get_loops(blk)
+            sch.parallel(sch.fuse(*loops[:2]))
+
+
+def finalize_amx(func):
+    """Add the tile configuration to a scheduled AMX kernel (TIR schedules cannot place it).
+
+    At function entry: ask Linux for the AMX state (``arch_prctl``, idempotent, ~0.1 us) and
+    write the 64-byte tile configuration; at the start of every parallel task (tile state is per
+    thread): ``ldtilecfg``; at its end: ``tilerelease``.
+    """
+    realize = func.body
+    root = realize.block
+    found = []
+
+    def find(stmt):
+        if isinstance(stmt, tirx.For):
+            if CONFIG_ANNOTATION in stmt.annotations:
+                found.append(stmt)
+            else:
+                find(stmt.body)
+        elif isinstance(stmt, tirx.SeqStmt):
+            for sub in stmt.seq:
+                find(sub)
+
+    find(root.body)
+    if not found:  # no AMX task loop (a dense layer of the kernel runs on VNNI)
+        return func
+    mt, nt, kc = (int(v) for v in str(found[0].annotations[CONFIG_ANNOTATION]).split("x"))
+    cfg = tirx.decl_buffer((64,), "uint8", name="mpq_amx_cfg")
+    fill = s_tir.SBlock(
+        [], [], [tirx.BufferRegion(cfg, [tvm.ir.Range.from_min_extent(0, 64)])], "mpq_amx_tilecfg",
+        tirx.SeqStmt([tirx.BufferStore(cfg, tirx.const(v, "uint8"), [i]) for i, v in enumerate(_tile_config(mt, nt, kc))]),
+    )
+    grant = tirx.Evaluate(T.call_extern("int64", "syscall", SYS_ARCH_PRCTL, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA))
+
+    def rewrite(stmt):
+        if isinstance(stmt, tirx.SeqStmt):
+            return tirx.SeqStmt([rewrite(sub) for sub in stmt.seq])
+        if not isinstance(stmt, tirx.For):
+            return stmt
+        if CONFIG_ANNOTATION in stmt.annotations:
+            body = tirx.SeqStmt([
+                tirx.Evaluate(T.call_llvm_intrin("void", "llvm.x86.ldtilecfg", cfg.access_ptr("r"))),
+                stmt.body,
+                tirx.Evaluate(T.call_llvm_intrin("void", "llvm.x86.tilerelease")),
+            ])
+        else:
+            body = rewrite(stmt.body)
+        return tirx.For(stmt.loop_var, stmt.min, stmt.extent, stmt.kind, body, stmt.thread_binding, stmt.annotations)
+
+    new_stmts = [rewrite(root.body)]
+    body = tirx.SeqStmt([grant, s_tir.SBlockRealize([], True, fill), *new_stmts])
+    new_root = s_tir.SBlock(
+        root.iter_vars, root.reads, root.writes, root.name_hint, body, root.init,
+        [*root.alloc_buffers, cfg], root.match_buffers, root.annotations,
+    )
+    return func.with_body(s_tir.SBlockRealize(realize.iter_values, realize.predicate, new_root))
