@@ -1,15 +1,16 @@
-"""Per-layer kernel benchmark: our int8 (VNNI) and bit-serial kernels vs PyTorch fp32 / int8.
+"""Per-layer kernel benchmark: our int8 (VNNI, AMX) and bit-serial kernels vs PyTorch fp32 / int8.
 
 Layers: ResNet-18's distinct conv shapes (224x224) and MobileNetV2's depthwise and pointwise
 layers. For every layer and thread count, in one run:
 
-* our kernels: int8 (W8A8, AVX-512 VNNI), bit-serial W1A1 / W1A2 / W2A2 (when the target has a
-  scheduled bit-serial kernel), the integer depthwise kernel; packing and epilogue included;
+* our kernels: int8 (W8A8, AVX-512 VNNI), amx (W8A8 on AMX tiles, where the CPU has them),
+  bit-serial W1A1 / W1A2 / W2A2 (when the target has a scheduled bit-serial kernel), the integer
+  depthwise kernel; packing and epilogue included;
 * PyTorch: fp32, FX int8 with the default oneDNN/fbgemm dispatch (on CPUs with AMX, oneDNN uses
   AMX tiles) and FX int8 restricted to AVX-512 VNNI (``ONEDNN_MAX_CPU_ISA=AVX512_CORE_VNNI``),
   the same instruction set our int8 kernel uses;
-* achieved G MAC/s as % of this core's measured peak (``peaks.py``): int8 vs VNNI, bit-serial
-  (w*a binary MACs per MAC) vs AND+POPCNT.
+* achieved G MAC/s as % of this core's measured peak (``peaks.py``): int8 vs VNNI, amx vs AMX,
+  bit-serial (w*a binary MACs per MAC) vs AND+POPCNT.
 
 Each measurement runs in a worker process (thread counts and oneDNN's ISA are fixed at process
 start). Usage: ``python benchmarks/kernels.py [--threads 1 2] [--quick] [--json out.json]``.
@@ -73,10 +74,13 @@ def _worker_tvm(rows: list[dict], number: int, repeat: int) -> list[dict]:
 
     target = parse_target(None)
     has_serial = "bitserial" in KERNELS and KERNELS["bitserial"].available(target)
+    has_amx = "amx" in KERNELS and KERNELS["amx"].available(target)
     results = []
     for row in rows:
         spec = _conv_spec(row)
         variants = [("depthwise", 8, 8)] if spec.is_depthwise else [("int8", 8, 8)]
+        if has_amx and not spec.is_depthwise:
+            variants.append(("amx", 8, 8))
         if has_serial and not spec.is_depthwise:
             variants += [("bitserial", w, a) for w, a in SERIAL_BITS]
         for kernel, w, a in variants:
@@ -123,7 +127,7 @@ def _report(rows, results, peaks, threads) -> None:
     by = {(r["layer"], r["kernel"], r.get("w_bits"), r.get("a_bits")): r["seconds"] for r in results}
     base = {(r["layer"], r["kernel"]): r["seconds"] for r in results if r["kernel"].startswith("torch")}
     print(f"\n== {threads} thread(s) ==  (% of peak: of {threads} x the per-core peak)  peaks/core: VNNI {peaks.get('vnni', 0):.0f} GMAC/s, "
-          f"POPCNT {peaks.get('popcount', 0):.0f} G bin-MAC/s, fp32 {peaks.get('fp32', 0):.0f} GMAC/s")
+          f"POPCNT {peaks.get('popcount', 0):.0f} G bin-MAC/s, fp32 {peaks.get('fp32', 0):.0f} GMAC/s, AMX {peaks.get('amx', 0):.0f} GMAC/s")
     head = f"{'layer':28s} {'shape':24s} {'kernel':10s} {'bits':5s} {'ms':>7s} {'GMAC/s':>7s} {'%peak':>6s} {'xfp32':>6s} {'xint8':>6s} {'xint8v':>6s} {'xour8':>6s} exact"
     print(head)
     for row in rows:
@@ -136,6 +140,8 @@ def _report(rows, results, peaks, threads) -> None:
             cores = int(threads)  # peaks are per core
             if r["kernel"] == "bitserial":
                 pct = 100 * gmacs * r["w_bits"] * r["a_bits"] / (cores * peaks["popcount"]) if "popcount" in peaks else float("nan")
+            elif r["kernel"] == "amx":
+                pct = 100 * gmacs / (cores * peaks["amx"]) if "amx" in peaks else float("nan")
             else:
                 pct = 100 * gmacs / (cores * peaks["vnni"]) if "vnni" in peaks else float("nan")
             ratio = {k: base.get((row["layer"], k), float("nan")) / t for k in ("torch_fp32", "torch_int8", "torch_int8_vnni")}

@@ -32,13 +32,37 @@ def _spatial_prefix(sch: Schedule, block, loops) -> int:
     return min(count, len(loops))
 
 
+def _inline_padding(sch: Schedule) -> None:
+    """Inline TOPI's ``pad_temp`` blocks into their consumers (pooling reads the padded value
+    through a select instead of a padded copy of the whole input)."""
+    for block in sch.get_child_blocks(sch.get_sblock("root")):
+        if sch.get(block).name_hint.startswith("pad_temp"):
+            try:
+                sch.compute_inline(block)
+            except Exception as err:  # several consumers or not injective: keep the copy
+                logger.debug("ScheduleGeneric: kept %s: %s", sch.get(block).name_hint, err)
+
+
+def _vectorize_reduction(sch: Schedule, block, loops, spatial: int) -> None:
+    """A reduction block (pooling): reduction loops moved outside the innermost spatial loop,
+    which is then vectorized (a window max over a row of outputs; the init runs at the first tap)."""
+    if spatial < 2 or spatial == len(loops) or int(sch.get(loops[spatial - 1]).extent) < 4:
+        return
+    inner = loops[spatial - 1]
+    sch.reorder(*loops[spatial:], inner)
+    sch.vectorize(inner)
+
+
 def schedule_function(func) -> "tirx.PrimFunc":
     sch = Schedule(func)
+    _inline_padding(sch)
     root = sch.get_sblock("root")
     for block in sch.get_child_blocks(root):
         loops = sch.get_loops(block)
         try:
             spatial = _spatial_prefix(sch, block, loops)
+            if spatial < len(loops):
+                _vectorize_reduction(sch, block, loops, spatial)
             # fuse leading spatial loops until there is enough coarse-grained parallel work, and
             # leave the inner loops whole (contiguous, so LLVM vectorizes them; fusing them into
             # the parallel loop would put div/mod on every element)

@@ -130,7 +130,8 @@ def test_amx_instructions_are_emitted_for_sapphire_rapids():
 
 
 def test_registry_rule():
-    assert choose_kernel("conv2d", 1, 1, SPR, in_channels=64) == "amx"  # AMX beats popcount too
+    assert choose_kernel("conv2d", 1, 2, SPR, in_channels=64) == "amx"
+    assert choose_kernel("conv2d", 1, 1, SPR, in_channels=64) == "bitserial"  # measured faster per layer
     assert choose_kernel("conv2d", 8, 8, SPR, in_channels=3) == "int8"  # stem: too few channels
     assert choose_kernel("dense", 8, 8, SPR, in_channels=512) == "int8"
     assert choose_kernel("conv2d", 8, 8, parse_target("llvm -mcpu=znver5"), in_channels=64) == "int8"

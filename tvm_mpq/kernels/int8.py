@@ -61,6 +61,18 @@ def weight_bytes(wq: WeightQuant, start: int, stop: int, w_bits: int) -> np.ndar
     return wq.levels[start:stop].astype(np.int32)
 
 
+def input_code(data, spec: ConvSpec, aq, b, ch, hp, wp):
+    """u8 code of channel ``ch`` at padded pixel ``(hp, wp)``: the zero point in the spatial
+    padding, 0 in the channel padding (its weights are 0)."""
+    c, h, w = spec.in_channels, spec.height, spec.width
+    pt, pl = spec.padding[0], spec.padding[1]
+    inside = tirx.all(hp >= pt, hp < pt + h, wp >= pl, wp < pl + w)
+    ih = tirx.max(tirx.min(hp - pt, h - 1), 0)
+    iw = tirx.max(tirx.min(wp - pl, w - 1), 0)
+    value = tirx.Select(inside, act_code(data[b, tirx.min(ch, c - 1), ih, iw], aq, "uint8"), tirx.const(aq.zero_point, "uint8"))
+    return tirx.if_then_else(ch < c, value, tirx.const(0, "uint8"))
+
+
 def prepare_weights(values: np.ndarray) -> np.ndarray:
     """int8 weights ``[O, C, KH, KW]`` (or ``[O, K]`` for dense) -> ``[O/16, C/4, KH, KW, 16, 4]``."""
     values = np.asarray(values)
@@ -83,16 +95,9 @@ def int8_conv2d(data, w_blocked, bias_q, out_scale, dead_bias, *, spec: ConvSpec
     n, c, h, w = spec.batch, spec.in_channels, spec.height, spec.width
     pt, pl, pb, pr = spec.padding
     cb, ob = ceil_div(c, IC_BLOCK), ceil_div(spec.out_channels, OC_BLOCK)
-    zero = tirx.const(aq.zero_point, "uint8")
 
     def padded(b, cblk, hp, wp, ci):
-        ch = cblk * IC_BLOCK + ci
-        inside = tirx.all(hp >= pt, hp < pt + h, wp >= pl, wp < pl + w)
-        ih = tirx.max(tirx.min(hp - pt, h - 1), 0)
-        iw = tirx.max(tirx.min(wp - pl, w - 1), 0)
-        cc = tirx.min(ch, c - 1)
-        value = tirx.Select(inside, act_code(data[b, cc, ih, iw], aq, "uint8"), zero)
-        return tirx.if_then_else(ch < c, value, tirx.const(0, "uint8"))
+        return input_code(data, spec, aq, b, cblk * IC_BLOCK + ci, hp, wp)
 
     (sh, sw), (dh, dw) = spec.strides, spec.dilation
     kh, kw = spec.kernel

@@ -150,14 +150,16 @@ def choose_kernel(kind: str, w_bits: int, a_bits: int, target: Target, in_channe
     """The built-in rule (until a cost model decides): AMX, else VNNI int8 unless bit-serial is cheaper.
 
     A w-bit x a-bit bit-serial MAC costs w*a AND+popcount bits; measured per-core peaks make
-    bit-serial pay against VNNI only at ``w*a <= 2`` (W1A1, W1A2, W2A1). AMX tiles (~1,100
-    GMAC/s per core measured) beat even W1A1 popcount (~800 G binary MAC/s), so a conv with at least
-    :data:`AMX_MIN_CHANNELS` input channels takes AMX on a CPU that has it, at any bits (a conv
-    with fewer channels fills too little of a 64-byte tile row; dense layers stay on VNNI).
+    bit-serial pay against VNNI only at ``w*a <= 2`` (W1A1, W1A2, W2A1). On a CPU with AMX a conv
+    with at least :data:`AMX_MIN_CHANNELS` input channels takes AMX, except W1A1: its peak (~1,100
+    GMAC/s per core) is above popcount's, but measured per layer (``benchmarks/kernels.py``, whole
+    kernels with packing and epilogue) bit-serial W1A1 was 1.3-2.8x faster than AMX on every
+    ResNet-18 conv, while W1A2 was mostly slower. A conv with fewer channels fills too little of a
+    64-byte tile row; dense layers stay on VNNI.
     """
-    if kind == "conv2d" and (in_channels or 0) >= AMX_MIN_CHANNELS and KERNELS["amx"].available(target):
-        return "amx"
     serial = "bitserial" if "bitserial" in KERNELS and KERNELS["bitserial"].available(target) else "bitserial_ref"
+    if kind == "conv2d" and (in_channels or 0) >= AMX_MIN_CHANNELS and KERNELS["amx"].available(target):
+        return serial if w_bits * a_bits == 1 and serial == "bitserial" else "amx"
     if KERNELS["int8"].available(target) and (w_bits * a_bits > 2 or serial == "bitserial_ref"):
         return "int8"
     return serial
