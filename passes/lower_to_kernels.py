@@ -24,9 +24,9 @@ from functools import partial
 
 import numpy as np
 
-from tvm_mpq._tvm import Constant, Schedule, Target, parse_target, relax, tvm
+from tvm_mpq._tvm import Constant, Target, parse_target, relax, tvm
 from tvm_mpq.kernels import bitserial, x86
-from tvm_mpq.kernels.registry import KERNELS, KernelImpl, resolve_kernel, schedule_kernel
+from tvm_mpq.kernels.registry import KERNELS, apply_schedule, resolve_kernel, schedule_kernel
 from tvm_mpq.kernels.spec import ConvSpec, DenseSpec
 from tvm_mpq.frontend import conv_spec, is_op
 from tvm_mpq.passes.annotate_bitwidth import A_BITS_ATTR, GROUPS_ATTR, KIND_ATTR, LAYER_ATTR, activation_kind
@@ -78,7 +78,7 @@ class _Lowerer(relax.PyExprMutator):
         self.target = target
         self.kernel = kernel
         self.lowered: list[str] = []
-        self.schedules: dict[str, object] = {}  # PrimFunc name -> KernelImpl, or a schedule function
+        self.schedules: dict[str, object] = {}  # PrimFunc name -> (PrimFunc -> scheduled PrimFunc)
         self.choices: dict[str, list[str]] = {}  # layer -> kernel per channel group
 
     def visit_call_(self, call):
@@ -115,7 +115,7 @@ class _Lowerer(relax.PyExprMutator):
                 partial(bitserial.depthwise_conv2d_int, spec=spec, aq=aq, out=out), x, relax.const(wq.levels), *_consts(ep),
                 primfunc_name_hint=fname + "_" + tag, primfunc_attrs={**meta, "mpq.kernel": "depthwise"},
             )
-            self.schedules[call.args[0].name_hint] = x86.schedule_depthwise
+            self.schedules[call.args[0].name_hint] = partial(apply_schedule, schedule=x86.schedule_depthwise)
             self.choices[name] = ["depthwise"]
             self.lowered.append(name)
             return call
@@ -137,7 +137,7 @@ class _Lowerer(relax.PyExprMutator):
                 primfunc_name_hint=f"{fname}_{impl.name}_w{bits}{tag}", primfunc_attrs={**meta, "mpq.w_bits": bits, "mpq.kernel": impl.name},
             )
             if impl.schedule is not None:
-                self.schedules[call.args[0].name_hint] = impl
+                self.schedules[call.args[0].name_hint] = partial(schedule_kernel, impl)
             parts.append(self.builder_.emit(call))
         self.lowered.append(name)
         return parts[0] if len(parts) == 1 else relax.op.concat(parts, axis=1)
@@ -183,15 +183,10 @@ def _schedule(mod, schedules: dict):
         return mod
     funcs = {}
     for gv, func in mod.functions.items():
-        how = schedules.get(gv.name_hint)
-        if how is not None:
+        schedule = schedules.get(gv.name_hint)
+        if schedule is not None:
             try:
-                if isinstance(how, KernelImpl):
-                    func = schedule_kernel(how, func)
-                else:
-                    sch = Schedule(func)
-                    how(sch)
-                    func = sch.mod["main"]
+                func = schedule(func=func)
             except Exception as err:
                 raise RuntimeError(f"scheduling kernel {gv.name_hint} failed: {err}") from err
             func = func.with_attr("op_pattern", 8)

@@ -61,8 +61,7 @@ def schedule_function(func) -> "tirx.PrimFunc":
         loops = sch.get_loops(block)
         try:
             spatial = _spatial_prefix(sch, block, loops)
-            if spatial < len(loops):
-                _vectorize_reduction(sch, block, loops, spatial)
+            _vectorize_reduction(sch, block, loops, spatial)
             # fuse leading spatial loops until there is enough coarse-grained parallel work, and
             # leave the inner loops whole (contiguous, so LLVM vectorizes them; fusing them into
             # the parallel loop would put div/mod on every element)

@@ -12,10 +12,9 @@ import shlex
 from typing import Any, Mapping
 
 import tvm  # noqa: F401  (re-exported)
-from tvm import relax, te, tirx, topi  # noqa: F401
+from tvm import relax, s_tir, te, tirx, topi  # noqa: F401
 from tvm.relax.backend.cpu_generic import pipeline as cpu_generic  # noqa: F401  (CPU pipeline phases)
 from tvm.relax.frontend.torch import from_exported_program  # noqa: F401
-from tvm import s_tir  # noqa: F401
 from tvm.s_tir import Schedule, TensorIntrin  # noqa: F401
 from tvm.script import tirx as T  # noqa: F401  (TVMScript, for tensor intrinsics)
 from tvm.target import Target, codegen

@@ -3,8 +3,9 @@
 Same encoding and exact result as the VNNI kernel (:mod:`tvm_mpq.kernels.int8`): activation codes
 are unsigned bytes, weight levels signed bytes (8-bit levels split ``2*h + 1`` plus a box sum of
 the codes). Any ``a_bits``/``w_bits`` <= 8 runs here. On a CPU with AMX (Sapphire Rapids and
-later) one ``tdpbusd`` does 16,384 MACs: about 4x the VNNI peak per core, more than the
-AND+popcount peak in binary MACs, so it is the fastest path for any bitwidth a conv takes there.
+later) one ``tdpbusd`` does 16,384 MACs: about 4x the VNNI peak per core and above the
+AND+popcount peak in binary MACs; measured whole kernels (packing and epilogue included) still
+lose to bit-serial at W1A1, which the registry's rule keeps.
 
 Implicit GEMM on a flat pixel axis. A tile row is one output pixel, a tile column group 16 output
 channels, the reduction ``kc`` (<= 64) input channels per tile load. Output pixel ``(y, x)`` is
@@ -14,7 +15,7 @@ whatever the image width (7x7 and 14x14 layers fill whole tiles; the ``WQ - OW``
 per row are computed and dropped). Stride ``s`` is reduced to stride 1 by splitting the padded
 input into ``s x s`` phases (space-to-depth), tap ``k`` reading phase ``k % s`` at offset ``k // s``.
 
-Layouts (``kc = min(64, C rounded up to 4)`` channels per tile load)::
+Layouts (``kc = min(64, C rounded up to 4, at least 8)`` channels per tile load)::
 
     data     float32 [N, C, H, W]
     a        uint8   [N, C/kc, SH, SW, Q, kc]       quantized, padded, phase-split, flat pixels
@@ -37,10 +38,11 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from tvm_mpq._tvm import Schedule, T, Target, TensorIntrin, s_tir, te, tirx, tvm
+from tvm_mpq._tvm import Schedule, T, Target, TensorIntrin, s_tir, target_features, te, tirx, tvm
 from tvm_mpq.kernels.bitserial import epilogue
 from tvm_mpq.kernels.int8 import input_code, split_levels
 from tvm_mpq.kernels.spec import ConvSpec, ceil_div
+from tvm_mpq.kernels.x86 import find_block
 
 OC_BLOCK = 16
 TILE_ROWS = 16
@@ -315,10 +317,8 @@ def intrinsics(mt: int, nt: int, kc: int) -> tuple[str, str, str]:
 
 def has_amx(target: Target) -> bool:
     """Whether ``target`` has AMX int8 tiles (``-mcpu=sapphirerapids`` or ``-mattr=+amx-int8,+amx-tile``)."""
-    from tvm_mpq._tvm import target_features
-
     features = target_features(target)
-    return features.get("amx-int8", False) and features.get("amx-tile", False)
+    return features["amx-int8"] and features["amx-tile"]
 
 
 @functools.lru_cache(maxsize=1)
@@ -379,8 +379,6 @@ def schedule_amx_conv(sch: Schedule, knobs: AmxKnobs | None = None) -> AmxKnobs:
     ``mt*nt`` ``tdpbusd``, then the tiles are stored to the int32 accumulator. Quantize+pack
     prologue and dequantize epilogue run as parallel loops of their own.
     """
-    from tvm_mpq.kernels.x86 import find_block
-
     acc = find_block(sch, ACC_BLOCK)
     _, oc_blocks, rows, _ = (int(v) for v in sch.get(acc).writes[0].source.shape)
     kc = int(sch.get(find_block(sch, ACT_BLOCK)).writes[0].source.shape[-1])
@@ -405,17 +403,15 @@ def schedule_amx_conv(sch: Schedule, knobs: AmxKnobs | None = None) -> AmxKnobs:
     sch.annotate(task, CONFIG_ANNOTATION, f"{knobs.mt}x{knobs.nt}x{kc}")
     sch.reverse_compute_at(copy, second)
     init = sch.decompose_reduction(acc, rc)
-    tile_loops = 3 if knobs.nt > 1 else 2  # (column tile,) pixel row, channel
-    sch.tensorize(sch.get_loops(init)[-tile_loops], zero)
+    depth = len(inner) + 1  # (column tile,) pixel row, channel
+    sch.tensorize(sch.get_loops(init)[-depth], zero)
     sch.tensorize(inner[0], update)
-    sch.tensorize(sch.get_loops(copy)[-tile_loops], store)
+    sch.tensorize(sch.get_loops(copy)[-depth], store)
     _schedule_side_blocks(sch)
     return knobs
 
 
 def _schedule_side_blocks(sch: Schedule) -> None:
-    from tvm_mpq.kernels.x86 import find_block
-
     act = find_block(sch, ACT_BLOCK)
     loops = sch.get_loops(act)
     sch.parallel(sch.fuse(*loops[:-1]))
@@ -440,28 +436,8 @@ def finalize_amx(func):
     """
     realize = func.body
     root = realize.block
-    found = []
-
-    def find(stmt):
-        if isinstance(stmt, tirx.For):
-            if CONFIG_ANNOTATION in stmt.annotations:
-                found.append(stmt)
-            else:
-                find(stmt.body)
-        elif isinstance(stmt, tirx.SeqStmt):
-            for sub in stmt.seq:
-                find(sub)
-
-    find(root.body)
-    if not found:  # no AMX task loop (a dense layer of the kernel runs on VNNI)
-        return func
-    mt, nt, kc = (int(v) for v in str(found[0].annotations[CONFIG_ANNOTATION]).split("x"))
     cfg = tirx.decl_buffer((64,), "uint8", name="mpq_amx_cfg")
-    fill = s_tir.SBlock(
-        [], [], [tirx.BufferRegion(cfg, [tvm.ir.Range.from_min_extent(0, 64)])], "mpq_amx_tilecfg",
-        tirx.SeqStmt([tirx.BufferStore(cfg, tirx.const(v, "uint8"), [i]) for i, v in enumerate(_tile_config(mt, nt, kc))]),
-    )
-    grant = tirx.Evaluate(T.call_extern("int64", "syscall", SYS_ARCH_PRCTL, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA))
+    blocks = set()  # the "mt x nt x kc" of each task loop
 
     def rewrite(stmt):
         if isinstance(stmt, tirx.SeqStmt):
@@ -469,6 +445,7 @@ def finalize_amx(func):
         if not isinstance(stmt, tirx.For):
             return stmt
         if CONFIG_ANNOTATION in stmt.annotations:
+            blocks.add(str(stmt.annotations[CONFIG_ANNOTATION]))
             body = tirx.SeqStmt([
                 tirx.Evaluate(T.call_llvm_intrin("void", "llvm.x86.ldtilecfg", cfg.access_ptr("r"))),
                 stmt.body,
@@ -478,8 +455,17 @@ def finalize_amx(func):
             body = rewrite(stmt.body)
         return tirx.For(stmt.loop_var, stmt.min, stmt.extent, stmt.kind, body, stmt.thread_binding, stmt.annotations)
 
-    new_stmts = [rewrite(root.body)]
-    body = tirx.SeqStmt([grant, s_tir.SBlockRealize([], True, fill), *new_stmts])
+    rewritten = rewrite(root.body)
+    if not blocks:  # no AMX task loop (a dense layer of the kernel runs on VNNI)
+        return func
+    (block,) = blocks  # one tile configuration per kernel
+    mt, nt, kc = (int(v) for v in block.split("x"))
+    fill = s_tir.SBlock(
+        [], [], [tirx.BufferRegion(cfg, [tvm.ir.Range.from_min_extent(0, 64)])], "mpq_amx_tilecfg",
+        tirx.SeqStmt([tirx.BufferStore(cfg, tirx.const(v, "uint8"), [i]) for i, v in enumerate(_tile_config(mt, nt, kc))]),
+    )
+    grant = tirx.Evaluate(T.call_extern("int64", "syscall", SYS_ARCH_PRCTL, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA))
+    body = tirx.SeqStmt([grant, s_tir.SBlockRealize([], True, fill), rewritten])
     new_root = s_tir.SBlock(
         root.iter_vars, root.reads, root.writes, root.name_hint, body, root.init,
         [*root.alloc_buffers, cfg], root.match_buffers, root.annotations,

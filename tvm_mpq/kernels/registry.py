@@ -38,14 +38,19 @@ class KernelImpl:
     finalize: Optional[Callable] = None
 
 
+def apply_schedule(func, schedule: Callable, knobs=None, finalize: Optional[Callable] = None):
+    """``func`` with ``schedule(sch, knobs)`` applied (then ``finalize``, if any)."""
+    sch = Schedule(func)
+    schedule(sch, knobs)
+    func = sch.mod["main"]
+    return finalize(func) if finalize is not None else func
+
+
 def schedule_kernel(impl: KernelImpl, func, knobs=None):
     """``func`` (a PrimFunc of ``impl``'s compute) scheduled with ``knobs`` (None: defaults)."""
     if impl.schedule is None:
         return func
-    sch = Schedule(func)
-    impl.schedule(sch, knobs)
-    func = sch.mod["main"]
-    return impl.finalize(func) if impl.finalize is not None else func
+    return apply_schedule(func, impl.schedule, knobs, impl.finalize)
 
 
 KERNELS: dict[str, KernelImpl] = {}

@@ -12,9 +12,9 @@ from typing import Any
 
 import numpy as np
 
-from tvm_mpq._tvm import Schedule, parse_target, te, tensor, tvm
+from tvm_mpq._tvm import parse_target, te, tensor, tvm
 from tvm_mpq.kernels import bitserial, reference, x86
-from tvm_mpq.kernels.registry import resolve_kernel, schedule_kernel
+from tvm_mpq.kernels.registry import apply_schedule, resolve_kernel, schedule_kernel
 from tvm_mpq.kernels.spec import DenseSpec
 
 
@@ -62,9 +62,7 @@ def build_layer_kernel(spec, w_bits: int, a_bits: int, kernel: str = "auto", tar
         w_arg = wq.levels.astype(np.int32)
         wt = te.placeholder(w_arg.shape, "int32", name="w")
         y = bitserial.depthwise_conv2d_int(xt, wt, *consts, spec=spec, aq=aq)
-        sch = Schedule(te.create_prim_func([xt, wt, *consts, y]))
-        x86.schedule_depthwise(sch, knobs)
-        func = sch.mod["main"]
+        func = apply_schedule(te.create_prim_func([xt, wt, *consts, y]), x86.schedule_depthwise, knobs)
     else:
         kind = "dense" if dense else "conv2d"
         impl = resolve_kernel(kernel, kind, w_bits, a_bits, tgt, in_channels=spec.in_features if dense else spec.in_channels)
