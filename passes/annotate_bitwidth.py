@@ -1,7 +1,8 @@
 """AnnotateBitwidth: attach a :class:`~tvm_mpq.policy.QuantPolicy` to the layers of a Relax module.
 
-Every layer the policy quantizes (its conv2d / matmul, plus the bias ``add`` and the ReLU / ReLU6
-that follow it when the layer output has no other use) is outlined into a private Relax function
+Every layer the policy quantizes (its conv2d / matmul, plus the bias ``add``, a residual ``add`` of
+a conv2d without activation (a ResNet shortcut) and the ReLU / ReLU6 that follow it when the layer
+output has no other use) is outlined into a private Relax function
 whose attributes carry the layer's name and bits, the way ``FuseOpsByPattern`` marks composite
 functions::
 
@@ -11,7 +12,8 @@ functions::
                      "mpq.a_bits": 4, "mpq.groups": [[0, 32, 2], [32, 64, 4]]})
         ...conv2d + bias...
 
-and ``main`` calls it. The module still compiles (in float) without lowering;
+and ``main`` calls it (``mpq_layer(x)``, or ``mpq_layer(x, shortcut)`` with a fused residual add:
+the kernel's epilogue then adds the shortcut before the activation). The module still compiles (in float) without lowering;
 :class:`~tvm_mpq.passes.LowerToKernels` replaces these calls with integer kernels. Float layers are
 left untouched. A policy that names a layer the module does not have is an error.
 """
@@ -63,6 +65,25 @@ def _bias_add(binding, layer_var, kind: str, out_channels: int) -> bool:
     return shape in allowed
 
 
+def _residual_add(bindings, by_var, uses, producer):
+    """The ``add(producer, other)`` binding (either order, ``other`` a non-constant tensor of the
+    same shape) when it is the producer's only use, else None."""
+    if uses.get(producer.var, 0) != 1:
+        return None
+    for b in bindings[by_var[producer.var.name] + 1 :]:
+        if not (isinstance(b.value, relax.Call) and any(a.same_as(producer.var) for a in b.value.args)):
+            continue
+        if not is_op(b.value, "relax.add"):
+            return None
+        x, y = b.value.args
+        other = y if x.same_as(producer.var) else x
+        if other.same_as(producer.var) or isinstance(other, Constant):
+            return None
+        same = [int(d) for d in other.ty.shape] == [int(d) for d in producer.var.ty.shape]
+        return b if same and other.ty.dtype == producer.var.ty.dtype else None
+    return None
+
+
 def activation_kind(call) -> "str | None":
     """"relu" for ``relu(x)``, "relu6" for ``clip(x, 0, 6)``: the activations kernels fuse."""
     if is_op(call, "relax.nn.relu"):
@@ -98,10 +119,17 @@ class _Outliner(relax.PyExprMutator):
         if not binding.var.same_as(entry["last"].var):
             return  # emitted inside the outlined function, at its last binding
         layer_binding, bias_binding, act_binding = entry["layer"], entry["bias"], entry["act"]
+        residual_binding = entry["residual"]
         x = layer_binding.value.args[0]
         param = relax.Var("x", x.ty)
+        inputs, params = [x], [param]
+        if residual_binding is not None:
+            a, b = residual_binding.value.args
+            shortcut = b if a.same_as((bias_binding or layer_binding).var) else a
+            inputs.append(shortcut)
+            params.append(relax.Var("shortcut", shortcut.ty))
         bb = relax.BlockBuilder()
-        with bb.function(entry["fname"], [param], attrs=entry["attrs"], private=True):
+        with bb.function(entry["fname"], params, attrs=entry["attrs"], private=True):
             with bb.dataflow():
                 call = layer_binding.value
                 y = bb.emit(relax.Call(call.op, [param, *call.args[1:]], call.attrs, call.ty_args))
@@ -109,6 +137,8 @@ class _Outliner(relax.PyExprMutator):
                     a, b = bias_binding.value.args
                     args = [y, b] if a.same_as(layer_binding.var) else [a, y]
                     y = bb.emit(relax.op.add(*args))
+                if residual_binding is not None:
+                    y = bb.emit(relax.op.add(y, params[1]))
                 if act_binding is not None:
                     act = act_binding.value
                     y = bb.emit(relax.Call(act.op, [y, *act.args[1:]], act.attrs, act.ty_args))
@@ -116,7 +146,7 @@ class _Outliner(relax.PyExprMutator):
             bb.emit_func_output(out)
         gvar = self.builder_.add_func(bb.get()[entry["fname"]], entry["fname"])
         new_var = (relax.DataflowVar if isinstance(binding.var, relax.DataflowVar) else relax.Var)(binding.var.name, binding.var.ty)
-        self.builder_.emit_normalized(relax.VarBinding(new_var, self.builder_.normalize(relax.Call(gvar, [self.visit_expr(x)]))))
+        self.builder_.emit_normalized(relax.VarBinding(new_var, self.builder_.normalize(relax.Call(gvar, [self.visit_expr(v) for v in inputs]))))
         self.set_var_remap(binding.var, new_var)
 
 
@@ -159,17 +189,26 @@ class AnnotateBitwidth:
                         break
             last = bias_binding or layer_binding
             act_binding = _activation_of(bindings, by_var, uses, last)
+            residual_binding = None
+            if act_binding is None and layer.kind == "conv2d":
+                residual_binding = _residual_add(bindings, by_var, uses, last)
+                if residual_binding is not None and residual_binding.var.name in plan:
+                    residual_binding = None  # the add of two layers (ResNet downsample): the first one fuses it
+                if residual_binding is not None:
+                    last = residual_binding
+                    act_binding = _activation_of(bindings, by_var, uses, last)
             groups = [[g.start, g.stop, g.w_bits] for g in bits.groups] or [[0, layer.out_channels, bits.w_bits]]
             attrs = {LAYER_ATTR: layer.name, KIND_ATTR: layer.kind, A_BITS_ATTR: bits.a_bits, GROUPS_ATTR: groups}
             entry = {
                 "layer": layer_binding,
                 "bias": bias_binding,
                 "act": act_binding,
+                "residual": residual_binding,
                 "last": act_binding or last,
                 "attrs": attrs,
                 "fname": layer_function_name(layer.name),
             }
-            for b in (layer_binding, bias_binding, act_binding):
+            for b in (layer_binding, bias_binding, residual_binding, act_binding):
                 if b is not None:
                     plan[b.var.name] = entry
         if not plan:

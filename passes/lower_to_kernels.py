@@ -8,7 +8,9 @@ For each outlined layer function (attribute ``mpq.layer``):
 * bias (and BatchNorm, folded into the conv at import) is applied in the integer/float epilogue;
 * channel groups with different ``w_bits`` become one kernel each, concatenated on the channel
   axis. Depthwise convolutions take per-channel integer levels, so one kernel covers all groups;
-* a ReLU / ReLU6 outlined with the layer is fused into the kernel's epilogue.
+* a ReLU / ReLU6 outlined with the layer is fused into the kernel's epilogue, and so is a residual
+  add (the layer function's second parameter, a ResNet shortcut): one pass over the output instead
+  of three (conv out, add, ReLU). A layer split into channel groups adds it after the concat.
 
 Each conv2d/dense kernel is one of :mod:`tvm_mpq.kernels.registry` (``kernel="auto"`` picks by
 target and bits; a name or a callable ``(layer, kind, w_bits, a_bits, target) -> name`` overrides)
@@ -48,9 +50,9 @@ def _parse_layer(func):
         w = np.ascontiguousarray(w.T)  # matmul(x, W^T): back to [O, K]
     bias = None
     for b in bindings[1:]:
-        if is_op(b.value, "relax.add"):
-            const = next(a for a in b.value.args if isinstance(a, Constant))
-            bias = const.value.numpy().astype(np.float32).reshape(-1)
+        const = [a for a in b.value.args if isinstance(a, Constant)] if is_op(b.value, "relax.add") else []
+        if const:  # the bias add (the residual add has no constant)
+            bias = const[0].value.numpy().astype(np.float32).reshape(-1)
     acts = [activation_kind(b.value) for b in bindings[1:] if isinstance(b.value, relax.Call)]
     act = next((a for a in acts if a), None)
     return call, w, bias, act
@@ -88,15 +90,16 @@ class _Lowerer(relax.PyExprMutator):
         func = self.mod_[call.op]
         if not isinstance(func, relax.Function) or not func.attrs or LAYER_ATTR not in func.attrs:
             return call
-        return self._lower(call.args[0], func)
+        return self._lower(call.args[0], call.args[1] if len(call.args) > 1 else None, func)
 
-    def _lower(self, x, func):
+    def _lower(self, x, residual, func):
         name = str(func.attrs[LAYER_ATTR])
         kind = str(func.attrs[KIND_ATTR])
         a_bits = int(func.attrs[A_BITS_ATTR])
         groups = [tuple(int(v) for v in g) for g in func.attrs[GROUPS_ATTR]]
         layer_call, w, bias, act = _parse_layer(func)
         out = act or "float"
+        fused = {} if residual is None else {"residual": residual}
         in_shape = tuple(int(d) for d in x.ty.shape)
         aq = self.calibration.act_quant(name, a_bits)
         channel_bits = np.concatenate([np.full(stop - start, bits, np.int32) for start, stop, bits in groups])
@@ -112,7 +115,7 @@ class _Lowerer(relax.PyExprMutator):
         meta = {"mpq.layer": name, "mpq.a_bits": a_bits}
         if kind == "depthwise_conv2d":
             call = self.builder_.call_te(
-                partial(bitserial.depthwise_conv2d_int, spec=spec, aq=aq, out=out), x, relax.const(wq.levels), *_consts(ep),
+                partial(bitserial.depthwise_conv2d_int, spec=spec, aq=aq, out=out), x, relax.const(wq.levels), *_consts(ep), **fused,
                 primfunc_name_hint=fname + "_" + tag, primfunc_attrs={**meta, "mpq.kernel": "depthwise"},
             )
             self.schedules[call.args[0].name_hint] = partial(apply_schedule, schedule=x86.schedule_depthwise)
@@ -123,6 +126,8 @@ class _Lowerer(relax.PyExprMutator):
             raise ValueError(f"layer '{name}': no integer kernel for {kind}; keep it float (w_bits=a_bits=32)")
         parts = []
         self.choices[name] = []
+        if len(groups) > 1 and residual is not None:
+            fused, out = {}, "float"  # the residual is added (and the activation applied) after the concat
         for start, stop, bits in groups:
             impl = resolve_kernel(self.kernel, kind, bits, a_bits, self.target, layer=name, in_channels=w.shape[1])
             self.choices[name].append(impl.name)
@@ -133,14 +138,22 @@ class _Lowerer(relax.PyExprMutator):
             te_func = impl.conv2d if kind == "conv2d" else impl.dense
             call = self.builder_.call_te(
                 partial(te_func, spec=gspec, aq=aq, w_bits=bits, out=out), x, relax.const(impl.prepare(wq, start, stop, bits, kind)),
-                *_consts(_slice(ep, start, stop)),
+                *_consts(_slice(ep, start, stop)), **fused,
                 primfunc_name_hint=f"{fname}_{impl.name}_w{bits}{tag}", primfunc_attrs={**meta, "mpq.w_bits": bits, "mpq.kernel": impl.name},
             )
             if impl.schedule is not None:
                 self.schedules[call.args[0].name_hint] = partial(schedule_kernel, impl)
             parts.append(self.builder_.emit(call))
         self.lowered.append(name)
-        return parts[0] if len(parts) == 1 else relax.op.concat(parts, axis=1)
+        if len(parts) == 1:
+            return parts[0]
+        y = relax.op.concat(parts, axis=1)
+        if residual is None:
+            return y
+        y = self.builder_.emit(relax.op.add(y, residual))
+        if act == "relu":
+            return relax.op.nn.relu(y)
+        return relax.op.clip(y, 0.0, 6.0) if act == "relu6" else y
 
 
 @tvm.transform.module_pass(opt_level=0, name="tvm_mpq.LowerToKernels")

@@ -92,3 +92,23 @@ def test_simulate_from_network_equals_from_model(digits_net):
         a = tvm_mpq.simulate(model, policy, cal)(*x)
         b = tvm_mpq.simulate(net, policy, cal)(*x)
     assert torch.equal(a, b)
+
+
+def test_residual_layers_fused_and_grouped_match_simulation():
+    """ResNet with the shortcut add fused into every block's last conv, one of them split into
+    channel groups (the add then follows the concat) and one in float: still the simulation."""
+    model, inputs = tvm_mpq.models.get("resnet18", input_size=32)
+    net = tvm_mpq.import_torch(model, inputs)
+    policy = tvm_mpq.QuantPolicy.from_dict({
+        "version": 1,
+        "_default": {"w_bits": 1, "a_bits": 2},
+        "layers": {
+            "layer1.0.conv2": {"a_bits": 3, "groups": [{"channels": [0, 20], "w_bits": 1}, {"channels": [20, 64], "w_bits": 8}]},
+            "layer2.1.conv2": {"w_bits": 32, "a_bits": 32},
+            "conv1": {"w_bits": 8, "a_bits": 8},
+            "fc": {"w_bits": 8, "a_bits": 8},
+        },
+    })
+    ex, *_ = _check(model, inputs, net, policy)
+    assert len(ex.kernels["layer1.0.conv2"]) == 2  # one kernel per channel group
+    assert ex.kernels["layer2.1.conv2"] == ["float"]

@@ -26,9 +26,7 @@ runs_here = pytest.mark.skipif(
 
 def _func(spec, aq, w_bits, out="float", knobs=None):
     x = te.placeholder((spec.batch, spec.in_channels, spec.height, spec.width), "float32", name="x")
-    g = amx.geometry(spec)
-    shape = (g.chunks, *spec.kernel, -(-spec.out_channels // 16), g.kc // 4, 16, 4)
-    w = te.placeholder(shape, "int8", name="w")
+    w = te.placeholder(amx.weight_shape(spec), "int8", name="w")
     consts = [te.placeholder((spec.out_channels,), dt, name=n) for n, dt in (("bias_q", "int64"), ("out_scale", "float32"), ("dead_bias", "float32"))]
     y = amx.amx_conv2d(x, w, *consts, spec=spec, aq=aq, w_bits=w_bits, out=out)
     return schedule_kernel(get_kernel("amx"), te.create_prim_func([x, w, *consts, y]), knobs), str(y.dtype)
@@ -94,10 +92,10 @@ def test_weight_layout():
     w = rng.integers(-128, 128, (20, 70, 3, 2)).astype(np.int8)
     p = amx.prepare_weights(w)
     kc = amx.k_chunk(70)
-    assert kc == 64 and p.shape == (2, 3, 2, 2, 16, 16, 4)
+    assert kc == 64 and p.shape == (2, 2, 3, 2, 16, 16, 4)
     for o, c, kh, kw in [(0, 0, 0, 0), (19, 69, 2, 1), (17, 65, 1, 0), (3, 4, 2, 1)]:
-        assert p[c // kc, kh, kw, o // 16, (c % kc) // 4, o % 16, c % 4] == w[o, c, kh, kw]
-    assert not p[1, :, :, :, (70 - 64) // 4 + 1 :].any() and not p[:, :, :, 1, :, 4:].any()  # zero padding
+        assert p[o // 16, c // kc, kh, kw, (c % kc) // 4, o % 16, c % 4] == w[o, c, kh, kw]
+    assert not p[:, 1, :, :, (70 - 64) // 4 + 1 :].any() and not p[1, :, :, :, :, 4:].any()  # zero padding
     with pytest.raises(ValueError, match="-128..127"):
         amx.prepare_weights(np.full((16, 4, 1, 1), 200))
 

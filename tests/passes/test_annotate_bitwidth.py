@@ -98,3 +98,28 @@ def test_unsupported_layers_stay_float_with_a_warning(caplog):
     assert set(_annotated(mod)) == {"2"}
     with pytest.raises(ValueError, match="'0'"):
         AnnotateBitwidth(tvm_mpq.QuantPolicy({"0": tvm_mpq.LayerBits(4, 4)}))(net.mod)
+
+
+def test_residual_add_and_relu_are_outlined_with_the_layer():
+    """ResNet: each block's last conv takes the shortcut as a second input and ends in add + ReLU;
+    the downsample conv (the other operand of that add) stays a one-input layer; float still works."""
+    import numpy as np
+    import torch
+
+    model, inputs = tvm_mpq.models.get("resnet18", input_size=32)
+    net = tvm_mpq.import_torch(model, inputs)
+    mod = AnnotateBitwidth(tvm_mpq.QuantPolicy.uniform(net, w_bits=4, a_bits=4))(net.mod)
+    found = _annotated(mod)
+    for name, func in found.items():
+        ops = [b.value.op.name for blk in func.body.blocks for b in blk.bindings if isinstance(b.value, relax.Call)]
+        if name.endswith("conv2"):
+            assert len(func.params) == 2, name
+            assert ops[-2:] == ["relax.add", "relax.nn.relu"], (name, ops)
+        else:
+            assert len(func.params) == 1, name
+    main_ops = [b.value.op.name for blk in mod["main"].body.blocks for b in blk.bindings if isinstance(b.value, relax.Call) and isinstance(b.value.op, tvm.ir.Op)]
+    assert "relax.add" not in main_ops and "relax.nn.relu" not in main_ops
+    ex = tvm_mpq.CompiledModel(tvm.compile(mod, target=tvm_mpq._tvm.parse_target(None)))
+    with torch.no_grad():
+        ref = model(*inputs).numpy()
+    np.testing.assert_allclose(ex.run(*inputs), ref, rtol=1e-4, atol=1e-4)

@@ -19,8 +19,10 @@ Layouts (``kc = min(64, C rounded up to 4, at least 8)`` channels per tile load)
 
     data     float32 [N, C, H, W]
     a        uint8   [N, C/kc, SH, SW, Q, kc]       quantized, padded, phase-split, flat pixels
-    weights  int8    [C/kc, KH, KW, O/16, kc/4, 16, 4]   (``prepare_weights``; one B tile per
-                                                    (chunk, tap, 16 channels), VNNI-packed rows)
+    weights  int8    [O/16, C/kc, KH, KW, kc/4, 16, 4]   (``prepare_weights``; one B tile per
+                                                    (16 channels, chunk, tap), VNNI-packed rows;
+                                                    a channel block's tiles are one contiguous
+                                                    stream, which the hardware prefetcher follows)
     acc      int32   [N, O/16, M, 16]               M = OH * WQ rounded up to 32
     out      float32 [N, O, OH, OW]
 
@@ -99,8 +101,14 @@ def geometry(spec: ConvSpec) -> Geometry:
     return Geometry(kc, ceil_div(spec.in_channels, kc), sh, sw, hq, wq, rows, rows + reach, subsample)
 
 
+def weight_shape(spec: ConvSpec) -> tuple[int, ...]:
+    """Shape of :func:`prepare_weights`'s result for ``spec``."""
+    g = geometry(spec)
+    return (ceil_div(spec.out_channels, OC_BLOCK), g.chunks, *spec.kernel, g.kc // 4, OC_BLOCK, 4)
+
+
 def prepare_weights(values: np.ndarray) -> np.ndarray:
-    """int8 weights ``[O, C, KH, KW]`` -> ``[C/kc, KH, KW, O/16, kc/4, 16, 4]``."""
+    """int8 weights ``[O, C, KH, KW]`` -> ``[O/16, C/kc, KH, KW, kc/4, 16, 4]``."""
     values = np.asarray(values)
     if values.min(initial=0) < -128 or values.max(initial=0) > 127:
         raise ValueError("AMX kernel weights must lie in -128..127")
@@ -110,10 +118,10 @@ def prepare_weights(values: np.ndarray) -> np.ndarray:
     padded = np.zeros((ob * OC_BLOCK, cb * kc, kh, kw), np.int8)
     padded[:o, :c] = values
     blocked = padded.reshape(ob, OC_BLOCK, cb, kc // 4, 4, kh, kw)
-    return np.ascontiguousarray(blocked.transpose(2, 5, 6, 0, 3, 1, 4))
+    return np.ascontiguousarray(blocked.transpose(0, 2, 5, 6, 3, 1, 4))
 
 
-def amx_conv2d(data, w_blocked, bias_q, out_scale, dead_bias, *, spec: ConvSpec, aq, w_bits: int, out: str = "float"):
+def amx_conv2d(data, w_blocked, bias_q, out_scale, dead_bias, residual=None, *, spec: ConvSpec, aq, w_bits: int, out: str = "float"):
     """Conv2d (groups=1) on AMX tiles. Shapes in the module docstring; returns [N, O, OH, OW]."""
     if spec.groups != 1:
         raise ValueError(f"amx_conv2d handles groups=1, got {spec.groups}: use depthwise_conv2d_int")
@@ -141,7 +149,7 @@ def amx_conv2d(data, w_blocked, bias_q, out_scale, dead_bias, *, spec: ConvSpec,
     def acc_body(b, o, m, oi):
         (ph, dy), (pw, dx) = tap(rkh, dh, g.sh), tap(rkw, dw, g.sw)
         pixel = a[b, rc, ph, pw, m + dy * g.wq + dx, rko * 4 + rki].astype("int32")
-        return te.sum(pixel * w_blocked[rc, rkh, rkw, o, rko, oi, rki].astype("int32"), axis=[rc, rkh, rkw, rko, rki])
+        return te.sum(pixel * w_blocked[o, rc, rkh, rkw, rko, oi, rki].astype("int32"), axis=[rc, rkh, rkw, rko, rki])
 
     ob = ceil_div(spec.out_channels, OC_BLOCK)
     acc = te.compute((n, ob, g.rows, OC_BLOCK), acc_body, name=ACC_BLOCK)
@@ -168,7 +176,7 @@ def amx_conv2d(data, w_blocked, bias_q, out_scale, dead_bias, *, spec: ConvSpec,
         def total(b, o, y, x):
             return acc[b, o // OC_BLOCK, row(y, x), o % OC_BLOCK]
 
-    return epilogue(spec.out_shape, total, lambda i: i[1], bias_q, out_scale, dead_bias, out, TAG_CONV, OUT_BLOCK)
+    return epilogue(spec.out_shape, total, lambda i: i[1], bias_q, out_scale, dead_bias, out, TAG_CONV, OUT_BLOCK, residual)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -187,38 +195,40 @@ def _intrinsics(mt: int, nt: int, kc: int):
     @T.prim_func(s_tir=True)
     def update_desc(a: T.handle, b: T.handle, c: T.handle):
         s = T.int32()
+        sb, s1, s2, s3 = T.int32(), T.int32(), T.int32(), T.int32()
         A = T.match_buffer(a, (rows, kc), "uint8", offset_factor=1)
-        B = T.match_buffer(b, (nt, ko, OC_BLOCK, 4), "int8", offset_factor=1)
+        B = T.match_buffer(b, (nt, 1, 1, 1, ko, OC_BLOCK, 4), "int8", offset_factor=1, strides=[sb, s1, s2, s3, OC_BLOCK * 4, 4, 1])
         C = T.match_buffer(c, (nt, rows, OC_BLOCK), "int32", offset_factor=1, strides=[s, OC_BLOCK, 1], scope="local")
         with T.sblock("root"):
-            T.reads(C[0:nt, 0:rows, 0:OC_BLOCK], A[0:rows, 0:kc], B[0:nt, 0:ko, 0:OC_BLOCK, 0:4])
+            T.reads(C[0:nt, 0:rows, 0:OC_BLOCK], A[0:rows, 0:kc], B[0:nt, 0, 0, 0, 0:ko, 0:OC_BLOCK, 0:4])
             T.writes(C[0:nt, 0:rows, 0:OC_BLOCK])
             if nt == 2:
                 for j, i, n, k1, k2 in T.grid(nt, rows, OC_BLOCK, ko, 4):
                     with T.sblock("update"):
                         vj, vi, vn, vk1, vk2 = T.axis.remap("SSSRR", [j, i, n, k1, k2])
-                        C[vj, vi, vn] = C[vj, vi, vn] + T.Cast("int32", A[vi, vk1 * 4 + vk2]) * T.Cast("int32", B[vj, vk1, vn, vk2])
+                        C[vj, vi, vn] = C[vj, vi, vn] + T.Cast("int32", A[vi, vk1 * 4 + vk2]) * T.Cast("int32", B[vj, 0, 0, 0, vk1, vn, vk2])
             else:  # a single column tile: no unit loop (schedules do not split one off)
                 for i, n, k1, k2 in T.grid(rows, OC_BLOCK, ko, 4):
                     with T.sblock("update"):
                         vi, vn, vk1, vk2 = T.axis.remap("SSRR", [i, n, k1, k2])
-                        C[0, vi, vn] = C[0, vi, vn] + T.Cast("int32", A[vi, vk1 * 4 + vk2]) * T.Cast("int32", B[0, vk1, vn, vk2])
+                        C[0, vi, vn] = C[0, vi, vn] + T.Cast("int32", A[vi, vk1 * 4 + vk2]) * T.Cast("int32", B[0, 0, 0, 0, vk1, vn, vk2])
 
     @T.prim_func(s_tir=True)
     def update_impl(a: T.handle, b: T.handle, c: T.handle):
         s = T.int32()
+        sb, s1, s2, s3 = T.int32(), T.int32(), T.int32(), T.int32()
         A = T.match_buffer(a, (rows, kc), "uint8", offset_factor=1)
-        B = T.match_buffer(b, (nt, ko, OC_BLOCK, 4), "int8", offset_factor=1)
+        B = T.match_buffer(b, (nt, 1, 1, 1, ko, OC_BLOCK, 4), "int8", offset_factor=1, strides=[sb, s1, s2, s3, OC_BLOCK * 4, 4, 1])
         C = T.match_buffer(c, (nt, rows, OC_BLOCK), "int32", offset_factor=1, strides=[s, OC_BLOCK, 1], scope="local")
         with T.sblock("root"):
-            T.reads(C[0:nt, 0:rows, 0:OC_BLOCK], A[0:rows, 0:kc], B[0:nt, 0:ko, 0:OC_BLOCK, 0:4])
+            T.reads(C[0:nt, 0:rows, 0:OC_BLOCK], A[0:rows, 0:kc], B[0:nt, 0, 0, 0, 0:ko, 0:OC_BLOCK, 0:4])
             T.writes(C[0:nt, 0:rows, 0:OC_BLOCK])
             # no register renaming for tiles: interleave loads with the products that free them
             T.call_llvm_intrin("void", "llvm.x86.tileloadd64", _tile(4), A.access_ptr("r"), T.int64(kc))
             T.call_llvm_intrin("void", "llvm.x86.tileloadd64", _tile(6), B.access_ptr("r"), T.int64(64))
             T.call_llvm_intrin("void", "llvm.x86.tdpbusd", _tile(0), _tile(4), _tile(6))
             if nt == 2:
-                T.call_llvm_intrin("void", "llvm.x86.tileloadd64", _tile(7), B.access_ptr("r", offset=ko * 64), T.int64(64))
+                T.call_llvm_intrin("void", "llvm.x86.tileloadd64", _tile(7), B.access_ptr("r", offset=sb), T.int64(64))
                 T.call_llvm_intrin("void", "llvm.x86.tdpbusd", _tile(1), _tile(4), _tile(7))
             if mt == 2:
                 T.call_llvm_intrin("void", "llvm.x86.tileloadd64", _tile(5), A.access_ptr("r", offset=TILE_ROWS * kc), T.int64(kc))
@@ -351,10 +361,11 @@ class AmxKnobs:
 
 
 def default_amx_knobs(oc_blocks: int) -> AmxKnobs:
-    """2 x 2 tiles (1 column tile for an odd channel-block count), pixel blocks outside: the
-    order measured faster end to end on ResNet-18 (tasks over channels first streamed the 7x7
-    layers' 2.4 MB of weights once but was not faster there; a tuning session decides per layer)."""
-    return AmxKnobs(mt=2, nt=2 if oc_blocks % 2 == 0 else 1)
+    """2 x 1 tiles, channel blocks outside: with each channel block's weights one contiguous stream
+    this was the fastest choice summed over ResNet-18's conv shapes (W8A8, 1 thread; 2 x 2 and
+    pixel blocks outside were 5-20% slower; the 512-channel 7x7 layer went from 0.72 to 0.27-0.41
+    ms with the layout and order). A tuning session decides per layer."""
+    return AmxKnobs(mt=2, nt=1, pixels_outer=False)
 
 
 def _tile_config(mt: int, nt: int, kc: int) -> list[int]:

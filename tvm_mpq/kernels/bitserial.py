@@ -68,8 +68,16 @@ def _popcount(x):
 OUTPUTS = ("int", "float", "relu", "relu6")
 
 
-def epilogue(shape, acc_fn, channel_of, bias_q, out_scale, dead_bias, out: str, tag: str, name: str):
+def epilogue(shape, acc_fn, channel_of, bias_q, out_scale, dead_bias, out: str, tag: str, name: str, residual=None):
+    """The output block every kernel ends with: ``act(acc * scale + bias [+ residual])``.
+
+    ``residual`` (a float tensor of the output's shape, e.g. a ResNet shortcut) is added before the
+    activation, the same float add the model does after the layer, so the fused kernel stays
+    bit-exact and the shortcut add + ReLU need no pass over memory of their own.
+    """
     if out == "int":
+        if residual is not None:
+            raise ValueError("a residual needs a float output (out='int' is the exact accumulator)")
         return te.compute(shape, lambda *i: acc_fn(*i).astype("int64") + bias_q[channel_of(i)], name=name, tag=tag)
     if out not in OUTPUTS:
         raise ValueError(f"out must be one of {OUTPUTS}, got {out!r}")
@@ -78,6 +86,8 @@ def epilogue(shape, acc_fn, channel_of, bias_q, out_scale, dead_bias, out: str, 
         o = channel_of(i)
         v = (acc_fn(*i).astype("int64") + bias_q[o]).astype("float32")
         y = v * out_scale[o] + dead_bias[o]
+        if residual is not None:
+            y = y + residual[i]
         if out == "relu":
             return te.max(y, tirx.const(0.0, "float32"))
         if out == "relu6":
@@ -87,7 +97,9 @@ def epilogue(shape, acc_fn, channel_of, bias_q, out_scale, dead_bias, out: str, 
     return te.compute(shape, body, name=name, tag=tag)
 
 
-def bitserial_conv2d(data, w_packed, bias_q, out_scale, dead_bias, *, spec: ConvSpec, aq: ActQuant, w_bits: int, out: str = "float"):
+def bitserial_conv2d(
+    data, w_packed, bias_q, out_scale, dead_bias, residual=None, *, spec: ConvSpec, aq: ActQuant, w_bits: int, out: str = "float"
+):
     """Bit-serial conv2d (groups=1).
 
     data: float32 [N, C, H, W]; w_packed: uint64 [O, KH, KW, w_bits, ceil(C/64)];
@@ -148,6 +160,7 @@ def bitserial_conv2d(data, w_packed, bias_q, out_scale, dead_bias, *, spec: Conv
         out,
         TAG_CONV,
         "conv_out",
+        residual,
     )
 
 
@@ -184,7 +197,9 @@ def bitserial_dense(data, w_packed, bias_q, out_scale, dead_bias, *, spec: Dense
     )
 
 
-def depthwise_conv2d_int(data, w_levels, bias_q, out_scale, dead_bias, *, spec: ConvSpec, aq: ActQuant, out: str = "float"):
+def depthwise_conv2d_int(
+    data, w_levels, bias_q, out_scale, dead_bias, residual=None, *, spec: ConvSpec, aq: ActQuant, out: str = "float"
+):
     """Depthwise conv2d on integer codes. w_levels: int32 [C, 1, KH, KW] (odd levels). Returns [N, C, OH, OW].
 
     The integer products are summed in float32, which is exact here: every code, level and
@@ -218,5 +233,5 @@ def depthwise_conv2d_int(data, w_levels, bias_q, out_scale, dead_bias, *, spec: 
         name=DW_ACC_BLOCK,
     )
     return epilogue(
-        spec.out_shape, lambda *i: acc[i], lambda i: i[1], bias_q, out_scale, dead_bias, out, TAG_DEPTHWISE, DW_OUT_BLOCK
+        spec.out_shape, lambda *i: acc[i], lambda i: i[1], bias_q, out_scale, dead_bias, out, TAG_DEPTHWISE, DW_OUT_BLOCK, residual
     )

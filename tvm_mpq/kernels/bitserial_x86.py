@@ -145,7 +145,7 @@ def _popcount64(x):
 
 
 def bitserial_x86_conv2d(
-    data, w_prepared, bias_q, out_scale, dead_bias, *, spec: ConvSpec, aq, w_bits: int, out: str = "float", lanes: int | None = None
+    data, w_prepared, bias_q, out_scale, dead_bias, residual=None, *, spec: ConvSpec, aq, w_bits: int, out: str = "float", lanes: int | None = None
 ):
     """Bit-serial conv2d (groups=1) for x86. Shapes in the module docstring.
 
@@ -291,7 +291,7 @@ def bitserial_x86_conv2d(
         # boxsum first: the PrimFunc computes it before the conv loop nest (see module docstring).
         return boxsum[b, y, x] * (-wmax) + 2 * acc[b, o, y, x // lanes, x % lanes]
 
-    return epilogue(spec.out_shape, total, lambda i: i[1], bias_q, out_scale, dead_bias, out, TAG_CONV, OUT_BLOCK)
+    return epilogue(spec.out_shape, total, lambda i: i[1], bias_q, out_scale, dead_bias, out, TAG_CONV, OUT_BLOCK, residual)
 
 
 def _one_bit_code(value, aq):

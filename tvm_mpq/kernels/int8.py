@@ -88,7 +88,7 @@ def prepare_weights(values: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(blocked.transpose(0, 2, 4, 5, 1, 3))
 
 
-def int8_conv2d(data, w_blocked, bias_q, out_scale, dead_bias, *, spec: ConvSpec, aq, w_bits: int, out: str = "float"):
+def int8_conv2d(data, w_blocked, bias_q, out_scale, dead_bias, residual=None, *, spec: ConvSpec, aq, w_bits: int, out: str = "float"):
     """Conv2d (groups=1) on u8 x s8 bytes. Shapes in the module docstring; returns [N, O, OH, OW]."""
     if spec.groups != 1:
         raise ValueError(f"int8_conv2d handles groups=1, got {spec.groups}: use depthwise_conv2d_int")
@@ -143,7 +143,7 @@ def int8_conv2d(data, w_blocked, bias_q, out_scale, dead_bias, *, spec: ConvSpec
         def total(b, o, y, x):
             return acc[b, o // OC_BLOCK, y, x, o % OC_BLOCK]
 
-    return epilogue(spec.out_shape, total, lambda i: i[1], bias_q, out_scale, dead_bias, out, TAG_CONV, OUT_BLOCK)
+    return epilogue(spec.out_shape, total, lambda i: i[1], bias_q, out_scale, dead_bias, out, TAG_CONV, OUT_BLOCK, residual)
 
 
 def int8_dense(data, w_blocked, bias_q, out_scale, dead_bias, *, spec: DenseSpec, aq, w_bits: int, out: str = "float"):
