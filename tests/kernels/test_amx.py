@@ -64,8 +64,10 @@ def test_conv_every_weight_width(w_bits):
         ConvSpec(batch=1, in_channels=3, height=20, width=20, out_channels=16, kernel=(7, 7), strides=(2, 2), padding=(3, 3, 3, 3)),
         ConvSpec(batch=2, in_channels=96, height=7, width=9, out_channels=48, kernel=(3, 3), padding=(1, 1, 1, 1)),
         ConvSpec(batch=1, in_channels=40, height=11, width=10, out_channels=32, kernel=(3, 2), strides=(3, 2), padding=(2, 0, 1, 1), dilation=(1, 2)),
+        ConvSpec(batch=2, in_channels=5, height=12, width=9, out_channels=20, kernel=(3, 5), strides=(1, 2), padding=(1, 2, 0, 1), dilation=(2, 1)),
+        ConvSpec(batch=1, in_channels=21, height=8, width=8, out_channels=16, kernel=(3, 3), padding=(1, 1, 1, 1)),
     ],
-    ids=["1x1-stride2", "stem-7x7", "batch2-96ch-7x9", "stride3x2-dilated"],
+    ids=["1x1-stride2", "stem-7x7", "batch2-96ch-7x9", "stride3x2-dilated", "folded-asym", "folded-63ch"],
 )
 @pytest.mark.parametrize("w_bits", [4, 8])
 def test_conv_network_shapes(spec, w_bits):
@@ -100,8 +102,25 @@ def test_weight_layout():
         amx.prepare_weights(np.full((16, 4, 1, 1), 200))
 
 
+def test_kernel_columns_fold_into_few_channels():
+    stem = ConvSpec(batch=1, in_channels=3, height=224, width=224, out_channels=64, kernel=(7, 7), strides=(2, 2), padding=(3, 3, 3, 3))
+    assert amx.folds(3, 7) and not amx.folds(10, 7) and not amx.folds(3, 1)
+    folded = amx.gemm_spec(stem)
+    assert (folded.in_channels, folded.kernel, folded.strides, folded.padding) == (21, (7, 1), (2, 1), (3, 0, 3, 0))
+    assert folded.out_shape == stem.out_shape and amx.geometry(stem).kc == 24
+    assert amx.gemm_spec(ConvSpec(batch=1, in_channels=64, height=8, width=8, out_channels=16, kernel=(3, 3))).in_channels == 64
+    rng = np.random.default_rng(1)
+    w = rng.integers(-128, 128, (16, 3, 7, 7)).astype(np.int8)
+    p = amx.prepare_weights(w)
+    assert p.shape == (1, 1, 7, 1, 6, 16, 4) and amx.weight_shape(stem) == (4, 1, 7, 1, 6, 16, 4)
+    for o, c, kh, kw in [(0, 0, 0, 0), (15, 2, 6, 6), (7, 1, 3, 5)]:
+        k = c * 7 + kw  # folded channel
+        assert p[0, 0, kh, 0, k // 4, o, k % 4] == w[o, c, kh, kw]
+    assert not p[:, :, :, :, 21 // 4 :, :, 21 % 4 :].any()  # channels 21..23 are zero
+
+
 def test_geometry_flat_rows_cover_every_tap():
-    spec = ConvSpec(batch=1, in_channels=8, height=7, width=7, out_channels=16, kernel=(3, 3), strides=(2, 2), padding=(1, 1, 1, 1))
+    spec = ConvSpec(batch=1, in_channels=32, height=7, width=7, out_channels=16, kernel=(3, 3), strides=(2, 2), padding=(1, 1, 1, 1))
     g = amx.geometry(spec)
     assert (g.sh, g.sw, g.hq, g.wq) == (2, 2, 5, 5) and g.rows % amx.M_ALIGN == 0 and g.rows >= spec.out_height * g.wq
     last = (spec.out_height - 1) * g.wq + spec.out_width - 1

@@ -15,7 +15,15 @@ whatever the image width (7x7 and 14x14 layers fill whole tiles; the ``WQ - OW``
 per row are computed and dropped). Stride ``s`` is reduced to stride 1 by splitting the padded
 input into ``s x s`` phases (space-to-depth), tap ``k`` reading phase ``k % s`` at offset ``k // s``.
 
-Layouts (``kc = min(64, C rounded up to 4, at least 8)`` channels per tile load)::
+Few input channels (the RGB stem: 3 channels, 7x7, stride 2) would fill 8 of a tile row's 64 bytes
+per tap. When ``C * KW <= 64`` the kernel columns are folded into the channels instead (an
+implicit im2col along the width): channel ``c * KW + kw`` of a virtual input holds input column
+``x * SW + kw * DW - PL`` for output column ``x``, and the conv becomes ``KH x 1`` with stride
+``(SH, 1)`` over ``C * KW`` channels (stem: 7 taps of 24 bytes instead of 49 of 8; horizontal
+padding is float 0, which quantizes to the zero point like every padded pixel).
+
+Layouts (``kc = min(64, C rounded up to 4, at least 8)`` channels per tile load; ``C``, ``KW`` of
+the folded conv where it folds)::
 
     data     float32 [N, C, H, W]
     a        uint8   [N, C/kc, SH, SW, Q, kc]       quantized, padded, phase-split, flat pixels
@@ -54,6 +62,7 @@ ACC_TILES, A_TILES, B_TILES = (0, 1, 2, 3), (4, 5), (6, 7)
 
 TAG_CONV = "mpq_amx_conv2d"
 ACT_BLOCK = "mpq_amx_a"
+CODES_BLOCK = "mpq_amx_codes"
 ACC_BLOCK = "mpq_amx_acc"
 ROWSUM_BLOCK = "mpq_amx_rowsum"
 ASUM_BLOCK = "mpq_amx_boxsum"
@@ -61,6 +70,22 @@ OUT_BLOCK = "mpq_amx_out"
 
 # Linux: arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) grants the process the AMX state.
 SYS_ARCH_PRCTL, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA = 158, 0x1023, 18
+
+
+def folds(in_channels: int, kernel_w: int) -> bool:
+    """Whether a conv's kernel columns are folded into its channels (see the module docstring)."""
+    return kernel_w > 1 and in_channels * kernel_w <= 64
+
+
+def gemm_spec(spec: ConvSpec) -> ConvSpec:
+    """The conv the tiles compute: ``spec`` itself, or its ``KH x 1`` form over ``C * KW`` channels."""
+    if not folds(spec.in_channels // spec.groups, spec.kernel[1]):
+        return spec
+    return ConvSpec(
+        batch=spec.batch, in_channels=spec.in_channels * spec.kernel[1], height=spec.height, width=spec.out_width,
+        out_channels=spec.out_channels, kernel=(spec.kernel[0], 1), strides=(spec.strides[0], 1),
+        padding=(spec.padding[0], 0, spec.padding[2], 0), dilation=(spec.dilation[0], 1),
+    )
 
 
 def k_chunk(channels: int) -> int:
@@ -88,6 +113,7 @@ class Geometry:
 
 
 def geometry(spec: ConvSpec) -> Geometry:
+    spec = gemm_spec(spec)
     kc = k_chunk(spec.in_channels)
     (sh, sw), (dh, dw) = spec.strides, spec.dilation
     kh, kw = spec.kernel
@@ -104,15 +130,19 @@ def geometry(spec: ConvSpec) -> Geometry:
 def weight_shape(spec: ConvSpec) -> tuple[int, ...]:
     """Shape of :func:`prepare_weights`'s result for ``spec``."""
     g = geometry(spec)
-    return (ceil_div(spec.out_channels, OC_BLOCK), g.chunks, *spec.kernel, g.kc // 4, OC_BLOCK, 4)
+    return (ceil_div(spec.out_channels, OC_BLOCK), g.chunks, *gemm_spec(spec).kernel, g.kc // 4, OC_BLOCK, 4)
 
 
 def prepare_weights(values: np.ndarray) -> np.ndarray:
-    """int8 weights ``[O, C, KH, KW]`` -> ``[O/16, C/kc, KH, KW, kc/4, 16, 4]``."""
+    """int8 weights ``[O, C, KH, KW]`` -> ``[O/16, C/kc, KH, KW, kc/4, 16, 4]`` (of the folded conv
+    ``[O, C*KW, KH, 1]`` where it folds)."""
     values = np.asarray(values)
     if values.min(initial=0) < -128 or values.max(initial=0) > 127:
         raise ValueError("AMX kernel weights must lie in -128..127")
     o, c, kh, kw = values.shape
+    if folds(c, kw):
+        values = values.transpose(0, 1, 3, 2).reshape(o, c * kw, kh, 1)
+        o, c, kh, kw = values.shape
     kc = k_chunk(c)
     ob, cb = ceil_div(o, OC_BLOCK), ceil_div(c, kc)
     padded = np.zeros((ob * OC_BLOCK, cb * kc, kh, kw), np.int8)
@@ -125,6 +155,7 @@ def amx_conv2d(data, w_blocked, bias_q, out_scale, dead_bias, residual=None, *, 
     """Conv2d (groups=1) on AMX tiles. Shapes in the module docstring; returns [N, O, OH, OW]."""
     if spec.groups != 1:
         raise ValueError(f"amx_conv2d handles groups=1, got {spec.groups}: use depthwise_conv2d_int")
+    out_shape = spec.out_shape
     g = geometry(spec)
     n = spec.batch
     uh, uw = g.subsample
@@ -132,6 +163,20 @@ def amx_conv2d(data, w_blocked, bias_q, out_scale, dead_bias, residual=None, *, 
     def act(b, cblk, ph, pw, q, ci):
         hp, wp = (q // g.wq) * g.sh + ph, (q % g.wq) * g.sw + pw
         return input_code(data, spec, aq, b, cblk * g.kc + ci, hp * uh, wp * uw)
+
+    if gemm_spec(spec) is not spec:  # kernel columns folded into channels: gather from padded codes
+        c, kw_n = spec.in_channels, spec.kernel[1]
+        hp_n, wp_n = spec.height + spec.padding[0] + spec.padding[2], spec.width + spec.padding[1] + spec.padding[3]
+        codes = te.compute((n, c, hp_n, wp_n), lambda b, ch, hp, wp: input_code(data, spec, aq, b, ch, hp, wp), name=CODES_BLOCK)
+        sw, dw = spec.strides[1], spec.dilation[1]
+
+        def act(b, cblk, ph, pw, q, ci):  # noqa: F811
+            ch = cblk * g.kc + ci
+            hp = tirx.min((q // g.wq) * g.sh + ph, hp_n - 1)  # rows past the image feed dropped outputs
+            value = codes[b, tirx.min(ch // kw_n, c - 1), hp, (q % g.wq) * sw + (ch % kw_n) * dw]
+            return tirx.if_then_else(ch < c * kw_n, value, tirx.const(0, "uint8"))
+
+        spec = gemm_spec(spec)
 
     a = te.compute((n, g.chunks, g.sh, g.sw, g.q, g.kc), act, name=ACT_BLOCK)
     kh, kw = spec.kernel
@@ -176,7 +221,7 @@ def amx_conv2d(data, w_blocked, bias_q, out_scale, dead_bias, residual=None, *, 
         def total(b, o, y, x):
             return acc[b, o // OC_BLOCK, row(y, x), o % OC_BLOCK]
 
-    return epilogue(spec.out_shape, total, lambda i: i[1], bias_q, out_scale, dead_bias, out, TAG_CONV, OUT_BLOCK, residual)
+    return epilogue(out_shape, total, lambda i: i[1], bias_q, out_scale, dead_bias, out, TAG_CONV, OUT_BLOCK, residual)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -426,11 +471,29 @@ def _schedule_side_blocks(sch: Schedule) -> None:
     act = find_block(sch, ACT_BLOCK)
     loops = sch.get_loops(act)
     sch.parallel(sch.fuse(*loops[:-1]))
-    sch.vectorize(loops[-1])
+    codes = find_block(sch, CODES_BLOCK)
+    if codes is None:
+        sch.vectorize(loops[-1])
+    else:  # the folded gather: unrolled, so each lane's (channel, column) offset is a constant
+        sch.unroll(loops[-1])
+        loops = sch.get_loops(codes)
+        sch.parallel(sch.fuse(*loops[:-1]))
+        sch.vectorize(loops[-1])
+    # the epilogue reads the accumulator [M, 16] transposed: blocks of 16 channels x 16 pixels
+    # (a register transpose) instead of one strided gather per output row
     out = find_block(sch, OUT_BLOCK)
     n, o, y, x = sch.get_loops(out)
-    sch.parallel(sch.fuse(n, o, y))
-    sch.vectorize(x)
+    channels, width = (int(sch.get(loop).extent) for loop in (o, x))
+    if channels % OC_BLOCK == 0 and width >= OC_BLOCK:
+        oo, oi = sch.split(o, [None, OC_BLOCK])
+        xo, xi = sch.split(x, [None, OC_BLOCK])
+        sch.reorder(n, oo, y, xo, oi, xi)
+        sch.parallel(sch.fuse(n, oo, y))
+        sch.unroll(oi)
+        sch.vectorize(xi)
+    else:
+        sch.parallel(sch.fuse(n, o, y))
+        sch.vectorize(x)
     for name in (ROWSUM_BLOCK, ASUM_BLOCK):
         blk = find_block(sch, name)
         if blk is not None:
