@@ -6,7 +6,11 @@ compiled model under several policies (uniform W8A8; first/last layer 8 bit with
 elsewhere). Prints latency, the ratio against each PyTorch baseline, which kernels ran the layers
 (any layer on TVM's generic float path is listed) and the largest |TVM - simulation| difference.
 
-Usage: ``python benchmarks/resnet18.py [--models resnet18 mobilenet_v2] [--threads 1 2]``.
+This VM's speed drifts by 20-30% over minutes, so ``--rounds N`` repeats the (PyTorch, ours)
+measurements N times interleaved and reports the median of each, plus the spread of the per-round
+ratio against PyTorch int8.
+
+Usage: ``python benchmarks/resnet18.py [--models resnet18 mobilenet_v2] [--threads 1 2] [--rounds 3]``.
 """
 
 from __future__ import annotations
@@ -83,12 +87,29 @@ def _run(part: str, model_name: str, threads: int, args) -> list[dict]:
     return res
 
 
+def _median_rounds(rounds: list[list[dict]]) -> list[dict]:
+    """One entry per policy: the median seconds over rounds, each round's ratio to PyTorch int8."""
+    import numpy as np
+
+    merged = []
+    for i, first in enumerate(rounds[0]):
+        runs = [rnd[i] for rnd in rounds]
+        entry = dict(first, seconds=float(np.median([r["seconds"] for r in runs])), seconds_rounds=[r["seconds"] for r in runs])
+        if not first["policy"].startswith("torch"):
+            int8 = [next(b["seconds"] for b in rnd if b["policy"] == "torch_int8") for rnd in rounds]
+            entry["xint8_rounds"] = [b / r["seconds"] for b, r in zip(int8, runs)]
+            entry["max_diff"] = max(r["max_diff"] for r in runs)
+        merged.append(entry)
+    return merged
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", default=["resnet18", "mobilenet_v2"])
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--number", type=int, default=5)
     parser.add_argument("--repeat", type=int, default=7)
+    parser.add_argument("--rounds", type=int, default=1, help="interleaved repetitions; medians are reported")
     parser.add_argument("--json", help="write all measurements to this file")
     parser.add_argument("--worker", choices=["tvm", "torch", "torch_vnni"], help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
@@ -102,9 +123,10 @@ def main() -> None:
     report = {}
     for name in args.models:
         for threads in args.threads:
-            res = []
-            for part in ("torch", "torch_vnni", "tvm"):
-                res += _run(part, name, threads, args)
+            rounds = []
+            for _ in range(args.rounds):
+                rounds.append([r for part in ("torch", "torch_vnni", "tvm") for r in _run(part, name, threads, args)])
+            res = _median_rounds(rounds)
             report[f"{name}/{threads}"] = res
             base = {r["policy"]: r["seconds"] for r in res if r["policy"].startswith("torch")}
             print(f"\n== {name} 224x224 batch 1, {threads} thread(s) ==")
@@ -117,7 +139,8 @@ def main() -> None:
                 t = r["seconds"]
                 ratios = [base.get(k, float("nan")) / t for k in ("torch_fp32", "torch_int8", "torch_int8_vnni")]
                 mix = ", ".join(f"{k}:{n}" for k, n in sorted(r["kernels"].items()))
-                print(f"  {r['policy']:22s} {t*1e3:8.2f} {ratios[0]:6.2f} {ratios[1]:6.2f} {ratios[2]:6.2f}  {r['max_diff']:.2e}  {mix}")
+                spread = f"  (rounds: xint8 {min(r['xint8_rounds']):.2f}-{max(r['xint8_rounds']):.2f})" if len(rounds) > 1 else ""
+                print(f"  {r['policy']:22s} {t*1e3:8.2f} {ratios[0]:6.2f} {ratios[1]:6.2f} {ratios[2]:6.2f}  {r['max_diff']:.2e}  {mix}{spread}")
                 if r["float_layers"]:
                     print(f"    on TVM's generic float path: {', '.join(r['float_layers'])}")
     print("\nratios: x<baseline> = baseline latency / ours (higher is faster); int8v = PyTorch int8 limited to AVX-512 VNNI")

@@ -127,9 +127,13 @@ def _default_cores() -> int:
 
 
 def target_to_str(target: Target) -> str:
-    """The familiar ``llvm -mcpu=...`` spelling, for logs, records and file names."""
-    mcpu = target.attrs.get("mcpu", "") if hasattr(target, "attrs") else ""
-    return f"llvm -mcpu={mcpu}" if mcpu else "llvm"
+    """The familiar ``llvm -mcpu=... [-mattr=+a,+b]`` spelling (``parse_target`` reads it back), for
+    logs, records and file names."""
+    attrs = target.attrs if hasattr(target, "attrs") else {}
+    mcpu = attrs.get("mcpu", "")
+    text = f"llvm -mcpu={mcpu}" if mcpu else "llvm"
+    mattr = [str(a) for a in attrs.get("mattr", [])]
+    return f"{text} -mattr={','.join(mattr)}" if mattr else text
 
 
 #: ISA flags that matter to our kernels.

@@ -66,8 +66,10 @@ def test_conv_every_weight_width(w_bits):
         ConvSpec(batch=1, in_channels=40, height=11, width=10, out_channels=32, kernel=(3, 2), strides=(3, 2), padding=(2, 0, 1, 1), dilation=(1, 2)),
         ConvSpec(batch=2, in_channels=5, height=12, width=9, out_channels=20, kernel=(3, 5), strides=(1, 2), padding=(1, 2, 0, 1), dilation=(2, 1)),
         ConvSpec(batch=1, in_channels=21, height=8, width=8, out_channels=16, kernel=(3, 3), padding=(1, 1, 1, 1)),
+        # folded, accumulator smaller than the codes buffer (TVM's StorageRewrite once merged them)
+        ConvSpec(batch=1, in_channels=16, height=32, width=32, out_channels=11, kernel=(3, 3), strides=(2, 2), padding=(1, 1, 1, 1)),
     ],
-    ids=["1x1-stride2", "stem-7x7", "batch2-96ch-7x9", "stride3x2-dilated", "folded-asym", "folded-63ch"],
+    ids=["1x1-stride2", "stem-7x7", "batch2-96ch-7x9", "stride3x2-dilated", "folded-asym", "folded-63ch", "folded-11ch"],
 )
 @pytest.mark.parametrize("w_bits", [4, 8])
 def test_conv_network_shapes(spec, w_bits):

@@ -476,6 +476,9 @@ def _schedule_side_blocks(sch: Schedule) -> None:
         sch.vectorize(loops[-1])
     else:  # the folded gather: unrolled, so each lane's (channel, column) offset is a constant
         sch.unroll(loops[-1])
+        # another scope than the int32 accumulator: TVM's StorageRewrite would otherwise reuse the
+        # (dead) codes buffer for a smaller accumulator and break the tile store's typed pointer
+        sch.set_scope(codes, 0, "local")
         loops = sch.get_loops(codes)
         sch.parallel(sch.fuse(*loops[:-1]))
         sch.vectorize(loops[-1])

@@ -19,26 +19,28 @@ from tvm_mpq.quant.qparams import (
 )
 
 
-def conv2d_int(codes: np.ndarray, zero_point: int, levels: np.ndarray, spec: ConvSpec) -> np.ndarray:
-    """``sum (codes - zero_point) * levels`` over each window, zero padding in the shifted domain. int64."""
-    a = codes.astype(np.int64) - zero_point
+def conv2d_np(x: np.ndarray, w: np.ndarray, spec: ConvSpec) -> np.ndarray:
+    """Plain NumPy conv2d (NCHW / OIHW, any groups), zero padding, in the inputs' dtype."""
     pt, pl, pb, pr = spec.padding
-    a = np.pad(a, ((0, 0), (0, 0), (pt, pb), (pl, pr)))
-    n, _, _, _ = a.shape
-    o, cg, kh, kw = levels.shape
+    a = np.pad(x, ((0, 0), (0, 0), (pt, pb), (pl, pr)))
+    o, cg, kh, kw = w.shape
     (sh, sw), (dh, dw) = spec.strides, spec.dilation
     oh, ow = spec.out_height, spec.out_width
-    out = np.zeros((n, o, oh, ow), dtype=np.int64)
-    lev = levels.astype(np.int64)
+    out = np.zeros((a.shape[0], o, oh, ow), dtype=np.result_type(x, w))
     og = o // spec.groups
     for g in range(spec.groups):
         a_g = a[:, g * cg:(g + 1) * cg]
-        w_g = lev[g * og:(g + 1) * og]
+        w_g = w[g * og:(g + 1) * og]
         for y in range(kh):
-            for x in range(kw):
-                win = a_g[:, :, y * dh: y * dh + (oh - 1) * sh + 1: sh, x * dw: x * dw + (ow - 1) * sw + 1: sw]
-                out[:, g * og:(g + 1) * og] += np.einsum("nchw,oc->nohw", win, w_g[:, :, y, x])
+            for x_ in range(kw):
+                win = a_g[:, :, y * dh: y * dh + (oh - 1) * sh + 1: sh, x_ * dw: x_ * dw + (ow - 1) * sw + 1: sw]
+                out[:, g * og:(g + 1) * og] += np.einsum("nchw,oc->nohw", win, w_g[:, :, y, x_])
     return out
+
+
+def conv2d_int(codes: np.ndarray, zero_point: int, levels: np.ndarray, spec: ConvSpec) -> np.ndarray:
+    """``sum (codes - zero_point) * levels`` over each window, zero padding in the shifted domain. int64."""
+    return conv2d_np(codes.astype(np.int64) - zero_point, levels.astype(np.int64), spec)
 
 
 def dense_int(codes: np.ndarray, zero_point: int, levels: np.ndarray) -> np.ndarray:

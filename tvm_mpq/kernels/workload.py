@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from tvm_mpq._tvm import parse_target, te, tensor, tvm
+from tvm_mpq._tvm import parse_target, te, tensor, topi, tvm
 from tvm_mpq.kernels import bitserial, reference, x86
 from tvm_mpq.kernels.registry import apply_schedule, resolve_kernel, schedule_kernel
 from tvm_mpq.kernels.spec import DenseSpec
@@ -35,7 +35,10 @@ class LayerKernel:
         return self.args[-1].numpy()
 
     def check(self) -> bool:
-        """Exact equality with the NumPy integer reference + epilogue."""
+        """Exact equality with the NumPy integer reference + epilogue (float layers: to 1e-4)."""
+        if self.kernel == "fp32":
+            got = self.run()
+            return bool(np.allclose(got, self.expected, rtol=1e-4, atol=1e-4 * (np.abs(self.expected).max() or 1.0)))
         return bool(np.array_equal(self.run(), self.expected))
 
     def time(self, number: int = 10, repeat: int = 5) -> np.ndarray:
@@ -75,3 +78,42 @@ def build_layer_kernel(spec, w_bits: int, a_bits: int, kernel: str = "auto", tar
     args = [tensor(x), tensor(np.ascontiguousarray(w_arg)), tensor(ep.kernel_bias.astype(np.int64)), tensor(ep.out_scale), tensor(ep.dead_bias)]
     args.append(tensor(np.zeros(spec.out_shape, np.float32)))
     return LayerKernel(spec, kernel, w_bits, a_bits, func, args, ref.float_output())
+
+
+def build_float_layer(spec, target=None, seed: int = 0) -> LayerKernel:
+    """The layer as our pipeline runs a float layer: TOPI conv2d / dense + bias, scheduled by
+    :class:`~tvm_mpq.passes.ScheduleGeneric` (what a float entry of a policy costs)."""
+    from tvm_mpq.passes.schedule_generic import schedule_function
+
+    tgt = parse_target(target)
+    rng = np.random.default_rng(seed)
+    dense = isinstance(spec, DenseSpec)
+    in_shape = (spec.batch, spec.in_features) if dense else (spec.batch, spec.in_channels, spec.height, spec.width)
+    x = rng.standard_normal(in_shape).astype(np.float32)
+    w = rng.standard_normal(spec.weight_shape).astype(np.float32)
+    bias = rng.standard_normal(spec.out_channels).astype(np.float32)
+    xt = te.placeholder(in_shape, "float32", name="x")
+    wt = te.placeholder(w.shape, "float32", name="w")
+    bt = te.placeholder(bias.shape, "float32", name="bias")
+    if dense:
+        y = topi.nn.dense(xt, wt)
+        out = te.compute(spec.out_shape, lambda b, o: y[b, o] + bt[o], name="bias_add")
+        expected = x @ w.T + bias
+    else:
+        if spec.groups == 1:
+            y = topi.nn.conv2d_nchw(xt, wt, spec.strides, spec.padding, spec.dilation)
+        else:
+            y = topi.nn.group_conv2d_nchw(xt, wt, spec.strides, spec.padding, spec.dilation, spec.groups)
+        out = te.compute(spec.out_shape, lambda b, o, i, j: y[b, o, i, j] + bt[o], name="bias_add")
+        expected = reference.conv2d_np(x.astype(np.float64), w.astype(np.float64), spec) + bias.reshape(1, -1, 1, 1)
+    func = schedule_function(te.create_prim_func([xt, wt, bt, out]))
+    func = tvm.compile(tvm.IRModule({"main": func}), target=tgt)
+    args = [tensor(x), tensor(w), tensor(bias), tensor(np.zeros(spec.out_shape, np.float32))]
+    return LayerKernel(spec, "fp32", 32, 32, func, args, expected.astype(np.float32))
+
+
+def build_candidate(spec, kernel: str, w_bits: int, a_bits: int, target=None, knobs=None) -> LayerKernel:
+    """Any tuning candidate: ``kernel`` is ``"fp32"``, ``"depthwise"`` or a registry kernel."""
+    if kernel == "fp32":
+        return build_float_layer(spec, target)
+    return build_layer_kernel(spec, w_bits, a_bits, kernel=kernel, target=target, knobs=knobs)

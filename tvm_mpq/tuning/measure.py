@@ -1,0 +1,246 @@
+"""Build and measure tuning candidates, on this machine or on remote boards through TVM RPC.
+
+Every build and local run happens in a worker process (TVM's ``PopenPoolExecutor``): a kernel that
+hangs is cut off at ``timeout`` seconds and one that crashes kills only its worker, so the session
+records the failure and goes on. A run's output is compared with the NumPy reference before it is
+timed: a fast wrong kernel is recorded as ``wrong_result``, never as a latency.
+
+:class:`RPCRunner` builds here, uploads the compiled layer to a board that the TVM RPC tracker
+hands out (``python -m tvm.exec.rpc_tracker`` / ``rpc_server --tracker host:port --key K`` on each
+board) and times it there, one candidate per free board at a time.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+
+#: Timing: each repeat runs the kernel until at least this long (TVM's ``min_repeat_ms``).
+MIN_REPEAT_MS = 40
+REPEAT = 5
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One configuration to measure (plain data: it crosses process boundaries)."""
+
+    workload: dict[str, Any]
+    kernel: str
+    w_bits: int
+    a_bits: int
+    knobs: dict[str, Any]
+    target: str
+
+
+@dataclass
+class Result:
+    status: str  # one of database.STATUSES
+    latency_ms: dict[str, float] | None = None
+    error: str | None = None
+    build_s: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def latency_stats(seconds: Sequence[float]) -> dict[str, float]:
+    ms = np.asarray(seconds, dtype=np.float64) * 1e3
+    return {"mean": float(ms.mean()), "median": float(np.median(ms)), "min": float(ms.min()), "std": float(ms.std()), "n": int(ms.size)}
+
+
+def _short(err: BaseException) -> str:
+    text = f"{type(err).__name__}: {err}"
+    return text if len(text) <= 2000 else text[:2000] + " ..."
+
+
+def _build(c: Candidate):
+    from tvm_mpq.kernels.workload import build_candidate
+    from tvm_mpq.tuning.database import workload_spec
+    from tvm_mpq.tuning.space import make_knobs
+
+    spec = workload_spec(c.workload)
+    return build_candidate(spec, c.kernel, c.w_bits, c.a_bits, target=c.target, knobs=make_knobs(c.kernel, spec, c.knobs))
+
+
+def build_and_run_local(c: Candidate, repeat: int = REPEAT, min_repeat_ms: int = MIN_REPEAT_MS) -> Result:
+    """Worker body: build, check against the reference, time. Runs in a worker process."""
+    t0 = time.perf_counter()
+    try:
+        layer = _build(c)
+    except Exception as err:  # a schedule or codegen failure: recorded, not raised
+        return Result("build_error", error=_short(err), build_s=time.perf_counter() - t0)
+    build_s = time.perf_counter() - t0
+    try:
+        if not layer.check():
+            return Result("wrong_result", error="output differs from the NumPy reference", build_s=build_s)
+        from tvm_mpq._tvm import tvm
+
+        timer = layer.func.jit().time_evaluator("main", tvm.cpu(0), number=1, repeat=repeat, min_repeat_ms=min_repeat_ms)
+        seconds = timer(*layer.args).results
+    except Exception as err:
+        return Result("run_error", error=_short(err), build_s=build_s)
+    return Result("ok", latency_stats(seconds), build_s=build_s)
+
+
+def build_and_export(c: Candidate, directory: str) -> dict[str, Any]:
+    """Worker body for RPC: build and check here, export the library and its arguments."""
+    t0 = time.perf_counter()
+    try:
+        layer = _build(c)
+    except Exception as err:
+        return {"status": "build_error", "error": _short(err), "build_s": time.perf_counter() - t0}
+    lib_path = os.path.join(directory, "layer.so")
+    layer.func.export_library(lib_path)
+    np.savez(os.path.join(directory, "args.npz"), *[a.numpy() for a in layer.args], expected=layer.expected)
+    return {"status": "built", "lib": lib_path, "build_s": time.perf_counter() - t0, "float": layer.kernel == "fp32"}
+
+
+class _Pool:
+    """A PopenPoolExecutor that is created lazily and replaced after a crash."""
+
+    def __init__(self, workers: int, timeout: float):
+        self.workers, self.timeout = workers, timeout
+        self._pool = None
+        self._lock = threading.Lock()
+
+    def run(self, fn, *args):
+        from tvm.support.popen_pool import PopenPoolExecutor
+
+        with self._lock:
+            if self._pool is None:
+                self._pool = PopenPoolExecutor(max_workers=self.workers, timeout=self.timeout)
+            pool = self._pool
+        future = pool.submit(fn, *args)
+        try:
+            return future.result()
+        except TimeoutError:
+            return TimeoutError(f"no result within {self.timeout:g} s")
+        except ChildProcessError as err:  # the worker died (segfault, abort, out of memory)
+            return ChildProcessError(f"the worker process died: {err}")
+        except Exception as err:  # an exception raised in the worker, re-raised here
+            return err
+
+    def close(self) -> None:
+        with self._lock:
+            if self._pool is not None:
+                self._pool.shutdown()
+                self._pool = None
+
+
+def _failure(value: BaseException) -> Result:
+    if isinstance(value, TimeoutError):
+        return Result("timeout", error=_short(value))
+    return Result("run_error", error=_short(value))
+
+
+class LocalRunner:
+    """Measure on this machine, one candidate at a time (timings must not share the cores)."""
+
+    device = "local"
+
+    def __init__(self, timeout: float = 120.0, repeat: int = REPEAT, min_repeat_ms: int = MIN_REPEAT_MS):
+        self.timeout, self.repeat, self.min_repeat_ms = timeout, repeat, min_repeat_ms
+        self._pool = _Pool(1, timeout)
+        self.parallel = 1
+
+    def measure(self, candidate: Candidate) -> Result:
+        value = self._pool.run(build_and_run_local, candidate, self.repeat, self.min_repeat_ms)
+        return value if isinstance(value, Result) else _failure(value)
+
+    def close(self) -> None:
+        self._pool.close()
+
+
+class RPCRunner:
+    """Measure on boards registered with a TVM RPC tracker under ``key`` (one candidate per board).
+
+    ``parallel``: how many candidates are in flight at once (default: the boards the tracker
+    reports for ``key`` when the runner starts).
+    """
+
+    def __init__(self, tracker: str, key: str, parallel: int | None = None, timeout: float = 120.0,
+                 repeat: int = REPEAT, min_repeat_ms: int = MIN_REPEAT_MS, session_timeout: float = 600.0):
+        host, _, port = tracker.rpartition(":")
+        if not host or not port.isdigit():
+            raise ValueError(f"--rpc-tracker must be host:port, got {tracker!r}")
+        self.host, self.port, self.key = host, int(port), key
+        self.timeout, self.repeat, self.min_repeat_ms, self.session_timeout = timeout, repeat, min_repeat_ms, session_timeout
+        self.device = f"rpc:{key}"
+        self.parallel = parallel or max(1, self.boards())
+        self._pool = _Pool(self.parallel, timeout)
+
+    def _tracker(self):
+        from tvm import rpc
+
+        try:
+            return rpc.connect_tracker(self.host, self.port)
+        except Exception as err:
+            raise ConnectionError(f"cannot reach the RPC tracker at {self.host}:{self.port}: {err}") from None
+
+    def boards(self) -> int:
+        """Free + busy servers registered under ``key``."""
+        summary = self._tracker().summary()
+        for entry in summary.get("queue_info", {}).items():
+            name, info = entry
+            if name == self.key:
+                return int(info.get("free", 0)) + int(info.get("pending", 0)) or int(info.get("free", 0))
+        servers = [s for s in summary.get("server_info", []) if str(s.get("key", "")).split(":")[-1] == self.key]
+        return len(servers)
+
+    def measure(self, candidate: Candidate) -> Result:
+        with tempfile.TemporaryDirectory(prefix="mpq_rpc_") as tmp:
+            built = self._pool.run(build_and_export, candidate, tmp)
+            if isinstance(built, BaseException):
+                return _failure(built)
+            if built["status"] != "built":
+                return Result(built["status"], error=built.get("error"), build_s=built.get("build_s"))
+            try:
+                return self._remote_time(built, tmp)
+            except Exception as err:
+                return Result("run_error", error=_short(err), build_s=built["build_s"])
+
+    def _remote_time(self, built: dict, tmp: str) -> Result:
+        from tvm_mpq._tvm import tvm
+
+        session = self._tracker().request(self.key, priority=1, session_timeout=self.session_timeout)
+        session.upload(built["lib"])
+        lib = session.load_module(os.path.basename(built["lib"]))
+        dev = session.cpu(0)
+        with np.load(os.path.join(tmp, "args.npz")) as data:
+            arrays = [data[f"arr_{i}"] for i in range(len(data.files) - 1)]
+            expected = data["expected"]
+        args = [tvm.runtime.tensor(a, dev) for a in arrays]
+        lib["main"](*args)
+        got = args[-1].numpy()
+        same = np.allclose(got, expected, rtol=1e-4, atol=1e-4 * (np.abs(expected).max() or 1.0)) if built["float"] else np.array_equal(got, expected)
+        if not same:
+            return Result("wrong_result", error="output on the board differs from the NumPy reference", build_s=built["build_s"])
+        timer = lib.time_evaluator("main", dev, number=1, repeat=self.repeat, min_repeat_ms=self.min_repeat_ms)
+        return Result("ok", latency_stats(timer(*args).results), build_s=built["build_s"])
+
+    def close(self) -> None:
+        self._pool.close()
+
+
+def measure_many(runner, candidates: Sequence[Candidate], callback) -> None:
+    """Measure ``candidates`` with ``runner.parallel`` in flight; ``callback(candidate, result)``
+    is called (serialized) as each finishes."""
+    lock = threading.Lock()
+
+    def one(c: Candidate) -> None:
+        result = runner.measure(c)
+        with lock:
+            callback(c, result)
+
+    if getattr(runner, "parallel", 1) <= 1:
+        for c in candidates:
+            one(c)
+        return
+    with ThreadPoolExecutor(max_workers=runner.parallel) as pool:
+        for future in [pool.submit(one, c) for c in candidates]:
+            future.result()

@@ -1,0 +1,117 @@
+"""What a tuning session tries: the precision menu of a target and each kernel's schedule knobs.
+
+A *cell* is (layer shape, kernel, w_bits, a_bits); its candidates are knob settings of that
+kernel's schedule, the kernel's own default first (so a budget of 1 measures what an untuned
+build gets). Knob spaces are enumerated from the shape, so every candidate schedules; the ones that
+still fail are recorded as failures and the session goes on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from itertools import product
+from typing import Any
+
+from tvm_mpq._tvm import Target, parse_target
+from tvm_mpq.kernels import amx, bitserial_x86, x86
+from tvm_mpq.kernels.registry import KERNELS
+from tvm_mpq.kernels.spec import ConvSpec, DenseSpec, ceil_div
+
+#: The float path of our pipeline (TOPI conv/dense + ScheduleGeneric), measured like a kernel.
+FP32 = "fp32"
+#: Depthwise convs have one integer kernel (bits do not change its cost).
+DEPTHWISE = "depthwise"
+#: Bit-serial weight/activation bits tuned by default; wider ones cost more than the int8 paths
+#: on every CPU we measured, and the cost model extrapolates in w*a.
+DEFAULT_SERIAL_BITS = (1, 2, 3, 4)
+#: int8-lane kernels: 8-bit weights take the split path (an extra box sum), narrower ones do not.
+BYTE_BITS = ((8, 8), (4, 4))
+
+
+@dataclass(frozen=True)
+class Precision:
+    kernel: str
+    w_bits: int
+    a_bits: int
+
+    def __str__(self) -> str:
+        return f"{self.kernel} W{self.w_bits}A{self.a_bits}"
+
+
+def precision_menu(spec: "ConvSpec | DenseSpec", target: "Target | str | None" = None,
+                   serial_bits=DEFAULT_SERIAL_BITS, kernels=None) -> list[Precision]:
+    """Every (kernel, bits) the target offers for ``spec`` (``kernels`` restricts the kernel names)."""
+    tgt = parse_target(target)
+    kind = spec.kind
+    if kind == "grouped_conv2d":
+        return [Precision(FP32, 32, 32)]
+    menu = [Precision(FP32, 32, 32)]
+    if kind == "depthwise_conv2d":
+        menu += [Precision(DEPTHWISE, w, a) for w, a in BYTE_BITS]
+    else:
+        for name in ("int8", "amx"):
+            impl = KERNELS.get(name)
+            if impl is None or not impl.available(tgt) or (name == "amx" and kind != "conv2d"):
+                continue
+            menu += [Precision(name, w, a) for w, a in BYTE_BITS]
+        serial = "bitserial" if KERNELS["bitserial"].available(tgt) else "bitserial_ref"
+        menu += [Precision(serial, w, a) for w, a in product(serial_bits, serial_bits)]
+    if kernels is not None:
+        unknown = set(kernels) - {FP32, DEPTHWISE, *KERNELS}
+        if unknown:
+            raise ValueError(f"unknown kernel(s) {sorted(unknown)}: choose from {sorted({FP32, DEPTHWISE, *KERNELS})}")
+        menu = [p for p in menu if p.kernel in kernels]
+    return menu
+
+
+def _out_width(spec) -> int:
+    return spec.batch if isinstance(spec, DenseSpec) else spec.out_width
+
+
+def knob_space(spec: "ConvSpec | DenseSpec", kernel: str) -> list[dict[str, Any]]:
+    """Knob settings of ``kernel``'s schedule for ``spec``, the default first; ``[{}]`` = no knobs."""
+    dense = isinstance(spec, DenseSpec)
+    if kernel == "int8" or (kernel == "amx" and dense):
+        ow = 1 if dense else spec.out_width
+        ocb = ceil_div(spec.out_channels, 16)
+        default = x86.default_int8_knobs(ow, ocb)
+        tiles = [(x, o) for x in x86.divisors(ow, 16) for o in x86.divisors(ocb, 4) if x * o <= x86.MAX_ACC_REGISTERS]
+        space = [x86.Int8Knobs(x, o, outer) for (x, o), outer in product(tiles, (False, True))]
+    elif kernel == "bitserial":
+        ow = _out_width(spec)
+        o_pad = ceil_div(spec.out_channels, bitserial_x86.OC_GROUP) * bitserial_x86.OC_GROUP
+        xv_n = ceil_div(ow, bitserial_x86.pixel_lanes(ow))
+        default = bitserial_x86.default_bitserial_knobs(o_pad, xv_n)
+        tiles = [
+            (o, x) for o in x86.divisors(o_pad, bitserial_x86.TILE_ACCUMULATORS) for x in x86.divisors(xv_n, 4)
+            if o * x <= bitserial_x86.TILE_ACCUMULATORS and o >= 4
+        ]
+        space = [bitserial_x86.BitserialKnobs(o, x, outer) for (o, x), outer in product(tiles, (True, False))]
+    elif kernel == "amx":
+        ocb = ceil_div(spec.out_channels, amx.OC_BLOCK)
+        default = amx.default_amx_knobs(ocb)
+        space = [amx.AmxKnobs(mt, nt, outer) for mt, nt, outer in product((1, 2), (1, 2), (False, True)) if ocb % nt == 0]
+    else:
+        return [{}]
+    ordered = [default] + sorted((k for k in space if k != default), key=lambda k: -_tile_size(k))
+    return [k.to_dict() for k in ordered]
+
+
+def _tile_size(knobs) -> int:
+    """Bigger register tiles first (they were the faster ones measured so far)."""
+    d = knobs.to_dict()
+    return int(d.get("ow_block", d.get("ow_vectors", d.get("mt", 1)))) * int(d.get("oc_blocks", d.get("oc_block", d.get("nt", 1))))
+
+
+def make_knobs(kernel: str, spec, knobs: dict[str, Any] | None):
+    """The knob object a kernel's schedule takes, from a record's dict (None: the default)."""
+    if not knobs:
+        return None
+    dense = isinstance(spec, DenseSpec)
+    cls = {"int8": x86.Int8Knobs, "bitserial": bitserial_x86.BitserialKnobs, "amx": x86.Int8Knobs if dense else amx.AmxKnobs}.get(kernel)
+    if cls is None:
+        raise ValueError(f"kernel '{kernel}' has no schedule knobs, got {knobs}")
+    try:
+        return cls(**knobs)
+    except TypeError as err:
+        raise ValueError(f"bad knobs for kernel '{kernel}': {knobs} ({err})") from None
