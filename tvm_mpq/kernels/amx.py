@@ -405,12 +405,17 @@ class AmxKnobs:
     to_dict = asdict
 
 
-def default_amx_knobs(oc_blocks: int) -> AmxKnobs:
-    """2 x 1 tiles, channel blocks outside: with each channel block's weights one contiguous stream
-    this was the fastest choice summed over ResNet-18's conv shapes (W8A8, 1 thread; 2 x 2 and
-    pixel blocks outside were 5-20% slower; the 512-channel 7x7 layer went from 0.72 to 0.27-0.41
-    ms with the layout and order). A tuning session decides per layer."""
-    return AmxKnobs(mt=2, nt=1, pixels_outer=False)
+#: Weights above this many bytes are streamed once (channel blocks outer); smaller ones stay in
+#: cache while the pixel blocks go by (pixel blocks outer).
+STREAM_WEIGHTS_BYTES = 256 * 1024
+
+
+def default_amx_knobs(oc_blocks: int, weight_bytes: int = 0) -> AmxKnobs:
+    """2 x 1 tiles; channel blocks outer when the weights are large (ResNet-18's 128+ channel
+    layers: the 512-channel 7x7 layer went from 0.72 to 0.27-0.41 ms), pixel blocks outer when they
+    are small (MobileNetV2's pointwise layers at 56-112 px: channels outer re-read the activations
+    per channel block and cost 0.73x PyTorch int8 end to end). A tuning session decides per layer."""
+    return AmxKnobs(mt=2, nt=1, pixels_outer=weight_bytes <= STREAM_WEIGHTS_BYTES)
 
 
 def _tile_config(mt: int, nt: int, kc: int) -> list[int]:
@@ -439,7 +444,8 @@ def schedule_amx_conv(sch: Schedule, knobs: AmxKnobs | None = None) -> AmxKnobs:
     _, oc_blocks, rows, _ = (int(v) for v in sch.get(acc).writes[0].source.shape)
     kc = int(sch.get(find_block(sch, ACT_BLOCK)).writes[0].source.shape[-1])
     if knobs is None:
-        knobs = default_amx_knobs(oc_blocks)
+        weights = next(r for r in sch.get(acc).reads if r.source.dtype == "int8").source
+        knobs = default_amx_knobs(oc_blocks, int(np.prod([int(d) for d in weights.shape])))
     if oc_blocks % knobs.nt or rows % (knobs.mt * TILE_ROWS):
         raise ValueError(f"AMX knobs {knobs} do not divide {oc_blocks} channel blocks x {rows} pixel rows")
     zero, update, store = intrinsics(knobs.mt, knobs.nt, kc)

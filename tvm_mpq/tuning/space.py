@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from itertools import product
 from typing import Any
 
+import numpy as np
+
 from tvm_mpq._tvm import Target, parse_target
 from tvm_mpq.kernels import amx, bitserial_x86, x86
 from tvm_mpq.kernels.registry import KERNELS
@@ -89,7 +91,7 @@ def knob_space(spec: "ConvSpec | DenseSpec", kernel: str) -> list[dict[str, Any]
         space = [bitserial_x86.BitserialKnobs(o, x, outer) for (o, x), outer in product(tiles, (True, False))]
     elif kernel == "amx":
         ocb = ceil_div(spec.out_channels, amx.OC_BLOCK)
-        default = amx.default_amx_knobs(ocb)
+        default = amx.default_amx_knobs(ocb, int(np.prod(amx.weight_shape(spec))))
         space = [amx.AmxKnobs(mt, nt, outer) for mt, nt, outer in product((1, 2), (1, 2), (False, True)) if ocb % nt == 0]
     else:
         return [{}]
