@@ -65,23 +65,28 @@ def _bias_add(binding, layer_var, kind: str, out_channels: int) -> bool:
     return shape in allowed
 
 
-def _residual_add(bindings, by_var, uses, producer):
-    """The ``add(producer, other)`` binding (either order, ``other`` a non-constant tensor of the
-    same shape) when it is the producer's only use, else None."""
+def _only_consumer(bindings, by_var, uses, producer):
+    """The call binding that uses ``producer`` (as any argument) when that is its only use, else None."""
     if uses.get(producer.var, 0) != 1:
         return None
     for b in bindings[by_var[producer.var.name] + 1 :]:
-        if not (isinstance(b.value, relax.Call) and any(a.same_as(producer.var) for a in b.value.args)):
-            continue
-        if not is_op(b.value, "relax.add"):
-            return None
-        x, y = b.value.args
-        other = y if x.same_as(producer.var) else x
-        if other.same_as(producer.var) or isinstance(other, Constant):
-            return None
-        same = [int(d) for d in other.ty.shape] == [int(d) for d in producer.var.ty.shape]
-        return b if same and other.ty.dtype == producer.var.ty.dtype else None
+        if isinstance(b.value, relax.Call) and any(a.same_as(producer.var) for a in b.value.args):
+            return b
     return None
+
+
+def _residual_add(bindings, by_var, uses, producer):
+    """The ``add(producer, other)`` binding (either order, ``other`` a non-constant tensor of the
+    same shape) when it is the producer's only use, else None."""
+    b = _only_consumer(bindings, by_var, uses, producer)
+    if b is None or not is_op(b.value, "relax.add"):
+        return None
+    x, y = b.value.args
+    other = y if x.same_as(producer.var) else x
+    if other.same_as(producer.var) or isinstance(other, Constant):
+        return None
+    same = [int(d) for d in other.ty.shape] == [int(d) for d in producer.var.ty.shape]
+    return b if same and other.ty.dtype == producer.var.ty.dtype else None
 
 
 def activation_kind(call) -> "str | None":
@@ -97,12 +102,10 @@ def activation_kind(call) -> "str | None":
 
 def _activation_of(bindings, by_var, uses, producer):
     """The ReLU / ReLU6 binding of ``producer`` when it is the producer's only use, else None."""
-    if uses.get(producer.var, 0) != 1:
+    b = _only_consumer(bindings, by_var, uses, producer)
+    if b is None or not b.value.args[0].same_as(producer.var):
         return None
-    for b in bindings[by_var[producer.var.name] + 1 :]:
-        if isinstance(b.value, relax.Call) and b.value.args and b.value.args[0].same_as(producer.var):
-            return b if activation_kind(b.value) else None
-    return None
+    return b if activation_kind(b.value) else None
 
 
 @relax.expr_functor.mutator

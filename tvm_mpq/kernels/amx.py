@@ -160,23 +160,26 @@ def amx_conv2d(data, w_blocked, bias_q, out_scale, dead_bias, residual=None, *, 
     n = spec.batch
     uh, uw = g.subsample
 
-    def act(b, cblk, ph, pw, q, ci):
-        hp, wp = (q // g.wq) * g.sh + ph, (q % g.wq) * g.sw + pw
-        return input_code(data, spec, aq, b, cblk * g.kc + ci, hp * uh, wp * uw)
+    folded = gemm_spec(spec)
+    if folded is spec:
 
-    if gemm_spec(spec) is not spec:  # kernel columns folded into channels: gather from padded codes
+        def act(b, cblk, ph, pw, q, ci):
+            hp, wp = (q // g.wq) * g.sh + ph, (q % g.wq) * g.sw + pw
+            return input_code(data, spec, aq, b, cblk * g.kc + ci, hp * uh, wp * uw)
+
+    else:  # kernel columns folded into channels: gather from padded codes
         c, kw_n = spec.in_channels, spec.kernel[1]
         hp_n, wp_n = spec.height + spec.padding[0] + spec.padding[2], spec.width + spec.padding[1] + spec.padding[3]
         codes = te.compute((n, c, hp_n, wp_n), lambda b, ch, hp, wp: input_code(data, spec, aq, b, ch, hp, wp), name=CODES_BLOCK)
         sw, dw = spec.strides[1], spec.dilation[1]
 
-        def act(b, cblk, ph, pw, q, ci):  # noqa: F811
+        def act(b, cblk, ph, pw, q, ci):
             ch = cblk * g.kc + ci
             hp = tirx.min((q // g.wq) * g.sh + ph, hp_n - 1)  # rows past the image feed dropped outputs
             value = codes[b, tirx.min(ch // kw_n, c - 1), hp, (q % g.wq) * sw + (ch % kw_n) * dw]
             return tirx.if_then_else(ch < c * kw_n, value, tirx.const(0, "uint8"))
 
-        spec = gemm_spec(spec)
+        spec = folded
 
     a = te.compute((n, g.chunks, g.sh, g.sw, g.q, g.kc), act, name=ACT_BLOCK)
     kh, kw = spec.kernel

@@ -18,6 +18,24 @@ from tvm_mpq.kernels.registry import apply_schedule, resolve_kernel, schedule_ke
 from tvm_mpq.kernels.spec import DenseSpec
 
 
+def matches(got: np.ndarray, expected: np.ndarray, is_float: bool) -> bool:
+    """A kernel's output against its reference: bit-exact for integer kernels, to 1e-4 of the
+    output range for float layers (TVM and NumPy sum in different orders)."""
+    if is_float:
+        return bool(np.allclose(got, expected, rtol=1e-4, atol=1e-4 * (np.abs(expected).max() or 1.0)))
+    return bool(np.array_equal(got, expected))
+
+
+def _layer_data(spec, seed: int):
+    """Seeded synthetic (input shape, post-ReLU input, weight, bias) of a layer."""
+    rng = np.random.default_rng(seed)
+    in_shape = (spec.batch, spec.in_features) if isinstance(spec, DenseSpec) else (spec.batch, spec.in_channels, spec.height, spec.width)
+    x = np.maximum(rng.standard_normal(in_shape), 0).astype(np.float32)  # post-ReLU activations
+    w = rng.standard_normal(spec.weight_shape).astype(np.float32)
+    bias = rng.standard_normal(spec.out_channels).astype(np.float32)
+    return in_shape, x, w, bias
+
+
 @dataclass
 class LayerKernel:
     """A compiled single-layer kernel with its (synthetic) arguments."""
@@ -36,10 +54,7 @@ class LayerKernel:
 
     def check(self) -> bool:
         """Exact equality with the NumPy integer reference + epilogue (float layers: to 1e-4)."""
-        if self.kernel == "fp32":
-            got = self.run()
-            return bool(np.allclose(got, self.expected, rtol=1e-4, atol=1e-4 * (np.abs(self.expected).max() or 1.0)))
-        return bool(np.array_equal(self.run(), self.expected))
+        return matches(self.run(), self.expected, self.kernel == "fp32")
 
     def time(self, number: int = 10, repeat: int = 5) -> np.ndarray:
         """Seconds per call, one entry per repeat."""
@@ -50,12 +65,8 @@ class LayerKernel:
 def build_layer_kernel(spec, w_bits: int, a_bits: int, kernel: str = "auto", target=None, knobs=None, seed: int = 0) -> LayerKernel:
     """Compile ``spec`` at ``w_bits``/``a_bits`` with ``kernel`` (a registry name, "depthwise" or "auto")."""
     tgt = parse_target(target)
-    rng = np.random.default_rng(seed)
     dense = isinstance(spec, DenseSpec)
-    in_shape = (spec.batch, spec.in_features) if dense else (spec.batch, spec.in_channels, spec.height, spec.width)
-    x = np.maximum(rng.standard_normal(in_shape), 0).astype(np.float32)  # post-ReLU activations
-    w = rng.standard_normal(spec.weight_shape).astype(np.float32)
-    bias = rng.standard_normal(spec.out_channels).astype(np.float32)
+    in_shape, x, w, bias = _layer_data(spec, seed)
     ref = reference.layer_reference(spec, x, w, bias, 0.0, float(x.max()) or 1.0, w_bits, a_bits)
     aq, wq, ep = ref.aq, ref.wq, ref.ep
     xt = te.placeholder(in_shape, "float32", name="x")
@@ -86,12 +97,8 @@ def build_float_layer(spec, target=None, seed: int = 0) -> LayerKernel:
     from tvm_mpq.passes.schedule_generic import schedule_function
 
     tgt = parse_target(target)
-    rng = np.random.default_rng(seed)
     dense = isinstance(spec, DenseSpec)
-    in_shape = (spec.batch, spec.in_features) if dense else (spec.batch, spec.in_channels, spec.height, spec.width)
-    x = rng.standard_normal(in_shape).astype(np.float32)
-    w = rng.standard_normal(spec.weight_shape).astype(np.float32)
-    bias = rng.standard_normal(spec.out_channels).astype(np.float32)
+    in_shape, x, w, bias = _layer_data(spec, seed)
     xt = te.placeholder(in_shape, "float32", name="x")
     wt = te.placeholder(w.shape, "float32", name="w")
     bt = te.placeholder(bias.shape, "float32", name="bias")

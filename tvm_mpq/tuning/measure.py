@@ -183,14 +183,9 @@ class RPCRunner:
             raise ConnectionError(f"cannot reach the RPC tracker at {self.host}:{self.port}: {err}") from None
 
     def boards(self) -> int:
-        """Free + busy servers registered under ``key``."""
-        summary = self._tracker().summary()
-        for entry in summary.get("queue_info", {}).items():
-            name, info = entry
-            if name == self.key:
-                return int(info.get("free", 0)) + int(info.get("pending", 0)) or int(info.get("free", 0))
-        servers = [s for s in summary.get("server_info", []) if str(s.get("key", "")).split(":")[-1] == self.key]
-        return len(servers)
+        """Servers (free or busy) registered with the tracker under ``key``."""
+        servers = self._tracker().summary().get("server_info", [])
+        return sum(1 for s in servers if str(s.get("key", "")).split(":")[-1] == self.key)
 
     def measure(self, candidate: Candidate) -> Result:
         with tempfile.TemporaryDirectory(prefix="mpq_rpc_") as tmp:
@@ -206,6 +201,7 @@ class RPCRunner:
 
     def _remote_time(self, built: dict, tmp: str) -> Result:
         from tvm_mpq._tvm import tvm
+        from tvm_mpq.kernels.workload import matches
 
         session = self._tracker().request(self.key, priority=1, session_timeout=self.session_timeout)
         session.upload(built["lib"])
@@ -217,8 +213,7 @@ class RPCRunner:
         args = [tvm.runtime.tensor(a, dev) for a in arrays]
         lib["main"](*args)
         got = args[-1].numpy()
-        same = np.allclose(got, expected, rtol=1e-4, atol=1e-4 * (np.abs(expected).max() or 1.0)) if built["float"] else np.array_equal(got, expected)
-        if not same:
+        if not matches(got, expected, built["float"]):
             return Result("wrong_result", error="output on the board differs from the NumPy reference", build_s=built["build_s"])
         timer = lib.time_evaluator("main", dev, number=1, repeat=self.repeat, min_repeat_ms=self.min_repeat_ms)
         return Result("ok", latency_stats(timer(*args).results), build_s=built["build_s"])
