@@ -18,6 +18,8 @@ logger = logging.getLogger(__name__)
 
 #: fused outer iterations to aim for (coarse tasks for the thread pool)
 PARALLEL_TASKS = 64
+#: widest vector a reduction block's inner spatial loop is cut to (16 x float32 = one AVX-512 register)
+VECTOR_LANES = 16
 #: fused outer iterations below which a parallel loop does not pay
 MIN_PARALLEL = 2
 
@@ -43,14 +45,21 @@ def _inline_padding(sch: Schedule) -> None:
                 logger.debug("ScheduleGeneric: kept %s: %s", sch.get(block).name_hint, err)
 
 
-def _vectorize_reduction(sch: Schedule, block, loops, spatial: int) -> None:
-    """A reduction block (pooling): reduction loops moved outside the innermost spatial loop,
-    which is then vectorized (a window max over a row of outputs; the init runs at the first tap)."""
-    if spatial < 2 or spatial == len(loops) or int(sch.get(loops[spatial - 1]).extent) < 4:
-        return
-    inner = loops[spatial - 1]
+def _vectorize_reduction(sch: Schedule, block, loops, spatial: int) -> list:
+    """A reduction block (pooling, a float dense or conv): reduction loops moved outside a vector
+    of the innermost spatial loop (a window max over a row of outputs; the init runs at the first
+    tap). The vector is the largest divisor of that loop up to :data:`VECTOR_LANES`: a whole
+    1000-wide loop as one LLVM vector took minutes to compile. Returns the loops left outside."""
+    extent = int(sch.get(loops[spatial - 1]).extent) if 0 < spatial <= len(loops) else 0
+    if spatial < 2 or spatial == len(loops) or extent < 4:
+        return loops
+    lanes = max(d for d in range(1, min(extent, VECTOR_LANES) + 1) if extent % d == 0)
+    if lanes < 4:
+        return loops
+    outer, inner = sch.split(loops[spatial - 1], [None, lanes])
     sch.reorder(*loops[spatial:], inner)
     sch.vectorize(inner)
+    return [*loops[: spatial - 1], outer]
 
 
 def schedule_function(func) -> "tirx.PrimFunc":
@@ -61,7 +70,7 @@ def schedule_function(func) -> "tirx.PrimFunc":
         loops = sch.get_loops(block)
         try:
             spatial = _spatial_prefix(sch, block, loops)
-            _vectorize_reduction(sch, block, loops, spatial)
+            loops = _vectorize_reduction(sch, block, loops, spatial)
             # fuse leading spatial loops until there is enough coarse-grained parallel work, and
             # leave the inner loops whole (contiguous, so LLVM vectorizes them; fusing them into
             # the parallel loop would put div/mod on every element)

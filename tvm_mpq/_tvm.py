@@ -113,14 +113,14 @@ def parse_target(target: "str | Mapping[str, Any] | Target | None" = None, *, nu
         )
     if num_cores is not None:
         spec["num-cores"] = num_cores
-    spec.setdefault("num-cores", _default_cores())
+    spec.setdefault("num-cores", default_cores())
     try:
         return Target(spec)
     except Exception as err:  # TVM raises its own error types
         raise ValueError(f"TVM rejected target {spec}: {err}") from err
 
 
-def _default_cores() -> int:
+def default_cores() -> int:
     import os
 
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)

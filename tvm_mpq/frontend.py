@@ -17,6 +17,7 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -31,6 +32,7 @@ warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*
 
 LAYERS_ATTR = "mpq.layers"
 SUPPORTED_KINDS = ("conv2d", "depthwise_conv2d", "dense")
+POOLING_OPS = ("relax.nn.max_pool2d", "relax.nn.avg_pool2d", "relax.nn.adaptive_avg_pool2d", "relax.mean")
 
 
 @dataclass(frozen=True)
@@ -139,6 +141,17 @@ class Network:
     @property
     def input_shapes(self) -> list[tuple[int, ...]]:
         return [tuple(t.shape) for t in self.example_inputs]
+
+    def pooling_ops(self) -> list[tuple[str, int, int]]:
+        """``(op, input bytes, output bytes)`` of the pooling ops between layers (the float ops
+        that stay in every policy; adds and activations fuse into the layers)."""
+        ops = []
+        for block in self.mod["main"].body.blocks:
+            for binding in block.bindings:
+                value = binding.value
+                if any(is_op(value, name) for name in POOLING_OPS):
+                    ops.append((value.op.name, 4 * int(np.prod(_shape(value.args[0]))), 4 * int(np.prod(_shape(binding.var)))))
+        return ops
 
 
 def _shape(expr) -> tuple[int, ...]:

@@ -3,6 +3,8 @@
     tvm-mpq layers resnet18
     tvm-mpq tune resnet18 --target "llvm -mcpu=znver5" --budget 4 --db records.jsonl
     tvm-mpq tune resnet18 --rpc-tracker 10.0.0.2:9190 --rpc-key rasp4 --db records.jsonl
+    tvm-mpq costmodel fit --db records.jsonl -o model.json
+    tvm-mpq costmodel eval --db records.jsonl --model default --json
 
 MODEL is a built-in name (``tvm-mpq layers --list``) or ``path/to/file.py:factory``. Exit codes:
 0 success, 1 a failure while working (reported with the cause), 2 bad arguments or input.
@@ -15,11 +17,8 @@ import json
 import logging
 import sys
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
-
-
-class UsageError(Exception):
-    """Bad input from the user: printed without a traceback, exit code 2."""
+from tvm_mpq.cli import costmodel
+from tvm_mpq.cli.common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, UsageError
 
 
 def _load_net(model: str, input_size: int | None):
@@ -141,6 +140,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="print one JSON summary object")
     p.set_defaults(func=cmd_tune)
+
+    costmodel.add_parser(sub)
     return parser
 
 

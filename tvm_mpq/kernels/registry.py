@@ -185,3 +185,17 @@ def resolve_kernel(kernel, kind: str, w_bits: int, a_bits: int, target: Target, 
         where = f"layer '{layer}': " if layer else ""
         raise ValueError(f"{where}kernel '{impl.name}' is not available on {target}; choose another kernel")
     return impl
+
+
+def lowered_kernel(kind: str, w_bits: int, a_bits: int, target: Target, in_channels: int | None = None,
+                   kernel="auto", layer: str = "") -> str:
+    """What ``LowerToKernels`` runs a layer (or channel group) on at these bits: ``"fp32"`` for a
+    float layer (TVM's float path), ``"depthwise"`` for a depthwise conv, else :func:`resolve_kernel`."""
+    if w_bits >= 32 or a_bits >= 32:
+        return "fp32"
+    if kind == "depthwise_conv2d":
+        return "depthwise"
+    if kind not in ("conv2d", "dense"):
+        where = f"layer '{layer}': " if layer else ""
+        raise ValueError(f"{where}no integer kernel for {kind}; keep it float (w_bits=a_bits=32)")
+    return resolve_kernel(kernel, kind, w_bits, a_bits, target, layer=layer, in_channels=in_channels).name

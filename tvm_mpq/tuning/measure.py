@@ -48,6 +48,14 @@ class Result:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+def local_threads() -> int:
+    """Threads TVM's runtime uses here: ``TVM_NUM_THREADS``, else every core this process may use."""
+    from tvm_mpq._tvm import default_cores
+
+    env = os.environ.get("TVM_NUM_THREADS", "")
+    return int(env) if env.isdigit() and int(env) > 0 else default_cores()
+
+
 def latency_stats(seconds: Sequence[float]) -> dict[str, float]:
     ms = np.asarray(seconds, dtype=np.float64) * 1e3
     return {"mean": float(ms.mean()), "median": float(np.median(ms)), "min": float(ms.min()), "std": float(ms.std()), "n": int(ms.size)}
@@ -84,7 +92,7 @@ def build_and_run_local(c: Candidate, repeat: int = REPEAT, min_repeat_ms: int =
         seconds = timer(*layer.args).results
     except Exception as err:
         return Result("run_error", error=_short(err), build_s=build_s)
-    return Result("ok", latency_stats(seconds), build_s=build_s)
+    return Result("ok", latency_stats(seconds), build_s=build_s, extra={"threads": local_threads()})
 
 
 def build_and_export(c: Candidate, directory: str) -> dict[str, Any]:

@@ -135,7 +135,7 @@ def tune(tasks: list[TuneTask], db: TuningDatabase, *, target=None, budget: int 
         db.append(Record(
             workload=c.workload, kernel=c.kernel, w_bits=c.w_bits, a_bits=c.a_bits, knobs=c.knobs, target=c.target,
             status=result.status, latency_ms=result.latency_ms, error=result.error, device=runner.device,
-            build_s=result.build_s, time=time.strftime("%Y-%m-%dT%H:%M:%S"), extra={"layers": task.layers},
+            build_s=result.build_s, time=time.strftime("%Y-%m-%dT%H:%M:%S"), extra={"layers": task.layers, **result.extra},
         ))
         summary.measured += 1
         summary.by_status[result.status] = summary.by_status.get(result.status, 0) + 1

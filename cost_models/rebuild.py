@@ -1,0 +1,79 @@
+"""Rebuild the shipped cost model: tune, fit, evaluate held-out, save.
+
+    python -m tvm_mpq.cost_models.rebuild                      # all three steps
+    python -m tvm_mpq.cost_models.rebuild --skip-tune          # refit from the shipped records
+
+1. A tuning session (``tvm_mpq.tuning``) over ResNet-18, MobileNetV2 and the synthetic shapes of
+   :mod:`tvm_mpq.cost_models.synthetic`, every precision this target offers, ``--budget`` knob
+   settings per cell; records go to ``--db`` (append-only: a killed rebuild resumes).
+2. Held-out evaluation (:func:`tvm_mpq.cost_models.evaluate`), grouped by workload.
+3. Fit on every record, save ``--out`` with the evaluation embedded in its metadata.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+DEFAULT_DB = os.path.join(HERE, "data", "znver5_records.jsonl")
+DEFAULT_OUT = os.path.join(HERE, "znver5.json")
+MODELS = ("resnet18", "mobilenet_v2")
+
+
+def tune_corpus(db_path: str, budget: int, target=None, serial_bits=(1, 2, 3, 4), progress: bool = True) -> dict:
+    """Tune the training corpus into ``db_path``; returns wall time and trials per source."""
+    import tvm_mpq
+    from tvm_mpq import tuning
+    from tvm_mpq.cost_models.synthetic import synthetic_workloads
+
+    db = tuning.TuningDatabase(db_path)
+    report = {}
+    sources = [(name, lambda name=name: tvm_mpq.import_torch(*tvm_mpq.models.get(name))) for name in MODELS]
+    sources.append(("synthetic", synthetic_workloads))
+    for name, load in sources:
+        tasks = tuning.plan(load(), target, serial_bits=serial_bits)
+        summary = tuning.tune(tasks, db, target=target, budget=budget, progress=progress)
+        report[name] = {"workloads": len(tasks), **summary.to_dict()}
+        logging.getLogger(__name__).info("%s: %s", name, report[name])
+    return report
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--db", default=DEFAULT_DB, help="tuning records (JSON lines, appended)")
+    parser.add_argument("--out", default=DEFAULT_OUT, help="where the fitted model goes")
+    parser.add_argument("--budget", type=int, default=2, help="knob settings per (workload, kernel, bits) cell")
+    parser.add_argument("--target", default=None, help="target (default: this machine)")
+    parser.add_argument("--skip-tune", action="store_true", help="fit from the records already in --db")
+    parser.add_argument("--folds", type=int, default=5)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+
+    from tvm_mpq.cost_models import XGBCostModel, evaluate
+    from tvm_mpq.tuning import TuningDatabase
+
+    tuning_report = None
+    if not args.skip_tune:
+        os.makedirs(os.path.dirname(os.path.abspath(args.db)), exist_ok=True)
+        t0 = time.perf_counter()
+        tuning_report = tune_corpus(args.db, args.budget, args.target)
+        tuning_report["wall_s"] = time.perf_counter() - t0
+    records = TuningDatabase(args.db).records
+    report = evaluate(records, folds=args.folds)
+    model = XGBCostModel().fit(records)
+    model.meta["held_out"] = report
+    if tuning_report is not None:
+        model.meta["tuning"] = tuning_report
+    model.save(args.out)
+    json.dump(report, sys.stdout, indent=2)
+    print()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

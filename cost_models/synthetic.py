@@ -1,0 +1,51 @@
+"""A spread of layer shapes that are not in the built-in models, for training the cost model.
+
+Real networks repeat a few shapes (ResNet-18 has 12 distinct convs); a model trained only on them
+learns those shapes, not latency. The synthetic set covers channel counts, spatial sizes, kernel
+sizes, strides, depthwise convs and dense layers around and between them, drawn with a fixed seed
+so a rebuild tunes the same shapes.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from tvm_mpq.kernels.spec import ConvSpec, DenseSpec
+
+CHANNELS = (16, 24, 32, 48, 64, 96, 128, 160, 192, 256, 320, 384, 512)
+SIZES = (7, 10, 14, 20, 28, 40, 56)
+#: Keep one layer's MACs where a measurement takes seconds, not minutes, at the widest bits.
+MAX_MACS = 250e6
+
+
+def synthetic_workloads(n_conv: int = 40, n_depthwise: int = 8, n_dense: int = 6, seed: int = 0) -> list:
+    """``n_conv`` convolutions, ``n_depthwise`` depthwise convs and ``n_dense`` dense layers."""
+    rng = np.random.default_rng(seed)
+    specs: list = []
+    seen: set = set()
+
+    def add(spec) -> bool:
+        if spec in seen:
+            return False
+        seen.add(spec)
+        specs.append(spec)
+        return True
+
+    while len(specs) < n_conv:
+        k = int(rng.choice([1, 3, 3, 5]))
+        stride = int(rng.choice([1, 1, 1, 2]))
+        size = int(rng.choice(SIZES))
+        cin, cout = (int(c) for c in rng.choice(CHANNELS, 2))
+        pad = k // 2
+        spec = ConvSpec(1, cin, size, size, cout, (k, k), (stride, stride), (pad,) * 4)
+        if spec.macs <= MAX_MACS:
+            add(spec)
+    while len(specs) < n_conv + n_depthwise:
+        c = int(rng.choice(CHANNELS[2:]))
+        size = int(rng.choice(SIZES))
+        stride = int(rng.choice([1, 2]))
+        k = int(rng.choice([3, 3, 5]))
+        add(ConvSpec(1, c, size, size, c, (k, k), (stride, stride), (k // 2,) * 4, groups=c))
+    while len(specs) < n_conv + n_depthwise + n_dense:
+        add(DenseSpec(1, int(rng.choice([128, 256, 512, 1024, 1280, 2048])), int(rng.choice([10, 100, 256, 512, 1000]))))
+    return specs

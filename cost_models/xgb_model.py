@@ -1,0 +1,246 @@
+"""The XGBoost latency model: (layer shape, kernel, bits, knobs, target) -> milliseconds.
+
+    model = XGBCostModel().fit(TuningDatabase("records.jsonl").records())
+    ms = model.predict(net.layers, [(4, 4)] * len(net.layers))     # what the pipeline would run
+    ms = model.predict([spec], [Precision("bitserial", 1, 2)])      # one kernel, default knobs
+    model.save("model.json"); XGBCostModel.load("model.json")
+
+Trees regress ``log(measured / analytic estimate)`` (see :mod:`tvm_mpq.cost_models.features`), so
+the prediction is ``estimate * exp(tree output)``. The model file is one JSON document: config,
+metadata (training target, threads, trained workloads, held-out errors) and the booster (XGBoost's
+UBJSON, base64).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import math
+import os
+from collections import Counter
+from dataclasses import asdict, dataclass
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+from tvm_mpq.cost_models.features import FEATURE_NAMES, analytic_ms, featurize, isa_flags
+
+logger = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class CostModelConfig:
+    """XGBoost settings (the defaults were chosen by held-out error on the shipped records)."""
+
+    n_estimators: int = 800
+    max_depth: int = 6
+    learning_rate: float = 0.04
+    subsample: float = 0.85
+    colsample_bytree: float = 0.85
+    min_child_weight: float = 1.0
+    reg_lambda: float = 1.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.n_estimators < 1 or self.max_depth < 1 or not 0 < self.learning_rate <= 1:
+            raise ValueError(f"bad cost model config {self}: n_estimators, max_depth >= 1 and 0 < learning_rate <= 1")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def workload_id(record) -> str:
+    """A record's workload and target: the unit that held-out evaluation keeps apart."""
+    return json.dumps(record.workload, sort_keys=True) + "|" + record.target
+
+
+def _spec_of(layer):
+    """A layer given as a spec, a :class:`~tvm_mpq.frontend.Layer` (``.spec``) or a workload dict."""
+    from tvm_mpq.tuning.database import workload_spec
+
+    if isinstance(layer, dict):
+        return workload_spec(layer)
+    return getattr(layer, "spec", layer)
+
+
+def resolve_precision(spec, precision, target) -> tuple[str, int, int]:
+    """(kernel, w_bits, a_bits) for a :class:`~tvm_mpq.tuning.Precision`, a ``(w, a)`` pair or a
+    :class:`~tvm_mpq.policy.LayerBits` (a pair runs on what ``LowerToKernels`` would choose)."""
+    from tvm_mpq.kernels.registry import lowered_kernel
+
+    if hasattr(precision, "kernel"):
+        return precision.kernel, int(precision.w_bits), int(precision.a_bits)
+    if hasattr(precision, "w_bits"):  # LayerBits: float (None) or integer bits
+        w, a = precision.w_bits, precision.a_bits
+    else:
+        try:
+            w, a = precision
+        except (TypeError, ValueError):
+            raise TypeError(f"a precision is a Precision, a (w_bits, a_bits) pair or LayerBits, got {precision!r}") from None
+    w, a = (32 if w is None else int(w)), (32 if a is None else int(a))
+    in_ch = getattr(spec, "in_channels", None)
+    return lowered_kernel(spec.kind, w, a, target, in_channels=in_ch), w, a
+
+
+def default_knobs(spec, kernel: str) -> dict[str, Any]:
+    from tvm_mpq.tuning.space import knob_space
+
+    return knob_space(spec, kernel)[0]
+
+
+class XGBCostModel:
+    """Latency model for one target (and thread count), trained on tuning records."""
+
+    def __init__(self, *, config: CostModelConfig | None = None):
+        self.config = config or CostModelConfig()
+        self.booster = None
+        self.meta: dict[str, Any] = {}
+        self._records: list = []
+
+    # -- training ---------------------------------------------------------------------------
+    @staticmethod
+    def _rows(records) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Features, log(estimate) and log(latency) of the ``ok`` records."""
+        isa_cache: dict[str, dict] = {}
+        X, base, y = [], [], []
+        for r in records:
+            if not r.ok:
+                continue
+            isa = isa_cache.setdefault(r.target, isa_flags(r.target))
+            threads = int(r.extra.get("threads") or _default_threads())
+            spec = r.spec
+            X.append(featurize(spec, r.kernel, r.w_bits, r.a_bits, r.knobs, isa, threads))
+            base.append(math.log(analytic_ms(spec, r.kernel, r.w_bits, r.a_bits, threads)))
+            y.append(math.log(r.latency))
+        return np.asarray(X).reshape(-1, len(FEATURE_NAMES)), np.asarray(base), np.asarray(y)
+
+    def fit(self, records: Iterable) -> "XGBCostModel":
+        """Train on ``records`` (:class:`~tvm_mpq.tuning.Record`; failed ones are skipped)."""
+        import xgboost as xgb
+
+        records = list(records)
+        X, base, y = self._rows(records)
+        if len(y) < 2:
+            raise ValueError(f"the cost model needs at least 2 'ok' tuning records, got {len(y)}; run `tvm-mpq tune` first")
+        c = self.config
+        params = {
+            "objective": "reg:squarederror", "max_depth": c.max_depth, "eta": c.learning_rate, "subsample": c.subsample,
+            "colsample_bytree": c.colsample_bytree, "min_child_weight": c.min_child_weight, "lambda": c.reg_lambda,
+            "seed": c.seed, "nthread": 1, "verbosity": 0,
+        }
+        dtrain = xgb.DMatrix(X, label=y - base, feature_names=list(FEATURE_NAMES), missing=np.nan)
+        self.booster = xgb.train(params, dtrain, num_boost_round=c.n_estimators)
+        ok = [r for r in records if r.ok]
+        targets = Counter(r.target for r in ok)
+        threads = Counter(int(r.extra.get("threads") or _default_threads()) for r in ok)
+        self.meta.update({
+            "target": targets.most_common(1)[0][0], "threads": threads.most_common(1)[0][0], "records": len(ok),
+            "trained_workloads": sorted({workload_id(r) for r in ok}),
+            "kernels": sorted({r.kernel for r in ok}),
+        })
+        self._records = ok
+        return self
+
+    def update(self, records: Iterable) -> "XGBCostModel":
+        """Refit on the records seen so far plus ``records`` (MetaSchedule's ``update``)."""
+        return self.fit(self._records + [r for r in records if r.ok])
+
+    # -- prediction -------------------------------------------------------------------------
+    def _require_fit(self) -> None:
+        if self.booster is None:
+            raise ValueError("the cost model is not trained: call fit(records) or XGBCostModel.load(path)")
+
+    def predict_points(self, points: Sequence[tuple], *, target=None, threads: int | None = None) -> np.ndarray:
+        """Latency (ms) of ``(spec, kernel, w_bits, a_bits, knobs)`` points (knobs None: the default)."""
+        import xgboost as xgb
+
+        self._require_fit()
+        target = target if target is not None else self.meta.get("target")
+        threads = int(threads or self.meta.get("threads") or _default_threads())
+        isa = isa_flags(target)
+        X, base = [], []
+        for spec, kernel, w, a, knobs in points:
+            knobs = default_knobs(spec, kernel) if knobs is None else knobs
+            X.append(featurize(spec, kernel, w, a, knobs, isa, threads))
+            base.append(math.log(analytic_ms(spec, kernel, w, a, threads)))
+        if not X:
+            return np.zeros(0)
+        dm = xgb.DMatrix(np.asarray(X), feature_names=list(FEATURE_NAMES), missing=np.nan)
+        return np.exp(self.booster.predict(dm) + np.asarray(base))
+
+    def predict(self, layers: Sequence, precisions, *, target=None, threads: int | None = None) -> np.ndarray:
+        """Latency (ms) of each layer at its precision.
+
+        ``layers``: specs, network layers or workload dicts; ``precisions``: one per layer (or one
+        for all) as a :class:`~tvm_mpq.tuning.Precision` (that kernel), a ``(w_bits, a_bits)``
+        pair or :class:`~tvm_mpq.policy.LayerBits` (the kernel ``LowerToKernels`` picks; 32 or
+        None = float).
+        """
+        from tvm_mpq._tvm import parse_target
+
+        specs = [_spec_of(layer) for layer in layers]
+        if hasattr(precisions, "kernel") or (isinstance(precisions, tuple) and len(precisions) == 2 and all(isinstance(v, int) for v in precisions)):
+            precisions = [precisions] * len(specs)
+        precisions = list(precisions)
+        if len(precisions) != len(specs):
+            raise ValueError(f"predict got {len(specs)} layers but {len(precisions)} precisions; give one per layer (or one for all)")
+        tgt = parse_target(target if target is not None else self.meta.get("target"))
+        points = [(spec, *resolve_precision(spec, p, tgt), None) for spec, p in zip(specs, precisions)]
+        return self.predict_points(points, target=tgt, threads=threads)
+
+    def predict_records(self, records: Sequence) -> np.ndarray:
+        """Prediction for each record's own point (its target, threads and knobs)."""
+        out = np.empty(len(records))
+        by_ctx: dict[tuple, list[int]] = {}
+        for i, r in enumerate(records):
+            by_ctx.setdefault((r.target, int(r.extra.get("threads") or _default_threads())), []).append(i)
+        for (target, threads), idx in by_ctx.items():
+            pts = [(records[i].spec, records[i].kernel, records[i].w_bits, records[i].a_bits, records[i].knobs) for i in idx]
+            out[idx] = self.predict_points(pts, target=target, threads=threads)
+        return out
+
+    # -- persistence ------------------------------------------------------------------------
+    def save(self, path: "str | os.PathLike[str]") -> None:
+        self._require_fit()
+        doc = {
+            "format": "tvm-mpq-cost-model", "version": FORMAT_VERSION, "config": self.config.to_dict(),
+            "features": list(FEATURE_NAMES), "meta": self.meta,
+            "booster_ubj_base64": base64.b64encode(bytes(self.booster.save_raw(raw_format="ubj"))).decode("ascii"),
+        }
+        tmp = f"{path}.tmp"
+        with open(tmp, "w") as f:
+            json.dump(doc, f, separators=(",", ":"))
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path: "str | os.PathLike[str]") -> "XGBCostModel":
+        import xgboost as xgb
+
+        try:
+            with open(path) as f:
+                doc = json.load(f)
+        except FileNotFoundError:
+            raise FileNotFoundError(f"no cost model at {path}: fit one with `tvm-mpq costmodel fit --db records.jsonl -o {path}`") from None
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path} is not a cost model file (bad JSON: {err})") from None
+        if not isinstance(doc, dict) or doc.get("format") != "tvm-mpq-cost-model":
+            raise ValueError(f"{path} is not a tvm-mpq cost model file")
+        if doc.get("version") != FORMAT_VERSION:
+            raise ValueError(f"{path}: cost model format version {doc.get('version')}, this tvm-mpq reads {FORMAT_VERSION}; refit it")
+        if doc.get("features") != list(FEATURE_NAMES):
+            raise ValueError(f"{path} was fitted with other features than this tvm-mpq computes; refit it with `tvm-mpq costmodel fit`")
+        model = cls(config=CostModelConfig(**doc["config"]))
+        model.meta = doc.get("meta", {})
+        booster = xgb.Booster()
+        booster.load_model(bytearray(base64.b64decode(doc["booster_ubj_base64"])))
+        model.booster = booster
+        return model
+
+
+def _default_threads() -> int:
+    from tvm_mpq._tvm import default_cores
+
+    return default_cores()

@@ -1,0 +1,34 @@
+"""tvm-mpq costmodel fit / eval."""
+
+import json
+
+from tvm_mpq.cli.main import EXIT_OK, EXIT_USAGE, main
+from tvm_mpq.tuning import TuningDatabase
+
+from tests.cost_models.conftest import fake_records
+
+
+def test_fit_then_eval(tmp_path, capsys):
+    db = tmp_path / "records.jsonl"
+    TuningDatabase(db).extend(fake_records(10))
+    model = tmp_path / "model.json"
+    assert main(["costmodel", "fit", "--db", str(db), "-o", str(model), "--n-estimators", "60", "--json"]) == EXIT_OK
+    fitted = json.loads(capsys.readouterr().out)
+    assert fitted["workloads"] == 10 and model.exists()
+    assert main(["costmodel", "eval", "--db", str(db), "--folds", "3", "--json"]) == EXIT_OK
+    report = json.loads(capsys.readouterr().out)
+    assert report["mode"].startswith("3-fold") and 0 <= report["mape"] and -1 <= report["spearman"] <= 1
+    other = tmp_path / "other.jsonl"
+    TuningDatabase(other).extend(fake_records(4, seed=5))
+    assert main(["costmodel", "eval", "--db", str(other), "--model", str(model)]) == EXIT_OK
+    assert "unseen workloads" in capsys.readouterr().out
+
+
+def test_bad_input_exits_2(tmp_path, capsys):
+    assert main(["costmodel", "fit", "--db", str(tmp_path / "none.jsonl")]) == EXIT_USAGE
+    assert "tvm-mpq tune" in capsys.readouterr().err
+    db = tmp_path / "records.jsonl"
+    TuningDatabase(db).extend(fake_records(3))
+    assert main(["costmodel", "eval", "--db", str(db), "--model", str(tmp_path / "nope.json")]) == EXIT_USAGE
+    assert "costmodel fit" in capsys.readouterr().err
+    assert main(["costmodel", "eval", "--db", str(db), "--folds", "1"]) == EXIT_USAGE

@@ -1,0 +1,43 @@
+"""Measured and predicted providers answer the same questions; measurements are cached in the database."""
+
+import pytest
+
+from tvm_mpq.cost_models import CostModelConfig, XGBCostModel
+from tvm_mpq.hardware import LatencyProvider, MeasuredLatency, PredictedLatency, layer_table, network_latency
+from tvm_mpq.hardware.base import pooling_seconds
+from tvm_mpq.kernels import x86
+from tvm_mpq._tvm import parse_target
+from tvm_mpq.kernels.spec import ConvSpec
+from tvm_mpq.tuning import Precision, TuningDatabase
+
+from tests.cost_models.conftest import TARGET, fake_records
+
+SPEC = ConvSpec(batch=1, in_channels=16, height=8, width=8, out_channels=16, kernel=(3, 3), padding=(1, 1, 1, 1))
+
+
+def test_predicted_provider_prices_what_the_pipeline_runs(digits_net):
+    model = XGBCostModel(config=CostModelConfig(n_estimators=50)).fit(fake_records(8))
+    hw = PredictedLatency(model, target=TARGET)
+    assert isinstance(hw, LatencyProvider) and hw.energy(SPEC, (4, 4)) is None
+    # (4, 4) on Zen 5 lowers to VNNI int8: the same as asking for that kernel
+    assert hw.latency(SPEC, (4, 4)) == pytest.approx(hw.latency(SPEC, Precision("int8", 4, 4)))
+    _, _, net = digits_net
+    bits = [(8, 8)] * len(net.layers)
+    table = layer_table(hw, net.layers, bits)
+    assert table == pytest.approx([hw.latency(l, b) for l, b in zip(net.layers, bits)])
+    pool = pooling_seconds(net)
+    assert pool > 0  # digits_cnn max-pools
+    assert network_latency(hw, net, {l.name: (8, 8) for l in net.layers}) == pytest.approx(sum(table) + pool)
+
+
+@pytest.mark.skipif(not x86.has_vnni(parse_target(None)), reason="needs AVX-512 VNNI on the host")
+def test_measured_provider_measures_once_and_caches(tmp_path):
+    path = tmp_path / "records.jsonl"
+    hw = MeasuredLatency(TuningDatabase(path), target="llvm -mcpu=znver5")
+    first = hw.latency(SPEC, Precision("int8", 8, 8))
+    assert first > 0 and len(TuningDatabase(path)) == 1
+    # a new provider on the same database answers without measuring again
+    again = MeasuredLatency(TuningDatabase(path), target="llvm -mcpu=znver5", measure=False)
+    assert again.latency(SPEC, Precision("int8", 8, 8)) == first
+    with pytest.raises(RuntimeError, match="no measurement of bitserial W1A1"):
+        again.latency(SPEC, Precision("bitserial", 1, 1))

@@ -1,0 +1,116 @@
+"""``tvm-mpq costmodel fit|eval``: train the XGBoost latency model on tuning records, report held-out error."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from dataclasses import dataclass
+
+from tvm_mpq.cli.common import EXIT_OK, UsageError
+
+
+@dataclass(frozen=True)
+class FitArgs:
+    db: str
+    out: str
+    n_estimators: int
+    max_depth: int
+    learning_rate: float
+    json: bool
+
+
+@dataclass(frozen=True)
+class EvalArgs:
+    db: str
+    model: str | None
+    folds: int
+    json: bool
+
+
+def _records(path: str):
+    from tvm_mpq.tuning import TuningDatabase
+
+    if not os.path.exists(path):
+        raise UsageError(f"no tuning database at {path}: create one with `tvm-mpq tune MODEL --db {path}`")
+    records = [r for r in TuningDatabase(path).records if r.ok]
+    if len(records) < 2:
+        raise UsageError(f"{path} has {len(records)} successful measurements; the cost model needs more (run `tvm-mpq tune`)")
+    return records
+
+
+def fit(args: FitArgs) -> int:
+    from tvm_mpq.cost_models import CostModelConfig, XGBCostModel
+
+    try:
+        config = CostModelConfig(n_estimators=args.n_estimators, max_depth=args.max_depth, learning_rate=args.learning_rate)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+    records = _records(args.db)
+    model = XGBCostModel(config=config).fit(records)
+    model.save(args.out)
+    summary = {"model": args.out, "records": model.meta["records"], "workloads": len(model.meta["trained_workloads"]),
+               "kernels": model.meta["kernels"], "target": model.meta["target"], "threads": model.meta["threads"]}
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        print(f"fitted on {summary['records']} measurements of {summary['workloads']} workloads ({', '.join(summary['kernels'])}), "
+              f"target {summary['target']}, {summary['threads']} threads -> {args.out}")
+    return EXIT_OK
+
+
+def evaluate(args: EvalArgs) -> int:
+    from tvm_mpq.cost_models import evaluate as run_eval
+    from tvm_mpq.cost_models import load_model
+
+    if args.folds < 2:
+        raise UsageError(f"--folds must be >= 2, got {args.folds}")
+    model = None
+    if args.model:
+        try:
+            model = load_model(args.model)
+        except (FileNotFoundError, ValueError) as err:
+            raise UsageError(str(err)) from None
+    try:
+        report = run_eval(_records(args.db), model=model, folds=args.folds)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+    if args.json:
+        print(json.dumps(report))
+        return EXIT_OK
+    kc = report["kernel_choice"]
+    print(f"held-out ({report['mode']}): {report['records']} measurements of {report['workloads']} workloads")
+    print(f"  MAPE {100 * report['mape']:.1f}%  median APE {100 * report['median_ape']:.1f}%  Spearman {report['spearman']:.3f}  "
+          f"per-workload rank Spearman {report['rank_spearman']:.3f}")
+    print(f"  kernel choice: {100 * kc['accuracy']:.1f}% of {kc['decisions']} (within 5% of the best: {100 * kc['within_5pct']:.1f}%, "
+          f"mean regret {100 * kc['mean_regret']:.1f}%)")
+    print(f"  {'kernel':14s} {'n':>5s} {'MAPE':>7s} {'Spearman':>9s}")
+    for kernel, e in report["by_kernel"].items():
+        print(f"  {kernel:14s} {e['n']:5d} {100 * e['mape']:6.1f}% {e['spearman']:9.3f}")
+    return EXIT_OK
+
+
+def cmd(args) -> int:
+    if args.action == "fit":
+        return fit(FitArgs(args.db, args.out, args.n_estimators, args.max_depth, args.learning_rate, args.json))
+    return evaluate(EvalArgs(args.db, args.model, args.folds, args.json))
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("costmodel", help="fit / evaluate the XGBoost latency model on tuning records")
+    actions = p.add_subparsers(dest="action", required=True)
+    f = actions.add_parser("fit", help="train on a tuning database and save the model (JSON)")
+    f.add_argument("--db", required=True, help="tuning records (JSON lines from `tvm-mpq tune`)")
+    f.add_argument("-o", "--out", default="model.json", help="model file to write (default model.json)")
+    f.add_argument("--n-estimators", type=int, default=800, help="boosting rounds")
+    f.add_argument("--max-depth", type=int, default=6, help="tree depth")
+    f.add_argument("--learning-rate", type=float, default=0.04, help="shrinkage")
+    f.add_argument("--json", action="store_true", help="print one JSON summary object")
+    e = actions.add_parser("eval", help="held-out error: MAPE, Spearman, kernel-choice agreement",
+                           description="Without --model: grouped k-fold cross-validation by workload on --db. With --model "
+                                       "(a file or 'default', the shipped one): its error on the workloads of --db it was not trained on.")
+    e.add_argument("--db", required=True, help="tuning records to evaluate on")
+    e.add_argument("--model", help="a model file, or 'default' for the shipped one")
+    e.add_argument("--folds", type=int, default=5, help="cross-validation folds (default 5)")
+    e.add_argument("--json", action="store_true", help="print the report as one JSON object")
+    p.set_defaults(func=cmd)

@@ -1,0 +1,108 @@
+"""The one interface the search uses for hardware feedback.
+
+A :class:`LatencyProvider` answers "how long does this layer take at these bits" (seconds) and,
+where it can, "how much energy" (joules). Three kinds implement it and are interchangeable:
+
+* :class:`~tvm_mpq.hardware.measured.MeasuredLatency`: compiled kernels timed on this machine or
+  on boards behind a TVM RPC tracker, every measurement cached in a tuning database;
+* :class:`~tvm_mpq.hardware.predicted.PredictedLatency`: the XGBoost cost model;
+* :class:`~tvm_mpq.hardware.simulated.BitFusion` / :class:`~tvm_mpq.hardware.simulated.BISMO`:
+  analytic accelerator models (latency and energy), for hardware that is not on the desk.
+
+``bits`` is a :class:`~tvm_mpq.policy.LayerBits` (channel groups allowed), a ``(w_bits, a_bits)``
+pair or a :class:`~tvm_mpq.tuning.Precision` (a specific kernel; CPU providers only).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Protocol, Sequence, runtime_checkable
+
+from tvm_mpq.kernels.spec import ConvSpec, DenseSpec
+
+FLOAT = 32
+
+
+@runtime_checkable
+class LatencyProvider(Protocol):
+    """What the search depends on; see the module docstring."""
+
+    name: str
+
+    def latency(self, layer, bits) -> float:
+        """Seconds for ``layer`` (a network layer or a spec) at ``bits``."""
+        ...
+
+    def energy(self, layer, bits) -> float | None:
+        """Joules for one inference of ``layer`` at ``bits`` (None: this provider has no energy model)."""
+        ...
+
+
+def spec_of(layer) -> "ConvSpec | DenseSpec":
+    spec = getattr(layer, "spec", layer)
+    if not isinstance(spec, (ConvSpec, DenseSpec)):
+        raise TypeError(f"a layer is a network layer (with .spec), a ConvSpec or a DenseSpec; got {type(layer).__name__}")
+    return spec
+
+
+def _group_spec(spec, size: int):
+    if isinstance(spec, DenseSpec):
+        return replace(spec, out_features=size)
+    return replace(spec, out_channels=size)
+
+
+def parts(layer, bits) -> list[tuple]:
+    """What runs for ``layer`` at ``bits``: ``[(spec, w_bits, a_bits) or (spec, Precision)]``, one
+    entry per channel group (a grouped layer runs one kernel per group)."""
+    spec = spec_of(layer)
+    if hasattr(bits, "kernel"):  # a Precision
+        return [(spec, bits)]
+    if hasattr(bits, "groups"):  # LayerBits
+        if bits.groups:
+            return [(_group_spec(spec, g.stop - g.start), g.w_bits, bits.a_bits) for g in bits.groups]
+        w, a = (FLOAT, FLOAT) if bits.is_float else (bits.w_bits, bits.a_bits)
+        return [(spec, w, a)]
+    try:
+        w, a = bits
+    except (TypeError, ValueError):
+        raise TypeError(f"bits are LayerBits, a (w_bits, a_bits) pair or a Precision; got {bits!r}") from None
+    return [(spec, int(w), int(a))]
+
+
+#: Bytes per second through TVM's (ScheduleGeneric) pooling ops on this CPU class: a 3x3/2 max
+#: pool of 64x112x112 float (3.2 MB in, 0.8 MB out) measured 0.54-0.83 ms in ResNet-18 profiles.
+POOL_BYTES_PER_S = 6e9
+
+
+def pooling_seconds(net, bytes_per_s: float = POOL_BYTES_PER_S) -> float:
+    """The pooling ops between layers (the same in every policy), priced by the bytes they move."""
+    return sum(in_b + out_b for _, in_b, out_b in net.pooling_ops()) / bytes_per_s
+
+
+def _resolve(net, policy) -> dict:
+    return policy.resolve(net.layer_names) if hasattr(policy, "resolve") else policy
+
+
+def network_latency(provider: LatencyProvider, net, policy) -> float:
+    """Seconds for one inference of ``net`` under ``policy`` (a QuantPolicy or ``{layer: bits}``):
+    every conv/dense layer on the kernel the pipeline picks, plus what ``provider.pooling(net)``
+    charges for the ops between layers (CPU providers: :func:`pooling_seconds`)."""
+    bits = _resolve(net, policy)
+    total = sum(layer_table(provider, net.layers, [bits[layer.name] for layer in net.layers]))
+    pooling = getattr(provider, "pooling", None)
+    return total + (pooling(net) if pooling is not None else 0.0)
+
+
+def network_energy(provider: LatencyProvider, net, policy) -> float | None:
+    """Joules for one inference (None if the provider has no energy model)."""
+    bits = _resolve(net, policy)
+    values = [provider.energy(layer, bits[layer.name]) for layer in net.layers]
+    return None if any(v is None for v in values) else float(sum(values))
+
+
+def layer_table(provider: LatencyProvider, layers: Sequence, bits: Sequence) -> list[float]:
+    """``provider.latency`` for each (layer, bits); providers with a batched ``latencies`` use it."""
+    batched = getattr(provider, "latencies", None)
+    if batched is not None:
+        return list(batched(layers, bits))
+    return [provider.latency(layer, b) for layer, b in zip(layers, bits)]

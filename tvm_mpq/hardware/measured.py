@@ -1,0 +1,66 @@
+"""Latency measured on the target: compiled kernels timed here or on RPC boards, cached in a database."""
+
+from __future__ import annotations
+
+import logging
+
+from tvm_mpq._tvm import parse_target, target_to_str
+from tvm_mpq.hardware.base import parts, pooling_seconds
+
+logger = logging.getLogger(__name__)
+
+
+class MeasuredLatency:
+    """:class:`~tvm_mpq.hardware.base.LatencyProvider` that measures what it is asked.
+
+    The answer for (layer shape, kernel, bits) is the best ``ok`` record in ``db`` (a
+    :class:`~tvm_mpq.tuning.TuningDatabase`); a point not in it is tuned on the spot (``budget``
+    knob settings, through ``runner``: local by default, or a
+    :class:`~tvm_mpq.tuning.RPCRunner` for boards) and appended to ``db``, so a search pays each
+    measurement once, across runs. ``measure=False`` answers only from the database.
+    """
+
+    name = "measured"
+
+    def __init__(self, db, *, target=None, runner=None, budget: int = 1, measure: bool = True, kernel="auto"):
+        self.db, self.runner, self.budget, self.measure, self.kernel = db, runner, budget, measure, kernel
+        self.target = parse_target(target)
+        self.target_str = target_to_str(self.target)
+        self._cache: dict[tuple, float] = {}
+
+    def _point(self, part) -> tuple:
+        from tvm_mpq.kernels.registry import lowered_kernel
+
+        if len(part) == 2:
+            spec, p = part
+            return spec, p.kernel, p.w_bits, p.a_bits
+        spec, w, a = part
+        return spec, lowered_kernel(spec.kind, w, a, self.target, getattr(spec, "in_channels", None), self.kernel), w, a
+
+    def _seconds(self, spec, kernel: str, w: int, a: int) -> float:
+        key = (spec, kernel, w, a)
+        if key in self._cache:
+            return self._cache[key]
+        record = self.db.best(spec, kernel, w, a, target=self.target_str)
+        if record is None and self.measure:
+            from tvm_mpq.tuning import Precision, TuneTask, tune
+
+            logger.info("measuring %s %s W%dA%d", spec, kernel, w, a)
+            tune([TuneTask(spec, ["?"], [Precision(kernel, w, a)])], self.db, target=self.target, budget=self.budget,
+                 runner=self.runner, progress=False)
+            record = self.db.best(spec, kernel, w, a, target=self.target_str)
+        if record is None:
+            failed = [r for r in self.db.records if r.kernel == kernel and r.w_bits == w and r.a_bits == a and r.spec == spec]
+            why = f": {failed[-1].status}: {failed[-1].error}" if failed else " (measure=False and the database has no record)"
+            raise RuntimeError(f"no measurement of {kernel} W{w}A{a} for {spec}{why}")
+        self._cache[key] = record.latency / 1e3
+        return self._cache[key]
+
+    def latency(self, layer, bits) -> float:
+        return sum(self._seconds(*self._point(part)) for part in parts(layer, bits))
+
+    def energy(self, layer, bits) -> None:
+        return None
+
+    def pooling(self, net) -> float:
+        return pooling_seconds(net)

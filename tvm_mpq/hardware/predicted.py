@@ -1,0 +1,64 @@
+"""Latency predicted by the XGBoost cost model (:mod:`tvm_mpq.cost_models`)."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from tvm_mpq._tvm import parse_target
+from tvm_mpq.hardware.base import parts, pooling_seconds
+
+
+class PredictedLatency:
+    """:class:`~tvm_mpq.hardware.base.LatencyProvider` backed by a fitted cost model.
+
+    ``model``: an :class:`~tvm_mpq.cost_models.XGBCostModel`, a path, or ``"default"`` (the
+    shipped one). ``target``/``threads`` default to what the model was trained on. ``kernel`` is
+    what ``LowerToKernels`` is given ("auto" or a registry name), so a ``(w, a)`` pair is priced on
+    the kernel the compiled model will run.
+    """
+
+    name = "predicted"
+
+    def __init__(self, model="default", *, target=None, threads: int | None = None, kernel="auto"):
+        from tvm_mpq.cost_models import XGBCostModel, load_model
+
+        self.model = model if isinstance(model, XGBCostModel) else load_model(str(model))
+        self.target = parse_target(target if target is not None else self.model.meta.get("target"))
+        self.threads = threads
+        self.kernel = kernel
+
+    def _points(self, layer, bits) -> list[tuple]:
+        from tvm_mpq.kernels.registry import lowered_kernel
+
+        points = []
+        for part in parts(layer, bits):
+            if len(part) == 2:
+                spec, p = part
+                points.append((spec, p.kernel, p.w_bits, p.a_bits, None))
+            else:
+                spec, w, a = part
+                kernel = lowered_kernel(spec.kind, w, a, self.target, getattr(spec, "in_channels", None), self.kernel)
+                points.append((spec, kernel, w, a, None))
+        return points
+
+    def latencies(self, layers: Sequence, bits: Sequence) -> list[float]:
+        """Seconds for each (layer, bits), in one model call."""
+        points, owner = [], []
+        for i, (layer, b) in enumerate(zip(layers, bits)):
+            for point in self._points(layer, b):
+                points.append(point)
+                owner.append(i)
+        ms = self.model.predict_points(points, target=self.target, threads=self.threads)
+        out = [0.0] * len(layers)
+        for i, value in zip(owner, ms):
+            out[i] += float(value) / 1e3
+        return out
+
+    def latency(self, layer, bits) -> float:
+        return self.latencies([layer], [bits])[0]
+
+    def energy(self, layer, bits) -> None:
+        return None
+
+    def pooling(self, net) -> float:
+        return pooling_seconds(net)
