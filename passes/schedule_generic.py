@@ -18,8 +18,10 @@ logger = logging.getLogger(__name__)
 
 #: fused outer iterations to aim for (coarse tasks for the thread pool)
 PARALLEL_TASKS = 64
-#: widest vector a reduction block's inner spatial loop is cut to (16 x float32 = one AVX-512 register)
+#: vector of a matmul-like reduction block (16 x float32 = one AVX-512 register)
 VECTOR_LANES = 16
+#: widest output row kept as one vector in a conv/pooling reduction block
+ROW_LANES = 256
 #: fused outer iterations below which a parallel loop does not pay
 MIN_PARALLEL = 2
 
@@ -48,12 +50,16 @@ def _inline_padding(sch: Schedule) -> None:
 def _vectorize_reduction(sch: Schedule, block, loops, spatial: int) -> list:
     """A reduction block (pooling, a float dense or conv): reduction loops moved outside a vector
     of the innermost spatial loop (a window max over a row of outputs; the init runs at the first
-    tap). The vector is the largest divisor of that loop up to :data:`VECTOR_LANES`: a whole
-    1000-wide loop as one LLVM vector took minutes to compile. Returns the loops left outside."""
+    tap). The vector is the largest divisor of that loop up to a cap: a float dense's 1000 outputs as
+    one LLVM vector took 199 s to compile; cut to 16 lanes (one register, the accumulator stays in
+    it across the reduction) it builds in 0.1 s and runs 0.23 ms. A conv's output row keeps its
+    whole width (up to :data:`ROW_LANES`): cutting a 56-wide row to 14 lanes made a 64-channel 3x3
+    conv 3x slower. Returns the loops left outside."""
     extent = int(sch.get(loops[spatial - 1]).extent) if 0 < spatial <= len(loops) else 0
     if spatial < 2 or spatial == len(loops) or extent < 4:
         return loops
-    lanes = max(d for d in range(1, min(extent, VECTOR_LANES) + 1) if extent % d == 0)
+    cap = VECTOR_LANES if spatial == 2 else ROW_LANES
+    lanes = max(d for d in range(1, min(extent, cap) + 1) if extent % d == 0)
     if lanes < 4:
         return loops
     outer, inner = sch.split(loops[spatial - 1], [None, lanes])

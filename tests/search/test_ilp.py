@@ -1,0 +1,80 @@
+"""The ILP bit allocation is exact: it matches brute force, honours budgets and ties, and explains infeasibility."""
+
+import itertools
+import time
+
+import numpy as np
+import pytest
+
+from tvm_mpq.search.ilp import InfeasibleBudget, Problem, solve
+
+
+def random_problem(n_layers=5, n_opts=4, seed=0, ties=()):
+    rng = np.random.default_rng(seed)
+    lat = rng.uniform(0.1, 1.0, (n_layers, n_opts))
+    err = 1.0 / lat * rng.uniform(0.5, 1.5, (n_layers, n_opts))  # faster options err more
+    size = rng.uniform(1, 10, (n_layers, n_opts))
+    names = [f"l{i}" for i in range(n_layers)]
+    opts = [list(range(n_opts))] * n_layers
+    return Problem(names, opts, err.tolist(), lat.tolist(), size=size.tolist(), ties=[list(t) for t in ties])
+
+
+def brute_force(p, lat_budget, size_budget=None):
+    best = None
+    for pick in itertools.product(*[range(len(o)) for o in p.options]):
+        if any(len({pick[p.layers.index(n)] for n in group}) > 1 for group in p.ties):
+            continue
+        lat = sum(p.latency[l][j] for l, j in enumerate(pick))
+        size = sum(p.size[l][j] for l, j in enumerate(pick))
+        if lat > lat_budget or (size_budget is not None and size > size_budget):
+            continue
+        err = sum(p.error[l][j] for l, j in enumerate(pick))
+        if best is None or err < best[0]:
+            best = (err, pick)
+    return best
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_matches_brute_force(seed):
+    p = random_problem(seed=seed, ties=[("l1", "l3")] if seed % 2 else ())
+    lat_min, lat_max = sum(min(r) for r in p.latency), sum(max(r) for r in p.latency)
+    for frac in (0.3, 0.6, 0.9):
+        budget = lat_min + frac * (lat_max - lat_min)
+        size_budget = 30.0 if seed == 2 else None
+        expected = brute_force(p, budget, size_budget)
+        if expected is None:
+            with pytest.raises(InfeasibleBudget):
+                solve(p, latency_budget=budget, size_budget=size_budget)
+            continue
+        sol = solve(p, latency_budget=budget, size_budget=size_budget)
+        assert sol.objective == pytest.approx(expected[0])
+        assert sol.totals["latency"] <= budget + 1e-9
+        if p.ties:
+            assert sol.index["l1"] == sol.index["l3"]
+
+
+def test_infeasible_budget_names_the_least_achievable():
+    p = random_problem()
+    least = sum(min(r) for r in p.latency)
+    with pytest.raises(InfeasibleBudget, match="least achievable") as info:
+        solve(p, latency_budget=0.5 * least)
+    assert info.value.minimum["latency"] == pytest.approx(least)
+    with pytest.raises(ValueError, match="energy table"):
+        solve(p, energy_budget=1.0)
+
+
+def test_fast_on_a_network_sized_problem():
+    p = random_problem(n_layers=60, n_opts=20, seed=3)
+    budget = 0.5 * (sum(min(r) for r in p.latency) + sum(max(r) for r in p.latency))
+    t0 = time.perf_counter()
+    sol = solve(p, latency_budget=budget)
+    assert time.perf_counter() - t0 < 30 and sol.status == "optimal" and sol.totals["latency"] <= budget + 1e-9
+
+
+def test_bad_tables_are_refused():
+    with pytest.raises(ValueError, match="2 entries for 3 options"):
+        Problem(["a"], [[1, 2, 3]], [[0.1, 0.2]], [[1, 2, 3]])
+    with pytest.raises(ValueError, match="not in the problem"):
+        Problem(["a"], [[1]], [[0.1]], [[1.0]], ties=[["a", "b"]])
+    with pytest.raises(ValueError, match="non-finite"):
+        Problem(["a"], [[1]], [[float("nan")]], [[1.0]])
