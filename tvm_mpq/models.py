@@ -29,9 +29,11 @@ __all__ = [
     "InvertedResidual",
     "MobileNetV2",
     "DigitsCNN",
+    "DigitsResNet",
     "resnet18",
     "mobilenet_v2",
     "digits_cnn",
+    "digits_resnet",
     "register",
     "available",
     "get",
@@ -260,6 +262,33 @@ class DigitsCNN(nn.Module):
         return self.fc(torch.flatten(x, 1))
 
 
+class DigitsResNet(nn.Module):
+    """ResNet-18 layout for 1x32x32 digits: a 3x3 stem at full resolution (no max pool), four
+    stages of two BasicBlocks at ``width``, 2, 4, 8 x ``width``; about 0.55 GMAC at width 64, so
+    the convolutions dominate latency (what a mixed-precision search is for)."""
+
+    def __init__(self, num_classes: int = 10, width: int = 64) -> None:
+        super().__init__()
+        self.inplanes = width
+        self.conv1 = nn.Conv2d(1, width, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.relu = nn.ReLU(inplace=True)
+        self.layer1 = ResNet._make_layer(self, width, 2)
+        self.layer2 = ResNet._make_layer(self, 2 * width, 2, stride=2)
+        self.layer3 = ResNet._make_layer(self, 4 * width, 2, stride=2)
+        self.layer4 = ResNet._make_layer(self, 8 * width, 2, stride=2)
+        self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
+        self.fc = nn.Linear(8 * width, num_classes)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.relu(self.bn1(self.conv1(x)))
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return self.fc(torch.flatten(self.avgpool(x), 1))
+
+
 # ---------------------------------------------------------------------------
 # registry
 # ---------------------------------------------------------------------------
@@ -324,6 +353,13 @@ def mobilenet_v2(num_classes: int = 1000) -> MobileNetV2:
 def digits_cnn(num_classes: int = 10) -> DigitsCNN:
     """Small CNN for 1x32x32 digit images, deterministic random weights, eval mode."""
     return _build(lambda: DigitsCNN(num_classes=num_classes))  # type: ignore[return-value]
+
+
+@register("digits_resnet", input_shape=(1, 32, 32))
+def digits_resnet(num_classes: int = 10, width: int = 64) -> DigitsResNet:
+    """ResNet for the digits task (:class:`DigitsResNet`), deterministic random weights, eval mode;
+    trained weights: :func:`tvm_mpq.quant.finetune.pretrained`."""
+    return _build(lambda: DigitsResNet(num_classes=num_classes, width=width))  # type: ignore[return-value]
 
 
 def _positive_int(name: str, value: object) -> int:
