@@ -76,7 +76,7 @@ def train(model: nn.Module, split: "digits_data.Split", recipe: Recipe = Recipe(
             loss.backward()
             opt.step()
             sched.step()
-            total, n = total + float(loss) * len(y), n + len(y)
+            total, n = total + float(loss.detach()) * len(y), n + len(y)
         if log_every and (epoch + 1) % log_every == 0:
             logger.info("epoch %d/%d: loss %.4f (%.1f s)", epoch + 1, recipe.epochs, total / n, time.perf_counter() - t0)
     return model.eval()
