@@ -1,0 +1,198 @@
+"""How much each layer's quantization hurts: the error terms of the ILP search.
+
+Two estimators, both separable into a weight part and an activation part per layer
+(``error(l, w, a) = weight[l][w] + act[l][a]``, the additive model HAWQ and OHQ optimize):
+
+* :func:`hessian_sensitivity` (HAWQ-V2/V3): the average Hessian trace of the loss with respect to
+  the layer's weights (and, for activations, its input), estimated with Hutchinson's method
+  (``E[v^T H v]`` over Rademacher ``v``, Hessian-vector products by double backprop), times the
+  squared quantization perturbation ``||Q_b(W) - W||^2`` (``||Q_a(x) - x||^2`` on the data).
+* :func:`kl_sensitivity` (OHQ's mask-guided estimate): quantize one layer at a time (its weights
+  at ``w`` bits, or its input at ``a`` bits, everything else float) and measure the KL divergence of
+  the network's output distribution from the float one on a few batches.
+
+Quantization is the project's own (:mod:`tvm_mpq.quant.qparams`): per-channel weight codes and
+the calibrated activation quantizer, dequantized to float32 (what the integer kernels compute, up
+to float rounding).
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Iterable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tvm_mpq.quant.calibrate import Calibration, quantizable_modules
+from tvm_mpq.quant.fold import fold_batchnorm
+from tvm_mpq.quant.qparams import ActQuant, quantize_weight
+from tvm_mpq.quant.simulate import module_supported
+
+
+@dataclass
+class Sensitivity:
+    """``weight[layer][w_bits]`` and ``act[layer][a_bits]`` error terms (larger = more harmful)."""
+
+    weight: dict[str, dict[int, float]]
+    act: dict[str, dict[int, float]]
+    method: str
+    meta: dict = field(default_factory=dict)
+
+    def error(self, layer: str, w_bits: int, a_bits: int) -> float:
+        try:
+            return self.weight[layer][w_bits] + self.act[layer][a_bits]
+        except KeyError:
+            raise ValueError(f"no sensitivity for layer {layer!r} at W{w_bits}A{a_bits}: "
+                             f"estimated bits are w {sorted(self.weight.get(layer, {}))}, a {sorted(self.act.get(layer, {}))}") from None
+
+    def to_dict(self) -> dict:
+        return {"method": self.method, "meta": self.meta,
+                "weight": {l: {str(b): v for b, v in d.items()} for l, d in self.weight.items()},
+                "act": {l: {str(b): v for b, v in d.items()} for l, d in self.act.items()}}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Sensitivity":
+        return cls({l: {int(b): float(v) for b, v in x.items()} for l, x in d["weight"].items()},
+                   {l: {int(b): float(v) for b, v in x.items()} for l, x in d["act"].items()}, d["method"], d.get("meta", {}))
+
+
+def fake_quant_act(x: torch.Tensor, aq: ActQuant) -> torch.Tensor:
+    """``scale * (code - zero_point)`` with the kernels' codes (float32)."""
+    code = torch.clamp(torch.round(x * aq.inv_scale) + aq.zero_point, 0, aq.qmax)
+    return (code - aq.zero_point) * aq.scale
+
+
+def dequantized_weight(weight: torch.Tensor, bits: int) -> torch.Tensor:
+    wq = quantize_weight(weight.detach().cpu().numpy(), bits)
+    return torch.from_numpy(wq.dequantize()).to(weight.dtype)
+
+
+def _model_of(model_or_net, calibration: Calibration) -> nn.Module:
+    """A BatchNorm-folded copy (what the kernels quantize), without in-place activations (the
+    Hessian's double backprop needs every intermediate)."""
+    if hasattr(model_or_net, "layers") and hasattr(model_or_net, "model"):
+        model = copy.deepcopy(model_or_net.model)
+    else:
+        model = fold_batchnorm(model_or_net, tuple(torch.zeros(s) for s in calibration.input_shapes))
+    for m in model.modules():
+        if hasattr(m, "inplace"):
+            m.inplace = False
+    return model.eval()
+
+
+def _layers(model: nn.Module, layers: Sequence[str] | None) -> dict[str, nn.Module]:
+    modules = {n: m for n, m in quantizable_modules(model).items() if module_supported(m)}
+    if layers is None:
+        return modules
+    unknown = [l for l in layers if l not in modules]
+    if unknown:
+        raise ValueError(f"unknown or unsupported layer(s) {unknown}; quantizable layers: {list(modules)}")
+    return {l: modules[l] for l in layers}
+
+
+class _InputQuant:
+    """Forward pre-hook that fake-quantizes a module's input."""
+
+    def __init__(self, aq: ActQuant):
+        self.aq = aq
+
+    def __call__(self, module, args):
+        return (fake_quant_act(args[0], self.aq), *args[1:])
+
+
+def _kl(ref_logp: torch.Tensor, logits: torch.Tensor) -> float:
+    return float(F.kl_div(F.log_softmax(logits, 1), ref_logp, log_target=True, reduction="batchmean"))
+
+
+@torch.no_grad()
+def kl_sensitivity(model_or_net, calibration: Calibration, batches: Iterable, *, w_bits: Sequence[int] = (1, 2, 3, 4, 8),
+                   a_bits: Sequence[int] = (2, 3, 4, 8), layers: Sequence[str] | None = None) -> Sensitivity:
+    """OHQ-style: KL(float || one layer quantized) on ``batches`` (tensors or ``(x, y)`` pairs)."""
+    model = _model_of(model_or_net, calibration)
+    xs = [b[0] if isinstance(b, (tuple, list)) else b for b in batches]
+    refs = [F.log_softmax(model(x), 1) for x in xs]
+    weight, act = {}, {}
+    for name, module in _layers(model, layers).items():
+        original = module.weight.data.clone()
+        weight[name] = {}
+        for b in w_bits:
+            module.weight.data = dequantized_weight(original, b)
+            weight[name][b] = float(np.mean([_kl(r, model(x)) for r, x in zip(refs, xs)]))
+        module.weight.data = original
+        act[name] = {}
+        for b in a_bits:
+            handle = module.register_forward_pre_hook(_InputQuant(calibration.act_quant(name, b)))
+            act[name][b] = float(np.mean([_kl(r, model(x)) for r, x in zip(refs, xs)]))
+            handle.remove()
+    return Sensitivity(weight, act, "kl", {"batches": len(xs)})
+
+
+def hessian_sensitivity(model_or_net, calibration: Calibration, batches: Iterable, *, w_bits: Sequence[int] = (1, 2, 3, 4, 8),
+                        a_bits: Sequence[int] = (2, 3, 4, 8), layers: Sequence[str] | None = None, samples: int = 16,
+                        seed: int = 0) -> Sensitivity:
+    """HAWQ-style: mean Hessian trace (Hutchinson, ``samples`` probes per batch) x ``||dW||^2``.
+
+    ``batches`` must be ``(x, y)`` pairs: the Hessian is of the cross-entropy loss on labels.
+    """
+    model = _model_of(model_or_net, calibration)
+    modules = _layers(model, layers)
+    gen = torch.Generator().manual_seed(seed)
+    w_trace = {n: 0.0 for n in modules}
+    a_trace = {n: 0.0 for n in modules}
+    a_pert = {n: {b: 0.0 for b in a_bits} for n in modules}
+    n_batches = 0
+    for batch in batches:
+        if not (isinstance(batch, (tuple, list)) and len(batch) == 2):
+            raise ValueError("hessian_sensitivity needs labelled batches (x, y): the Hessian is of the loss")
+        x, y = batch
+        inputs: dict[str, torch.Tensor] = {}
+        hooks = [m.register_forward_pre_hook(_Capture(inputs, n)) for n, m in modules.items()]
+        loss = F.cross_entropy(model(x), y)
+        for h in hooks:
+            h.remove()
+        params = [modules[n].weight for n in modules]
+        acts = [inputs[n] for n in modules]
+        grads = torch.autograd.grad(loss, params + acts, create_graph=True)
+        for _ in range(samples):
+            vs = [torch.randint(0, 2, g.shape, generator=gen).to(g.dtype) * 2 - 1 for g in grads]
+            hv = torch.autograd.grad(grads, params + acts, grad_outputs=vs, retain_graph=True)
+            for i, n in enumerate(modules):
+                w_trace[n] += float((hv[i] * vs[i]).sum()) / params[i].numel() / samples
+                j = len(params) + i
+                a_trace[n] += float((hv[j] * vs[j]).sum()) / acts[i].numel() / samples
+        with torch.no_grad():
+            for n in modules:
+                for b in a_bits:
+                    a_pert[n][b] += float(((fake_quant_act(inputs[n], calibration.act_quant(n, b)) - inputs[n]) ** 2).sum())
+        n_batches += 1
+    if n_batches == 0:
+        raise ValueError("hessian_sensitivity got no batches")
+    weight, act = {}, {}
+    for n, m in modules.items():
+        tw, ta = max(w_trace[n] / n_batches, 0.0), max(a_trace[n] / n_batches, 0.0)
+        w = m.weight.detach()
+        weight[n] = {b: tw * float(((dequantized_weight(w, b) - w) ** 2).sum()) for b in w_bits}
+        act[n] = {b: ta * a_pert[n][b] / n_batches for b in a_bits}
+    return Sensitivity(weight, act, "hessian", {"batches": n_batches, "samples": samples,
+                                                "weight_trace": {n: w_trace[n] / n_batches for n in modules},
+                                                "act_trace": {n: a_trace[n] / n_batches for n in modules}})
+
+
+class _Capture:
+    """Forward pre-hook that records a module's input (part of the autograd graph)."""
+
+    def __init__(self, store: dict, name: str):
+        self.store, self.name = store, name
+
+    def __call__(self, module, args):
+        x = args[0]
+        if not x.requires_grad:
+            x = x.detach().requires_grad_(True)
+            self.store[self.name] = x
+            return (x, *args[1:])
+        self.store[self.name] = x
+        return None
