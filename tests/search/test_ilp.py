@@ -78,3 +78,35 @@ def test_bad_tables_are_refused():
         Problem(["a"], [[1]], [[0.1]], [[1.0]], ties=[["a", "b"]])
     with pytest.raises(ValueError, match="non-finite"):
         Problem(["a"], [[1]], [[float("nan")]], [[1.0]])
+
+
+def test_network_search_meets_the_budget(digits_net):
+    import torch
+
+    import tvm_mpq
+    from tvm_mpq.hardware import BitFusion, network_energy, network_latency
+    from tvm_mpq.quant.sensitivity import kl_sensitivity
+    from tvm_mpq.search.ilp import ilp_search
+
+    _, inputs, net = digits_net
+    g = torch.Generator().manual_seed(0)
+    xs = [torch.randn((8, *inputs[0].shape[1:]), generator=g)]
+    cal = tvm_mpq.calibrate(net, xs)
+    sens = kl_sensitivity(net, cal, xs, w_bits=(1, 2, 4, 8), a_bits=(2, 4, 8))
+    hw = BitFusion()
+    ends = {net.layer_names[0]: (8, 8), net.layer_names[-1]: (8, 8)}
+    eight = network_latency(hw, net, {n: (8, 8) for n in net.layer_names})
+    results = []
+    for frac in (0.95, 0.85, 0.7):
+        r = ilp_search(net, hw, sens, latency_budget_s=frac * eight, w_bits=(1, 2, 4, 8), a_bits=(2, 4, 8), fixed=ends)
+        bits = r.policy.resolve(net.layer_names)
+        assert (bits[net.layer_names[0]].w_bits, bits[net.layer_names[0]].a_bits) == (8, 8)
+        assert network_latency(hw, net, r.policy) <= frac * eight * (1 + 1e-9)
+        assert r.predicted_latency_s == pytest.approx(network_latency(hw, net, r.policy))
+        results.append(r.objective)
+    assert results[0] <= results[1] <= results[2]  # tighter budgets cost accuracy
+    r = ilp_search(net, hw, sens, latency_budget_s=eight, energy_budget_j=0.5 * network_energy(hw, net, {n: (8, 8) for n in net.layer_names}),
+                   w_bits=(1, 2, 4, 8), a_bits=(2, 4, 8))
+    assert r.info["energy_j"] <= 0.5 * network_energy(hw, net, {n: (8, 8) for n in net.layer_names}) + 1e-15
+    with pytest.raises(InfeasibleBudget):
+        ilp_search(net, hw, sens, latency_budget_s=1e-9, w_bits=(1, 2, 4, 8), a_bits=(2, 4, 8))

@@ -133,3 +133,58 @@ def solve(problem: Problem, *, latency_budget: float | None = None, size_budget:
 def _least_total(problem: Problem, table: Sequence[Sequence[float]]) -> float:
     """The least achievable sum of ``table`` (ties ignored: a lower bound)."""
     return float(sum(min(row) for row in table))
+
+
+@dataclass
+class SearchResult:
+    """What every search method returns."""
+
+    policy: object  # QuantPolicy
+    method: str
+    predicted_latency_s: float
+    objective: float
+    info: dict = field(default_factory=dict)
+
+
+def ilp_search(net, provider, sensitivity, *, latency_budget_s: float | None = None, size_budget_bytes: float | None = None,
+               energy_budget_j: float | None = None, w_bits: Sequence[int] = (1, 2, 3, 4, 8), a_bits: Sequence[int] = (2, 3, 4, 8),
+               fixed: Mapping[str, tuple[int, int]] | None = None, ties: Sequence[Sequence[str]] = (),
+               time_limit: float = 60.0) -> SearchResult:
+    """The bits per layer of ``net`` minimizing the summed ``sensitivity`` error under the budgets.
+
+    ``provider``: a :class:`~tvm_mpq.hardware.LatencyProvider` (its ``pooling(net)``, if any, is
+    taken off the latency budget); ``fixed``: layers held at given ``(w, a)`` (e.g. the first and
+    last at 8/8); ``ties``: groups of layers that must share their bits.
+    """
+    from tvm_mpq.hardware.base import layer_table
+    from tvm_mpq.policy import LayerBits, QuantPolicy
+
+    fixed = dict(fixed or {})
+    layers = [l for l in net.layers if l.supported]
+    names, options = [], []
+    for layer in layers:
+        opts = [tuple(fixed[layer.name])] if layer.name in fixed else [(w, a) for w in w_bits for a in a_bits]
+        names.append(layer.name)
+        options.append(opts)
+    flat_layers = [layer for layer, opts in zip(layers, options) for _ in opts]
+    flat_bits = [o for opts in options for o in opts]
+    seconds = layer_table(provider, flat_layers, flat_bits)
+    latency, error, size, energy, k = [], [], [], [], 0
+    has_energy = energy_budget_j is not None
+    for layer, opts in zip(layers, options):
+        latency.append(seconds[k:k + len(opts)])
+        k += len(opts)
+        error.append([sensitivity.error(layer.name, w, a) for w, a in opts])
+        size.append([float(np.prod(layer.weight_shape)) * w / 8.0 for w, _ in opts])
+        if has_energy:
+            energy.append([provider.energy(layer, o) for o in opts])
+    pooling = getattr(provider, "pooling", None)
+    fixed_s = pooling(net) if pooling is not None else 0.0
+    problem = Problem(names, options, error, latency, size=size, energy=energy if has_energy else None, ties=[list(t) for t in ties])
+    budget = None if latency_budget_s is None else latency_budget_s - fixed_s
+    solution = solve(problem, latency_budget=budget, size_budget=size_budget_bytes, energy_budget=energy_budget_j, time_limit=time_limit)
+    policy = QuantPolicy({n: LayerBits(w, a) for n, (w, a) in solution.choice.items()})
+    return SearchResult(policy, "ilp", solution.totals["latency"] + fixed_s, solution.objective,
+                        {"status": solution.status, "size_bytes": solution.totals.get("size"), "energy_j": solution.totals.get("energy"),
+                         "pooling_s": fixed_s, "provider": getattr(provider, "name", type(provider).__name__),
+                         "sensitivity": getattr(sensitivity, "method", "?")})
