@@ -104,3 +104,90 @@ def pretrained(name: str = "digits_resnet", recipe: Recipe = Recipe(), *, retrai
     torch.save(model.state_dict(), tmp)
     os.replace(tmp, path)
     return model.eval(), inputs
+
+
+# ---------------------------------------------------------------------------------------------
+# quantization-aware finetuning (straight-through estimator)
+# ---------------------------------------------------------------------------------------------
+class QATLayer(nn.Module):
+    """A conv / linear that trains through the project's quantizers (straight-through gradients).
+
+    Activations use the calibrated quantizer (:func:`~tvm_mpq.quant.sensitivity.fake_quant_act`);
+    weights the per-channel codes of :func:`~tvm_mpq.quant.qparams.quantize_weight` with scales
+    refreshed by :meth:`refresh_scales` (the scale search is too slow for every step).
+    """
+
+    def __init__(self, module: nn.Module, channel_bits, aq):
+        super().__init__()
+        self.module, self.aq = module, aq
+        self.register_buffer("bits", torch.as_tensor(channel_bits, dtype=torch.float32))
+        self.register_buffer("scale", torch.ones(module.weight.shape[0]))
+        self.refresh_scales()
+
+    @torch.no_grad()
+    def refresh_scales(self) -> None:
+        from tvm_mpq.quant.qparams import quantize_weight
+
+        wq = quantize_weight(self.module.weight.detach().numpy(), self.bits.numpy().astype("int32"))
+        self.scale.copy_(torch.from_numpy(wq.scale))
+
+    def quantized_weight(self) -> torch.Tensor:
+        w = self.module.weight
+        shape = (-1,) + (1,) * (w.dim() - 1)
+        wmax = (2.0 ** self.bits - 1).view(shape)
+        s = torch.where(self.scale > 0, self.scale, torch.ones_like(self.scale)).view(shape)
+        code = torch.clamp(torch.round((w / s + wmax) / 2), torch.zeros_like(wmax), wmax)
+        wq = (2 * code - wmax) * self.scale.view(shape)
+        return w + (wq - w).detach()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        from tvm_mpq.quant.sensitivity import fake_quant_act
+
+        xq = x + (fake_quant_act(x, self.aq) - x).detach()
+        w = self.quantized_weight()
+        if isinstance(self.module, nn.Linear):
+            return F.linear(xq, w, self.module.bias)
+        m = self.module
+        return F.conv2d(xq, w, m.bias, m.stride, m.padding, m.dilation, m.groups)
+
+
+def qat(net, policy, calibration, split: "digits_data.Split", recipe: Recipe = Recipe(epochs=4, lr=0.005)):
+    """Quantization-aware finetune of ``net`` under ``policy``; returns a new imported Network
+    whose (BatchNorm-folded) weights are the finetuned ones, ready for ``tvm_mpq.build`` with the
+    same ``calibration``."""
+    import copy
+
+    import tvm_mpq
+    from tvm_mpq.quant.calibrate import quantizable_modules
+    from tvm_mpq.quant.fold import _set_submodule
+    from tvm_mpq.quant.simulate import module_supported
+
+    model = copy.deepcopy(net.model)
+    modules = quantizable_modules(model)
+    resolved = policy.resolve(list(modules), {n: module_supported(m) for n, m in modules.items()})
+    wrapped: dict[str, QATLayer] = {}
+    for name, bits in resolved.items():
+        if bits.is_float:
+            continue
+        layer = QATLayer(modules[name], bits.channel_bits(modules[name].weight.shape[0]), calibration.act_quant(name, bits.a_bits))
+        _set_submodule(model, name, layer)
+        wrapped[name] = layer
+    torch.manual_seed(recipe.seed)
+    opt = torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=0.9, nesterov=True, weight_decay=recipe.weight_decay)
+    steps = recipe.epochs * math.ceil(len(split) / recipe.batch_size)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
+    model.train()
+    for epoch in range(recipe.epochs):
+        for layer in wrapped.values():
+            layer.refresh_scales()
+        for x, y in split.batches(recipe.batch_size, shuffle=True, seed=recipe.seed * 1000 + epoch, augment=True):
+            loss = F.cross_entropy(model(x), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+        logger.info("QAT epoch %d/%d: last loss %.4f", epoch + 1, recipe.epochs, float(loss.detach()))
+    for name, layer in wrapped.items():
+        _set_submodule(model, name, layer.module)
+    model.eval()
+    return tvm_mpq.import_torch(model, net.example_inputs)
