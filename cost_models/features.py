@@ -41,6 +41,7 @@ DERIVED_NAMES = (
     "is_conv", "is_depthwise", "is_dense", "is_grouped", "w_bits", "a_bits", "bit_products", "split8",
     "log2_macs", "log2_work", "log2_pixels", "log2_in_bytes", "log2_out_bytes", "log2_weight_bytes",
     "log2_estimate_ms", "channel_fill64", "out_fill16", "out_fill8", "width_fill16", "cores",
+    "reduction_words64", "lane_fill", "tile_size", "amx_k_tiles", "log2_tasks", "thread_balance",
 )
 FEATURE_NAMES = (
     SHAPE_NAMES + DERIVED_NAMES + tuple(f"kernel_{k}" for k in KERNEL_NAMES)
@@ -89,6 +90,42 @@ def analytic_ms(spec, kernel: str, w_bits: int, a_bits: int, cores: int = 1) -> 
     return 1e3 * (compute + sum(bytes_moved(spec, kernel, w_bits)) / BANDWIDTH)
 
 
+#: Terms of the per-kernel linear prior (see :func:`prior_terms`).
+PRIOR_TERMS = ("one", "work", "padded_work", "in_elems", "in_planes", "out_elems", "weight_bytes")
+
+
+def padded_work(spec, kernel: str, w_bits: int, a_bits: int) -> float:
+    """Work including what each kernel's blocking pads: channels to the 64-bit word (bit-serial),
+    to 4 bytes and outputs to 16 lanes (VNNI), to a 64-byte tile row and 16x16 tiles (AMX)."""
+    if isinstance(spec, DenseSpec):
+        pixels, c, taps, o = spec.batch, spec.in_features, 1, spec.out_features
+    else:
+        if kernel == "amx":
+            spec = amx.gemm_spec(spec)
+        pixels, c, taps, o = spec.batch * spec.out_height * spec.out_width, spec.in_channels // spec.groups, spec.kernel[0] * spec.kernel[1], spec.out_channels
+        if spec.groups > 1:
+            return float(spec.macs)
+    pad = lambda n, b: ceil_div(n, b) * b  # noqa: E731
+    if kernel.startswith("bitserial"):
+        return float(pad(o, bitserial_x86.OC_GROUP) * pixels * pad(c, 64) * taps * w_bits * a_bits)
+    if kernel == "int8":
+        return float(pad(o, 16) * pixels * pad(c, 4) * taps)
+    if kernel == "amx":
+        return float(pad(o, 16) * pad(pixels, 16) * pad(c, 64) * taps)
+    return float(spec.macs)
+
+
+def prior_terms(spec, kernel: str, w_bits: int, a_bits: int) -> np.ndarray:
+    """What a kernel's time is made of, to first order (a row of :data:`PRIOR_TERMS`): a constant,
+    MACs (binary MACs for bit-serial), padded MACs, input elements quantized (and bit planes
+    packed), output elements through the epilogue, weight bytes streamed."""
+    in_b, out_b, w_b = bytes_moved(spec, kernel, w_bits)
+    in_elems, out_elems = in_b / 4.0, out_b / 4.0
+    planes = a_bits if kernel.startswith("bitserial") else 1
+    return np.array([1.0, work(spec, kernel, w_bits, a_bits), padded_work(spec, kernel, w_bits, a_bits), in_elems,
+                     in_elems * planes, out_elems, w_b])
+
+
 def _fill(n: int, block: int) -> float:
     return n / (ceil_div(n, block) * block)
 
@@ -119,6 +156,23 @@ def featurize(spec, kernel: str, w_bits: int, a_bits: int, knobs: Mapping[str, A
         "width_fill16": _fill(shape["out_width"], 16), "cores": cores,
     }
     knobs = dict(knobs or {})
+    c_per_group = shape["reduction"] // (shape["kernel_h"] * shape["kernel_w"])
+    taps = shape["kernel_h"] * shape["kernel_w"]
+    lanes = bitserial_x86.pixel_lanes(shape["out_width"])
+    if isinstance(spec, ConvSpec) and kind == "conv2d":
+        g = amx.gemm_spec(spec)
+        amx_k = ceil_div(g.in_channels, 64) * g.kernel[0] * g.kernel[1]
+    else:
+        amx_k = ceil_div(c_per_group, 64) * taps
+    tasks = shape["batch"] * shape["out_height"] * ceil_div(shape["out_channels"], 16)
+    tile = 1.0
+    for a_key, b_key in (("ow_block", "oc_blocks"), ("oc_block", "ow_vectors"), ("mt", "nt")):
+        if a_key in knobs and b_key in knobs:
+            tile = float(knobs[a_key]) * float(knobs[b_key])
+    derived.update({
+        "reduction_words64": ceil_div(c_per_group, 64) * taps, "lane_fill": _fill(shape["out_width"], lanes), "tile_size": tile,
+        "amx_k_tiles": amx_k, "log2_tasks": math.log2(tasks), "thread_balance": tasks / (ceil_div(tasks, cores) * cores),
+    })
     row = (
         [float(shape[n]) for n in SHAPE_NAMES] + [float(derived[n]) for n in DERIVED_NAMES]
         + [float(kernel == k) for k in KERNEL_NAMES] + [float(bool(isa.get(f, False))) for f in ISA_FEATURES]

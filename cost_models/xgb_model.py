@@ -5,8 +5,11 @@
     ms = model.predict([spec], [Precision("bitserial", 1, 2)])      # one kernel, default knobs
     model.save("model.json"); XGBCostModel.load("model.json")
 
-Trees regress ``log(measured / analytic estimate)`` (see :mod:`tvm_mpq.cost_models.features`), so
-the prediction is ``estimate * exp(tree output)``. The model file is one JSON document: config,
+Two stages. A per-kernel *prior*: non-negative coefficients of a few physical terms (constant,
+MACs, padded MACs, input elements and bit planes packed, outputs through the epilogue, weight bytes;
+:func:`~tvm_mpq.cost_models.features.prior_terms`) fitted to the relative error, which extrapolates
+to shapes unlike the training ones. Then trees regress ``log(measured / prior)`` from the point's
+features, so the prediction is ``prior * exp(tree output)``. The model file is one JSON document: config,
 metadata (training target, threads, trained workloads, held-out errors) and the booster (XGBoost's
 UBJSON, base64).
 """
@@ -24,11 +27,13 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from tvm_mpq.cost_models.features import FEATURE_NAMES, analytic_ms, featurize, isa_flags
+from tvm_mpq.cost_models.features import FEATURE_NAMES, PRIOR_TERMS, analytic_ms, featurize, isa_flags, prior_terms
 
 logger = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
+#: The trees' inputs: the point's features and the log of the fitted prior's estimate.
+MODEL_FEATURES = FEATURE_NAMES + ("log2_prior_ms",)
 
 
 @dataclass(frozen=True)
@@ -102,40 +107,71 @@ class XGBCostModel:
 
     # -- training ---------------------------------------------------------------------------
     @staticmethod
-    def _rows(records) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Features, log(estimate) and log(latency) of the ``ok`` records."""
+    def _points(records) -> list[tuple]:
+        """``(spec, kernel, w, a, knobs, isa, threads)`` of the ``ok`` records, and their latencies."""
         isa_cache: dict[str, dict] = {}
-        X, base, y = [], [], []
+        points, ms = [], []
         for r in records:
             if not r.ok:
                 continue
             isa = isa_cache.setdefault(r.target, isa_flags(r.target))
-            threads = int(r.extra.get("threads") or _default_threads())
-            spec = r.spec
-            X.append(featurize(spec, r.kernel, r.w_bits, r.a_bits, r.knobs, isa, threads))
-            base.append(math.log(analytic_ms(spec, r.kernel, r.w_bits, r.a_bits, threads)))
-            y.append(math.log(r.latency))
-        return np.asarray(X).reshape(-1, len(FEATURE_NAMES)), np.asarray(base), np.asarray(y)
+            points.append((r.spec, r.kernel, r.w_bits, r.a_bits, r.knobs, isa, int(r.extra.get("threads") or _default_threads())))
+            ms.append(r.latency)
+        return points, np.asarray(ms)
+
+    def _prior_ms(self, spec, kernel: str, w: int, a: int, threads: int) -> float:
+        coef = self.meta.get("prior", {}).get(kernel)
+        if coef is None:  # a kernel the model never saw measured: the analytic estimate
+            return analytic_ms(spec, kernel, w, a, threads)
+        return max(float(np.dot(prior_terms(spec, kernel, w, a), coef)), 1e-4)
+
+    def _design(self, points) -> tuple[np.ndarray, np.ndarray]:
+        """Feature rows (:data:`MODEL_FEATURES`) and log prior estimates."""
+        X, base = [], []
+        for spec, kernel, w, a, knobs, isa, threads in points:
+            prior = self._prior_ms(spec, kernel, w, a, threads)
+            X.append(np.append(featurize(spec, kernel, w, a, knobs, isa, threads), math.log2(prior)))
+            base.append(math.log(prior))
+        return np.asarray(X).reshape(-1, len(MODEL_FEATURES)), np.asarray(base)
+
+    def _fit_prior(self, points, ms: np.ndarray) -> None:
+        """Per kernel, non-negative coefficients of :data:`PRIOR_TERMS` minimizing the relative
+        error (NNLS): a physical first guess that extrapolates to shapes outside the data."""
+        from scipy.optimize import nnls
+
+        prior = {}
+        for kernel in sorted({p[1] for p in points}):
+            idx = [i for i, p in enumerate(points) if p[1] == kernel]
+            T = np.array([prior_terms(*points[i][:4]) for i in idx])
+            t = ms[idx]
+            norm = np.maximum(T.max(axis=0), 1e-30)
+            coef, _ = nnls((T / norm) / t[:, None], np.ones(len(idx)))
+            prior[kernel] = (coef / norm).tolist()
+        self.meta["prior"] = prior
+        self.meta["prior_terms"] = list(PRIOR_TERMS)
 
     def fit(self, records: Iterable) -> "XGBCostModel":
         """Train on ``records`` (:class:`~tvm_mpq.tuning.Record`; failed ones are skipped)."""
         import xgboost as xgb
 
         records = list(records)
-        X, base, y = self._rows(records)
-        if len(y) < 2:
-            raise ValueError(f"the cost model needs at least 2 'ok' tuning records, got {len(y)}; run `tvm-mpq tune` first")
+        points, ms = self._points(records)
+        if len(ms) < 2:
+            raise ValueError(f"the cost model needs at least 2 'ok' tuning records, got {len(ms)}; run `tvm-mpq tune` first")
+        self.meta = {}
+        self._fit_prior(points, ms)
+        X, base = self._design(points)
         c = self.config
         params = {
             "objective": "reg:squarederror", "max_depth": c.max_depth, "eta": c.learning_rate, "subsample": c.subsample,
             "colsample_bytree": c.colsample_bytree, "min_child_weight": c.min_child_weight, "lambda": c.reg_lambda,
             "seed": c.seed, "nthread": 1, "verbosity": 0,
         }
-        dtrain = xgb.DMatrix(X, label=y - base, feature_names=list(FEATURE_NAMES), missing=np.nan)
+        dtrain = xgb.DMatrix(X, label=np.log(ms) - base, feature_names=list(MODEL_FEATURES), missing=np.nan)
         self.booster = xgb.train(params, dtrain, num_boost_round=c.n_estimators)
         ok = [r for r in records if r.ok]
         targets = Counter(r.target for r in ok)
-        threads = Counter(int(r.extra.get("threads") or _default_threads()) for r in ok)
+        threads = Counter(p[6] for p in points)
         self.meta.update({
             "target": targets.most_common(1)[0][0], "threads": threads.most_common(1)[0][0], "records": len(ok),
             "trained_workloads": sorted({workload_id(r) for r in ok}),
@@ -161,15 +197,13 @@ class XGBCostModel:
         target = target if target is not None else self.meta.get("target")
         threads = int(threads or self.meta.get("threads") or _default_threads())
         isa = isa_flags(target)
-        X, base = [], []
-        for spec, kernel, w, a, knobs in points:
-            knobs = default_knobs(spec, kernel) if knobs is None else knobs
-            X.append(featurize(spec, kernel, w, a, knobs, isa, threads))
-            base.append(math.log(analytic_ms(spec, kernel, w, a, threads)))
-        if not X:
+        full = [(spec, kernel, w, a, default_knobs(spec, kernel) if knobs is None else knobs, isa, threads)
+                for spec, kernel, w, a, knobs in points]
+        if not full:
             return np.zeros(0)
-        dm = xgb.DMatrix(np.asarray(X), feature_names=list(FEATURE_NAMES), missing=np.nan)
-        return np.exp(self.booster.predict(dm) + np.asarray(base))
+        X, base = self._design(full)
+        dm = xgb.DMatrix(X, feature_names=list(MODEL_FEATURES), missing=np.nan)
+        return np.exp(self.booster.predict(dm) + base)
 
     def predict(self, layers: Sequence, precisions, *, target=None, threads: int | None = None) -> np.ndarray:
         """Latency (ms) of each layer at its precision.
@@ -207,7 +241,7 @@ class XGBCostModel:
         self._require_fit()
         doc = {
             "format": "tvm-mpq-cost-model", "version": FORMAT_VERSION, "config": self.config.to_dict(),
-            "features": list(FEATURE_NAMES), "meta": self.meta,
+            "features": list(MODEL_FEATURES), "meta": self.meta,
             "booster_ubj_base64": base64.b64encode(bytes(self.booster.save_raw(raw_format="ubj"))).decode("ascii"),
         }
         tmp = f"{path}.tmp"
@@ -230,7 +264,7 @@ class XGBCostModel:
             raise ValueError(f"{path} is not a tvm-mpq cost model file")
         if doc.get("version") != FORMAT_VERSION:
             raise ValueError(f"{path}: cost model format version {doc.get('version')}, this tvm-mpq reads {FORMAT_VERSION}; refit it")
-        if doc.get("features") != list(FEATURE_NAMES):
+        if doc.get("features") != list(MODEL_FEATURES):
             raise ValueError(f"{path} was fitted with other features than this tvm-mpq computes; refit it with `tvm-mpq costmodel fit`")
         model = cls(config=CostModelConfig(**doc["config"]))
         model.meta = doc.get("meta", {})
