@@ -82,7 +82,7 @@ def evaluate(args: EvalArgs) -> int:
     print(f"held-out ({report['mode']}): {report['records']} measurements of {report['workloads']} workloads")
     print(f"  MAPE {100 * report['mape']:.1f}%  median APE {100 * report['median_ape']:.1f}%  Spearman {report['spearman']:.3f}  "
           f"per-workload rank Spearman {report['rank_spearman']:.3f}")
-    print(f"  kernel choice: {100 * kc['accuracy']:.1f}% of {kc['decisions']} (within 5% of the best: {100 * kc['within_5pct']:.1f}%, "
+    print(f"  kernel choice: {100 * kc['accuracy']:.1f}% of {kc['decisions']} (within 5% / 10% of the best: {100 * kc['within_5pct']:.1f}% / {100 * kc['within_10pct']:.1f}%, "
           f"mean regret {100 * kc['mean_regret']:.1f}%)")
     print(f"  {'kernel':14s} {'n':>5s} {'MAPE':>7s} {'Spearman':>9s}")
     for kernel, e in report["by_kernel"].items():

@@ -1,0 +1,63 @@
+"""HAQ environment and DDPG agent: budget enforced, fixed info schema, seeded reproducibility, learning."""
+
+import numpy as np
+import pytest
+
+from tvm_mpq.hardware import BitFusion, network_latency
+from tvm_mpq.search.ddpg import DDPGConfig, haq_search
+from tvm_mpq.search.env import INFO_KEYS, STATE_DIM, BitRange, QuantEnv
+
+
+def mean_bits_reward(policy):
+    """A stand-in for accuracy: more bits is better (the agent must learn to spend the budget)."""
+    bits = [b.w_bits + b.a_bits for b in policy.layers.values()]
+    return float(np.mean(bits)) / 16.0, {"mean_bits": float(np.mean(bits))}
+
+
+@pytest.fixture(scope="module")
+def env_parts(digits_net):
+    _, _, net = digits_net
+    hw = BitFusion()
+    eight = network_latency(hw, net, {n: (8, 8) for n in net.layer_names})
+    return net, hw, eight
+
+
+def test_episode_schema_and_budget(env_parts):
+    net, hw, eight = env_parts
+    env = QuantEnv(net, hw, mean_bits_reward, latency_budget_s=0.8 * eight)
+    obs = env.reset()
+    assert obs.shape == (STATE_DIM,) and np.all((0 <= obs) & (obs <= 1))
+    done, steps = False, 0
+    while not done:
+        obs, reward, done, info = env.step(1.0)  # ask for 8 bits everywhere: over budget
+        steps += 1
+        assert set(info) == set(INFO_KEYS)
+    assert steps == 2 * len(net.layers)
+    assert info["feasible"] and info["lowered_steps"] > 0
+    assert network_latency(hw, net, info["policy"]) <= 0.8 * eight * (1 + 1e-9)
+    assert info["latency_s"] == pytest.approx(network_latency(hw, net, info["policy"]))
+    with pytest.raises(RuntimeError, match="reset"):
+        env.step(0.5)
+    tight = QuantEnv(net, hw, mean_bits_reward, latency_budget_s=1e-12)
+    tight.reset()
+    for _ in range(2 * len(net.layers)):
+        _, reward, done, info = tight.step(0.0)
+    assert done and not info["feasible"] and reward == -1.0
+
+
+def test_bits_from_actions():
+    r = BitRange(2, 8)
+    assert [r.bits(a) for a in (0.0, 0.5, 1.0)] == [2, 5, 8]
+    with pytest.raises(ValueError, match="1 <= low"):
+        BitRange(0, 4)
+
+
+def test_ddpg_is_seeded_and_learns(env_parts):
+    net, hw, eight = env_parts
+    cfg = DDPGConfig(episodes=30, warmup=8, hidden=64, seed=3, updates_per_episode=10, batch_size=32)
+    runs = [haq_search(QuantEnv(net, hw, mean_bits_reward, latency_budget_s=0.9 * eight), cfg) for _ in range(2)]
+    assert [h.reward for h in runs[0].history] == [h.reward for h in runs[1].history]  # reproducible
+    assert runs[0].best_policy == runs[1].best_policy
+    rewards = [h.reward for h in runs[0].history]
+    assert np.mean(rewards[-8:]) > np.mean(rewards[:8])  # better than the random warm-up
+    assert network_latency(hw, net, runs[0].best_policy) <= 0.9 * eight * (1 + 1e-9)
