@@ -8,6 +8,7 @@
 
 import os
 
+from tvm_mpq.cost_models.chooser import KernelChooser, default_chooser
 from tvm_mpq.cost_models.evaluate import evaluate, held_out_predictions
 from tvm_mpq.cost_models.features import FEATURE_NAMES, analytic_ms, featurize
 from tvm_mpq.cost_models.xgb_model import CostModelConfig, XGBCostModel
@@ -27,6 +28,6 @@ def load_model(path: str) -> XGBCostModel:
 
 
 __all__ = [
-    "CostModelConfig", "DEFAULT_MODEL_PATH", "FEATURE_NAMES", "XGBCostModel", "analytic_ms", "default_model", "evaluate",
+    "CostModelConfig", "DEFAULT_MODEL_PATH", "KernelChooser", "default_chooser", "FEATURE_NAMES", "XGBCostModel", "analytic_ms", "default_model", "evaluate",
     "featurize", "held_out_predictions", "load_model",
 ]

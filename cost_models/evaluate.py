@@ -22,12 +22,7 @@ from typing import Iterable
 import numpy as np
 from scipy.stats import spearmanr
 
-from tvm_mpq.cost_models.xgb_model import CostModelConfig, XGBCostModel, workload_id
-
-
-def _int_equivalent(kernel: str, w: int, a: int) -> tuple[int, int]:
-    """The measured cell a byte-lane kernel runs (w, a) as: the split 8-bit path or the 4-bit one."""
-    return (8, 8) if max(w, a) > 4 else (4, 4)
+from tvm_mpq.cost_models.xgb_model import CostModelConfig, XGBCostModel, canonical_bits, workload_id
 
 
 def kernel_choices(cells: dict) -> list[dict]:
@@ -43,7 +38,7 @@ def kernel_choices(cells: dict) -> list[dict]:
             for (k, cw, ca), value in cell.items():
                 if k.startswith("bitserial") and (cw, ca) == (w, a):
                     options[k] = value
-                elif k in ("int8", "amx") and (cw, ca) == _int_equivalent(k, w, a):
+                elif k in ("int8", "amx") and (cw, ca) == canonical_bits(k, w, a):
                     options[k] = value
             if len(options) < 2:
                 continue

@@ -40,12 +40,12 @@ MODEL_FEATURES = FEATURE_NAMES + ("log2_prior_ms",)
 class CostModelConfig:
     """XGBoost settings (the defaults were chosen by held-out error on the shipped records)."""
 
-    n_estimators: int = 800
-    max_depth: int = 6
-    learning_rate: float = 0.04
+    n_estimators: int = 600
+    max_depth: int = 5
+    learning_rate: float = 0.05
     subsample: float = 0.85
-    colsample_bytree: float = 0.85
-    min_child_weight: float = 1.0
+    colsample_bytree: float = 0.6
+    min_child_weight: float = 2.0
     reg_lambda: float = 1.0
     seed: int = 0
 
@@ -87,7 +87,13 @@ def resolve_precision(spec, precision, target) -> tuple[str, int, int]:
             raise TypeError(f"a precision is a Precision, a (w_bits, a_bits) pair or LayerBits, got {precision!r}") from None
     w, a = (32 if w is None else int(w)), (32 if a is None else int(a))
     in_ch = getattr(spec, "in_channels", None)
-    return lowered_kernel(spec.kind, w, a, target, in_channels=in_ch), w, a
+    return lowered_kernel(spec.kind, w, a, target, in_channels=in_ch, spec=spec), w, a
+
+
+def canonical_bits(kernel: str, w: int, a: int) -> tuple[int, int]:
+    from tvm_mpq.tuning.space import canonical_bits as canon
+
+    return canon(kernel, w, a)
 
 
 def default_knobs(spec, kernel: str) -> dict[str, Any]:
@@ -197,7 +203,7 @@ class XGBCostModel:
         target = target if target is not None else self.meta.get("target")
         threads = int(threads or self.meta.get("threads") or _default_threads())
         isa = isa_flags(target)
-        full = [(spec, kernel, w, a, default_knobs(spec, kernel) if knobs is None else knobs, isa, threads)
+        full = [(spec, kernel, *canonical_bits(kernel, w, a), default_knobs(spec, kernel) if knobs is None else knobs, isa, threads)
                 for spec, kernel, w, a, knobs in points]
         if not full:
             return np.zeros(0)

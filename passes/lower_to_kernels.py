@@ -129,12 +129,12 @@ class _Lowerer(relax.PyExprMutator):
         if len(groups) > 1 and residual is not None:
             fused, out = {}, "float"  # the residual is added (and the activation applied) after the concat
         for start, stop, bits in groups:
-            impl = resolve_kernel(self.kernel, kind, bits, a_bits, self.target, layer=name, in_channels=w.shape[1])
-            self.choices[name].append(impl.name)
             if kind == "conv2d":
                 gspec = ConvSpec(**{**spec.__dict__, "out_channels": stop - start})
             else:
                 gspec = DenseSpec(batch=spec.batch, in_features=spec.in_features, out_features=stop - start)
+            impl = resolve_kernel(self.kernel, kind, bits, a_bits, self.target, layer=name, in_channels=w.shape[1], spec=gspec)
+            self.choices[name].append(impl.name)
             te_func = impl.conv2d if kind == "conv2d" else impl.dense
             call = self.builder_.call_te(
                 partial(te_func, spec=gspec, aq=aq, w_bits=bits, out=out), x, relax.const(impl.prepare(wq, start, stop, bits, kind)),
@@ -165,8 +165,8 @@ class LowerToKernels:
             raise TypeError(
                 f"LowerToKernels needs a tvm_mpq Calibration (from tvm_mpq.calibrate), got {type(calibration).__name__}"
             )
-        if not (kernel == "auto" or callable(kernel) or kernel in KERNELS):
-            raise ValueError(f"kernel must be 'auto', a callable or one of {sorted(KERNELS)}, got {kernel!r}")
+        if not (kernel in ("auto", "predicted") or callable(kernel) or hasattr(kernel, "choose") or kernel in KERNELS):
+            raise ValueError(f"kernel must be 'auto', 'predicted', a chooser, a callable or one of {sorted(KERNELS)}, got {kernel!r}")
         self.calibration = calibration
         self.target = target
         self.kernel = kernel

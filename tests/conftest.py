@@ -28,3 +28,26 @@ def mixed_policy(net, default=(2, 3)):
 def digits_net():
     model, inputs = tvm_mpq.models.get("digits_cnn")
     return model, inputs, tvm_mpq.import_torch(model, inputs)
+
+
+@pytest.fixture(scope="session")
+def trained_digits(tmp_path_factory):
+    """digits_cnn trained 4 epochs on 16x16 digits (in a private cache): (net, train, test, calibration)."""
+    import os
+
+    from tvm_mpq import data
+    from tvm_mpq.quant.finetune import Recipe, pretrained
+
+    old = os.environ.get("TVM_MPQ_CACHE")
+    os.environ["TVM_MPQ_CACHE"] = str(tmp_path_factory.mktemp("cache"))
+    try:
+        model, inputs = pretrained("digits_cnn", Recipe(epochs=4, lr=0.1), input_size=16)
+    finally:
+        if old is None:
+            os.environ.pop("TVM_MPQ_CACHE")
+        else:
+            os.environ["TVM_MPQ_CACHE"] = old
+    net = tvm_mpq.import_torch(model, inputs)
+    train, test = data.digits("train", size=16), data.digits("test", size=16)
+    cal = tvm_mpq.calibrate(net, [x for x, _ in train.batches(256)][:2])
+    return net, train, test, cal

@@ -95,12 +95,14 @@ def _flatten(out) -> list[np.ndarray]:
 
 
 def build(
-    net: Network, policy: QuantPolicy, calibration: Calibration, target=None, *, pipeline: str = "mpq", kernel="auto"
+    net: Network, policy: QuantPolicy, calibration: Calibration, target=None, *, pipeline: str = "mpq", kernel="predicted"
 ) -> CompiledModel:
     """Annotate + lower + ``tvm.compile``. ``target``: ``"llvm -mcpu=znver5"``, a dict, a Target or None (host).
 
     ``pipeline="mpq"`` (default) is TVM's CPU pipeline plus :class:`ScheduleGeneric`; any name of
-    ``relax.get_pipeline`` works too. ``kernel``: see :class:`LowerToKernels`. The returned model's
+    ``relax.get_pipeline`` works too. ``kernel``: see :class:`LowerToKernels`; the default
+    ``"predicted"`` runs each layer on the kernel the shipped cost model predicts fastest for its
+    shape and bits (``"auto"``: the fixed rule). The returned model's
     ``kernels`` maps every conv/dense layer to what runs it (kernel per channel group, or
     ``"float"`` for layers left to TVM's generic float path).
     """

@@ -29,15 +29,11 @@ def test_recipe_is_checked():
     assert not model.training
 
 
-def test_qat_recovers_low_bit_accuracy(tmp_path, monkeypatch):
+def test_qat_recovers_low_bit_accuracy(trained_digits):
     import tvm_mpq
     from tvm_mpq.quant.finetune import qat
 
-    monkeypatch.setenv("TVM_MPQ_CACHE", str(tmp_path))
-    model, inputs = pretrained("digits_cnn", Recipe(epochs=4, lr=0.1), input_size=16)
-    net = tvm_mpq.import_torch(model, inputs)
-    train_split, test = data.digits("train", size=16), data.digits("test", size=16)
-    cal = tvm_mpq.calibrate(net, [x for x, _ in train_split.batches(256)][:2])
+    net, train_split, test, cal = trained_digits
     policy = tvm_mpq.QuantPolicy.uniform(net, w_bits=2, a_bits=2)
     before = accuracy(tvm_mpq.simulate(net, policy, cal), test)
     tuned = qat(net, policy, cal, train_split, Recipe(epochs=2, lr=0.01))

@@ -100,3 +100,11 @@ def test_build_failure_and_timeout_are_recorded_and_the_session_goes_on(tmp_path
         runner.close()
     assert summary.by_status == {"build_error": 1, "ok": 1}
     assert [r.status for r in TuningDatabase(tmp_path / "r.jsonl")] == ["build_error", "ok"]
+
+
+def test_canonical_bits():
+    from tvm_mpq.tuning import canonical_bits
+
+    assert canonical_bits("amx", 2, 2) == canonical_bits("amx", 4, 3) == (4, 4)
+    assert canonical_bits("int8", 8, 4) == (8, 8) and canonical_bits("depthwise", 3, 8) == (4, 4)
+    assert canonical_bits("bitserial", 2, 3) == (2, 3) and canonical_bits("fp32", 32, 32) == (32, 32)

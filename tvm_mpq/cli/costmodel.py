@@ -102,9 +102,9 @@ def add_parser(sub) -> None:
     f = actions.add_parser("fit", help="train on a tuning database and save the model (JSON)")
     f.add_argument("--db", required=True, help="tuning records (JSON lines from `tvm-mpq tune`)")
     f.add_argument("-o", "--out", default="model.json", help="model file to write (default model.json)")
-    f.add_argument("--n-estimators", type=int, default=800, help="boosting rounds")
-    f.add_argument("--max-depth", type=int, default=6, help="tree depth")
-    f.add_argument("--learning-rate", type=float, default=0.04, help="shrinkage")
+    f.add_argument("--n-estimators", type=int, default=600, help="boosting rounds")
+    f.add_argument("--max-depth", type=int, default=5, help="tree depth")
+    f.add_argument("--learning-rate", type=float, default=0.05, help="shrinkage")
     f.add_argument("--json", action="store_true", help="print one JSON summary object")
     e = actions.add_parser("eval", help="held-out error: MAPE, Spearman, kernel-choice agreement",
                            description="Without --model: grouped k-fold cross-validation by workload on --db. With --model "

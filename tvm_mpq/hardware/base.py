@@ -45,7 +45,8 @@ def spec_of(layer) -> "ConvSpec | DenseSpec":
     return spec
 
 
-def _group_spec(spec, size: int):
+def group_spec(spec, size: int):
+    """The spec of ``size`` output channels of a layer (a channel group runs as its own conv/dense)."""
     if isinstance(spec, DenseSpec):
         return replace(spec, out_features=size)
     return replace(spec, out_channels=size)
@@ -59,7 +60,7 @@ def parts(layer, bits) -> list[tuple]:
         return [(spec, bits)]
     if hasattr(bits, "groups"):  # LayerBits
         if bits.groups:
-            return [(_group_spec(spec, g.stop - g.start), g.w_bits, bits.a_bits) for g in bits.groups]
+            return [(group_spec(spec, g.stop - g.start), g.w_bits, bits.a_bits) for g in bits.groups]
         w, a = (FLOAT, FLOAT) if bits.is_float else (bits.w_bits, bits.a_bits)
         return [(spec, w, a)]
     try:

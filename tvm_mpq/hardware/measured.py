@@ -22,7 +22,7 @@ class MeasuredLatency:
 
     name = "measured"
 
-    def __init__(self, db, *, target=None, runner=None, budget: int = 1, measure: bool = True, kernel="auto"):
+    def __init__(self, db, *, target=None, runner=None, budget: int = 1, measure: bool = True, kernel="predicted"):
         self.db, self.runner, self.budget, self.measure, self.kernel = db, runner, budget, measure, kernel
         self.target = parse_target(target)
         self.target_str = target_to_str(self.target)
@@ -35,9 +35,12 @@ class MeasuredLatency:
             spec, p = part
             return spec, p.kernel, p.w_bits, p.a_bits
         spec, w, a = part
-        return spec, lowered_kernel(spec.kind, w, a, self.target, getattr(spec, "in_channels", None), self.kernel), w, a
+        return spec, lowered_kernel(spec.kind, w, a, self.target, getattr(spec, "in_channels", None), self.kernel, spec=spec), w, a
 
     def _seconds(self, spec, kernel: str, w: int, a: int) -> float:
+        from tvm_mpq.tuning.space import canonical_bits
+
+        w, a = canonical_bits(kernel, w, a)
         key = (spec, kernel, w, a)
         if key in self._cache:
             return self._cache[key]

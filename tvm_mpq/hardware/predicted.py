@@ -13,18 +13,22 @@ class PredictedLatency:
 
     ``model``: an :class:`~tvm_mpq.cost_models.XGBCostModel`, a path, or ``"default"`` (the
     shipped one). ``target``/``threads`` default to what the model was trained on. ``kernel`` is
-    what ``LowerToKernels`` is given ("auto" or a registry name), so a ``(w, a)`` pair is priced on
-    the kernel the compiled model will run.
+    what ``tvm_mpq.build`` is given ("predicted" by default, "auto" or a registry name), so a
+    ``(w, a)`` pair is priced on the kernel the compiled model will run.
     """
 
     name = "predicted"
 
-    def __init__(self, model="default", *, target=None, threads: int | None = None, kernel="auto"):
+    def __init__(self, model="default", *, target=None, threads: int | None = None, kernel="predicted"):
         from tvm_mpq.cost_models import XGBCostModel, load_model
 
         self.model = model if isinstance(model, XGBCostModel) else load_model(str(model))
         self.target = parse_target(target if target is not None else self.model.meta.get("target"))
         self.threads = threads
+        if kernel == "predicted":  # kernels chosen by this provider's own model
+            from tvm_mpq.cost_models import KernelChooser
+
+            kernel = KernelChooser(self.model)
         self.kernel = kernel
 
     def _points(self, layer, bits) -> list[tuple]:
@@ -37,7 +41,7 @@ class PredictedLatency:
                 points.append((spec, p.kernel, p.w_bits, p.a_bits, None))
             else:
                 spec, w, a = part
-                kernel = lowered_kernel(spec.kind, w, a, self.target, getattr(spec, "in_channels", None), self.kernel)
+                kernel = lowered_kernel(spec.kind, w, a, self.target, getattr(spec, "in_channels", None), self.kernel, spec=spec)
                 points.append((spec, kernel, w, a, None))
         return points
 

@@ -170,12 +170,23 @@ def choose_kernel(kind: str, w_bits: int, a_bits: int, target: Target, in_channe
     return serial
 
 
-def resolve_kernel(kernel, kind: str, w_bits: int, a_bits: int, target: Target, layer: str = "", in_channels: int | None = None) -> KernelImpl:
+def resolve_kernel(kernel, kind: str, w_bits: int, a_bits: int, target: Target, layer: str = "", in_channels: int | None = None,
+                   spec=None) -> KernelImpl:
     """The implementation for one (channel group of a) layer: ``kernel`` is ``"auto"``
-    (:func:`choose_kernel`), a registry name, or a callable ``(layer, kind, w_bits, a_bits, target)
-    -> name``. Refuses an implementation the target cannot run."""
+    (:func:`choose_kernel`), ``"predicted"`` (the shipped cost model's fastest), a registry name, an object with ``choose(spec, w_bits, a_bits, target)
+    -> name`` (e.g. :class:`tvm_mpq.cost_models.KernelChooser`, given the layer's ``spec``), or a
+    callable ``(layer, kind, w_bits, a_bits, target) -> name``. Refuses an implementation the
+    target cannot run."""
+    if kernel == "predicted":
+        from tvm_mpq.cost_models.chooser import default_chooser
+
+        kernel = default_chooser()
     if kernel == "auto":
         name = choose_kernel(kind, w_bits, a_bits, target, in_channels)
+    elif hasattr(kernel, "choose"):
+        if spec is None:
+            raise ValueError("a kernel chooser needs the layer's spec")
+        name = kernel.choose(spec, w_bits, a_bits, target)
     elif callable(kernel):
         name = kernel(layer, kind, w_bits, a_bits, target)
     else:
@@ -188,7 +199,7 @@ def resolve_kernel(kernel, kind: str, w_bits: int, a_bits: int, target: Target, 
 
 
 def lowered_kernel(kind: str, w_bits: int, a_bits: int, target: Target, in_channels: int | None = None,
-                   kernel="auto", layer: str = "") -> str:
+                   kernel="auto", layer: str = "", spec=None) -> str:
     """What ``LowerToKernels`` runs a layer (or channel group) on at these bits: ``"fp32"`` for a
     float layer (TVM's float path), ``"depthwise"`` for a depthwise conv, else :func:`resolve_kernel`."""
     if w_bits >= 32 or a_bits >= 32:
@@ -198,4 +209,4 @@ def lowered_kernel(kind: str, w_bits: int, a_bits: int, target: Target, in_chann
     if kind not in ("conv2d", "dense"):
         where = f"layer '{layer}': " if layer else ""
         raise ValueError(f"{where}no integer kernel for {kind}; keep it float (w_bits=a_bits=32)")
-    return resolve_kernel(kernel, kind, w_bits, a_bits, target, layer=layer, in_channels=in_channels).name
+    return resolve_kernel(kernel, kind, w_bits, a_bits, target, layer=layer, in_channels=in_channels, spec=spec).name

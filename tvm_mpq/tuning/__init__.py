@@ -7,9 +7,9 @@ worker processes (:class:`LocalRunner`) or on boards behind a TVM RPC tracker (:
 from tvm_mpq.tuning.database import Record, TuningDatabase, workload_dict, workload_spec
 from tvm_mpq.tuning.measure import Candidate, LocalRunner, RPCRunner, Result
 from tvm_mpq.tuning.session import Progress, TuneSummary, TuneTask, plan, tune
-from tvm_mpq.tuning.space import Precision, knob_space, make_knobs, precision_menu
+from tvm_mpq.tuning.space import Precision, canonical_bits, knob_space, make_knobs, precision_menu
 
 __all__ = [
     "Candidate", "LocalRunner", "Precision", "Progress", "RPCRunner", "Record", "Result", "TuneSummary", "TuneTask",
-    "TuningDatabase", "knob_space", "make_knobs", "plan", "precision_menu", "tune", "workload_dict", "workload_spec",
+    "TuningDatabase", "canonical_bits", "knob_space", "make_knobs", "plan", "precision_menu", "tune", "workload_dict", "workload_spec",
 ]

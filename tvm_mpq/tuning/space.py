@@ -30,6 +30,17 @@ DEFAULT_SERIAL_BITS = (1, 2, 3, 4)
 BYTE_BITS = ((8, 8), (4, 4))
 
 
+def canonical_bits(kernel: str, w_bits: int, a_bits: int) -> tuple[int, int]:
+    """The measured cell that (kernel, w, a) costs the same as: byte-lane kernels (VNNI, AMX,
+    depthwise) run any bits in int8 lanes and only 8-bit weights take the split path, so they are
+    tuned at :data:`BYTE_BITS` only; bit-serial and float cells are their own."""
+    if kernel in ("int8", "amx", DEPTHWISE):
+        return BYTE_BITS[0] if w_bits >= 8 else BYTE_BITS[1]
+    if kernel == FP32:
+        return 32, 32
+    return w_bits, a_bits
+
+
 @dataclass(frozen=True)
 class Precision:
     kernel: str

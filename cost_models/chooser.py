@@ -1,0 +1,56 @@
+"""Kernel choice by the cost model: per layer (or channel group) and bits, the fastest predicted.
+
+    compiled = tvm_mpq.build(net, policy, cal, kernel="predicted")              # the shipped model
+    compiled = tvm_mpq.build(net, policy, cal, kernel=KernelChooser(my_model))  # your own
+
+The built-in rule (``kernel="auto"``) is a fixed threshold on input channels; measurement says
+otherwise for some shapes (on this CPU a 1x1 conv of 16 or 32 input channels at 112x112 runs
+faster on VNNI than on AMX, whose 64-byte tile rows it fills a quarter or a half of). Every kernel
+computes the same integers, so the choice changes speed only, never the output.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import numpy as np
+
+from tvm_mpq._tvm import target_to_str
+
+#: Kernels a chooser considers (each where the target has it and it implements the layer kind).
+CANDIDATES = ("amx", "int8", "bitserial")
+
+
+class KernelChooser:
+    def __init__(self, model="default", candidates=CANDIDATES):
+        from tvm_mpq.cost_models import XGBCostModel, load_model
+
+        self.model = model if isinstance(model, XGBCostModel) else load_model(str(model))
+        self.candidates = tuple(candidates)
+        self._cache: dict = {}
+
+    def options(self, spec, target) -> list[str]:
+        from tvm_mpq.kernels.registry import KERNELS
+
+        return [k for k in self.candidates
+                if k in KERNELS and KERNELS[k].available(target) and (k != "amx" or spec.kind == "conv2d")]
+
+    def choose(self, spec, w_bits: int, a_bits: int, target) -> str:
+        from tvm_mpq.kernels.registry import choose_kernel
+        from tvm_mpq.tuning.space import canonical_bits
+
+        key = (spec, w_bits, a_bits, target_to_str(target))
+        if key not in self._cache:
+            names = self.options(spec, target)
+            if not names:
+                self._cache[key] = choose_kernel(spec.kind, w_bits, a_bits, target, getattr(spec, "in_channels", None))
+            else:
+                ms = self.model.predict_points([(spec, k, *canonical_bits(k, w_bits, a_bits), None) for k in names], target=target)
+                self._cache[key] = names[int(np.argmin(ms))]
+        return self._cache[key]
+
+
+@lru_cache(maxsize=1)
+def default_chooser() -> KernelChooser:
+    """A chooser on the shipped model (``kernel="predicted"``)."""
+    return KernelChooser("default")

@@ -1,0 +1,40 @@
+"""Kernel choice by the cost model: fastest predicted per bits; the compiled model is unchanged."""
+
+import numpy as np
+import torch
+
+import tvm_mpq
+from tests.conftest import mixed_policy, random_batches
+from tests.cost_models.conftest import TARGET, fake_records
+from tvm_mpq._tvm import parse_target
+from tvm_mpq.cost_models import CostModelConfig, KernelChooser, XGBCostModel
+from tvm_mpq.kernels.spec import ConvSpec
+
+
+def fake_chooser():
+    return KernelChooser(XGBCostModel(config=CostModelConfig(n_estimators=100)).fit(fake_records(16)))
+
+
+def test_picks_the_fastest_predicted():
+    chooser = fake_chooser()
+    zen = parse_target(TARGET)  # no AMX: VNNI int8 or bit-serial
+    spec = ConvSpec(1, 64, 14, 14, 64, (3, 3), padding=(1, 1, 1, 1))
+    assert chooser.options(spec, zen) == ["int8", "bitserial"]
+    # on the fake hardware bit-serial W1A1 is cheaper than VNNI, W4A4 is not
+    assert chooser.choose(spec, 1, 1, zen) == "bitserial"
+    assert chooser.choose(spec, 4, 4, zen) == "int8"
+    haswell = parse_target("llvm -mcpu=haswell")
+    assert chooser.options(spec, haswell) == ["bitserial"]
+
+
+def test_compiled_model_is_unchanged_by_the_choice(digits_net):
+    model, inputs, net = digits_net
+    policy = mixed_policy(net)
+    cal = tvm_mpq.calibrate(net, random_batches(inputs))
+    x = random_batches(inputs, n=1, seed=7)[0]
+    chosen = tvm_mpq.build(net, policy, cal, kernel=fake_chooser())
+    with torch.no_grad():
+        ys = tvm_mpq.simulate(model, policy, cal)(*x).numpy()
+    y = chosen.run(*x)
+    np.testing.assert_allclose(y, ys, rtol=0, atol=1e-4 * np.abs(ys).max())
+    assert set(k for ks in chosen.kernels.values() for k in ks) <= {"int8", "amx", "bitserial", "depthwise", "float"}

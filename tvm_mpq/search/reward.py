@@ -1,0 +1,62 @@
+"""Accuracy on real data as the search's reward (HAQ: ``lambda * (acc_quant - acc_float)``).
+
+Episodes need an answer in seconds, so the reward model is the straight-through QAT model of
+:mod:`tvm_mpq.quant.finetune` (the project's quantizers in float32), optionally finetuned for a
+few steps, scored on a fixed validation subset. The final policy is scored with the exact integer
+simulation (:func:`tvm_mpq.simulate`, what the compiled model computes) after a full finetune.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import torch
+import torch.nn.functional as F
+
+from tvm_mpq.quant.finetune import QATLayer, accuracy
+
+
+class AccuracyReward:
+    """``reward(policy) -> (reward, {"accuracy": ...})``; ``steps`` finetune steps per episode."""
+
+    def __init__(self, net, calibration, train_split, val_split, *, steps: int = 0, lr: float = 0.005, batch_size: int = 64,
+                 scale: float = 0.1, seed: int = 0):
+        self.net, self.cal, self.train, self.val = net, calibration, train_split, val_split
+        self.steps, self.lr, self.batch_size, self.scale, self.seed = steps, lr, batch_size, scale, seed
+        self.float_accuracy = accuracy(net.model, val_split)
+        self.cache: dict = {}
+
+    def model(self, policy) -> torch.nn.Module:
+        from tvm_mpq.quant.calibrate import quantizable_modules
+        from tvm_mpq.quant.fold import _set_submodule
+        from tvm_mpq.quant.simulate import module_supported
+
+        model = copy.deepcopy(self.net.model)
+        modules = quantizable_modules(model)
+        resolved = policy.resolve(list(modules), {n: module_supported(m) for n, m in modules.items()})
+        for name, bits in resolved.items():
+            if not bits.is_float:
+                m = modules[name]
+                _set_submodule(model, name, QATLayer(m, bits.channel_bits(m.weight.shape[0]), self.cal.act_quant(name, bits.a_bits)))
+        return model
+
+    def __call__(self, policy):
+        key = json.dumps(policy.to_dict(), sort_keys=True)
+        if key in self.cache:
+            return self.cache[key]
+        model = self.model(policy)
+        if self.steps:
+            torch.manual_seed(self.seed)
+            opt = torch.optim.SGD(model.parameters(), lr=self.lr, momentum=0.9)
+            model.train()
+            batches = self.train.batches(self.batch_size, shuffle=True, seed=self.seed, augment=True)
+            for _, (x, y) in zip(range(self.steps), batches):
+                loss = F.cross_entropy(model(x), y)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+        acc = accuracy(model, self.val)
+        result = (self.scale * (acc - self.float_accuracy) * 100.0, {"accuracy": acc})
+        self.cache[key] = result
+        return result
