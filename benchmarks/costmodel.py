@@ -21,7 +21,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
 import sys
+import tempfile
 
 import numpy as np
 
@@ -55,6 +57,24 @@ def policies(net, seed: int = 0):
     return out
 
 
+def _time_in_child(paths: dict, x_path: str, rounds: int) -> dict:
+    """Time the exported models in a fresh process (no torch / XGBoost threads of this one
+    spinning on the cores), ``rounds`` interleaved rounds."""
+    code = (
+        "import json, sys, numpy as np, tvm_mpq\n"
+        "paths, x_path, rounds = json.loads(sys.argv[1]), sys.argv[2], int(sys.argv[3])\n"
+        "models = {k: tvm_mpq.load_compiled(p) for k, p in paths.items()}\n"
+        "x = np.load(x_path)\n"
+        "times = {k: [] for k in models}\n"
+        "for _ in range(rounds):\n"
+        "    for k, m in models.items():\n"
+        "        times[k].append(float(np.median(m.time(x, number=5, repeat=3))))\n"
+        "print(json.dumps(times))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code, json.dumps(paths), x_path, str(rounds)], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--db", default=os.path.join(ROOT, "cost_models", "data", "znver5_records.jsonl"))
@@ -86,11 +106,11 @@ def main() -> None:
         batches = [torch.relu(torch.randn(inputs[0].shape, generator=gen)) for _ in range(2)]
         cal = tvm_mpq.calibrate(net, batches)
         x = batches[0].numpy()
-        compiled = {label: tvm_mpq.build(net, policy, cal) for label, policy in policies(net).items()}
-        times = {label: [] for label in compiled}
-        for _ in range(args.rounds):
-            for label, c in compiled.items():
-                times[label].append(float(np.median(c.time(x, number=5, repeat=3))))
+        with tempfile.TemporaryDirectory() as tmp:
+            paths = {label: tvm_mpq.build(net, policy, cal).export(os.path.join(tmp, f"{i}.so"))
+                     for i, (label, policy) in enumerate(policies(net).items())}
+            np.save(os.path.join(tmp, "x.npy"), x)
+            times = _time_in_child(paths, os.path.join(tmp, "x.npy"), args.rounds)
         for label, policy in policies(net).items():
             measured = float(np.median(times[label]))
             row = {"model": model_name, "policy": label, "measured_ms": 1e3 * measured,

@@ -5,6 +5,7 @@
     tvm-mpq tune resnet18 --rpc-tracker 10.0.0.2:9190 --rpc-key rasp4 --db records.jsonl
     tvm-mpq costmodel fit --db records.jsonl -o model.json
     tvm-mpq costmodel eval --db records.jsonl --model default --json
+    tvm-mpq search digits_resnet --method ilp --latency-budget 0.6 --json
 
 MODEL is a built-in name (``tvm-mpq layers --list``) or ``path/to/file.py:factory``. Exit codes:
 0 success, 1 a failure while working (reported with the cause), 2 bad arguments or input.
@@ -17,8 +18,8 @@ import json
 import logging
 import sys
 
-from tvm_mpq.cli import costmodel
-from tvm_mpq.cli.common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, UsageError
+from tvm_mpq.cli import costmodel, search
+from tvm_mpq.cli.common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, UsageError, bits_list
 
 
 def _load_net(model: str, input_size: int | None):
@@ -63,16 +64,6 @@ def cmd_layers(args) -> int:
               f"{'x'.join(map(str, r['kernel'])):>5s} {r['strides'][0]:>3d} {r['macs'] / 1e6:9.2f}")
     print(f"{len(rows)} layers, {net.macs / 1e6:.1f} MMAC")
     return EXIT_OK
-
-
-def _bits(text: str) -> tuple[int, ...]:
-    try:
-        bits = tuple(sorted({int(b) for b in text.split(",") if b.strip()}))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--bits takes comma-separated integers, got {text!r}") from None
-    if not bits or bits[0] < 1 or bits[-1] > 8:
-        raise argparse.ArgumentTypeError(f"--bits must lie in 1..8, got {text!r}")
-    return bits
 
 
 def cmd_tune(args) -> int:
@@ -131,7 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target", help="'llvm -mcpu=znver5' or a JSON dict; default: this machine")
     p.add_argument("--budget", type=int, default=4, help="schedule candidates per workload and precision (default 4)")
     p.add_argument("--db", default="records.jsonl", help="tuning database (appended; default records.jsonl)")
-    p.add_argument("--bits", type=_bits, default=(1, 2, 3, 4), help="bit-serial weight/activation bits to tune (default 1,2,3,4)")
+    p.add_argument("--bits", type=bits_list, default=(1, 2, 3, 4), help="bit-serial weight/activation bits to tune (default 1,2,3,4)")
     p.add_argument("--kernels", nargs="+", help="only these kernels (fp32, int8, amx, bitserial, depthwise, bitserial_ref)")
     p.add_argument("--input-size", type=int, help="spatial input size (H = W) for built-in models")
     p.add_argument("--rpc-tracker", help="host:port of a TVM RPC tracker: measure on its boards instead of here")
@@ -142,6 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_tune)
 
     costmodel.add_parser(sub)
+    search.add_parser(sub)
     return parser
 
 

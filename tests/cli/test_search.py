@@ -1,0 +1,49 @@
+"""tvm-mpq search: a policy under a budget, finetuned, compiled and measured; bad input exits 2."""
+
+import json
+
+import pytest
+
+from tvm_mpq.cli.main import EXIT_OK, EXIT_USAGE, main
+from tvm_mpq.policy import QuantPolicy
+
+FAST = ["--train-epochs", "2", "--finetune-epochs", "1", "--rounds", "1"]
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("TVM_MPQ_CACHE", str(tmp_path / "cache"))
+    return tmp_path
+
+
+def test_ilp_search_end_to_end(cache, capsys):
+    out = cache / "policy.json"
+    argv = ["search", "digits_cnn", "--method", "ilp", "--latency-budget", "0.9", "--provider", "bitfusion", "-o", str(out),
+            "--png-dir", str(cache / "png"), "--json", *FAST]
+    assert main(argv) == EXIT_OK
+    res = json.loads(capsys.readouterr().out)
+    assert {"policy", "method", "accuracy_float", "accuracy", "latency_ms", "budget_ms", "int8_latency_ms", "wall_s"} <= set(res)
+    assert res["method"] == "ilp" and 0 < res["accuracy"] <= 1 and res["latency_ms"] > 0
+    assert res["budget_ms"] == pytest.approx(0.9 * res["int8_latency_ms"])
+    details = res["details"]
+    assert details["predicted_ms"] <= details["budget_predicted_ms"] * (1 + 1e-9)  # the search met its (provider's) budget
+    policy = QuantPolicy.load(out)
+    assert len(policy.layers) == len(details["table"])
+    assert all((cache / "png" / name).exists() for name in ("digits_cnn_ilp_pareto.png", "digits_cnn_ilp_bits.png"))
+
+
+@pytest.mark.parametrize("method", ["haq", "autoq"])
+def test_rl_searches_run(cache, capsys, method):
+    argv = ["search", "digits_cnn", "--method", method, "--latency-budget", "0.9", "--provider", "bitfusion", "--episodes", "4",
+            "--warmup", "2", "--no-measure", "-o", str(cache / "p.json"), "--json", *FAST]
+    assert main(argv) == EXIT_OK
+    res = json.loads(capsys.readouterr().out)
+    assert res["details"]["feasible"] and res["details"]["info"]["episodes"] == 4
+
+
+def test_bad_input(cache, capsys):
+    assert main(["search", "resnet19"]) == EXIT_USAGE
+    assert main(["search", "digits_cnn", "--latency-budget", "0"]) == EXIT_USAGE
+    assert "fraction" in capsys.readouterr().err
+    assert main(["search", "digits_cnn", "--provider", "measured"]) == EXIT_USAGE
+    assert "--db" in capsys.readouterr().err

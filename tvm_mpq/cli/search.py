@@ -1,0 +1,79 @@
+"""``tvm-mpq search MODEL --method {ilp,haq,autoq} --latency-budget F``: a policy under a budget."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from tvm_mpq.cli.common import EXIT_OK, UsageError, bits_list
+
+
+def cmd(args) -> int:
+    from tvm_mpq._tvm import parse_target
+    from tvm_mpq.search.run import SearchArgs, run
+
+    try:
+        target = parse_target(args.target)
+        sargs = SearchArgs(
+            model=args.model, method=args.method, latency_budget=args.latency_budget, target=target, provider=args.provider,
+            db=args.db, cost_model=args.cost_model, sensitivity=args.sensitivity, episodes=args.episodes, warmup=args.warmup,
+            reward_steps=args.reward_steps, groups=args.groups, w_bits=args.w_bits, a_bits=args.a_bits,
+            finetune_epochs=args.finetune_epochs, train_epochs=args.train_epochs, seed=args.seed, rounds=args.rounds, out=args.out,
+            png_dir=args.png_dir, measure=not args.no_measure,
+        )
+    except (ValueError, TypeError) as err:
+        raise UsageError(str(err)) from None
+    from tvm_mpq import models
+
+    if args.model not in models.available():
+        raise UsageError(f"unknown model {args.model!r}: the search trains on the digits task, use digits_resnet or digits_cnn")
+    summary = run(sargs)
+    if args.json:
+        keys = ("policy", "method", "accuracy_float", "accuracy", "latency_ms", "budget_ms", "int8_latency_ms", "wall_s")
+        print(json.dumps({**{k: summary.get(k) for k in keys}, "details": summary}))
+        return EXIT_OK
+    if not summary.get("feasible"):
+        print(f"infeasible: {summary.get('error')}", file=sys.stderr)
+        return EXIT_OK
+    print(f"{'layer':24s} {'w_bits':>10s} {'a':>3s} {'pred ms':>8s} {'sensitivity':>12s}")
+    for r in summary["table"]:
+        w = "/".join(map(str, r["w_bits"])) if isinstance(r["w_bits"], list) else str(r["w_bits"])
+        sens = f"{r['sensitivity']:12.3g}" if "sensitivity" in r else f"{'':12s}"
+        print(f"{r['layer']:24s} {w:>10s} {r['a_bits']:3d} {r['predicted_ms']:8.3f} {sens}")
+    print(f"accuracy: float {100 * summary['accuracy_float']:.2f}%, policy before finetune {100 * summary['accuracy_before_finetune']:.2f}%, "
+          f"after {100 * summary['accuracy']:.2f}%")
+    if summary.get("latency_ms") is not None:
+        print(f"latency: {summary['latency_ms']:.3f} ms measured (budget {summary['budget_ms']:.3f} ms = {args.latency_budget} x int8 "
+              f"{summary['int8_latency_ms']:.3f} ms: {'met' if summary['within_budget'] else 'NOT met'}); predicted {summary['predicted_ms']:.3f} ms")
+    print(f"policy -> {summary['policy']}" + (f"; plots -> {', '.join(summary['png'])}" if summary.get("png") else ""))
+    return EXIT_OK
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("search", help="choose per-layer bits under a latency budget (ILP, HAQ or AutoQ) on the digits task",
+                       description="Trains (once, cached) the model on scikit-learn's digits, searches a policy whose latency is at most "
+                                   "LATENCY_BUDGET x the uniform W8A8 latency, finetunes it (QAT), compiles and measures it.")
+    p.add_argument("model", help="digits_resnet or digits_cnn")
+    p.add_argument("--method", choices=("ilp", "haq", "autoq"), default="ilp")
+    p.add_argument("--latency-budget", type=float, default=0.8, help="fraction of the W8A8 latency (default 0.8)")
+    p.add_argument("--target", help="'llvm -mcpu=znver5' or a JSON dict; default: this machine")
+    p.add_argument("--provider", choices=("predicted", "measured", "bitfusion", "bismo"), default="predicted",
+                   help="latency source: the cost model (default), measurements (--db), or a simulated accelerator")
+    p.add_argument("--db", help="tuning records for --provider measured (missing points are measured and appended)")
+    p.add_argument("--cost-model", default="default", help="cost model file for --provider predicted (default: the shipped one)")
+    p.add_argument("--sensitivity", choices=("kl", "hessian"), default="kl", help="ILP error term (default kl)")
+    p.add_argument("--episodes", type=int, default=60, help="HAQ/AutoQ episodes")
+    p.add_argument("--warmup", type=int, default=15, help="random warm-up episodes")
+    p.add_argument("--reward-steps", type=int, default=0, help="finetune steps per episode before scoring")
+    p.add_argument("--groups", type=int, default=4, help="AutoQ channel groups per layer")
+    p.add_argument("--w-bits", type=bits_list, default=(1, 2, 3, 4, 8), help="weight bits offered (default 1,2,3,4,8)")
+    p.add_argument("--a-bits", type=bits_list, default=(2, 3, 4, 8), help="activation bits offered (default 2,3,4,8)")
+    p.add_argument("--finetune-epochs", type=int, default=4, help="QAT epochs for the chosen policy (0: none)")
+    p.add_argument("--train-epochs", type=int, default=15, help="float training epochs (cached)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--rounds", type=int, default=3, help="timing rounds (medians)")
+    p.add_argument("-o", "--out", default="policy.json", help="policy JSON to write")
+    p.add_argument("--png-dir", help="write the Pareto and per-layer-bits PNGs here (also finetunes and measures uniform baselines)")
+    p.add_argument("--no-measure", action="store_true", help="do not compile and time (predicted latency only)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd)

@@ -1,0 +1,270 @@
+"""One search, end to end: trained model -> hardware table -> search -> finetune -> compile -> measure.
+
+Used by ``tvm-mpq search`` and ``benchmarks/search.py``. The budget is a fraction of the uniform
+W8A8 policy's latency *as the provider prices it* (so the search and its budget speak the same
+units); the chosen policy is then compiled and measured, next to the measured W8A8 model, and the
+result says whether the measured latency met ``fraction x measured int8``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+METHODS = ("ilp", "haq", "autoq")
+PROVIDERS = ("predicted", "measured", "bitfusion", "bismo")
+
+
+@dataclass(frozen=True)
+class SearchArgs:
+    model: str = "digits_resnet"
+    method: str = "ilp"
+    latency_budget: float = 0.8  # fraction of the uniform W8A8 latency
+    target: object = None
+    provider: str = "predicted"
+    db: str | None = None  # tuning records for provider="measured"
+    cost_model: str = "default"
+    sensitivity: str = "kl"
+    episodes: int = 60
+    warmup: int = 15
+    reward_steps: int = 0
+    groups: int = 4
+    w_bits: tuple = (1, 2, 3, 4, 8)
+    a_bits: tuple = (2, 3, 4, 8)
+    finetune_epochs: int = 4
+    train_epochs: int = 15
+    seed: int = 0
+    rounds: int = 3
+    out: str = "policy.json"
+    png_dir: str | None = None
+    measure: bool = True
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"--method must be one of {METHODS}, got {self.method!r}")
+        if self.provider not in PROVIDERS:
+            raise ValueError(f"--provider must be one of {PROVIDERS}, got {self.provider!r}")
+        if not 0 < self.latency_budget <= 1.5:
+            raise ValueError(f"--latency-budget is a fraction of the int8 latency in (0, 1.5], got {self.latency_budget}")
+        if self.provider == "measured" and not self.db:
+            raise ValueError("--provider measured needs --db (tuning records; new points are measured and appended)")
+        if self.sensitivity not in ("kl", "hessian"):
+            raise ValueError(f"--sensitivity must be 'kl' or 'hessian', got {self.sensitivity!r}")
+
+
+@dataclass
+class Setup:
+    """What every search of one model shares (trained once, reused across budgets and methods)."""
+
+    net: object
+    cal: object
+    train: object
+    test: object
+    provider: object
+    float_accuracy: float
+    fixed: dict
+    compiled: dict = field(default_factory=dict)
+
+
+def make_provider(args: SearchArgs):
+    from tvm_mpq import hardware
+    from tvm_mpq.tuning import TuningDatabase
+
+    if args.provider == "predicted":
+        return hardware.PredictedLatency(args.cost_model, target=args.target)
+    if args.provider == "measured":
+        return hardware.MeasuredLatency(TuningDatabase(args.db), target=args.target)
+    return hardware.simulator(args.provider)
+
+
+def prepare(args: SearchArgs) -> Setup:
+    import tvm_mpq
+    from tvm_mpq import data
+    from tvm_mpq.quant.finetune import Recipe, accuracy, pretrained
+
+    model, inputs = pretrained(args.model, Recipe(epochs=args.train_epochs))
+    net = tvm_mpq.import_torch(model, inputs)
+    size = int(inputs[0].shape[-1])
+    train, test = data.digits("train", size=size), data.digits("test", size=size)
+    cal = tvm_mpq.calibrate(net, [x for x, _ in train.batches(256)][:4])
+    names = [l.name for l in net.layers if l.supported]
+    fixed = {names[0]: (8, 8), names[-1]: (8, 8)}
+    return Setup(net, cal, train, test, make_provider(args), accuracy(net.model, test), fixed)
+
+
+def int8_policy(net):
+    import tvm_mpq
+
+    return tvm_mpq.QuantPolicy.uniform(net, w_bits=8, a_bits=8)
+
+
+def measure_ms(setup: Setup, policy, target, rounds: int, key: str | None = None) -> float:
+    """Median latency (ms) of the compiled ``policy`` over ``rounds`` timings."""
+    import tvm_mpq
+
+    if key is None or key not in setup.compiled:
+        compiled = tvm_mpq.build(setup.net, policy, setup.cal, target)
+        if key is not None:
+            setup.compiled[key] = compiled
+    else:
+        compiled = setup.compiled[key]
+    x = setup.test.images[:1].numpy()
+    return float(np.median([np.median(compiled.time(x, number=10, repeat=3)) for _ in range(rounds)])) * 1e3
+
+
+def search(args: SearchArgs, setup: Setup) -> dict:
+    """Run ``args.method`` under the budget; finetune, compile and measure the result."""
+    import tvm_mpq
+    from tvm_mpq import hardware
+    from tvm_mpq.quant.finetune import Recipe, accuracy, qat
+    from tvm_mpq.quant.sensitivity import hessian_sensitivity, kl_sensitivity
+    from tvm_mpq.search.autoq import AutoQSearch
+    from tvm_mpq.search.ddpg import DDPGConfig, haq_search
+    from tvm_mpq.search.env import BitRange, QuantEnv
+    from tvm_mpq.search.ilp import InfeasibleBudget, ilp_search
+    from tvm_mpq.search.reward import AccuracyReward
+
+    t0 = time.perf_counter()
+    net, provider = setup.net, setup.provider
+    int8_pred_s = hardware.network_latency(provider, net, int8_policy(net))
+    budget_s = args.latency_budget * int8_pred_s
+    result = {"method": args.method, "provider": getattr(provider, "name", args.provider), "budget_fraction": args.latency_budget,
+              "accuracy_float": setup.float_accuracy, "int8_predicted_ms": 1e3 * int8_pred_s, "budget_predicted_ms": 1e3 * budget_s}
+    sensitivity = None
+    try:
+        if args.method == "ilp":
+            batches = [(x, y) for x, y in setup.train.batches(128, shuffle=True, seed=args.seed)][:2]
+            if args.sensitivity == "kl":
+                sensitivity = kl_sensitivity(net, setup.cal, [x for x, _ in batches], w_bits=args.w_bits, a_bits=args.a_bits)
+            else:
+                sensitivity = hessian_sensitivity(net, setup.cal, batches, w_bits=args.w_bits, a_bits=args.a_bits)
+            found = ilp_search(net, provider, sensitivity, latency_budget_s=budget_s, w_bits=args.w_bits, a_bits=args.a_bits,
+                               fixed=setup.fixed)
+            policy, info = found.policy, {"objective": found.objective, **found.info}
+        else:
+            reward = AccuracyReward(net, setup.cal, setup.train, setup.test, steps=args.reward_steps, seed=args.seed)
+            cfg = DDPGConfig(episodes=args.episodes, warmup=min(args.warmup, args.episodes), seed=args.seed)
+            w_range, a_range = BitRange(min(args.w_bits), max(args.w_bits)), BitRange(min(args.a_bits), max(args.a_bits))
+            if args.method == "haq":
+                env = QuantEnv(net, provider, reward, latency_budget_s=budget_s, w_range=w_range, a_range=a_range, fixed=setup.fixed)
+                found = haq_search(env, cfg)
+            else:
+                found = AutoQSearch(net, provider, reward, latency_budget_s=budget_s, groups=args.groups, w_range=w_range,
+                                    a_range=a_range, fixed=setup.fixed, config=cfg).run()
+            if found.best_policy is None:
+                raise InfeasibleBudget(f"no episode of {args.episodes} met the budget", {})
+            policy = found.best_policy
+            info = {"episodes": len(found.history), "best_reward": found.best_reward, "search_accuracy": found.best_info["metrics"].get("accuracy")}
+    except InfeasibleBudget as err:
+        return {**result, "feasible": False, "error": str(err), "wall_s": time.perf_counter() - t0}
+    result.update(feasible=True, info=info, predicted_ms=1e3 * hardware.network_latency(provider, net, policy))
+    result["accuracy_before_finetune"] = accuracy(tvm_mpq.simulate(net, policy, setup.cal), setup.test)
+    tuned = qat(net, policy, setup.cal, setup.train, Recipe(epochs=args.finetune_epochs, lr=0.005, seed=args.seed)) if args.finetune_epochs else net
+    result["accuracy"] = accuracy(tvm_mpq.simulate(tuned, policy, setup.cal), setup.test)
+    result["search_wall_s"] = time.perf_counter() - t0
+    if args.measure:
+        result["int8_latency_ms"] = measure_ms(setup, int8_policy(net), args.target, args.rounds, key="int8")
+        result["latency_ms"] = measure_ms(setup, policy, args.target, args.rounds)
+        result["budget_ms"] = args.latency_budget * result["int8_latency_ms"]
+        result["within_budget"] = result["latency_ms"] <= result["budget_ms"]
+    result["table"] = layer_table(setup, policy, sensitivity)
+    result["policy_obj"] = policy
+    result["wall_s"] = time.perf_counter() - t0
+    return result
+
+
+def layer_table(setup: Setup, policy, sensitivity) -> list[dict]:
+    from tvm_mpq.hardware.base import layer_table as latencies
+
+    bits = policy.resolve(setup.net.layer_names)
+    layers = [l for l in setup.net.layers if l.supported]
+    secs = latencies(setup.provider, layers, [bits[l.name] for l in layers])
+    rows = []
+    for layer, s in zip(layers, secs):
+        b = bits[layer.name]
+        w = [g.w_bits for g in b.groups] if b.groups else b.w_bits
+        row = {"layer": layer.name, "w_bits": w, "a_bits": b.a_bits, "predicted_ms": 1e3 * s}
+        if sensitivity is not None and not b.groups:
+            row["sensitivity"] = sensitivity.error(layer.name, b.w_bits, b.a_bits)
+        rows.append(row)
+    return rows
+
+
+def uniform_points(args: SearchArgs, setup: Setup, bits=((8, 8), (4, 4), (2, 2))) -> list[dict]:
+    """Uniform baselines (8-bit ends) with finetuned accuracy and measured latency, for the Pareto plot."""
+    import tvm_mpq
+    from tvm_mpq.quant.finetune import Recipe, accuracy, qat
+
+    points = []
+    for w, a in bits:
+        policy = tvm_mpq.QuantPolicy.uniform(setup.net, w_bits=w, a_bits=a, keep_first_last=8 if (w, a) != (8, 8) else None)
+        tuned = qat(setup.net, policy, setup.cal, setup.train, Recipe(epochs=args.finetune_epochs, lr=0.005, seed=args.seed)) \
+            if args.finetune_epochs and (w, a) != (8, 8) else setup.net
+        points.append({"label": f"W{w}A{a}", "accuracy": accuracy(tvm_mpq.simulate(tuned, policy, setup.cal), setup.test),
+                       "latency_ms": measure_ms(setup, policy, args.target, args.rounds, key=f"uniform{w}{a}") if args.measure else None})
+    return points
+
+
+def plot(result: dict, uniform: list[dict], path_prefix: str) -> list[str]:
+    """PNGs: accuracy vs measured latency (uniform points marked) and the per-layer bits."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = []
+    fig, ax = plt.subplots(figsize=(5, 4))
+    pts = [p for p in uniform if p["latency_ms"] is not None]
+    ax.scatter([p["latency_ms"] for p in pts], [100 * p["accuracy"] for p in pts], marker="s", label="uniform")
+    for p in pts:
+        ax.annotate(p["label"], (p["latency_ms"], 100 * p["accuracy"]))
+    if result.get("latency_ms") is not None:
+        ax.scatter([result["latency_ms"]], [100 * result["accuracy"]], marker="*", s=150, label=result["method"])
+    ax.set_xlabel("measured latency (ms)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.legend()
+    fig.tight_layout()
+    paths.append(f"{path_prefix}_pareto.png")
+    fig.savefig(paths[-1])
+    plt.close(fig)
+    fig, ax = plt.subplots(figsize=(8, 3))
+    rows = result["table"]
+    wb = [np.mean(r["w_bits"]) if isinstance(r["w_bits"], list) else r["w_bits"] for r in rows]
+    x = np.arange(len(rows))
+    ax.bar(x - 0.2, wb, 0.4, label="weight bits (mean over groups)")
+    ax.bar(x + 0.2, [r["a_bits"] for r in rows], 0.4, label="activation bits")
+    ax.set_xticks(x, [r["layer"] for r in rows], rotation=90, fontsize=6)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    paths.append(f"{path_prefix}_bits.png")
+    fig.savefig(paths[-1])
+    plt.close(fig)
+    return paths
+
+
+def run(args: SearchArgs) -> dict:
+    """The whole ``tvm-mpq search``: returns the JSON summary (and writes the policy, PNGs)."""
+    t0 = time.perf_counter()
+    setup = prepare(args)
+    result = search(args, setup)
+    summary = {k: v for k, v in result.items() if k not in ("policy_obj",)}
+    if result.get("feasible"):
+        policy = result["policy_obj"]
+        with open(args.out, "w") as f:
+            json.dump(policy.to_dict(), f, indent=2)
+        summary["policy"] = os.path.abspath(args.out)
+        if args.png_dir:
+            os.makedirs(args.png_dir, exist_ok=True)
+            uniform = uniform_points(args, setup)
+            summary["uniform"] = uniform
+            summary["png"] = plot(result, uniform, os.path.join(args.png_dir, f"{args.model}_{args.method}"))
+    summary["args"] = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(args).items() if k != "target"}
+    summary["wall_s"] = time.perf_counter() - t0
+    return summary
