@@ -69,17 +69,24 @@ def train(model: nn.Module, split: "digits_data.Split", recipe: Recipe = Recipe(
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=recipe.lr, total_steps=steps, pct_start=0.15)
     model.train()
     for epoch in range(recipe.epochs):
-        t0, total, n = time.perf_counter(), 0.0, 0
-        for x, y in split.batches(recipe.batch_size, shuffle=True, seed=recipe.seed * 1000 + epoch, augment=True):
-            loss = F.cross_entropy(model(x), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            total, n = total + float(loss.detach()) * len(y), n + len(y)
+        t0 = time.perf_counter()
+        loss = run_epoch(model, split, recipe, epoch, opt, sched)
         if log_every and (epoch + 1) % log_every == 0:
-            logger.info("epoch %d/%d: loss %.4f (%.1f s)", epoch + 1, recipe.epochs, total / n, time.perf_counter() - t0)
+            logger.info("epoch %d/%d: loss %.4f (%.1f s)", epoch + 1, recipe.epochs, loss, time.perf_counter() - t0)
     return model.eval()
+
+
+def run_epoch(model: nn.Module, split, recipe: Recipe, epoch: int, opt, sched) -> float:
+    """One pass over augmented, shuffled batches of ``split``; returns the mean loss."""
+    total, n = 0.0, 0
+    for x, y in split.batches(recipe.batch_size, shuffle=True, seed=recipe.seed * 1000 + epoch, augment=True):
+        loss = F.cross_entropy(model(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        total, n = total + float(loss.detach()) * len(y), n + len(y)
+    return total / max(n, 1)
 
 
 def _cache_path(name: str, kwargs: dict, recipe: Recipe) -> Path:
@@ -180,13 +187,8 @@ def qat(net, policy, calibration, split: "digits_data.Split", recipe: Recipe = R
     for epoch in range(recipe.epochs):
         for layer in wrapped.values():
             layer.refresh_scales()
-        for x, y in split.batches(recipe.batch_size, shuffle=True, seed=recipe.seed * 1000 + epoch, augment=True):
-            loss = F.cross_entropy(model(x), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-        logger.info("QAT epoch %d/%d: last loss %.4f", epoch + 1, recipe.epochs, float(loss.detach()))
+        loss = run_epoch(model, split, recipe, epoch, opt, sched)
+        logger.info("QAT epoch %d/%d: loss %.4f", epoch + 1, recipe.epochs, loss)
     for name, layer in wrapped.items():
         _set_submodule(model, name, layer.module)
     model.eval()

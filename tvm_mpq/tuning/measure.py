@@ -26,9 +26,10 @@ import numpy as np
 MIN_REPEAT_MS = 40
 REPEAT = 5
 #: Timing (cold, the default): single runs, each after flushing every argument but the input from
-#: the caches (TVM's ``cache_flush_cpu_non_first_arg``), as a layer runs inside a network: its input
-#: was just written by the previous layer, its weights were evicted by the others. On ResNet-18
-#: W8A8 the summed cold times came within 9% of the layers' in-network times, the warm ones 23% under.
+#: the caches (TVM's ``cache_flush_cpu_non_first_arg``), meant to mimic a layer inside a network
+#: (input just written, weights evicted by the other layers). Measured against clean whole-network
+#: timings (benchmarks/results/2026-11-22-costmodel.txt) the summed cold records read ~30% high:
+#: which of cold/warm tracks in-network time best on this CPU is not settled yet.
 COLD_REPEAT = 30
 FLUSH = "cache_flush_cpu_non_first_arg"
 
