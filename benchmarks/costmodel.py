@@ -58,8 +58,8 @@ def policies(net, seed: int = 0):
 
 
 def _time_in_child(paths: dict, x_path: str, rounds: int) -> dict:
-    """Time the exported models in a fresh process (no torch / XGBoost threads of this one
-    spinning on the cores), ``rounds`` interleaved rounds."""
+    """Time the exported models in a fresh process (nothing of this one's torch/XGBoost state
+    around them), ``rounds`` interleaved rounds."""
     code = (
         "import json, sys, numpy as np, tvm_mpq\n"
         "paths, x_path, rounds = json.loads(sys.argv[1]), sys.argv[2], int(sys.argv[3])\n"

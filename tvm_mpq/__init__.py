@@ -7,15 +7,7 @@
     ex = tvm_mpq.build(net, policy, cal, target="llvm -mcpu=znver5")
 """
 
-import os as _os
-
-# torch's OpenMP workers spin between parallel regions by default and then take the cores TVM's
-# kernels run on: after one torch matmul in the same process, a compiled ResNet-18 W8A8 timed
-# 12.7 ms instead of 7.9 (8.7 with passive waiting). libgomp reads this once, when torch loads, so
-# it only helps if tvm_mpq is imported before torch (or the user sets it).
-_os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
-from tvm_mpq import models  # noqa: E402
+from tvm_mpq import models
 from tvm_mpq.build import CompiledModel, build, load_compiled, quantize_module
 from tvm_mpq.frontend import LayerInfo, Network, import_torch
 from tvm_mpq.policy import ChannelGroup, LayerBits, QuantPolicy

@@ -27,9 +27,9 @@ MIN_REPEAT_MS = 40
 REPEAT = 5
 #: Timing (cold, the default): single runs, each after flushing every argument but the input from
 #: the caches (TVM's ``cache_flush_cpu_non_first_arg``), meant to mimic a layer inside a network
-#: (input just written, weights evicted by the other layers). Measured against clean whole-network
-#: timings (benchmarks/results/2026-11-22-costmodel.txt) the summed cold records read ~30% high:
-#: which of cold/warm tracks in-network time best on this CPU is not settled yet.
+#: (input just written, weights evicted by the other layers). Whether cold or warm tracks
+#: in-network time better on this CPU is not settled: this VM drifts by up to 2x over tens of
+#: seconds (benchmarks/results/2026-11-22-costmodel.txt), larger than the cold/warm difference.
 COLD_REPEAT = 30
 FLUSH = "cache_flush_cpu_non_first_arg"
 
