@@ -27,9 +27,10 @@ MIN_REPEAT_MS = 40
 REPEAT = 5
 #: Timing (cold, the default): single runs, each after flushing every argument but the input from
 #: the caches (TVM's ``cache_flush_cpu_non_first_arg``), meant to mimic a layer inside a network
-#: (input just written, weights evicted by the other layers). Whether cold or warm tracks
-#: in-network time better on this CPU is not settled: this VM drifts by up to 2x over tens of
-#: seconds (benchmarks/results/2026-11-22-costmodel.txt), larger than the cold/warm difference.
+#: (input just written, weights evicted by the other layers). Timed in one window with the whole
+#: ResNet-18 W8A8 network, its 21 layers summed to ~0.8x of it warm and ~0.85x cold (+ pooling:
+#: ~0.9x); this VM's drift (up to 2x over tens of seconds) is larger than that difference
+#: (benchmarks/results/2026-11-22-costmodel.txt).
 COLD_REPEAT = 30
 FLUSH = "cache_flush_cpu_non_first_arg"
 
