@@ -32,7 +32,6 @@ ROOT = os.path.dirname(HERE)
 
 
 def policies(net, seed: int = 0):
-    import tvm_mpq
     from tvm_mpq.policy import ChannelGroup, LayerBits, QuantPolicy
 
     rng = np.random.default_rng(seed)

@@ -15,7 +15,6 @@ over workloads and reports, on the held-out predictions:
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 from typing import Iterable
 

@@ -62,34 +62,6 @@ def workload_id(record) -> str:
     return json.dumps(record.workload, sort_keys=True) + "|" + record.target
 
 
-def _spec_of(layer):
-    """A layer given as a spec, a :class:`~tvm_mpq.frontend.Layer` (``.spec``) or a workload dict."""
-    from tvm_mpq.tuning.database import workload_spec
-
-    if isinstance(layer, dict):
-        return workload_spec(layer)
-    return getattr(layer, "spec", layer)
-
-
-def resolve_precision(spec, precision, target) -> tuple[str, int, int]:
-    """(kernel, w_bits, a_bits) for a :class:`~tvm_mpq.tuning.Precision`, a ``(w, a)`` pair or a
-    :class:`~tvm_mpq.policy.LayerBits` (a pair runs on what ``LowerToKernels`` would choose)."""
-    from tvm_mpq.kernels.registry import lowered_kernel
-
-    if hasattr(precision, "kernel"):
-        return precision.kernel, int(precision.w_bits), int(precision.a_bits)
-    if hasattr(precision, "w_bits"):  # LayerBits: float (None) or integer bits
-        w, a = precision.w_bits, precision.a_bits
-    else:
-        try:
-            w, a = precision
-        except (TypeError, ValueError):
-            raise TypeError(f"a precision is a Precision, a (w_bits, a_bits) pair or LayerBits, got {precision!r}") from None
-    w, a = (32 if w is None else int(w)), (32 if a is None else int(a))
-    in_ch = getattr(spec, "in_channels", None)
-    return lowered_kernel(spec.kind, w, a, target, in_channels=in_ch, spec=spec), w, a
-
-
 def canonical_bits(kernel: str, w: int, a: int) -> tuple[int, int]:
     from tvm_mpq.tuning.space import canonical_bits as canon
 
@@ -216,20 +188,26 @@ class XGBCostModel:
 
         ``layers``: specs, network layers or workload dicts; ``precisions``: one per layer (or one
         for all) as a :class:`~tvm_mpq.tuning.Precision` (that kernel), a ``(w_bits, a_bits)``
-        pair or :class:`~tvm_mpq.policy.LayerBits` (the kernel ``LowerToKernels`` picks; 32 or
-        None = float).
+        pair or :class:`~tvm_mpq.policy.LayerBits` (the kernel ``LowerToKernels`` picks with
+        ``kernel="auto"``; 32 = float; a layer's channel groups are summed).
         """
         from tvm_mpq._tvm import parse_target
+        from tvm_mpq.hardware.base import kernel_points
 
-        specs = [_spec_of(layer) for layer in layers]
         if hasattr(precisions, "kernel") or (isinstance(precisions, tuple) and len(precisions) == 2 and all(isinstance(v, int) for v in precisions)):
-            precisions = [precisions] * len(specs)
+            precisions = [precisions] * len(layers)
         precisions = list(precisions)
-        if len(precisions) != len(specs):
-            raise ValueError(f"predict got {len(specs)} layers but {len(precisions)} precisions; give one per layer (or one for all)")
+        if len(precisions) != len(layers):
+            raise ValueError(f"predict got {len(layers)} layers but {len(precisions)} precisions; give one per layer (or one for all)")
         tgt = parse_target(target if target is not None else self.meta.get("target"))
-        points = [(spec, *resolve_precision(spec, p, tgt), None) for spec, p in zip(specs, precisions)]
-        return self.predict_points(points, target=tgt, threads=threads)
+        points, owner = [], []
+        for i, (layer, p) in enumerate(zip(layers, precisions)):
+            for point in kernel_points(layer, p, tgt):
+                points.append((*point, None))
+                owner.append(i)
+        out = np.zeros(len(layers))
+        np.add.at(out, owner, self.predict_points(points, target=tgt, threads=threads))
+        return out
 
     def predict_records(self, records: Sequence) -> np.ndarray:
         """Prediction for each record's own point (its target, threads and knobs)."""

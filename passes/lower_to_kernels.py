@@ -29,7 +29,7 @@ import numpy as np
 from tvm_mpq._tvm import Constant, Target, parse_target, relax, tvm
 from tvm_mpq.kernels import bitserial, x86
 from tvm_mpq.kernels.registry import KERNELS, apply_schedule, resolve_kernel, schedule_kernel
-from tvm_mpq.kernels.spec import ConvSpec, DenseSpec
+from tvm_mpq.kernels.spec import DenseSpec, group_spec
 from tvm_mpq.frontend import conv_spec, is_op
 from tvm_mpq.passes.annotate_bitwidth import A_BITS_ATTR, GROUPS_ATTR, KIND_ATTR, LAYER_ATTR, activation_kind
 from tvm_mpq.quant.calibrate import Calibration
@@ -129,10 +129,7 @@ class _Lowerer(relax.PyExprMutator):
         if len(groups) > 1 and residual is not None:
             fused, out = {}, "float"  # the residual is added (and the activation applied) after the concat
         for start, stop, bits in groups:
-            if kind == "conv2d":
-                gspec = ConvSpec(**{**spec.__dict__, "out_channels": stop - start})
-            else:
-                gspec = DenseSpec(batch=spec.batch, in_features=spec.in_features, out_features=stop - start)
+            gspec = group_spec(spec, stop - start)
             impl = resolve_kernel(self.kernel, kind, bits, a_bits, self.target, layer=name, in_channels=w.shape[1], spec=gspec)
             self.choices[name].append(impl.name)
             te_func = impl.conv2d if kind == "conv2d" else impl.dense

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from dataclasses import dataclass
 
 from tvm_mpq.cli.common import EXIT_OK, UsageError

@@ -15,10 +15,9 @@ pair or a :class:`~tvm_mpq.tuning.Precision` (a specific kernel; CPU providers o
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import Protocol, Sequence, runtime_checkable
 
-from tvm_mpq.kernels.spec import ConvSpec, DenseSpec
+from tvm_mpq.kernels.spec import ConvSpec, DenseSpec, group_spec
 
 FLOAT = 32
 
@@ -39,17 +38,15 @@ class LatencyProvider(Protocol):
 
 
 def spec_of(layer) -> "ConvSpec | DenseSpec":
+    """A layer given as a network layer (``.spec``), a spec or a workload dict (tuning records)."""
+    if isinstance(layer, dict):
+        from tvm_mpq.tuning.database import workload_spec
+
+        return workload_spec(layer)
     spec = getattr(layer, "spec", layer)
     if not isinstance(spec, (ConvSpec, DenseSpec)):
-        raise TypeError(f"a layer is a network layer (with .spec), a ConvSpec or a DenseSpec; got {type(layer).__name__}")
+        raise TypeError(f"a layer is a network layer (with .spec), a ConvSpec, a DenseSpec or a workload dict; got {type(layer).__name__}")
     return spec
-
-
-def group_spec(spec, size: int):
-    """The spec of ``size`` output channels of a layer (a channel group runs as its own conv/dense)."""
-    if isinstance(spec, DenseSpec):
-        return replace(spec, out_features=size)
-    return replace(spec, out_channels=size)
 
 
 def parts(layer, bits) -> list[tuple]:
@@ -68,6 +65,23 @@ def parts(layer, bits) -> list[tuple]:
     except (TypeError, ValueError):
         raise TypeError(f"bits are LayerBits, a (w_bits, a_bits) pair or a Precision; got {bits!r}") from None
     return [(spec, int(w), int(a))]
+
+
+def kernel_points(layer, bits, target, kernel="auto") -> list[tuple]:
+    """``[(spec, kernel name, w_bits, a_bits)]``: what runs for ``layer`` at ``bits``, one per
+    channel group, each on the kernel ``kernel`` (as given to ``LowerToKernels``) resolves to."""
+    from tvm_mpq.kernels.registry import lowered_kernel
+
+    points = []
+    for part in parts(layer, bits):
+        if len(part) == 2:
+            spec, p = part
+            points.append((spec, p.kernel, int(p.w_bits), int(p.a_bits)))
+        else:
+            spec, w, a = part
+            name = lowered_kernel(spec.kind, w, a, target, getattr(spec, "in_channels", None), kernel, spec=spec)
+            points.append((spec, name, w, a))
+    return points
 
 
 #: Bytes per second through TVM's (ScheduleGeneric) pooling ops on this CPU class: a 3x3/2 max

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 
 from tvm_mpq._tvm import parse_target, target_to_str
-from tvm_mpq.hardware.base import parts, pooling_seconds
+from tvm_mpq.hardware.base import kernel_points, pooling_seconds
 
 logger = logging.getLogger(__name__)
 
@@ -27,15 +27,6 @@ class MeasuredLatency:
         self.target = parse_target(target)
         self.target_str = target_to_str(self.target)
         self._cache: dict[tuple, float] = {}
-
-    def _point(self, part) -> tuple:
-        from tvm_mpq.kernels.registry import lowered_kernel
-
-        if len(part) == 2:
-            spec, p = part
-            return spec, p.kernel, p.w_bits, p.a_bits
-        spec, w, a = part
-        return spec, lowered_kernel(spec.kind, w, a, self.target, getattr(spec, "in_channels", None), self.kernel, spec=spec), w, a
 
     def _seconds(self, spec, kernel: str, w: int, a: int) -> float:
         from tvm_mpq.tuning.space import canonical_bits
@@ -60,7 +51,7 @@ class MeasuredLatency:
         return self._cache[key]
 
     def latency(self, layer, bits) -> float:
-        return sum(self._seconds(*self._point(part)) for part in parts(layer, bits))
+        return sum(self._seconds(*point) for point in kernel_points(layer, bits, self.target, self.kernel))
 
     def energy(self, layer, bits) -> None:
         return None

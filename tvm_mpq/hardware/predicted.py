@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Sequence
 
 from tvm_mpq._tvm import parse_target
-from tvm_mpq.hardware.base import parts, pooling_seconds
+from tvm_mpq.hardware.base import kernel_points, pooling_seconds
 
 
 class PredictedLatency:
@@ -31,26 +31,12 @@ class PredictedLatency:
             kernel = KernelChooser(self.model)
         self.kernel = kernel
 
-    def _points(self, layer, bits) -> list[tuple]:
-        from tvm_mpq.kernels.registry import lowered_kernel
-
-        points = []
-        for part in parts(layer, bits):
-            if len(part) == 2:
-                spec, p = part
-                points.append((spec, p.kernel, p.w_bits, p.a_bits, None))
-            else:
-                spec, w, a = part
-                kernel = lowered_kernel(spec.kind, w, a, self.target, getattr(spec, "in_channels", None), self.kernel, spec=spec)
-                points.append((spec, kernel, w, a, None))
-        return points
-
     def latencies(self, layers: Sequence, bits: Sequence) -> list[float]:
         """Seconds for each (layer, bits), in one model call."""
         points, owner = [], []
         for i, (layer, b) in enumerate(zip(layers, bits)):
-            for point in self._points(layer, b):
-                points.append(point)
+            for point in kernel_points(layer, b, self.target, self.kernel):
+                points.append((*point, None))
                 owner.append(i)
         ms = self.model.predict_points(points, target=self.target, threads=self.threads)
         out = [0.0] * len(layers)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 
 def ceil_div(n: int, d: int) -> int:
@@ -96,3 +96,10 @@ class DenseSpec:
     @property
     def out_shape(self) -> tuple[int, int]:
         return (self.batch, self.out_features)
+
+
+def group_spec(spec: "ConvSpec | DenseSpec", size: int) -> "ConvSpec | DenseSpec":
+    """The spec of ``size`` output channels of a layer (a channel group runs as its own conv/dense)."""
+    if isinstance(spec, DenseSpec):
+        return replace(spec, out_features=size)
+    return replace(spec, out_channels=size)

@@ -22,7 +22,8 @@ import time
 
 import numpy as np
 
-from tvm_mpq.hardware.base import group_spec, layer_table
+from tvm_mpq.hardware.base import layer_table
+from tvm_mpq.kernels.spec import group_spec
 from tvm_mpq.policy import ChannelGroup, LayerBits, QuantPolicy
 from tvm_mpq.search.ddpg import AgentResult, DDPGAgent, DDPGConfig, EpisodeLog
 from tvm_mpq.search.env import BitRange, QuantEnv
