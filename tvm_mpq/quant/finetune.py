@@ -158,27 +158,25 @@ class QATLayer(nn.Module):
         return F.conv2d(xq, w, m.bias, m.stride, m.padding, m.dilation, m.groups)
 
 
+def qat_model(net, policy, calibration) -> tuple[nn.Module, dict[str, QATLayer]]:
+    """A copy of ``net``'s (folded) model with every layer ``policy`` quantizes wrapped in a
+    :class:`QATLayer`; returns it and the wrappers by name."""
+    from tvm_mpq.quant.simulate import float_copy, swap_layers
+
+    model = float_copy(net, calibration)
+    wrapped = swap_layers(model, policy, calibration,
+                          lambda module, bits, aq, name: QATLayer(module, bits.channel_bits(module.weight.shape[0]), aq))
+    return model, wrapped
+
+
 def qat(net, policy, calibration, split: "digits_data.Split", recipe: Recipe = Recipe(epochs=4, lr=0.005)):
     """Quantization-aware finetune of ``net`` under ``policy``; returns a new imported Network
     whose (BatchNorm-folded) weights are the finetuned ones, ready for ``tvm_mpq.build`` with the
     same ``calibration``."""
-    import copy
-
     import tvm_mpq
-    from tvm_mpq.quant.calibrate import quantizable_modules
     from tvm_mpq.quant.fold import _set_submodule
-    from tvm_mpq.quant.simulate import module_supported
 
-    model = copy.deepcopy(net.model)
-    modules = quantizable_modules(model)
-    resolved = policy.resolve(list(modules), {n: module_supported(m) for n, m in modules.items()})
-    wrapped: dict[str, QATLayer] = {}
-    for name, bits in resolved.items():
-        if bits.is_float:
-            continue
-        layer = QATLayer(modules[name], bits.channel_bits(modules[name].weight.shape[0]), calibration.act_quant(name, bits.a_bits))
-        _set_submodule(model, name, layer)
-        wrapped[name] = layer
+    model, wrapped = qat_model(net, policy, calibration)
     torch.manual_seed(recipe.seed)
     opt = torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=0.9, nesterov=True, weight_decay=recipe.weight_decay)
     steps = recipe.epochs * math.ceil(len(split) / recipe.batch_size)

@@ -18,7 +18,6 @@ to float rounding).
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
@@ -28,9 +27,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from tvm_mpq.quant.calibrate import Calibration, quantizable_modules
-from tvm_mpq.quant.fold import fold_batchnorm
 from tvm_mpq.quant.qparams import ActQuant, quantize_weight
-from tvm_mpq.quant.simulate import module_supported
+from tvm_mpq.quant.simulate import float_copy, module_supported
 
 
 @dataclass
@@ -72,16 +70,13 @@ def dequantized_weight(weight: torch.Tensor, bits: int) -> torch.Tensor:
 
 
 def _model_of(model_or_net, calibration: Calibration) -> nn.Module:
-    """A BatchNorm-folded copy (what the kernels quantize), without in-place activations (the
-    Hessian's double backprop needs every intermediate)."""
-    if hasattr(model_or_net, "layers") and hasattr(model_or_net, "model"):
-        model = copy.deepcopy(model_or_net.model)
-    else:
-        model = fold_batchnorm(model_or_net, tuple(torch.zeros(s) for s in calibration.input_shapes))
+    """The folded float copy (:func:`~tvm_mpq.quant.simulate.float_copy`) without in-place
+    activations (the Hessian's double backprop needs every intermediate)."""
+    model = float_copy(model_or_net, calibration)
     for m in model.modules():
         if hasattr(m, "inplace"):
             m.inplace = False
-    return model.eval()
+    return model
 
 
 def _layers(model: nn.Module, layers: Sequence[str] | None) -> dict[str, nn.Module]:

@@ -79,6 +79,33 @@ class IntegerLayer(nn.Module):
         return v * self.out_scale.view(shape) + self.dead_bias.view(shape)
 
 
+def float_copy(model_or_net, calibration: Calibration) -> nn.Module:
+    """A BatchNorm-folded copy of the model in eval mode (what the kernels quantize): the
+    Network's own folded model, or the torch model folded with the calibration's input shapes."""
+    if hasattr(model_or_net, "layers") and hasattr(model_or_net, "model"):
+        return copy.deepcopy(model_or_net.model).eval()
+    if isinstance(model_or_net, nn.Module):
+        if not calibration.input_shapes:
+            raise ValueError("the calibration has no input shapes: calibrate with tvm_mpq.calibrate, or pass the Network")
+        inputs = tuple(torch.zeros(s) for s in calibration.input_shapes)
+        return fold_batchnorm(model_or_net, inputs).eval()
+    raise TypeError(f"expected a torch module or a tvm_mpq Network, got {type(model_or_net).__name__}")
+
+
+def swap_layers(model: nn.Module, policy: QuantPolicy, calibration: Calibration, make_layer) -> dict[str, nn.Module]:
+    """Replace every layer ``policy`` quantizes by ``make_layer(module, bits, act_quant, name)``
+    (in place); returns the new layers by name. Unsupported layers stay float."""
+    modules = quantizable_modules(model)
+    resolved = policy.resolve(list(modules), {n: module_supported(m) for n, m in modules.items()})
+    swapped = {}
+    for name, bits in resolved.items():
+        if bits.is_float:
+            continue
+        swapped[name] = make_layer(modules[name], bits, calibration.act_quant(name, bits.a_bits), name)
+        _set_submodule(model, name, swapped[name])
+    return swapped
+
+
 @torch.no_grad()
 def simulate(model_or_net, policy: QuantPolicy, calibration: Calibration) -> nn.Module:
     """A torch module that computes what ``tvm_mpq.build(net, policy, calibration)`` computes.
@@ -86,20 +113,9 @@ def simulate(model_or_net, policy: QuantPolicy, calibration: Calibration) -> nn.
     ``model_or_net``: the original torch model (BatchNorm is folded the same way the importer does,
     using the calibration's input shapes) or the :class:`~tvm_mpq.frontend.Network`.
     """
-    if hasattr(model_or_net, "layers") and hasattr(model_or_net, "model"):
-        sim = copy.deepcopy(model_or_net.model).eval()
-    elif isinstance(model_or_net, nn.Module):
-        if not calibration.input_shapes:
-            raise ValueError("the calibration has no input shapes: calibrate with tvm_mpq.calibrate, or pass the Network")
-        inputs = tuple(torch.zeros(s) for s in calibration.input_shapes)
-        sim = fold_batchnorm(model_or_net, inputs)
-    else:
-        raise TypeError(f"simulate needs a torch module or a tvm_mpq Network, got {type(model_or_net).__name__}")
-    modules = quantizable_modules(sim)
-    resolved = policy.resolve(list(modules), {n: module_supported(m) for n, m in modules.items()})
-    for name, bits in resolved.items():
-        if bits.is_float:
-            continue
-        layer = IntegerLayer(modules[name], bits, calibration.act_quant(name, bits.a_bits), name)
-        _set_submodule(sim, name, layer)
+    try:
+        sim = float_copy(model_or_net, calibration)
+    except TypeError:
+        raise TypeError(f"simulate needs a torch module or a tvm_mpq Network, got {type(model_or_net).__name__}") from None
+    swap_layers(sim, policy, calibration, IntegerLayer)
     return sim.eval()

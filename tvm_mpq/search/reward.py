@@ -8,13 +8,12 @@ simulation (:func:`tvm_mpq.simulate`, what the compiled model computes) after a 
 
 from __future__ import annotations
 
-import copy
 import json
 
 import torch
 import torch.nn.functional as F
 
-from tvm_mpq.quant.finetune import QATLayer, accuracy
+from tvm_mpq.quant.finetune import accuracy, qat_model
 
 
 class AccuracyReward:
@@ -28,18 +27,7 @@ class AccuracyReward:
         self.cache: dict = {}
 
     def model(self, policy) -> torch.nn.Module:
-        from tvm_mpq.quant.calibrate import quantizable_modules
-        from tvm_mpq.quant.fold import _set_submodule
-        from tvm_mpq.quant.simulate import module_supported
-
-        model = copy.deepcopy(self.net.model)
-        modules = quantizable_modules(model)
-        resolved = policy.resolve(list(modules), {n: module_supported(m) for n, m in modules.items()})
-        for name, bits in resolved.items():
-            if not bits.is_float:
-                m = modules[name]
-                _set_submodule(model, name, QATLayer(m, bits.channel_bits(m.weight.shape[0]), self.cal.act_quant(name, bits.a_bits)))
-        return model
+        return qat_model(self.net, policy, self.cal)[0]
 
     def __call__(self, policy):
         key = json.dumps(policy.to_dict(), sort_keys=True)
