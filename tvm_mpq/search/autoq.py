@@ -22,11 +22,8 @@ import time
 
 import numpy as np
 
-from tvm_mpq.hardware.base import layer_table
-from tvm_mpq.kernels.spec import group_spec
-from tvm_mpq.policy import ChannelGroup, LayerBits, QuantPolicy
 from tvm_mpq.search.ddpg import AgentResult, DDPGAgent, DDPGConfig, EpisodeLog
-from tvm_mpq.search.env import BitRange, QuantEnv
+from tvm_mpq.search.env import BitRange, LatencyTable, fixed_seconds, searchable_layers, step_states
 
 logger = logging.getLogger(__name__)
 
@@ -50,76 +47,16 @@ class AutoQSearch:
         self.budget, self.w_range, self.a_range = float(latency_budget_s), w_range, a_range
         self.fixed = dict(fixed or {})
         self.cfg, self.intrinsic_weight = config, intrinsic_weight
-        self.layers = [l for l in net.layers if l.supported and l.name not in self.fixed]
-        if not self.layers:
-            raise ValueError("nothing to search: every supported layer is fixed")
+        self.layers = searchable_layers(net, self.fixed)
         self.groups = {l.name: channel_groups(l.out_channels, groups if l.kind == "conv2d" else 1) for l in self.layers}
-        # the HAQ environment supplies the normalized per-layer state and the fixed latency
-        self.base_env = QuantEnv(net, provider, reward_fn, latency_budget_s=latency_budget_s, w_range=w_range, a_range=a_range,
-                                 fixed=fixed)
-        self.high = DDPGAgent(self.base_env._states.shape[1], config)
-        self.low = DDPGAgent(self.base_env._states.shape[1] + 3, replace(config, seed=config.seed + 1))
-        self._table = self._group_table()
-
-    def _group_table(self) -> dict:
-        """Latency of every channel group at every (w, a), each group priced as its own conv
-        (one batched provider call)."""
-        keys, specs, pairs = [], [], []
-        for layer in self.layers:
-            for start, stop in self.groups[layer.name]:
-                spec = layer.spec if (start, stop) == (0, layer.out_channels) else group_spec(layer.spec, stop - start)
-                for w in range(self.w_range.low, self.w_range.high + 1):
-                    for a in range(self.a_range.low, self.a_range.high + 1):
-                        keys.append((layer.name, start, w, a))
-                        specs.append(spec)
-                        pairs.append((w, a))
-        return dict(zip(keys, layer_table(self.provider, specs, pairs)))
-
-    def _layer_latency(self, name: str, a: int, ws: list[int]) -> float:
-        return sum(self._table[(name, start, w, a)] for (start, _), w in zip(self.groups[name], ws))
-
-    def latency(self, a_bits: dict, w_bits: dict) -> float:
-        return self.base_env.fixed_s + sum(self._layer_latency(n, a_bits[n], w_bits[n]) for n in w_bits)
-
-    def _enforce_budget(self, a_bits: dict, w_bits: dict) -> tuple[int, bool]:
-        """Lower a group's weight bits and/or its layer's activation bits where that saves the most
-        latency per bit given up, until the policy fits."""
-        lowered = 0
-        while self.latency(a_bits, w_bits) > self.budget:
-            best, best_rate = None, 0.0
-            for n in w_bits:
-                a, ws = a_bits[n], w_bits[n]
-                now = self._layer_latency(n, a, ws)
-                for gi, w in enumerate(ws):
-                    for w2 in range(self.w_range.low, w + 1):
-                        for a2 in range(self.a_range.low, a + 1):
-                            if (w2, a2) == (w, a):
-                                continue
-                            new_ws = ws[:gi] + [w2] + ws[gi + 1:]
-                            rate = (now - self._layer_latency(n, a2, new_ws)) / ((w - w2) + (a - a2))
-                            if rate > best_rate:
-                                best, best_rate = (n, gi, w2, a2), rate
-            if best is None:
-                return lowered, False
-            n, gi, w2, a2 = best
-            w_bits[n][gi], a_bits[n] = w2, a2
-            lowered += 1
-        return lowered, True
-
-    def policy(self, a_bits: dict, w_bits: dict) -> QuantPolicy:
-        entries = {}
-        for layer in self.layers:
-            n = layer.name
-            if len(self.groups[n]) == 1:
-                entries[n] = LayerBits(w_bits[n][0], a_bits[n])
-            else:
-                entries[n] = LayerBits(a_bits=a_bits[n], groups=tuple(ChannelGroup(s, e, w) for (s, e), w in zip(self.groups[n], w_bits[n])))
-        entries.update({n: LayerBits(*b) for n, b in self.fixed.items()})
-        return QuantPolicy(entries)
+        self.states = step_states(self.layers)  # HAQ's per-layer state
+        self.costs = LatencyTable(provider, self.layers, self.groups, w_range, a_range, fixed_seconds(net, provider, self.fixed))
+        self.high = DDPGAgent(self.states.shape[1], config)
+        self.low = DDPGAgent(self.states.shape[1] + 3, replace(config, seed=config.seed + 1))
 
     def run(self, progress=None) -> AgentResult:
         cfg = self.cfg
-        states = self.base_env._states
+        states = self.states
         wr = self.w_range.high - self.w_range.low + 1
         best = AgentResult(None, -np.inf, {})
         t0 = time.perf_counter()
@@ -152,8 +89,8 @@ class AutoQSearch:
                     prev_low = act_w
                 w_bits[layer.name] = chosen
                 prev = act_g
-            lowered, feasible = self._enforce_budget(a_bits, w_bits)
-            policy = self.policy(a_bits, w_bits)
+            lowered, feasible = self.costs.lower_to(self.budget, a_bits, w_bits)
+            policy = self.costs.policy(a_bits, w_bits, self.fixed)
             reward, metrics = self.reward_fn(policy) if feasible else (-1.0, {})
             intrinsic = -float(np.mean([abs(np.mean(w_bits[n]) - goals[n]) for n in w_bits])) / wr
             self.high.remember(high_tr, reward)
@@ -162,7 +99,7 @@ class AutoQSearch:
                 for agent in (self.high, self.low):
                     agent.update()
                     agent.sigma *= cfg.sigma_decay
-            latency = self.latency(a_bits, w_bits)
+            latency = self.costs.total(a_bits, w_bits)
             info = {"policy": policy, "latency_s": latency, "budget_s": self.budget, "feasible": feasible,
                     "metrics": {**metrics, "intrinsic": intrinsic}, "lowered_steps": lowered}
             log = EpisodeLog(episode, reward, latency, feasible, info["metrics"],

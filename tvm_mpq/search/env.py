@@ -26,7 +26,8 @@ from typing import Callable
 import numpy as np
 
 from tvm_mpq.hardware.base import layer_table
-from tvm_mpq.policy import LayerBits, QuantPolicy
+from tvm_mpq.kernels.spec import group_spec
+from tvm_mpq.policy import ChannelGroup, LayerBits, QuantPolicy
 
 INFO_KEYS = ("policy", "latency_s", "budget_s", "feasible", "metrics", "lowered_steps")
 STATE_DIM = 10
@@ -46,6 +47,105 @@ class BitRange:
         return int(np.clip(round(self.low - 0.5 + a * (self.high - self.low + 1)), self.low, self.high))
 
 
+def searchable_layers(net, fixed: dict) -> list:
+    """The supported layers of ``net`` that are not ``fixed`` (the ones a search chooses bits for)."""
+    layers = [l for l in net.layers if l.supported and l.name not in fixed]
+    if not layers:
+        raise ValueError("nothing to search: every supported layer is fixed")
+    return layers
+
+
+def step_states(layers) -> np.ndarray:
+    """HAQ's static state of the weight and activation step of each layer (two rows per layer, in
+    that order), normalized to [0, 1] over the network; the last column (previous action) is 0."""
+    rows = []
+    for i, layer in enumerate(layers):
+        spec = layer.spec
+        k = spec.kernel[0] if hasattr(spec, "kernel") else 1
+        stride = spec.strides[0] if hasattr(spec, "strides") else 1
+        fmap = spec.height * spec.width if hasattr(spec, "height") else 1
+        for kind in ("w", "a"):
+            rows.append([i, layer.in_channels, layer.out_channels, k, stride, fmap, layer.params,
+                         float(layer.kind == "depthwise_conv2d"), float(kind == "a"), 0.0])
+    arr = np.array(rows, dtype=np.float64)
+    span = arr.max(axis=0) - arr.min(axis=0)
+    return np.where(span > 0, (arr - arr.min(axis=0)) / np.where(span > 0, span, 1), 0.0)
+
+
+def fixed_seconds(net, provider, fixed: dict) -> float:
+    """What no search step changes: the pooling ops and the ``fixed`` layers."""
+    pooling = getattr(provider, "pooling", None)
+    return (pooling(net) if pooling is not None else 0.0) + sum(provider.latency(net.layer(n), tuple(b)) for n, b in fixed.items())
+
+
+class LatencyTable:
+    """Latency of every channel group of every searched layer at every (w, a) of the ranges, from
+    one batched provider call; sums, budget enforcement and the policy of a choice.
+
+    A choice is ``a_bits[layer]`` and ``w_bits[layer]`` (one entry per channel group of
+    ``groups[layer]``; a layer that is not split has one group covering it).
+    """
+
+    def __init__(self, provider, layers, groups: dict, w_range: BitRange, a_range: BitRange, fixed_s: float = 0.0):
+        self.groups, self.w_range, self.a_range, self.fixed_s = groups, w_range, a_range, fixed_s
+        keys, specs, pairs = [], [], []
+        for layer in layers:
+            for start, stop in groups[layer.name]:
+                spec = group_spec(layer.spec, stop - start)
+                for w in range(w_range.low, w_range.high + 1):
+                    for a in range(a_range.low, a_range.high + 1):
+                        keys.append((layer.name, start, w, a))
+                        specs.append(spec)
+                        pairs.append((w, a))
+        self.table = dict(zip(keys, layer_table(provider, specs, pairs)))
+
+    def layer(self, name: str, a: int, ws: list[int]) -> float:
+        return sum(self.table[(name, start, w, a)] for (start, _), w in zip(self.groups[name], ws))
+
+    def total(self, a_bits: dict, w_bits: dict) -> float:
+        return self.fixed_s + sum(self.layer(n, a_bits[n], w_bits[n]) for n in w_bits)
+
+    def lower_to(self, budget: float, a_bits: dict, w_bits: dict) -> tuple[int, bool]:
+        """Lower a group's weight bits and/or its layer's activation bits where that saves the most
+        latency per bit given up, until the choice fits ``budget`` (in place); returns the number
+        of steps and whether it fits.
+
+        Any lower (w', a') is a candidate, not just one bit less: on a CPU latency is a staircase in
+        the bits (W4A4 and W2A2 run the same byte kernel; W1A1 switches to bit-serial), so a
+        one-bit step can save nothing while two bits save much."""
+        lowered = 0
+        while self.total(a_bits, w_bits) > budget:
+            best, best_rate = None, 0.0
+            for n in w_bits:
+                a, ws = a_bits[n], w_bits[n]
+                now = self.layer(n, a, ws)
+                for gi, w in enumerate(ws):
+                    for w2 in range(self.w_range.low, w + 1):
+                        for a2 in range(self.a_range.low, a + 1):
+                            if (w2, a2) == (w, a):
+                                continue
+                            new_ws = ws[:gi] + [w2] + ws[gi + 1:]
+                            rate = (now - self.layer(n, a2, new_ws)) / ((w - w2) + (a - a2))
+                            if rate > best_rate:
+                                best, best_rate = (n, gi, w2, a2), rate
+            if best is None:  # nothing lowers the latency any more
+                return lowered, False
+            n, gi, w2, a2 = best
+            w_bits[n][gi], a_bits[n] = w2, a2
+            lowered += 1
+        return lowered, True
+
+    def policy(self, a_bits: dict, w_bits: dict, fixed: dict) -> QuantPolicy:
+        entries = {}
+        for n, ws in w_bits.items():
+            if len(self.groups[n]) == 1:
+                entries[n] = LayerBits(ws[0], a_bits[n])
+            else:
+                entries[n] = LayerBits(a_bits=a_bits[n], groups=tuple(ChannelGroup(s, e, w) for (s, e), w in zip(self.groups[n], ws)))
+        entries.update({n: LayerBits(*b) for n, b in fixed.items()})
+        return QuantPolicy(entries)
+
+
 class QuantEnv:
     """See the module docstring. ``fixed`` layers keep their ``(w, a)`` and take no steps."""
 
@@ -55,45 +155,17 @@ class QuantEnv:
         self.budget = float(latency_budget_s)
         self.w_range, self.a_range = w_range, a_range
         self.fixed = dict(fixed or {})
-        self.layers = [l for l in net.layers if l.supported and l.name not in self.fixed]
-        if not self.layers:
-            raise ValueError("nothing to search: every supported layer is fixed")
+        self.layers = searchable_layers(net, self.fixed)
         self.steps = [(l, kind) for l in self.layers for kind in ("w", "a")]
-        self._states = self._static_states()
-        self._table = self._latency_table()
-        pooling = getattr(provider, "pooling", None)
-        self.fixed_s = (pooling(net) if pooling is not None else 0.0) + sum(
-            provider.latency(net.layer(n), tuple(b)) for n, b in self.fixed.items())
+        self._states = step_states(self.layers)
+        self.fixed_s = fixed_seconds(net, provider, self.fixed)
+        self.costs = LatencyTable(provider, self.layers, {l.name: [(0, l.out_channels)] for l in self.layers}, w_range, a_range,
+                                  self.fixed_s)
         self.reset()
 
-    # the static part of each step's state, normalized over the network
-    def _static_states(self) -> np.ndarray:
-        rows = []
-        for i, (layer, kind) in enumerate(self.steps):
-            spec = layer.spec
-            k = spec.kernel[0] if hasattr(spec, "kernel") else 1
-            stride = spec.strides[0] if hasattr(spec, "strides") else 1
-            fmap = spec.height * spec.width if hasattr(spec, "height") else 1
-            rows.append([self.layers.index(layer), layer.in_channels, layer.out_channels, k, stride, fmap, layer.params,
-                         float(layer.kind == "depthwise_conv2d"), float(kind == "a"), 0.0])
-        arr = np.array(rows, dtype=np.float64)
-        span = arr.max(axis=0) - arr.min(axis=0)
-        return np.where(span > 0, (arr - arr.min(axis=0)) / np.where(span > 0, span, 1), 0.0)
-
-    def _latency_table(self) -> dict:
-        """Latency of every layer at every (w, a) of the ranges (one batched provider call)."""
-        pairs = [(w, a) for w in range(self.w_range.low, self.w_range.high + 1) for a in range(self.a_range.low, self.a_range.high + 1)]
-        layers = [l for l in self.layers for _ in pairs]
-        seconds = layer_table(self.provider, layers, [p for _ in self.layers for p in pairs])
-        table, k = {}, 0
-        for layer in self.layers:
-            for p in pairs:
-                table[(layer.name, p)] = seconds[k]
-                k += 1
-        return table
-
     def latency(self, bits: dict) -> float:
-        return self.fixed_s + sum(self._table[(n, b)] for n, b in bits.items())
+        """Seconds of a choice ``{layer: (w, a)}`` (the fixed layers and pooling included)."""
+        return self.costs.total({n: b[1] for n, b in bits.items()}, {n: [b[0]] for n, b in bits.items()})
 
     def reset(self) -> np.ndarray:
         self.t = 0
@@ -120,35 +192,13 @@ class QuantEnv:
         info = dict.fromkeys(INFO_KEYS)
         if self.t < len(self.steps):
             return self._obs(), 0.0, False, info
-        lowered, feasible = self._enforce_budget()
+        a_bits = {n: b[1] for n, b in self.bits.items()}
+        w_bits = {n: [b[0]] for n, b in self.bits.items()}
+        lowered, feasible = self.costs.lower_to(self.budget, a_bits, w_bits)
+        self.bits = {n: [w_bits[n][0], a_bits[n]] for n in self.bits}
         chosen = {n: tuple(b) for n, b in self.bits.items()}
-        policy = QuantPolicy({**{n: LayerBits(w, a) for n, (w, a) in chosen.items()},
-                              **{n: LayerBits(*b) for n, b in self.fixed.items()}})
+        policy = self.costs.policy(a_bits, w_bits, self.fixed)
         reward, metrics = self.reward_fn(policy) if feasible else (-1.0, {})
         info.update(policy=policy, latency_s=self.latency(chosen), budget_s=self.budget, feasible=feasible, metrics=metrics,
                     lowered_steps=lowered)
         return self._obs(), float(reward), True, info
-
-    def _enforce_budget(self) -> tuple[int, bool]:
-        """Lower bits where that saves the most latency per bit given up, until the policy fits.
-
-        Any lower (w', a') of a layer is a candidate, not just one bit less: on a CPU latency is a
-        staircase in the bits (W4A4 and W2A2 run the same byte kernel; W1A1 switches to bit-serial),
-        so a one-bit step can save nothing while two bits save much."""
-        lowered = 0
-        while self.latency({n: tuple(b) for n, b in self.bits.items()}) > self.budget:
-            best, best_rate = None, 0.0
-            for name, (w, a) in self.bits.items():
-                now = self._table[(name, (w, a))]
-                for w2 in range(self.w_range.low, w + 1):
-                    for a2 in range(self.a_range.low, a + 1):
-                        if (w2, a2) == (w, a):
-                            continue
-                        rate = (now - self._table[(name, (w2, a2))]) / ((w - w2) + (a - a2))
-                        if rate > best_rate:
-                            best, best_rate = (name, (w2, a2)), rate
-            if best is None:  # nothing lowers the latency any more
-                return lowered, False
-            self.bits[best[0]] = list(best[1])
-            lowered += 1
-        return lowered, True
