@@ -37,7 +37,6 @@ class KernelChooser:
 
     def choose(self, spec, w_bits: int, a_bits: int, target) -> str:
         from tvm_mpq.kernels.registry import choose_kernel
-        from tvm_mpq.tuning.space import canonical_bits
 
         key = (spec, w_bits, a_bits, target_to_str(target))
         if key not in self._cache:
@@ -45,7 +44,7 @@ class KernelChooser:
             if not names:
                 self._cache[key] = choose_kernel(spec.kind, w_bits, a_bits, target, getattr(spec, "in_channels", None))
             else:
-                ms = self.model.predict_points([(spec, k, *canonical_bits(k, w_bits, a_bits), None) for k in names], target=target)
+                ms = self.model.predict_points([(spec, k, w_bits, a_bits, None) for k in names], target=target)
                 self._cache[key] = names[int(np.argmin(ms))]
         return self._cache[key]
 

@@ -21,7 +21,8 @@ from typing import Iterable
 import numpy as np
 from scipy.stats import spearmanr
 
-from tvm_mpq.cost_models.xgb_model import CostModelConfig, XGBCostModel, canonical_bits, workload_id
+from tvm_mpq.cost_models.xgb_model import CostModelConfig, XGBCostModel, workload_id
+from tvm_mpq.tuning.space import canonical_bits
 
 
 def kernel_choices(cells: dict) -> list[dict]:

@@ -1,11 +1,10 @@
 """Features of one (layer shape, kernel, bits, knobs, target) point for the latency model.
 
-The model does not learn latency from scratch: each point gets an analytic estimate
-(:func:`analytic_ms`: its work at the kernel's per-core peak plus the bytes it moves at a nominal
-bandwidth) and the trees learn ``log(measured / estimate)``, the kernel's efficiency on that shape.
-Efficiency varies smoothly and boundedly where raw latency spans five orders of magnitude, so a
-shape bigger or smaller than any tuned one still gets a sensible prediction (trees cannot
-extrapolate a raw target).
+Besides the features, two physical descriptions of a point: :func:`prior_terms` (the terms of the
+per-kernel linear prior the model fits, whose estimate the trees correct: efficiency varies
+boundedly where raw latency spans five orders of magnitude, and trees cannot extrapolate a raw
+target) and :func:`analytic_ms` (work at the kernel's nominal peak plus bytes at a nominal
+bandwidth: a feature, and the prior of a kernel the model has no measurements of).
 """
 
 from __future__ import annotations
@@ -20,6 +19,7 @@ from tvm_mpq._tvm import FEATURES as ISA_FEATURES
 from tvm_mpq._tvm import Target, parse_target, target_features
 from tvm_mpq.kernels import amx, bitserial_x86, x86
 from tvm_mpq.kernels.spec import ConvSpec, DenseSpec, ceil_div
+from tvm_mpq.tuning.space import tile_size
 
 #: Kernels the model knows; another name is an error (it has no analytic estimate).
 KERNEL_NAMES = ("fp32", "int8", "amx", "bitserial", "bitserial_ref", "depthwise")
@@ -141,6 +141,8 @@ def featurize(spec, kernel: str, w_bits: int, a_bits: int, knobs: Mapping[str, A
     cores = max(1, int(threads))
     shape = _shape(spec)
     kind = spec.kind
+    taps = shape["kernel_h"] * shape["kernel_w"]
+    c_per_group = shape["reduction"] // taps
     in_b, out_b, w_b = bytes_moved(spec, kernel, w_bits)
     est = analytic_ms(spec, kernel, w_bits, a_bits, cores)
     derived = {
@@ -151,13 +153,11 @@ def featurize(spec, kernel: str, w_bits: int, a_bits: int, knobs: Mapping[str, A
         "log2_pixels": math.log2(shape["batch"] * shape["out_height"] * shape["out_width"]),
         "log2_in_bytes": math.log2(in_b), "log2_out_bytes": math.log2(out_b), "log2_weight_bytes": math.log2(max(1.0, w_b)),
         "log2_estimate_ms": math.log2(est),
-        "channel_fill64": _fill(shape["reduction"] // (shape["kernel_h"] * shape["kernel_w"]), 64),
+        "channel_fill64": _fill(c_per_group, 64),
         "out_fill16": _fill(shape["out_channels"], 16), "out_fill8": _fill(shape["out_channels"], 8),
         "width_fill16": _fill(shape["out_width"], 16), "cores": cores,
     }
     knobs = dict(knobs or {})
-    c_per_group = shape["reduction"] // (shape["kernel_h"] * shape["kernel_w"])
-    taps = shape["kernel_h"] * shape["kernel_w"]
     lanes = bitserial_x86.pixel_lanes(shape["out_width"])
     if isinstance(spec, ConvSpec) and kind == "conv2d":
         g = amx.gemm_spec(spec)
@@ -165,12 +165,8 @@ def featurize(spec, kernel: str, w_bits: int, a_bits: int, knobs: Mapping[str, A
     else:
         amx_k = ceil_div(c_per_group, 64) * taps
     tasks = shape["batch"] * shape["out_height"] * ceil_div(shape["out_channels"], 16)
-    tile = 1.0
-    for a_key, b_key in (("ow_block", "oc_blocks"), ("oc_block", "ow_vectors"), ("mt", "nt")):
-        if a_key in knobs and b_key in knobs:
-            tile = float(knobs[a_key]) * float(knobs[b_key])
     derived.update({
-        "reduction_words64": ceil_div(c_per_group, 64) * taps, "lane_fill": _fill(shape["out_width"], lanes), "tile_size": tile,
+        "reduction_words64": ceil_div(c_per_group, 64) * taps, "lane_fill": _fill(shape["out_width"], lanes), "tile_size": tile_size(knobs),
         "amx_k_tiles": amx_k, "log2_tasks": math.log2(tasks), "thread_balance": tasks / (ceil_div(tasks, cores) * cores),
     })
     row = (

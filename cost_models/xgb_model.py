@@ -28,6 +28,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from tvm_mpq.cost_models.features import FEATURE_NAMES, PRIOR_TERMS, analytic_ms, featurize, isa_flags, prior_terms
+from tvm_mpq.tuning.space import canonical_bits, knob_space
 
 logger = logging.getLogger(__name__)
 
@@ -62,15 +63,7 @@ def workload_id(record) -> str:
     return json.dumps(record.workload, sort_keys=True) + "|" + record.target
 
 
-def canonical_bits(kernel: str, w: int, a: int) -> tuple[int, int]:
-    from tvm_mpq.tuning.space import canonical_bits as canon
-
-    return canon(kernel, w, a)
-
-
 def default_knobs(spec, kernel: str) -> dict[str, Any]:
-    from tvm_mpq.tuning.space import knob_space
-
     return knob_space(spec, kernel)[0]
 
 
@@ -85,7 +78,7 @@ class XGBCostModel:
 
     # -- training ---------------------------------------------------------------------------
     @staticmethod
-    def _points(records) -> list[tuple]:
+    def _points(records) -> tuple[list[tuple], np.ndarray]:
         """``(spec, kernel, w, a, knobs, isa, threads)`` of the ``ok`` records, and their latencies."""
         isa_cache: dict[str, dict] = {}
         points, ms = [], []
@@ -93,7 +86,7 @@ class XGBCostModel:
             if not r.ok:
                 continue
             isa = isa_cache.setdefault(r.target, isa_flags(r.target))
-            points.append((r.spec, r.kernel, r.w_bits, r.a_bits, r.knobs, isa, int(r.extra.get("threads") or _default_threads())))
+            points.append((r.spec, r.kernel, r.w_bits, r.a_bits, r.knobs, isa, _threads(r)))
             ms.append(r.latency)
         return points, np.asarray(ms)
 
@@ -214,7 +207,7 @@ class XGBCostModel:
         out = np.empty(len(records))
         by_ctx: dict[tuple, list[int]] = {}
         for i, r in enumerate(records):
-            by_ctx.setdefault((r.target, int(r.extra.get("threads") or _default_threads())), []).append(i)
+            by_ctx.setdefault((r.target, _threads(r)), []).append(i)
         for (target, threads), idx in by_ctx.items():
             pts = [(records[i].spec, records[i].kernel, records[i].w_bits, records[i].a_bits, records[i].knobs) for i in idx]
             out[idx] = self.predict_points(pts, target=target, threads=threads)
@@ -262,3 +255,8 @@ def _default_threads() -> int:
     from tvm_mpq._tvm import default_cores
 
     return default_cores()
+
+
+def _threads(record) -> int:
+    """The threads a record was measured on (records before that field: this machine's cores)."""
+    return int(record.extra.get("threads") or _default_threads())

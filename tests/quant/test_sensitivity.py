@@ -1,6 +1,5 @@
 """Sensitivity estimators: Hutchinson's trace is right, fewer bits hurt more, results serialize."""
 
-import numpy as np
 import pytest
 import torch
 from torch import nn

@@ -4,7 +4,7 @@ import io
 
 import pytest
 
-from tvm_mpq._tvm import parse_target, target_features
+from tvm_mpq._tvm import parse_target
 from tvm_mpq.kernels import bitserial_x86, x86
 from tvm_mpq.kernels.spec import ConvSpec, DenseSpec
 from tvm_mpq.tuning import LocalRunner, TuningDatabase, knob_space, plan, precision_menu, tune

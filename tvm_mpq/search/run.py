@@ -8,7 +8,6 @@ result says whether the measured latency met ``fraction x measured int8``.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
@@ -257,8 +256,7 @@ def run(args: SearchArgs) -> dict:
     summary = {k: v for k, v in result.items() if k not in ("policy_obj",)}
     if result.get("feasible"):
         policy = result["policy_obj"]
-        with open(args.out, "w") as f:
-            json.dump(policy.to_dict(), f, indent=2)
+        policy.save(args.out)
         summary["policy"] = os.path.abspath(args.out)
         if args.png_dir:
             os.makedirs(args.png_dir, exist_ok=True)

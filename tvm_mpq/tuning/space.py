@@ -106,14 +106,15 @@ def knob_space(spec: "ConvSpec | DenseSpec", kernel: str) -> list[dict[str, Any]
         space = [amx.AmxKnobs(mt, nt, outer) for mt, nt, outer in product((1, 2), (1, 2), (False, True)) if ocb % nt == 0]
     else:
         return [{}]
-    ordered = [default] + sorted((k for k in space if k != default), key=lambda k: -_tile_size(k))
+    # bigger register tiles first (they were the faster ones measured so far)
+    ordered = [default] + sorted((k for k in space if k != default), key=lambda k: -tile_size(k.to_dict()))
     return [k.to_dict() for k in ordered]
 
 
-def _tile_size(knobs) -> int:
-    """Bigger register tiles first (they were the faster ones measured so far)."""
-    d = knobs.to_dict()
-    return int(d.get("ow_block", d.get("ow_vectors", d.get("mt", 1)))) * int(d.get("oc_blocks", d.get("oc_block", d.get("nt", 1))))
+def tile_size(knobs: dict) -> int:
+    """Accumulators in a schedule's register tile (pixels x channel blocks; 1 without knobs)."""
+    pixels = knobs.get("ow_block", knobs.get("ow_vectors", knobs.get("mt", 1)))
+    return int(pixels) * int(knobs.get("oc_blocks", knobs.get("oc_block", knobs.get("nt", 1))))
 
 
 def make_knobs(kernel: str, spec, knobs: dict[str, Any] | None):
