@@ -7,8 +7,8 @@ from tvm_mpq import data, models
 
 
 def test_splits_are_fixed_and_balanced():
-    train, test = data.digits("train"), data.digits("test")
-    assert len(train) == 1437 and len(test) == 3 * 360
+    train, val, test = data.digits("train"), data.digits("val"), data.digits("test")
+    assert len(train) == 1149 and len(val) == 3 * 288 and len(test) == 3 * 360
     assert train.images.shape[1:] == (1, 32, 32) and train.images.dtype == torch.float32
     assert abs(float(train.images.mean())) < 0.05 and abs(float(train.images.std()) - 1) < 0.05  # normalized
     counts = torch.bincount(train.labels)
@@ -18,6 +18,10 @@ def test_splits_are_fixed_and_balanced():
     clean, shifted = test.images[:360], test.images[360:720]
     assert not torch.allclose(clean, shifted) and torch.equal(test.labels[:360], test.labels[360:720])
     assert data.digits("test", size=16).images.shape[-1] == 16
+    # three disjoint image sets: no clean val or test image is a training image
+    flat = lambda s, n: {tuple(r) for r in s.images[:n].flatten(1).numpy().round(4).tolist()}
+    tr, va, te = flat(train, len(train)), flat(val, 288), flat(test, 360)
+    assert not (tr & va) and not (tr & te) and not (va & te)
 
 
 def test_batches_and_augmentation():
@@ -31,8 +35,8 @@ def test_batches_and_augmentation():
 
 
 def test_bad_arguments():
-    with pytest.raises(ValueError, match="'train' or 'test'"):
-        data.digits("val")
+    with pytest.raises(ValueError, match="one of"):
+        data.digits("valid")
     with pytest.raises(ValueError, match="size"):
         data.digits("train", size=4)
 

@@ -1,11 +1,13 @@
 """The accuracy task that ships with the project: scikit-learn's bundled digits, no downloads.
 
 ``load_digits`` has 1,797 8x8 grey images of the digits 0-9. They are split once (stratified,
-fixed seed: 1,437 train / 360 test), upsampled to ``size`` x ``size`` (bilinear) and normalized.
+fixed seeds: 1,149 train / 288 val / 360 test), upsampled to ``size`` x ``size`` (bilinear) and normalized.
 Training batches are augmented on the fly (shifts, contrast, noise). The test set is fixed and
 harder than the clean images: every test image appears clean, shifted with noise, and with
 reduced contrast and noise (1,080 images), all drawn from a fixed seed, so every run of every
-search scores the same images.
+search scores the same images. ``val`` is built the same way from images held out of training
+(864 images): the search's reward scores policies on it, so the test set stays unseen until the
+chosen policy is reported.
 """
 
 from __future__ import annotations
@@ -17,7 +19,9 @@ import torch
 import torch.nn.functional as F
 
 TEST_FRACTION = 0.2
+VAL_FRACTION = 0.2  # of the non-test images
 SPLIT_SEED = 0
+SPLITS = ("train", "val", "test")
 MEAN, STD = 0.305, 0.324  # of the [0, 1] upsampled training images, for normalization
 
 
@@ -70,22 +74,24 @@ def augment_batch(x01: torch.Tensor, gen: torch.Generator, max_shift: int | None
 
 
 def digits(split: str = "train", size: int = 32) -> Split:
-    """The ``train`` (clean, augment per batch) or fixed augmented ``test`` split at ``size`` x ``size``."""
+    """The ``train`` split (clean; augment per batch) or the fixed augmented ``val`` / ``test`` split
+    at ``size`` x ``size``."""
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
-    if split not in ("train", "test"):
-        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     if not isinstance(size, int) or size < 8:
         raise ValueError(f"size must be an integer >= 8 (the images are 8x8 upsampled), got {size!r}")
     data = load_digits()
     tr, te = train_test_split(np.arange(len(data.target)), test_size=TEST_FRACTION, random_state=SPLIT_SEED, stratify=data.target)
-    idx = tr if split == "train" else te
+    tr, va = train_test_split(tr, test_size=VAL_FRACTION, random_state=SPLIT_SEED, stratify=data.target[tr])
+    idx = {"train": tr, "val": va, "test": te}[split]
     x = (_upsample(data.images[idx], size) - MEAN) / STD
     y = torch.from_numpy(data.target[idx].astype(np.int64))
     if split == "train":
         return Split(x, y)
-    gen = torch.Generator().manual_seed(1234)
+    gen = torch.Generator().manual_seed(1234 if split == "test" else 4321)
     shifted = augment_batch(x, gen, noise=0.1)
     faint = augment_batch(x, gen, max_shift=0, noise=0.15)
     return Split(torch.cat([x, shifted, faint]), torch.cat([y, y, y]))

@@ -90,7 +90,7 @@ def run_epoch(model: nn.Module, split, recipe: Recipe, epoch: int, opt, sched) -
 
 
 def _cache_path(name: str, kwargs: dict, recipe: Recipe) -> Path:
-    key = json.dumps({"model": name, "kwargs": kwargs, "recipe": asdict(recipe), "data": [digits_data.MEAN, digits_data.STD]},
+    key = json.dumps({"model": name, "kwargs": kwargs, "recipe": asdict(recipe), "data": [digits_data.MEAN, digits_data.STD, digits_data.VAL_FRACTION]},
                      sort_keys=True)
     return cache_dir() / f"{name}-{hashlib.sha256(key.encode()).hexdigest()[:12]}.pt"
 

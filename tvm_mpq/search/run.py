@@ -65,6 +65,7 @@ class Setup:
     net: object
     cal: object
     train: object
+    val: object  # the search's reward scores policies here; test is only for reporting
     test: object
     provider: object
     float_accuracy: float
@@ -91,11 +92,11 @@ def prepare(args: SearchArgs) -> Setup:
     model, inputs = pretrained(args.model, Recipe(epochs=args.train_epochs))
     net = tvm_mpq.import_torch(model, inputs)
     size = int(inputs[0].shape[-1])
-    train, test = data.digits("train", size=size), data.digits("test", size=size)
+    train, val, test = (data.digits(split, size=size) for split in ("train", "val", "test"))
     cal = tvm_mpq.calibrate(net, [x for x, _ in train.batches(256)][:4])
     names = [l.name for l in net.layers if l.supported]
     fixed = {names[0]: (8, 8), names[-1]: (8, 8)}
-    return Setup(net, cal, train, test, make_provider(args), accuracy(net.model, test), fixed)
+    return Setup(net, cal, train, val, test, make_provider(args), accuracy(net.model, test), fixed)
 
 
 def int8_policy(net):
@@ -148,7 +149,7 @@ def search(args: SearchArgs, setup: Setup) -> dict:
                                fixed=setup.fixed)
             policy, info = found.policy, {"objective": found.objective, **found.info}
         else:
-            reward = AccuracyReward(net, setup.cal, setup.train, setup.test, steps=args.reward_steps, seed=args.seed)
+            reward = AccuracyReward(net, setup.cal, setup.train, setup.val, steps=args.reward_steps, seed=args.seed)
             cfg = DDPGConfig(episodes=args.episodes, warmup=min(args.warmup, args.episodes), seed=args.seed)
             w_range, a_range = BitRange(min(args.w_bits), max(args.w_bits)), BitRange(min(args.a_bits), max(args.a_bits))
             if args.method == "haq":
