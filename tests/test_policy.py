@@ -422,3 +422,165 @@ def test_property_invalid_bits_raise(bad, good, which):
             LayerBits(a_bits=good, groups=(ChannelGroup(0, 4, bad),))
     with pytest.raises(ValueError, match="layer 'x'"):
         QuantPolicy.from_dict({"version": 1, "layers": {"x": {"w_bits": bad, "a_bits": good}}})
+
+
+# ------------------------------------------------- policies against a layer table
+def test_unknown_layers_are_all_listed(net):
+    p = QuantPolicy({"conv1": LayerBits(4, 4), "layer1.0.conv3": LayerBits(4, 4), "layer1.0.conv2": LayerBits(4, 4),
+                     "fc2": LayerBits(8, 8)})
+    with pytest.raises(ValueError) as exc:
+        p.validate(net)
+    msg = str(exc.value)
+    assert "unknown layers (2 of the policy's 4 layers)" in msg
+    assert "'layer1.0.conv3' (did you mean" in msg and "'fc2'" in msg
+    assert "another model" not in msg  # most names are right: typos, not a foreign policy
+
+
+def test_policy_made_for_another_model(net):
+    # digits_cnn's layer names ("features.0", ...) against a ResNet-like layer table
+    foreign = QuantPolicy.uniform(["features.0", "features.3", "features.6", "features.9", "fc"], 4, 4)
+    with pytest.raises(ValueError) as exc:
+        foreign.validate(net)
+    msg = str(exc.value)
+    assert "this policy looks made for another model: 4 of the policy's 5 layers are not layers of this model" in msg
+    assert "'features.0'" in msg
+    assert "its layer names match the built-in model 'digits_cnn' (5 of 5)" in msg
+    assert "Validate it against the model it was made for, or make one for this model" in msg
+    assert "known layers: conv1, layer1.0.conv1" in msg
+    # the same through resolve() (what search and the passes call)
+    with pytest.raises(ValueError, match="another model"):
+        foreign.resolve([l.name for l in net.layers])
+
+
+def test_policy_for_an_unregistered_model_has_no_guess(net):
+    with pytest.raises(ValueError) as exc:
+        QuantPolicy.uniform(["enc.a", "enc.b", "dec.a"], 4, 4).validate(net)
+    assert "another model: 3 of the policy's 3 layers" in str(exc.value)
+    assert "built-in model" not in str(exc.value)
+
+
+def test_unsupported_layer_error_gives_the_reason():
+    layer = SimpleNamespace(name="big", out_channels=4, supported=False, kind="dense",
+                            unsupported_reason="reduction length 20000 exceeds 16384")
+    with pytest.raises(ValueError, match=r"layer 'big' \(kind 'dense'\) is not supported by the quantized kernels "
+                                         r"\(reduction length 20000 exceeds 16384\): set it to float"):
+        QuantPolicy({"big": LayerBits(8, 8)}).validate(SimpleNamespace(layers=[layer]))
+
+
+_layer_names = st.lists(
+    st.text(alphabet=st.sampled_from("abcxyz0123."), min_size=1, max_size=8).filter(lambda s: s != "_default"),
+    min_size=1, max_size=6, unique=True,
+)
+
+
+@st.composite
+def _tables(draw):
+    """A random layer table (the fields validate() reads)."""
+    names = draw(_layer_names)
+    return SimpleNamespace(layers=[
+        _layer(n, draw(st.integers(1, 64)), supported=draw(st.booleans() | st.just(True)), kind=draw(st.sampled_from(["conv2d", "dense"])))
+        for n in names
+    ])
+
+
+@st.composite
+def _bits_for(draw, out_channels):
+    """Valid bits for a layer of ``out_channels`` channels (groups that exactly cover them)."""
+    kind = draw(st.sampled_from(["float", "uniform", "groups"]))
+    if kind == "float":
+        return FLOAT_LAYER
+    if kind == "uniform" or out_channels == 1:
+        return LayerBits(draw(_bits), draw(_bits))
+    cuts = sorted(draw(st.sets(st.integers(1, out_channels - 1), max_size=4)))
+    edges = [0, *cuts, out_channels]
+    return LayerBits(a_bits=draw(_bits), groups=tuple(G(a, b, draw(_bits)) for a, b in zip(edges, edges[1:])))
+
+
+@st.composite
+def _valid_cases(draw):
+    table = draw(_tables())
+    layers = {}
+    for layer in table.layers:
+        if draw(st.booleans()):
+            layers[layer.name] = draw(_bits_for(layer.out_channels)) if layer.supported else FLOAT_LAYER
+    default = draw(st.one_of(st.none(), st.just(FLOAT_LAYER), st.builds(LayerBits, _bits, _bits)))
+    return table, QuantPolicy(layers, default)
+
+
+@settings(max_examples=80, deadline=None)
+@given(_valid_cases())
+def test_property_valid_policies_validate_and_round_trip(case):
+    table, policy = case
+    resolved = policy.validate(table)
+    assert list(resolved) == [l.name for l in table.layers]
+    for layer in table.layers:
+        bits = resolved[layer.name]
+        assert bits.is_float or layer.supported  # a default never quantizes an unsupported layer
+        assert bits.channel_bits(layer.out_channels).shape == (layer.out_channels,)
+    again = QuantPolicy.from_dict(json.loads(json.dumps(policy.to_dict())))
+    assert again == policy and again.validate(table) == resolved
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "p.json")
+        policy.save(path)
+        assert QuantPolicy.load(path).validate(table) == resolved
+
+
+_MUTATIONS = ["unknown_layer", "w_bits", "a_bits", "group_bits", "overlap", "gap", "short", "unsupported", "version"]
+
+
+@st.composite
+def _invalid_cases(draw):
+    """(policy as a JSON dict, layer table, mutation, offending layer): one fault in a valid policy."""
+    table, policy = draw(_valid_cases())
+    d = json.loads(json.dumps(policy.to_dict()))
+    mutation = draw(st.sampled_from(_MUTATIONS))
+    names = [l.name for l in table.layers]
+    if mutation == "unknown_layer":
+        name = draw(st.text(alphabet="klmnop_", min_size=2, max_size=6))  # not in the names alphabet
+        d["layers"][name] = {"w_bits": 4, "a_bits": 4}
+        return d, table, mutation, name
+    if mutation == "version":
+        d["version"] = draw(st.integers().filter(lambda v: v != POLICY_VERSION) | st.text(max_size=2) | st.none())
+        return d, table, mutation, None
+    candidates = [l for l in table.layers if l.supported and (mutation not in ("overlap", "gap", "short") or l.out_channels >= 2)]
+    if mutation == "unsupported":
+        candidates = [l for l in table.layers if not l.supported]
+    if not candidates:  # nothing to break that way in this table: break the bits of any layer instead
+        mutation, candidates = "w_bits", table.layers
+    layer = draw(st.sampled_from(candidates))
+    o, a = layer.out_channels, draw(_bits)
+    bad_bits = draw(_invalid_bits.filter(lambda b: b is not None))
+    entry = {
+        "w_bits": {"w_bits": bad_bits, "a_bits": a},
+        "a_bits": {"w_bits": a, "a_bits": bad_bits},
+        "group_bits": {"a_bits": a, "groups": [{"channels": [0, o], "w_bits": bad_bits}]},
+        "unsupported": {"w_bits": a, "a_bits": a},
+    }.get(mutation)
+    if mutation in ("overlap", "gap", "short"):
+        cut = draw(st.integers(1, o - 1))
+        second = {"overlap": [cut - 1, o], "gap": [cut + 1, o + 1], "short": [cut, o - 1 if o - 1 > cut else None]}[mutation]
+        if second[1] is None:  # no room to end early: drop the last channel group instead
+            groups = [{"channels": [0, cut], "w_bits": a}]
+        else:
+            groups = [{"channels": [0, cut], "w_bits": a}, {"channels": second, "w_bits": a}]
+        entry = {"a_bits": a, "groups": groups}
+    d["layers"][layer.name] = entry
+    return d, table, mutation, layer.name
+
+
+_FIELD = {
+    "unknown_layer": "unknown layer", "w_bits": "w_bits", "a_bits": "a_bits", "group_bits": "group w_bits",
+    "overlap": "overlap", "gap": "gap", "short": "end at", "unsupported": "not supported", "version": "version",
+}
+
+
+@settings(max_examples=150, deadline=None)
+@given(_invalid_cases())
+def test_property_invalid_policies_name_the_field_and_layer(case):
+    d, table, mutation, layer = case
+    with pytest.raises(ValueError) as exc:
+        QuantPolicy.from_dict(d).validate(table)
+    msg = str(exc.value)
+    assert _FIELD[mutation] in msg, (mutation, msg)
+    if layer is not None:
+        assert repr(layer) in msg, (mutation, msg)

@@ -37,6 +37,7 @@ __all__ = [
     "register",
     "available",
     "get",
+    "matching",
 ]
 
 logger = logging.getLogger(__name__)
@@ -334,6 +335,30 @@ def register(
 def available() -> list[str]:
     """Names of the registered built-in models, sorted."""
     return sorted(_REGISTRY)
+
+
+def matching(layer_names: Sequence[str]) -> list[tuple[str, int]]:
+    """Registered models whose conv/linear module names include most of ``layer_names``.
+
+    ``(model name, how many of layer_names it has)`` for every model that has more than half of
+    them, most first: what tells a user which model a policy was made for. Builds each registered
+    model (random weights, no forward pass: a fraction of a second each).
+    """
+    names = set(layer_names)
+    if not names:
+        return []
+    found = []
+    for name in available():
+        try:
+            model = _REGISTRY[name].factory()
+        except Exception as err:  # a user-registered factory that needs arguments
+            logger.debug("matching: cannot build %s without arguments (%s)", name, err)
+            continue
+        layers = {n for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
+        hits = len(names & layers)
+        if 2 * hits > len(names):
+            found.append((name, hits))
+    return sorted(found, key=lambda item: -item[1])
 
 
 @register("resnet18", input_shape=(3, 224, 224))

@@ -325,6 +325,27 @@ def _layer_label(name: str) -> str:
     return "default" if name == _DEFAULT_KEY else f"layer {name!r}"
 
 
+def _did_you_mean(name: str, layer_names: list[str]) -> str:
+    close = difflib.get_close_matches(name, layer_names, n=3)
+    return f" (did you mean {', '.join(map(repr, close))}?)" if close else ""
+
+
+def _matching_models(names: list[str]) -> str:
+    """`` (its layer names match the built-in model 'resnet18')`` or ``""``: which registered model a
+    policy was made for (only asked on the error path: it builds the registered models)."""
+    try:
+        from tvm_mpq.models import matching
+
+        found = matching(names)
+    except Exception as err:  # a hint only: never hide the real error behind another one
+        logger.debug("could not compare the policy with the registered models: %s", err)
+        return ""
+    if not found:
+        return ""
+    which = " or ".join(f"{model!r} ({hits} of {len(names)})" for model, hits in found[:3])
+    return f"; its layer names match the built-in model {which}"
+
+
 def _net_layers(net: object) -> list[Any]:
     layers = getattr(net, "layers", None)
     if layers is None:
@@ -453,16 +474,25 @@ class QuantPolicy:
     # ------------------------------------------------------------ resolution
     def _check_known(self, layer_names: list[str]) -> None:
         known = set(layer_names)
-        for name in self._layers:
-            if name in known:
-                continue
-            shown = ", ".join(layer_names[:8]) + (" ..." if len(layer_names) > 8 else "")
-            close = difflib.get_close_matches(name, layer_names, n=3)
-            hint = f" (did you mean {', '.join(map(repr, close))}?)" if close else ""
-            raise ValueError(
-                f"policy names unknown layer {name!r}{hint}; known layers: "
-                f"{shown or '(none)'} (list with `tvm-mpq layers MODEL`)"
-            )
+        unknown = [name for name in self._layers if name not in known]
+        if not unknown:
+            return
+        shown = ", ".join(layer_names[:8]) + (" ..." if len(layer_names) > 8 else "")
+        listing = f"known layers: {shown or '(none)'} (list with `tvm-mpq layers MODEL`)"
+        if len(unknown) == 1:
+            name = unknown[0]
+            raise ValueError(f"policy names unknown layer {name!r}{_did_you_mean(name, layer_names)}; {listing}")
+        count = f"{len(unknown)} of the policy's {len(self._layers)} layers"
+        named = ", ".join(f"{n!r}{_did_you_mean(n, layer_names)}" for n in unknown[:5])
+        named += f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
+        if 2 * len(unknown) <= len(self._layers):
+            raise ValueError(f"policy names unknown layers ({count}): {named}; {listing}")
+        hint = _matching_models(list(self._layers))
+        raise ValueError(
+            f"this policy looks made for another model: {count} are not layers of this model "
+            f"({named}){hint}. Validate it against the model it was made for, or make one for "
+            f"this model (`tvm-mpq search`, or QuantPolicy.uniform(net, w_bits, a_bits)); {listing}"
+        )
 
     def resolve(
         self,
@@ -508,9 +538,11 @@ class QuantPolicy:
             bits = self._layers.get(layer.name)
             if bits is not None and not bits.is_float and not getattr(layer, "supported", True):
                 kind = getattr(layer, "kind", "unknown")
+                reason = getattr(layer, "unsupported_reason", None)
+                why = f" ({reason})" if reason else ""
                 raise ValueError(
                     f"layer {layer.name!r} (kind {kind!r}) is not supported by the "
-                    f"quantized kernels: set it to float ({{\"w_bits\": 32, \"a_bits\": 32}}) "
+                    f"quantized kernels{why}: set it to float ({{\"w_bits\": 32, \"a_bits\": 32}}) "
                     f"or remove it from the policy"
                 )
         supported = {layer.name: bool(getattr(layer, "supported", True)) for layer in layers}
