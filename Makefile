@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv test demo bench clean
+.PHONY: venv test demo bench clean runner
 
 venv: $(STAMP)
 
@@ -25,6 +25,11 @@ demo: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/kernels.py
 	$(PY) benchmarks/resnet18.py
+
+# C++ deploy runner build/mpq_run (TVM runtime from the venv's wheel).
+runner: $(STAMP)
+	cmake -S . -B build -DCMAKE_BUILD_TYPE=Release -DPython3_EXECUTABLE=$(abspath $(PY))
+	cmake --build build -j2
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,97 @@
+"""Build and drive the C++ runner ``mpq_run`` (``CMakeLists.txt``, ``deploy/mpq_run.cc``) from Python.
+
+    exe = build_runner("build")                       # cmake configure + build, returns build/mpq_run
+    outputs, report = run_runner("model.so", [x], repeat=100, runner=exe)
+    report["latency_ms"]["median"]
+
+The runner needs only the TVM runtime, so the binary plus ``libtvm_runtime.so`` / ``libtvm_ffi.so``
+(``cmake --install build --prefix DIR``) is what goes to an edge board.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+#: The checkout holding ``CMakeLists.txt`` (the runner is built from source, not shipped in the wheel).
+SOURCE_DIR = Path(__file__).resolve().parent.parent
+
+
+class RunnerError(RuntimeError):
+    """``mpq_run`` exited non-zero; ``returncode`` is 2 for bad input, 1 for runtime failures."""
+
+    def __init__(self, message: str, returncode: int):
+        super().__init__(message)
+        self.returncode = returncode
+
+
+def runner_path(build_dir: "str | os.PathLike[str] | None" = None) -> Path:
+    """Where :func:`build_runner` puts the executable (default build dir: ``<checkout>/build``)."""
+    return Path(build_dir or SOURCE_DIR / "build") / "mpq_run"
+
+
+def build_runner(build_dir: "str | os.PathLike[str] | None" = None, *, jobs: int = 2) -> Path:
+    """Configure (Release, TVM found through this interpreter's packages) and build ``mpq_run``."""
+    if not (SOURCE_DIR / "CMakeLists.txt").exists():
+        raise FileNotFoundError(f"no CMakeLists.txt in {SOURCE_DIR}: build the runner from a tvm-mpq source checkout")
+    cmake = shutil.which("cmake")
+    if cmake is None:
+        raise FileNotFoundError("cmake not found: install it (apt install cmake, or pip install cmake)")
+    build = Path(build_dir or SOURCE_DIR / "build")
+    steps = [
+        [cmake, "-S", str(SOURCE_DIR), "-B", str(build), "-DCMAKE_BUILD_TYPE=Release", f"-DPython3_EXECUTABLE={sys.executable}"],
+        [cmake, "--build", str(build), "-j", str(jobs)],
+    ]
+    for cmd in steps:
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise RuntimeError(f"{' '.join(cmd)} failed:\n{(proc.stdout + proc.stderr)[-4000:]}")
+    exe = runner_path(build)
+    logger.info("built %s", exe)
+    return exe
+
+
+def run_runner(
+    model_so: "str | os.PathLike[str]",
+    inputs: Sequence[Any],
+    repeat: int = 100,
+    *,
+    warmup: int = 10,
+    threads: "int | None" = None,
+    runner: "str | os.PathLike[str] | None" = None,
+) -> "tuple[list[np.ndarray], dict]":
+    """Run ``mpq_run`` on ``inputs`` (numpy arrays or torch tensors, dtypes kept as given).
+
+    Returns the outputs and the runner's ``--json`` report (``latency_ms`` with mean, median, min,
+    max, p90, std; ``threads``; ``outputs`` shapes); ``latency_ms`` is None for ``repeat=0``.
+    Raises :class:`RunnerError` with the runner's message when it fails.
+    """
+    exe = Path(runner) if runner else runner_path()
+    if not exe.exists():
+        raise FileNotFoundError(f"no runner at {exe}: build it with tvm_mpq.deploy.build_runner() or `make runner`")
+    with tempfile.TemporaryDirectory(prefix="mpq_run_") as tmp:
+        cmd = [str(exe), os.fspath(model_so)]
+        for i, x in enumerate(inputs):
+            path = os.path.join(tmp, f"input_{i}.npy")
+            np.save(path, np.ascontiguousarray(x.detach().numpy() if hasattr(x, "detach") else x))
+            cmd += ["--input", path]
+        cmd += ["--output", os.path.join(tmp, "output.npy"), "--repeat", str(repeat), "--warmup", str(warmup), "--json"]
+        if threads:
+            cmd += ["--threads", str(threads)]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise RunnerError(proc.stderr.strip() or f"mpq_run exited with {proc.returncode}", proc.returncode)
+        report = json.loads(proc.stdout)
+        outputs = [np.load(o.pop("path")) for o in report["outputs"]]  # the paths die with tmp
+    return outputs, report
