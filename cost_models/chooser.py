@@ -7,6 +7,10 @@ The built-in rule (``kernel="auto"``) is a fixed threshold on input channels; me
 otherwise for some shapes (on this CPU a 1x1 conv of 16 or 32 input channels at 112x112 runs
 faster on VNNI than on AMX, whose 64-byte tile rows it fills a quarter or a half of). Every kernel
 computes the same integers, so the choice changes speed only, never the output.
+
+A model only chooses among kernels it was trained on: where the target offers one it never saw
+(the AVX2 ``int8_avx2`` kernel, to the shipped model tuned on an AVX-512 host), the chooser falls
+back to the built-in rule for that layer rather than dropping the kernel from the race.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ import numpy as np
 from tvm_mpq._tvm import target_to_str
 
 #: Kernels a chooser considers (each where the target has it and it implements the layer kind).
-CANDIDATES = ("amx", "int8", "bitserial")
+CANDIDATES = ("amx", "int8", "int8_avx2", "bitserial")
 
 
 class KernelChooser:
@@ -27,6 +31,7 @@ class KernelChooser:
 
         self.model = model if isinstance(model, XGBCostModel) else load_model(str(model))
         self.candidates = tuple(candidates)
+        self.known = set(self.model.meta.get("kernels", self.candidates))
         self._cache: dict = {}
 
     def options(self, spec, target) -> list[str]:
@@ -41,7 +46,7 @@ class KernelChooser:
         key = (spec, w_bits, a_bits, target_to_str(target))
         if key not in self._cache:
             names = self.options(spec, target)
-            if not names:
+            if not names or not set(names) <= self.known:
                 self._cache[key] = choose_kernel(spec.kind, w_bits, a_bits, target, getattr(spec, "in_channels", None))
             else:
                 ms = self.model.predict_points([(spec, k, w_bits, a_bits, None) for k in names], target=target)

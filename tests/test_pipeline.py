@@ -17,10 +17,10 @@ import tvm_mpq
 from tests.conftest import mixed_policy, random_batches
 
 
-def _check(model, inputs, net, policy):
+def _check(model, inputs, net, policy, target=None):
     batches = random_batches(inputs)
     cal = tvm_mpq.calibrate(net, batches)
-    ex = tvm_mpq.build(net, policy, cal)
+    ex = tvm_mpq.build(net, policy, cal, target=target)
     sim = tvm_mpq.simulate(model, policy, cal)
     x = random_batches(inputs, n=1, seed=7)[0]
     y = ex.run(*x)
@@ -112,3 +112,59 @@ def test_residual_layers_fused_and_grouped_match_simulation():
     ex, *_ = _check(model, inputs, net, policy)
     assert len(ex.kernels["layer1.0.conv2"]) == 2  # one kernel per channel group
     assert ex.kernels["layer2.1.conv2"] == ["float"]
+
+
+def test_avx2_target_matches_simulation(digits_net):
+    """An AVX2-only target (no VNNI, no AMX): byte layers on the int16 vpmaddwd kernel, low bits
+    on the vpshufb bit-serial kernel; the same integers as on the AVX-512 host."""
+    model, inputs, net = digits_net
+    ex, *_ = _check(model, inputs, net, mixed_policy(net), target="llvm -mcpu=haswell")
+    used = {k for ks in ex.kernels.values() for k in ks}
+    assert "int8_avx2" in used and not used & {"int8", "amx"}
+
+
+def test_ops_without_kernels_run_in_float_and_match_simulation(caplog):
+    """A dilated conv is quantized; a grouped conv, a transposed conv and a matmul of two
+    activations run in float (with a warning), or the build refuses them under strict=True."""
+    from tests.test_frontend import unusual_model
+
+    model, inputs = unusual_model()
+    net = tvm_mpq.import_torch(model, inputs)
+    policy = tvm_mpq.QuantPolicy({}, default=tvm_mpq.LayerBits(8, 8))
+    with caplog.at_level("WARNING"):
+        ex, *_ = _check(model, inputs, net, policy)
+    assert ex.kernels["grp"] == ["float"] and ex.kernels["dil"] != ["float"] and ex.kernels["fc"] != ["float"]
+    assert "3 op(s) have no integer kernel and stay float" in caplog.text
+    cal = tvm_mpq.calibrate(net, random_batches(inputs))
+    with pytest.raises(ValueError, match="strict: 3 op"):
+        tvm_mpq.build(net, policy, cal, strict=True)
+
+
+class _TokensAndLongReduction(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = torch.nn.Linear(6, 5)  # on [N, T, K] tokens
+        self.big = torch.nn.Linear(20000, 3)  # reduction longer than MAX_REDUCTION: stays float
+
+    def forward(self, x, z):
+        return self.fc(x).sum(1), self.big(z)
+
+
+def test_linear_on_tokens_and_a_long_reduction_match_simulation():
+    """Regressions: the simulation applied a linear layer's bias along axis 1 (wrong for [N, T, K]
+    inputs), and quantized a layer whose reduction the kernels refuse (the build keeps it float)."""
+    model = _TokensAndLongReduction().eval()
+    inputs = (torch.randn(2, 7, 6), torch.randn(1, 20000))
+    net = tvm_mpq.import_torch(model, inputs)
+    assert net.layer("fc").supported and not net.layer("big").supported
+    policy = tvm_mpq.QuantPolicy({}, default=tvm_mpq.LayerBits(8, 8))
+    cal = tvm_mpq.calibrate(net, random_batches(inputs))
+    ex = tvm_mpq.build(net, policy, cal)
+    assert ex.kernels["big"] == ["float"] and ex.kernels["fc"] != ["float"]
+    sim = tvm_mpq.simulate(model, policy, cal)
+    assert type(sim.big) is torch.nn.Linear
+    x = random_batches(inputs, n=1, seed=7)[0]
+    with torch.no_grad():
+        expected = sim(*x)
+    for got, want in zip(ex.run(*x), expected):
+        np.testing.assert_allclose(got, want.numpy(), rtol=0, atol=1e-5 * float(want.abs().max()))

@@ -24,7 +24,9 @@ def test_picks_the_fastest_predicted():
     assert chooser.choose(spec, 1, 1, zen) == "bitserial"
     assert chooser.choose(spec, 4, 4, zen) == "int8"
     haswell = parse_target("llvm -mcpu=haswell")
-    assert chooser.options(spec, haswell) == ["bitserial"]
+    assert chooser.options(spec, haswell) == ["int8_avx2", "bitserial"]
+    # the model never saw int8_avx2: the rule decides there (bytes for W8A8, bit-serial for W1A1)
+    assert chooser.choose(spec, 8, 8, haswell) == "int8_avx2" and chooser.choose(spec, 1, 1, haswell) == "bitserial"
 
 
 def test_compiled_model_is_unchanged_by_the_choice(digits_net):

@@ -1,4 +1,5 @@
-"""Exactness of the VNNI int8 kernels (scheduled for x86, tensorized) against the NumPy references.
+"""Exactness of the VNNI int8 kernels (scheduled for x86, tensorized) against the NumPy references,
+and of their AVX2 twin (int16 lanes, ``vpmaddwd``, compiled for ``-mcpu=haswell``).
 
 Every weight width 1..8 (levels as signed bytes for <= 7 bits, the ``2*h + 1`` split for 8 bits)
 with activation widths 1..8, random shapes (odd channel counts, strides, asymmetric padding,
@@ -23,38 +24,40 @@ from tvm_mpq.kernels.spec import ConvSpec, DenseSpec
 from tvm_mpq.quant.qparams import MAX_BITS, act_qparams
 
 TARGET = parse_target(None)
+HASWELL = parse_target("llvm -mcpu=haswell")
+TARGETS = {int8.VNNI: TARGET, int8.AVX2: HASWELL}
 pytestmark = pytest.mark.skipif(
     not x86.has_vnni(TARGET), reason="the int8 kernel needs AVX-512 VNNI (vpdpbusd) on the host"
 )
 
 
-def _compile(kind, spec, aq, w_bits, out, knobs=None):
+def _compile(kind, spec, aq, w_bits, out, knobs=None, lanes=int8.VNNI):
     shape = (spec.batch, spec.in_features) if kind == "dense" else (spec.batch, spec.in_channels, spec.height, spec.width)
     x = te.placeholder(shape, "float32", name="x")
     o = spec.out_features if kind == "dense" else spec.out_channels
     k = spec.in_features if kind == "dense" else spec.in_channels
     kh, kw = (1, 1) if kind == "dense" else spec.kernel
-    w = te.placeholder((-(-o // 16), -(-k // 4), kh, kw, 16, 4), "int8", name="w")
+    w = te.placeholder((-(-o // lanes.oc), -(-k // lanes.ic), kh, kw, lanes.oc, lanes.ic), lanes.w_dtype, name="w")
     b = te.placeholder((o,), "int64", name="bias_q")
     s = te.placeholder((o,), "float32", name="out_scale")
     d = te.placeholder((o,), "float32", name="dead_bias")
     fn = int8.int8_dense if kind == "dense" else int8.int8_conv2d
-    y = fn(x, w, b, s, d, spec=spec, aq=aq, w_bits=w_bits, out=out)
+    y = fn(x, w, b, s, d, spec=spec, aq=aq, w_bits=w_bits, out=out, lanes=lanes)
     sch = Schedule(te.create_prim_func([x, w, b, s, d, y]))
-    x86.schedule_int8_conv(sch, knobs)
-    return tvm.compile(sch.mod, target=TARGET), str(y.dtype)
+    x86.schedule_int8_conv(sch, knobs, lanes)
+    return tvm.compile(sch.mod, target=TARGETS[lanes]), str(y.dtype)
 
 
-def _check(kind, spec, w_bits, a_bits, x, wf, bias, lo, hi, knobs=None):
+def _check(kind, spec, w_bits, a_bits, x, wf, bias, lo, hi, knobs=None, lanes=int8.VNNI):
     ref = reference.layer_reference(spec, x, wf, bias, lo, hi, w_bits, a_bits)
     ep = ref.ep
-    w_arg = int8.prepare_weights(int8.weight_bytes(ref.wq, 0, ref.acc.shape[1], w_bits))
+    w_arg = int8.prepare_weights(int8.weight_bytes(ref.wq, 0, ref.acc.shape[1], w_bits, lanes), lanes)
     for out in ("int", "float"):
-        func, dtype = _compile(kind, spec, ref.aq, w_bits, out, knobs)
+        func, dtype = _compile(kind, spec, ref.aq, w_bits, out, knobs, lanes)
         y = tensor(np.zeros(ref.acc.shape, dtype))
         func(tensor(x), tensor(w_arg), tensor(ep.kernel_bias.astype(np.int64)), tensor(ep.out_scale), tensor(ep.dead_bias), y)
         expected = ref.int_output() if out == "int" else ref.float_output()
-        assert np.array_equal(y.numpy(), expected), (spec, ref.aq, w_bits, out)
+        assert np.array_equal(y.numpy(), expected), (spec, ref.aq, w_bits, out, lanes)
 
 
 def _conv_inputs(rng, spec):
@@ -130,3 +133,42 @@ def test_vnni_instruction_is_emitted():
     spec = ConvSpec(batch=1, in_channels=16, height=6, width=6, out_channels=16, kernel=(3, 3), padding=(1, 1, 1, 1))
     func, _ = _compile("conv", spec, act_qparams(0.0, 1.0, 8), 8, "float")
     assert "vpdpbusd" in func.mod.inspect_source("asm")
+
+
+# --- AVX2 (int16 lanes, vpmaddwd): targets without VNNI ------------------------------------------
+@pytest.mark.parametrize("w_bits,a_bits", [(1, 1), (2, 8), (4, 4), (7, 8), (8, 8), (8, 3)])
+def test_avx2_conv_exact(w_bits, a_bits):
+    """8-bit activations x 8-bit levels (255 x 255 per product, where vpmaddubsw would saturate)."""
+    rng = np.random.default_rng(500 + 10 * w_bits + a_bits)
+    spec = _random_conv_spec(rng, in_channels=int(rng.integers(1, 40)))
+    _check("conv", spec, w_bits, a_bits, *_conv_inputs(rng, spec), lanes=int8.AVX2)
+
+
+@pytest.mark.parametrize("knobs", [None, x86.Int8Knobs(4, 3, kernel_outer=True)])
+def test_avx2_network_shapes_and_tiles(knobs):
+    rng = np.random.default_rng(17)
+    spec = ConvSpec(batch=1, in_channels=21, height=8, width=8, out_channels=48, kernel=(3, 3), padding=(1, 1, 1, 1))
+    _check("conv", spec, 8, 8, *_conv_inputs(rng, spec), knobs=knobs, lanes=int8.AVX2)
+    spec = ConvSpec(batch=1, in_channels=16, height=12, width=12, out_channels=24, kernel=(1, 1), strides=(2, 2))
+    _check("conv", spec, 3, 4, *_conv_inputs(rng, spec), lanes=int8.AVX2)
+
+
+def test_avx2_dense_and_instruction():
+    rng = np.random.default_rng(23)
+    spec = DenseSpec(batch=1, in_features=75, out_features=10)
+    lo, hi = _random_act_range(rng)
+    x = _random_input(rng, (1, 75), lo, hi)
+    _check("dense", spec, 8, 8, x, _random_weight(rng, (10, 75)), _random_bias(rng, 10), lo, hi, lanes=int8.AVX2)
+    conv = ConvSpec(batch=1, in_channels=16, height=6, width=6, out_channels=16, kernel=(3, 3), padding=(1, 1, 1, 1))
+    func, _ = _compile("conv", conv, act_qparams(0.0, 1.0, 8), 8, "float", lanes=int8.AVX2)
+    asm = func.mod.inspect_source("asm")
+    assert "vpmaddwd" in asm and "zmm" not in asm  # AVX2 only: no 512-bit registers on haswell
+
+
+def test_avx2_kernel_is_offered_where_vnni_is_not():
+    from tvm_mpq.kernels.registry import choose_kernel
+
+    assert x86.has_avx2_only(HASWELL) and not x86.has_avx2_only(TARGET)
+    assert choose_kernel("conv2d", 8, 8, HASWELL) == "int8_avx2"
+    assert choose_kernel("conv2d", 1, 1, HASWELL) == "bitserial"
+    assert x86.default_int8_knobs(32, 8, int8.AVX2).ow_block * x86.default_int8_knobs(32, 8, int8.AVX2).oc_blocks <= 12

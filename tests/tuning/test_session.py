@@ -20,7 +20,7 @@ def test_menu_follows_the_target():
     zen = {str(p) for p in precision_menu(SMALL, "llvm -mcpu=znver5", serial_bits=(1, 2))}
     assert zen == {"fp32 W32A32", "int8 W8A8", "int8 W4A4", "bitserial W1A1", "bitserial W1A2", "bitserial W2A1", "bitserial W2A2"}
     haswell = {p.kernel for p in precision_menu(SMALL, "llvm -mcpu=haswell")}
-    assert haswell == {"fp32", "bitserial"}  # no VNNI, no AMX
+    assert haswell == {"fp32", "int8_avx2", "bitserial"}  # no VNNI, no AMX: int16 vpmaddwd
     spr = {p.kernel for p in precision_menu(SMALL, "llvm -mcpu=sapphirerapids")}
     assert "amx" in spr
     dw = ConvSpec(batch=1, in_channels=8, height=8, width=8, out_channels=8, kernel=(3, 3), padding=(1, 1, 1, 1), groups=8)

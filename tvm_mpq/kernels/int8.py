@@ -1,4 +1,4 @@
-"""Integer conv2d / dense on 8-bit lanes (u8 activations x s8 weights -> i32): the VNNI path.
+"""Integer conv2d / dense on byte or 16-bit lanes: the VNNI path and its AVX2 twin.
 
 The same integer result as the bit-serial kernels (see :mod:`tvm_mpq.kernels.bitserial`), computed
 with byte multiply-adds that x86 ``vpdpbusd`` does 64 at a time. Any ``a_bits``/``w_bits`` in 1..8
@@ -24,9 +24,19 @@ Layouts (``B = 16`` output channels per 512-bit vector, ``4`` input channels per
     out      float32 [N, O, OH, OW]
 
 Channels are padded to the blocks with zero codes / zero weights, which add nothing.
+
+AVX2 (no VNNI, e.g. ``-mcpu=haswell``): the byte instruction ``vpmaddubsw`` adds two u8 x s8
+products into a *saturating* int16, which is not exact for 8-bit activations (2 * 255 * 127 >
+32767; int8 libraries answer with 7-bit activations). :data:`AVX2` lanes hold activation codes and
+weight levels as int16 instead and use ``vpmaddwd`` (two int16 x int16 products summed into an
+int32 lane, exact): 8 output channels per 256-bit vector, 2 input channels per dot, and 8-bit
+weight levels (+-255) fit without the split. Same compute, same schedule, another
+:class:`Lanes`.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -35,9 +45,30 @@ from tvm_mpq.kernels.bitserial import act_code, epilogue
 from tvm_mpq.kernels.spec import ConvSpec, DenseSpec, ceil_div
 from tvm_mpq.quant.qparams import WeightQuant
 
-#: Output channels per accumulator vector and input channels per dot product.
-OC_BLOCK = 16
-IC_BLOCK = 4
+
+
+@dataclass(frozen=True)
+class Lanes:
+    """How one dot-product instruction blocks the channels: ``oc`` output channels per accumulator
+    vector, ``ic`` input channels per dot, the lane types of activation codes and weights."""
+
+    oc: int
+    ic: int
+    act_dtype: str
+    w_dtype: str
+
+    def split_levels(self, w_bits: int) -> bool:
+        """True when odd ``w_bits`` levels do not fit the weight lanes (8-bit levels in int8)."""
+        return self.w_dtype == "int8" and w_bits == 8
+
+
+#: AVX-512 VNNI ``vpdpbusd``: 16 int32 lanes, each a 4-byte u8 x s8 dot.
+VNNI = Lanes(oc=16, ic=4, act_dtype="uint8", w_dtype="int8")
+#: AVX2 ``vpmaddwd``: 8 int32 lanes, each a 2 x int16 dot (exact for every bit width).
+AVX2 = Lanes(oc=8, ic=2, act_dtype="int16", w_dtype="int16")
+#: Output channels per accumulator vector and input channels per dot product (VNNI).
+OC_BLOCK = VNNI.oc
+IC_BLOCK = VNNI.ic
 
 TAG_CONV = "mpq_int8_conv2d"
 TAG_DENSE = "mpq_int8_dense"
@@ -51,53 +82,58 @@ OUT_BLOCK = "mpq_int8_out"
 
 def split_levels(w_bits: int) -> bool:
     """True when levels do not fit int8 (8-bit weights) and the ``2*h + 1`` split is used."""
-    return w_bits == 8
+    return VNNI.split_levels(w_bits)
 
 
-def weight_bytes(wq: WeightQuant, start: int, stop: int, w_bits: int) -> np.ndarray:
-    """Signed bytes for channels ``start:stop``: the levels, or ``h = code - 128`` for 8 bits."""
-    if split_levels(w_bits):
+def weight_bytes(wq: WeightQuant, start: int, stop: int, w_bits: int, lanes: Lanes = VNNI) -> np.ndarray:
+    """Weight lanes for channels ``start:stop``: the levels, or ``h = code - 128`` for split 8 bits."""
+    if lanes.split_levels(w_bits):
         return wq.codes[start:stop].astype(np.int32) - 128
     return wq.levels[start:stop].astype(np.int32)
 
 
-def input_code(data, spec: ConvSpec, aq, b, ch, hp, wp):
-    """u8 code of channel ``ch`` at padded pixel ``(hp, wp)``: the zero point in the spatial
-    padding, 0 in the channel padding (its weights are 0)."""
+def input_code(data, spec: ConvSpec, aq, b, ch, hp, wp, dtype: str = "uint8"):
+    """Code of channel ``ch`` at padded pixel ``(hp, wp)`` in ``dtype`` lanes: the zero point in
+    the spatial padding, 0 in the channel padding (its weights are 0)."""
     c, h, w = spec.in_channels, spec.height, spec.width
     pt, pl = spec.padding[0], spec.padding[1]
     inside = tirx.all(hp >= pt, hp < pt + h, wp >= pl, wp < pl + w)
     ih = tirx.max(tirx.min(hp - pt, h - 1), 0)
     iw = tirx.max(tirx.min(wp - pl, w - 1), 0)
-    value = tirx.Select(inside, act_code(data[b, tirx.min(ch, c - 1), ih, iw], aq, "uint8"), tirx.const(aq.zero_point, "uint8"))
-    return tirx.if_then_else(ch < c, value, tirx.const(0, "uint8"))
+    value = tirx.Select(inside, act_code(data[b, tirx.min(ch, c - 1), ih, iw], aq, dtype), tirx.const(aq.zero_point, dtype))
+    return tirx.if_then_else(ch < c, value, tirx.const(0, dtype))
 
 
-def prepare_weights(values: np.ndarray) -> np.ndarray:
-    """int8 weights ``[O, C, KH, KW]`` (or ``[O, K]`` for dense) -> ``[O/16, C/4, KH, KW, 16, 4]``."""
+def prepare_weights(values: np.ndarray, lanes: Lanes = VNNI) -> np.ndarray:
+    """Weights ``[O, C, KH, KW]`` (or ``[O, K]`` for dense) -> ``[O/oc, C/ic, KH, KW, oc, ic]`` in
+    ``lanes.w_dtype`` (VNNI: ``[O/16, C/4, KH, KW, 16, 4]`` int8)."""
     values = np.asarray(values)
     if values.ndim == 2:
         values = values[:, :, None, None]
-    if values.min(initial=0) < -128 or values.max(initial=0) > 127:
-        raise ValueError("int8 kernel weights must lie in -128..127")
+    info = np.iinfo(lanes.w_dtype)
+    if values.min(initial=0) < info.min or values.max(initial=0) > info.max:
+        raise ValueError(f"{lanes.w_dtype} kernel weights must lie in {info.min}..{info.max}")
     o, c, kh, kw = values.shape
-    ob, cb = ceil_div(o, OC_BLOCK), ceil_div(c, IC_BLOCK)
-    padded = np.zeros((ob * OC_BLOCK, cb * IC_BLOCK, kh, kw), np.int8)
+    ob, cb = ceil_div(o, lanes.oc), ceil_div(c, lanes.ic)
+    padded = np.zeros((ob * lanes.oc, cb * lanes.ic, kh, kw), lanes.w_dtype)
     padded[:o, :c] = values
-    blocked = padded.reshape(ob, OC_BLOCK, cb, IC_BLOCK, kh, kw)
+    blocked = padded.reshape(ob, lanes.oc, cb, lanes.ic, kh, kw)
     return np.ascontiguousarray(blocked.transpose(0, 2, 4, 5, 1, 3))
 
 
-def int8_conv2d(data, w_blocked, bias_q, out_scale, dead_bias, residual=None, *, spec: ConvSpec, aq, w_bits: int, out: str = "float"):
-    """Conv2d (groups=1) on u8 x s8 bytes. Shapes in the module docstring; returns [N, O, OH, OW]."""
+def int8_conv2d(data, w_blocked, bias_q, out_scale, dead_bias, residual=None, *, spec: ConvSpec, aq, w_bits: int, out: str = "float",
+                lanes: Lanes = VNNI):
+    """Conv2d (groups=1) on integer lanes (u8 x s8 bytes for VNNI). Shapes in the module docstring;
+    returns [N, O, OH, OW]."""
     if spec.groups != 1:
         raise ValueError(f"int8_conv2d handles groups=1, got {spec.groups}: use depthwise_conv2d_int")
     n, c, h, w = spec.batch, spec.in_channels, spec.height, spec.width
     pt, pl, pb, pr = spec.padding
+    OC_BLOCK, IC_BLOCK = lanes.oc, lanes.ic  # noqa: N806 (the module constants, per lanes)
     cb, ob = ceil_div(c, IC_BLOCK), ceil_div(spec.out_channels, OC_BLOCK)
 
     def padded(b, cblk, hp, wp, ci):
-        return input_code(data, spec, aq, b, cblk * IC_BLOCK + ci, hp, wp)
+        return input_code(data, spec, aq, b, cblk * IC_BLOCK + ci, hp, wp, lanes.act_dtype)
 
     (sh, sw), (dh, dw) = spec.strides, spec.dilation
     kh, kw = spec.kernel
@@ -120,7 +156,7 @@ def int8_conv2d(data, w_blocked, bias_q, out_scale, dead_bias, residual=None, *,
         ),
         name=ACC_BLOCK,
     )
-    if split_levels(w_bits):
+    if lanes.split_levels(w_bits):
         r1 = te.reduce_axis((0, cb), name="r1")
         r2 = te.reduce_axis((0, IC_BLOCK), name="r2")
         rowsum = te.compute(
@@ -146,9 +182,10 @@ def int8_conv2d(data, w_blocked, bias_q, out_scale, dead_bias, residual=None, *,
     return epilogue(spec.out_shape, total, lambda i: i[1], bias_q, out_scale, dead_bias, out, TAG_CONV, OUT_BLOCK, residual)
 
 
-def int8_dense(data, w_blocked, bias_q, out_scale, dead_bias, *, spec: DenseSpec, aq, w_bits: int, out: str = "float"):
-    """Dense on u8 x s8 bytes: a 1x1 conv over a 1x1 image. data [N, K]; weights [O/16, K/4, 1, 1, 16, 4]."""
+def int8_dense(data, w_blocked, bias_q, out_scale, dead_bias, *, spec: DenseSpec, aq, w_bits: int, out: str = "float",
+               lanes: Lanes = VNNI):
+    """Dense on integer lanes: a 1x1 conv over a 1x1 image. data [N, K]; weights [O/oc, K/ic, 1, 1, oc, ic]."""
     conv = ConvSpec(batch=spec.batch, in_channels=spec.in_features, height=1, width=1, out_channels=spec.out_features, kernel=(1, 1))
     image = te.compute((spec.batch, spec.in_features, 1, 1), lambda b, k, i, j: data[b, k], name="mpq_dense_image")
-    y = int8_conv2d(image, w_blocked, bias_q, out_scale, dead_bias, spec=conv, aq=aq, w_bits=w_bits, out=out)
+    y = int8_conv2d(image, w_blocked, bias_q, out_scale, dead_bias, spec=conv, aq=aq, w_bits=w_bits, out=out, lanes=lanes)
     return te.compute(spec.out_shape, lambda b, o: y[b, o, 0, 0], name="mpq_dense_out", tag=TAG_DENSE)

@@ -11,6 +11,7 @@ the kernel's constant layout), an optional schedule for x86 and an availability 
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Callable, Optional
 
@@ -106,6 +107,23 @@ register_kernel(
 )
 
 
+def _prepare_int8_avx2(wq: WeightQuant, start: int, stop: int, bits: int, kind: str) -> np.ndarray:
+    return int8.prepare_weights(int8.weight_bytes(wq, start, stop, bits, int8.AVX2), int8.AVX2)
+
+
+register_kernel(
+    KernelImpl(
+        name="int8_avx2",
+        conv2d=functools.partial(int8.int8_conv2d, lanes=int8.AVX2),
+        dense=functools.partial(int8.int8_dense, lanes=int8.AVX2),
+        prepare=_prepare_int8_avx2,
+        schedule=functools.partial(x86.schedule_int8_conv, lanes=int8.AVX2),
+        available=x86.has_avx2_only,
+        description="int16 codes x int16 levels tensorized to AVX2 vpmaddwd (exact at any w/a bits <= 8; targets without VNNI)",
+    )
+)
+
+
 def _prepare_bitserial_x86(wq: WeightQuant, start: int, stop: int, bits: int, kind: str) -> np.ndarray:
     return bitserial_x86.prepare_weights(wq.codes[start:stop], bits)
 
@@ -151,8 +169,12 @@ register_kernel(
 AMX_MIN_CHANNELS = 16
 
 
+#: Integer kernels on byte/short lanes, by preference (VNNI, else AVX2 vpmaddwd).
+BYTE_KERNELS = ("int8", "int8_avx2")
+
+
 def choose_kernel(kind: str, w_bits: int, a_bits: int, target: Target, in_channels: int | None = None) -> str:
-    """The built-in rule (until a cost model decides): AMX, else VNNI int8 unless bit-serial is cheaper.
+    """The built-in rule (until a cost model decides): AMX, else VNNI (or AVX2) int8 unless bit-serial is cheaper.
 
     A w-bit x a-bit bit-serial MAC costs w*a AND+popcount bits; measured per-core peaks make
     bit-serial pay against VNNI only at ``w*a <= 2`` (W1A1, W1A2, W2A1). On a CPU with AMX a conv
@@ -165,8 +187,9 @@ def choose_kernel(kind: str, w_bits: int, a_bits: int, target: Target, in_channe
     serial = "bitserial" if "bitserial" in KERNELS and KERNELS["bitserial"].available(target) else "bitserial_ref"
     if kind == "conv2d" and (in_channels or 0) >= AMX_MIN_CHANNELS and KERNELS["amx"].available(target):
         return serial if w_bits * a_bits == 1 and serial == "bitserial" else "amx"
-    if KERNELS["int8"].available(target) and (w_bits * a_bits > 2 or serial == "bitserial_ref"):
-        return "int8"
+    byte = next((name for name in BYTE_KERNELS if KERNELS[name].available(target)), None)
+    if byte is not None and (w_bits * a_bits > 2 or serial == "bitserial_ref"):
+        return byte
     return serial
 
 

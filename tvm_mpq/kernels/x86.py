@@ -63,11 +63,50 @@ def _dot_16x4_vnni(
         )
 
 
+AVX2_INTRIN = "tvm_mpq.avx2_s16s16_8x2"
+
+
+@T.prim_func(s_tir=True)
+def _dot_8x2_desc(
+    A: T.Buffer((2,), "int16", offset_factor=1),
+    B: T.Buffer((8, 2), "int16", offset_factor=1),
+    C: T.Buffer((8,), "int32", offset_factor=1, scope="local"),
+) -> None:
+    with T.sblock("root"):
+        T.reads(C[0:8], A[0:2], B[0:8, 0:2])
+        T.writes(C[0:8])
+        for i in T.serial(0, 8):
+            for k in T.serial(0, 2):
+                with T.sblock("update"):
+                    vi, vk = T.axis.remap("SR", [i, k])
+                    C[vi] = C[vi] + T.cast(A[vk], "int32") * T.cast(B[vi, vk], "int32")
+
+
+@T.prim_func(s_tir=True)
+def _dot_8x2_avx2(
+    A: T.Buffer((2,), "int16", offset_factor=1),
+    B: T.Buffer((8, 2), "int16", offset_factor=1),
+    C: T.Buffer((8,), "int32", offset_factor=1, scope="local"),
+) -> None:
+    with T.sblock("root"):
+        T.reads(C[0:8], A[0:2], B[0:8, 0:2])
+        T.writes(C[0:8])
+        a_word = T.reinterpret(A.vload([0], "int16x2"), dtype="int32")
+        a_pairs = T.reinterpret(T.broadcast(a_word, 8), dtype="int16x16")
+        C[T.ramp(T.int32(0), 1, 8)] = C.vload([0], dtype="int32x8") + T.call_llvm_pure_intrin(
+            T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.wd"),
+            a_pairs,
+            B.vload([0, 0], dtype="int16x16"),
+            dtype="int32x8",
+        )
+
+
 def _register_intrinsics() -> None:
-    try:
-        TensorIntrin.get(VNNI_INTRIN)
-    except Exception:  # not registered yet (TVM raises its own error type)
-        TensorIntrin.register(VNNI_INTRIN, _dot_16x4_desc, _dot_16x4_vnni)
+    for name, desc, impl in ((VNNI_INTRIN, _dot_16x4_desc, _dot_16x4_vnni), (AVX2_INTRIN, _dot_8x2_desc, _dot_8x2_avx2)):
+        try:
+            TensorIntrin.get(name)
+        except Exception:  # not registered yet (TVM raises its own error type)
+            TensorIntrin.register(name, desc, impl)
 
 
 _register_intrinsics()
@@ -85,6 +124,16 @@ def has_vnni(target: Target) -> bool:
     return features["avx512vnni"] and features["avx512bw"]
 
 
+def has_avx2_only(target: Target) -> bool:
+    """AVX2 without VNNI (``-mcpu=haswell``..``skylake``): the int16 ``vpmaddwd`` integer kernel."""
+    return is_x86(target) and target_features(target)["avx2"] and not has_vnni(target)
+
+
+#: Per lanes: the tensor intrinsic and the accumulator registers a tile may use (AVX2 has 16 ymm).
+LANE_INTRINSICS = {int8.VNNI: VNNI_INTRIN, int8.AVX2: AVX2_INTRIN}
+LANE_REGISTERS = {int8.VNNI: MAX_ACC_REGISTERS, int8.AVX2: 12}
+
+
 @dataclass(frozen=True)
 class Int8Knobs:
     """Register tile of the VNNI conv: ``ow_block`` output pixels x ``oc_blocks`` 16-channel vectors."""
@@ -100,11 +149,17 @@ def divisors(n: int, limit: int) -> list[int]:
     return [d for d in range(1, min(n, limit) + 1) if n % d == 0]
 
 
-def default_int8_knobs(out_width: int, oc_blocks: int) -> Int8Knobs:
-    """The largest register tile that fits :data:`MAX_ACC_REGISTERS`; ties go to 2 channel vectors
+def int8_tiles(out_width: int, oc_blocks: int, lanes=int8.VNNI) -> list[tuple[int, int]]:
+    """Register tiles ``(ow_block, oc_blocks)`` that fit the lanes' accumulator registers."""
+    limit = LANE_REGISTERS[lanes]
+    return [(x, o) for x in divisors(out_width, 16) for o in divisors(oc_blocks, 4) if x * o <= limit]
+
+
+def default_int8_knobs(out_width: int, oc_blocks: int, lanes=int8.VNNI) -> Int8Knobs:
+    """The largest register tile that fits the accumulator registers; ties go to 2 channel vectors
     (each weight vector then serves many pixels and each broadcast two vectors: fastest measured)."""
     best = max(
-        ((x, o) for x in divisors(out_width, 16) for o in divisors(oc_blocks, 4) if x * o <= MAX_ACC_REGISTERS),
+        int8_tiles(out_width, oc_blocks, lanes),
         key=lambda xo: (xo[0] * xo[1], -abs(xo[1] - 2), xo[0]),
     )
     return Int8Knobs(*best)
@@ -135,21 +190,22 @@ def _parallel_outer(sch: Schedule, block, count: int) -> None:
     sch.parallel(sch.fuse(*loops[:count]))
 
 
-def schedule_int8_conv(sch: Schedule, knobs: Int8Knobs | None = None) -> Int8Knobs:
-    """Schedule the VNNI conv/dense in ``sch`` (in place); returns the knobs used.
+def schedule_int8_conv(sch: Schedule, knobs: Int8Knobs | None = None, lanes=int8.VNNI) -> Int8Knobs:
+    """Schedule the VNNI (or AVX2, per ``lanes``) conv/dense in ``sch`` (in place); returns the knobs.
 
     The output (epilogue) loop nest is tiled and the accumulator tile is computed inside it, in
     registers: ``ow_block`` pixels x ``oc_blocks`` vectors of 16 channels, reduction over
-    (C/4, KH, KW) with one ``vpdpbusd`` per (pixel, vector, 4 channels).
+    (C/4, KH, KW) with one ``vpdpbusd`` per (pixel, vector, 4 channels) (AVX2: vectors of 8
+    channels, one ``vpmaddwd`` per 2 channels).
     """
     acc = find_block(sch, int8.ACC_BLOCK)
     out = find_block(sch, int8.OUT_BLOCK)
     region = sch.get(acc).writes[0]
     _, o_blocks, _, out_w, _ = (int(v) for v in region.source.shape)
     if knobs is None:
-        knobs = default_int8_knobs(out_w, o_blocks)
+        knobs = default_int8_knobs(out_w, o_blocks, lanes)
     n, o, y, x = sch.get_loops(out)
-    oo, ob, oi = sch.split(o, [None, knobs.oc_blocks, int8.OC_BLOCK])
+    oo, ob, oi = sch.split(o, [None, knobs.oc_blocks, lanes.oc])
     xo, xi = sch.split(x, [None, knobs.ow_block])
     sch.reorder(n, oo, y, xo, ob, oi, xi)
     sch.parallel(sch.fuse(n, oo, y))
@@ -157,18 +213,18 @@ def schedule_int8_conv(sch: Schedule, knobs: Int8Knobs | None = None) -> Int8Kno
     sch.set_scope(acc, 0, "local")
     sch.compute_at(acc, xo)
     rc_n, kh_n, kw_n = (int(iv.dom.extent) for iv in sch.get(acc).iter_vars[5:8])
-    loops = tile_loops(sch, acc, xo, {"ob": knobs.oc_blocks, "x": knobs.ow_block, "oi": int8.OC_BLOCK, "rc": rc_n, "kh": kh_n, "kw": kw_n, "ri": int8.IC_BLOCK})
+    loops = tile_loops(sch, acc, xo, {"ob": knobs.oc_blocks, "x": knobs.ow_block, "oi": lanes.oc, "rc": rc_n, "kh": kh_n, "kw": kw_n, "ri": lanes.ic})
     order = ("kh", "kw", "rc") if knobs.kernel_outer else ("rc", "kh", "kw")
     reduction = [loops[k] for k in order if k in loops]
     spatial = [loops[k] for k in ("ob", "x") if k in loops]
     sch.reorder(*reduction, *spatial, loops["oi"], loops["ri"])
     init = sch.decompose_reduction(acc, (reduction or spatial or [loops["oi"]])[0])
-    sch.tensorize(loops["oi"], VNNI_INTRIN)
+    sch.tensorize(loops["oi"], LANE_INTRINSICS[lanes])
     for loop in spatial:
         sch.unroll(loop)
     sch.vectorize(sch.get_loops(init)[-1])
     boxsum = find_block(sch, int8.ASUM_BLOCK)
-    if boxsum is not None:  # 8-bit weights: per-pixel code sums, before the conv loop nest
+    if boxsum is not None:  # split 8-bit weights: per-pixel code sums, before the conv loop nest
         _parallel_outer(sch, find_block(sch, int8.ROWSUM_BLOCK), 2)
         _parallel_outer(sch, boxsum, 2)
     act = find_block(sch, int8.ACT_BLOCK)

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from tvm_mpq._tvm import Target, parse_target
-from tvm_mpq.kernels import amx, bitserial_x86, x86
+from tvm_mpq.kernels import amx, bitserial_x86, int8, x86
 from tvm_mpq.kernels.registry import KERNELS
 from tvm_mpq.kernels.spec import ConvSpec, DenseSpec, ceil_div
 
@@ -34,7 +34,7 @@ def canonical_bits(kernel: str, w_bits: int, a_bits: int) -> tuple[int, int]:
     """The measured cell that (kernel, w, a) costs the same as: byte-lane kernels (VNNI, AMX,
     depthwise) run any bits in int8 lanes and only 8-bit weights take the split path, so they are
     tuned at :data:`BYTE_BITS` only; bit-serial and float cells are their own."""
-    if kernel in ("int8", "amx", DEPTHWISE):
+    if kernel in ("int8", "int8_avx2", "amx", DEPTHWISE):
         return BYTE_BITS[0] if w_bits >= 8 else BYTE_BITS[1]
     if kernel == FP32:
         return 32, 32
@@ -62,7 +62,7 @@ def precision_menu(spec: "ConvSpec | DenseSpec", target: "Target | str | None" =
     if kind == "depthwise_conv2d":
         menu += [Precision(DEPTHWISE, w, a) for w, a in BYTE_BITS]
     else:
-        for name in ("int8", "amx"):
+        for name in ("int8", "int8_avx2", "amx"):
             impl = KERNELS.get(name)
             if impl is None or not impl.available(tgt) or (name == "amx" and kind != "conv2d"):
                 continue
@@ -84,11 +84,12 @@ def _out_width(spec) -> int:
 def knob_space(spec: "ConvSpec | DenseSpec", kernel: str) -> list[dict[str, Any]]:
     """Knob settings of ``kernel``'s schedule for ``spec``, the default first; ``[{}]`` = no knobs."""
     dense = isinstance(spec, DenseSpec)
-    if kernel == "int8" or (kernel == "amx" and dense):
+    if kernel in ("int8", "int8_avx2") or (kernel == "amx" and dense):
+        lanes = int8.AVX2 if kernel == "int8_avx2" else int8.VNNI
         ow = 1 if dense else spec.out_width
-        ocb = ceil_div(spec.out_channels, 16)
-        default = x86.default_int8_knobs(ow, ocb)
-        tiles = [(x, o) for x in x86.divisors(ow, 16) for o in x86.divisors(ocb, 4) if x * o <= x86.MAX_ACC_REGISTERS]
+        ocb = ceil_div(spec.out_channels, lanes.oc)
+        default = x86.default_int8_knobs(ow, ocb, lanes)
+        tiles = x86.int8_tiles(ow, ocb, lanes)
         space = [x86.Int8Knobs(x, o, outer) for (x, o), outer in product(tiles, (False, True))]
     elif kernel == "bitserial":
         ow = _out_width(spec)
@@ -122,7 +123,7 @@ def make_knobs(kernel: str, spec, knobs: dict[str, Any] | None):
     if not knobs:
         return None
     dense = isinstance(spec, DenseSpec)
-    cls = {"int8": x86.Int8Knobs, "bitserial": bitserial_x86.BitserialKnobs, "amx": x86.Int8Knobs if dense else amx.AmxKnobs}.get(kernel)
+    cls = {"int8": x86.Int8Knobs, "int8_avx2": x86.Int8Knobs, "bitserial": bitserial_x86.BitserialKnobs, "amx": x86.Int8Knobs if dense else amx.AmxKnobs}.get(kernel)
     if cls is None:
         raise ValueError(f"kernel '{kernel}' has no schedule knobs, got {knobs}")
     try:
