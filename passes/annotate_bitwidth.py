@@ -15,7 +15,9 @@ functions::
 and ``main`` calls it (``mpq_layer(x)``, or ``mpq_layer(x, shortcut)`` with a fused residual add:
 the kernel's epilogue then adds the shortcut before the activation). The module still compiles (in float) without lowering;
 :class:`~tvm_mpq.passes.LowerToKernels` replaces these calls with integer kernels. Float layers are
-left untouched. A policy that names a layer the module does not have is an error.
+left untouched. A policy that names a layer the module does not have is an error. Convolutions and
+matmuls that no integer kernel implements (grouped or transposed convolutions, matmuls of two
+activations, ...) stay float with a warning listing them; with ``strict=True`` they are an error.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import re
 from types import SimpleNamespace
 
 from tvm_mpq._tvm import Constant, relax, tvm
-from tvm_mpq.frontend import LAYERS_ATTR, _layer_table, is_op
+from tvm_mpq.frontend import LAYERS_ATTR, _layer_table, float_ops, is_op
 from tvm_mpq.policy import QuantPolicy
 
 logger = logging.getLogger(__name__)
@@ -157,10 +159,20 @@ class _Outliner(relax.PyExprMutator):
 class AnnotateBitwidth:
     """Attach per-layer / per-channel-group bitwidths from ``policy`` to the module's layers."""
 
-    def __init__(self, policy: QuantPolicy):
+    def __init__(self, policy: QuantPolicy, strict: bool = False):
         if not isinstance(policy, QuantPolicy):
             raise TypeError(f"AnnotateBitwidth needs a tvm_mpq.QuantPolicy, got {type(policy).__name__}")
         self.policy = policy
+        self.strict = bool(strict)
+
+    def _left_float(self, func, layers, resolved) -> list[str]:
+        """``"name: reason"`` of the convolutions / matmuls that stay float although the policy quantizes
+        the model: layers without an integer kernel that the policy does not set to float itself, and
+        ops that are not layers at all (transposed convolutions, matmuls of two activations, ...)."""
+        if all(bits.is_float for bits in resolved.values()):
+            return []  # a float policy: nothing is expected to be quantized
+        left = [f"{l.name}: {l.unsupported_reason}" for l in layers if not l.supported and l.name not in self.policy.layers]
+        return left + [f"{name}: {reason}" for name, reason in float_ops(func)]
 
     def transform_module(self, mod, ctx):
         func = mod["main"]
@@ -171,9 +183,15 @@ class AnnotateBitwidth:
             )
         layers = _layer_table(func)
         resolved = self.policy.validate(SimpleNamespace(layers=layers))
-        kept_float = [f"{l.name} ({l.kind})" for l in layers if not l.supported and self.policy.default and not self.policy.default.is_float]
-        if kept_float:
-            logger.warning("no integer kernel for %d layer(s), they stay float: %s", len(kept_float), ", ".join(kept_float))
+        left = self._left_float(func, layers, resolved)
+        if left and self.strict:
+            raise ValueError(
+                f"strict: {len(left)} op(s) have no integer kernel and would run in float: {'; '.join(left)}. "
+                "Set such layers to float in the policy ({\"w_bits\": 32, \"a_bits\": 32}), change the model, "
+                "or build with strict=False to run them in float"
+            )
+        if left:
+            logger.warning("%d op(s) have no integer kernel and stay float: %s", len(left), "; ".join(left))
         uses = _uses(func)
         bindings = [b for block in func.body.blocks for b in block.bindings]
         by_var = {b.var.name: i for i, b in enumerate(bindings)}

@@ -87,5 +87,81 @@ def test_untraceable_model_reports_torch_error():
                 return x * 2
             return x
 
-    with pytest.raises(ValueError, match="torch.export could not trace Bad"):
+    with pytest.raises(ValueError, match="torch.export could not trace Bad") as exc:
         tvm_mpq.import_torch(Bad(), (torch.randn(1, 3),))
+    assert "hint: the model must be traceable with static shapes (no data-dependent control flow)" in str(exc.value)
+
+
+def test_dynamic_input_shape_is_refused():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 2))
+    x = torch.randn(2, 3, 8, 8)
+    torch._dynamo.mark_dynamic(x, 0)
+    with pytest.raises(ValueError, match=r"Sequential: input 'input' has a dynamic shape .*dimension\(s\) 0.*"
+                                         r"static shapes only.*no torch._dynamo.mark_dynamic"):
+        tvm_mpq.import_torch(model, (x,))
+
+
+def test_symbolic_shape_in_the_module_is_refused():
+    from tvm_mpq._tvm import relax, tvm
+    from tvm_mpq.frontend import _check_static
+
+    n = tvm.tirx.Var("n", "int64")
+    x = relax.Var("x", relax.TensorType([n, 4], "float32"))
+    bb = relax.BlockBuilder()
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            y = bb.emit_output(relax.op.nn.relu(x))
+        bb.emit_func_output(y)
+    with pytest.raises(ValueError, match="M: 'x' has a dynamic shape.*static shapes only"):
+        _check_static(bb.get()["main"], "M")
+
+
+def test_op_tvm_cannot_convert_reports_the_error_with_a_hint():
+    class Masked(nn.Module):
+        def forward(self, x):
+            return x[x > 0].sum().reshape(1)  # output size depends on the data
+
+    with pytest.raises(ValueError, match="(?s)TVM could not convert the exported Masked: .*hint: .*boolean indexing"):
+        tvm_mpq.import_torch(Masked(), (torch.randn(4),))
+
+
+class _Unusual(nn.Module):
+    """A dilated conv (quantized), a grouped conv, a transposed conv and a matmul of two activations
+    (no integer kernel: float), then a linear layer."""
+
+    def __init__(self):
+        super().__init__()
+        self.dil = nn.Conv2d(4, 8, 3, padding=2, dilation=2)
+        self.grp = nn.Conv2d(8, 8, 3, padding=1, groups=2)
+        self.up = nn.ConvTranspose2d(8, 4, 2, stride=2)
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x):
+        y = self.up(self.grp(torch.relu(self.dil(x))))
+        a = y.flatten(2)
+        return self.fc((a @ a.transpose(1, 2)).mean(1))
+
+
+def unusual_model():
+    return _Unusual().eval(), (torch.randn(1, 4, 8, 8),)
+
+
+def test_ops_without_kernels_are_listed():
+    net = tvm_mpq.import_torch(*unusual_model())
+    assert net.layer_names == ["dil", "grp", "fc"]
+    assert net.layer("dil").supported and net.layer("dil").dilation == (2, 2)
+    assert net.layer("grp").unsupported_reason == "no integer kernel for grouped_conv2d (groups=2)"
+    ops = dict(net.float_ops())
+    assert ops.pop("up") == "no integer kernel for conv2d_transpose"  # named after its torch module
+    [(name, reason)] = ops.items()
+    assert reason == "matmul of two activations (its weight is not a constant)"
+
+
+def test_long_reduction_is_unsupported_with_the_reason():
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16385, 2))
+    net = tvm_mpq.import_torch(model, (torch.randn(1, 1, 5, 3277),))
+    layer = net.layer("1")
+    assert layer.spec.reduction == 16385 and not layer.supported
+    assert "reduction length 16385 exceeds 16384" in layer.unsupported_reason
+    with pytest.raises(ValueError, match=r"layer '1' \(kind 'dense'\) is not supported .*\(reduction length 16385 exceeds 16384"):
+        tvm_mpq.QuantPolicy({"1": tvm_mpq.LayerBits(8, 8)}).validate(net)

@@ -17,14 +17,17 @@ from tvm_mpq.quant.calibrate import Calibration
 logger = logging.getLogger(__name__)
 
 
-def quantize_module(net: Network, policy: QuantPolicy, calibration: Calibration, target=None, kernel="auto"):
-    """The tvm-mpq phase of the pipeline: annotate, then lower to integer kernels (Relax -> Relax)."""
-    return _quantize(net, policy, calibration, target, kernel)[0]
+def quantize_module(net: Network, policy: QuantPolicy, calibration: Calibration, target=None, kernel="auto", *, strict: bool = False):
+    """The tvm-mpq phase of the pipeline: annotate, then lower to integer kernels (Relax -> Relax).
+
+    ``strict``: refuse a model with convolutions / matmuls no integer kernel implements instead of
+    running them in float with a warning (see :class:`AnnotateBitwidth`)."""
+    return _quantize(net, policy, calibration, target, kernel, strict)[0]
 
 
-def _quantize(net, policy, calibration, target, kernel):
+def _quantize(net, policy, calibration, target, kernel, strict=False):
     lower = LowerToKernels(calibration=calibration, target=target, kernel=kernel)
-    seq = tvm.transform.Sequential([AnnotateBitwidth(policy), lower], name="tvm_mpq.Quantize")
+    seq = tvm.transform.Sequential([AnnotateBitwidth(policy, strict=strict), lower], name="tvm_mpq.Quantize")
     return seq(net.mod), lower.choices
 
 
@@ -95,7 +98,8 @@ def _flatten(out) -> list[np.ndarray]:
 
 
 def build(
-    net: Network, policy: QuantPolicy, calibration: Calibration, target=None, *, pipeline: str = "mpq", kernel="predicted"
+    net: Network, policy: QuantPolicy, calibration: Calibration, target=None, *, pipeline: str = "mpq", kernel="predicted",
+    strict: bool = False,
 ) -> CompiledModel:
     """Annotate + lower + ``tvm.compile``. ``target``: ``"llvm -mcpu=znver5"``, a dict, a Target or None (host).
 
@@ -104,10 +108,11 @@ def build(
     ``"predicted"`` runs each layer on the kernel the shipped cost model predicts fastest for its
     shape and bits (``"auto"``: the fixed rule). The returned model's
     ``kernels`` maps every conv/dense layer to what runs it (kernel per channel group, or
-    ``"float"`` for layers left to TVM's generic float path).
+    ``"float"`` for layers left to TVM's generic float path). Convolutions / matmuls without an
+    integer kernel run in float with a warning listing them; ``strict=True`` makes that an error.
     """
     tgt = parse_target(target)
-    mod, choices = _quantize(net, policy, calibration, tgt, kernel)
+    mod, choices = _quantize(net, policy, calibration, tgt, kernel, strict)
     relax_pipeline = cpu_pipeline(tgt) if pipeline == "mpq" else pipeline
     ex = tvm.compile(mod, target=tgt, relax_pipeline=relax_pipeline)
     kernels = {layer.name: choices.get(layer.name, ["float"]) for layer in net.layers}

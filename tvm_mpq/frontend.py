@@ -32,6 +32,11 @@ warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*
 
 LAYERS_ATTR = "mpq.layers"
 SUPPORTED_KINDS = ("conv2d", "depthwise_conv2d", "dense")
+#: Compute ops that have no integer kernel at all (they always run in float).
+FLOAT_COMPUTE_OPS = (
+    "relax.nn.conv1d", "relax.nn.conv3d", "relax.nn.conv1d_transpose", "relax.nn.conv2d_transpose",
+    "relax.nn.conv3d_transpose",
+)
 POOLING_OPS = ("relax.nn.max_pool2d", "relax.nn.avg_pool2d", "relax.nn.adaptive_avg_pool2d", "relax.mean")
 
 
@@ -90,7 +95,19 @@ class LayerInfo:
     @property
     def supported(self) -> bool:
         """Whether integer kernels exist for this layer (others stay float)."""
-        return self.kind in SUPPORTED_KINDS and self.spec.reduction <= MAX_REDUCTION
+        return self.unsupported_reason is None
+
+    @property
+    def unsupported_reason(self) -> "str | None":
+        """Why no integer kernel runs this layer (None when one does)."""
+        if self.kind not in SUPPORTED_KINDS:
+            return f"no integer kernel for {self.kind} (groups={self.groups})"
+        if self.spec.reduction > MAX_REDUCTION:
+            return (
+                f"reduction length {self.spec.reduction} exceeds {MAX_REDUCTION}, beyond which an 8x8-bit int32 "
+                "accumulator could overflow"
+            )
+        return None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -142,6 +159,10 @@ class Network:
     def input_shapes(self) -> list[tuple[int, ...]]:
         return [tuple(t.shape) for t in self.example_inputs]
 
+    def float_ops(self) -> list[tuple[str, str]]:
+        """``(name, reason)`` of the convolutions / matmuls no policy can quantize (see :func:`float_ops`)."""
+        return float_ops(self.mod["main"])
+
     def pooling_ops(self) -> list[tuple[str, int, int]]:
         """``(op, input bytes, output bytes)`` of the pooling ops between layers (the float ops
         that stay in every policy; adds and activations fuse into the layers)."""
@@ -192,10 +213,11 @@ class _LayerNamer(relax.PyExprMutator):
         self.param_names = param_names  # relax param var name -> torch module name
         self.transposed: dict[Any, str] = {}  # var bound to permute_dims(weight param) -> module name
         self.named: list[str] = []
+        self.float_named: list[str] = []  # modules of convolutions no kernel implements
 
     def visit_var_binding_(self, binding) -> None:
         value = self.visit_expr(binding.value)
-        name, transposed_owner = None, None
+        name, transposed_owner, float_op = None, None, False
         if isinstance(value, relax.Call) and isinstance(value.op, tvm.ir.Op):
             op = value.op.name
             if op == "relax.permute_dims" and isinstance(value.args[0], relax.Var):
@@ -206,9 +228,14 @@ class _LayerNamer(relax.PyExprMutator):
                 name = self.param_names.get(value.args[1].name)
             elif op == "relax.matmul" and len(_shape(value.args[1])) == 2:
                 name = self.transposed.get(value.args[1])
+            elif op in FLOAT_COMPUTE_OPS and isinstance(value.args[1], relax.Var):
+                owner = self.param_names.get(value.args[1].name)  # conv_transpose, conv1d, ...: float, named for warnings
+                if owner is not None and owner not in self.named and owner not in self.float_named:
+                    self.float_named.append(owner)
+                    name, float_op = owner, True
         if name is None or name in self.named:  # shared weights: keep the first call site only
             name = binding.var.name
-        else:
+        elif not float_op:
             self.named.append(name)
         new_var = self._copy_var(binding.var, name)
         self.builder_.emit_normalized(relax.VarBinding(new_var, value))
@@ -220,6 +247,74 @@ class _LayerNamer(relax.PyExprMutator):
     def _copy_var(var, name: str):
         cls = relax.DataflowVar if isinstance(var, relax.DataflowVar) else relax.Var
         return cls(name, var.ty)
+
+
+def float_ops(func) -> list[tuple[str, str]]:
+    """``(name, reason)`` of every convolution / matmul of ``func`` that is not a quantizable layer:
+    no policy can quantize these, they run in float (a transposed or 1-D/3-D convolution, a
+    matmul of two activations, a second use of a shared weight)."""
+    layers = set(func.attrs[LAYERS_ATTR]) if func.attrs and LAYERS_ATTR in func.attrs else set()
+    found = []
+    for block in func.body.blocks:
+        for binding in block.bindings:
+            call = binding.value
+            if not isinstance(call, relax.Call) or not isinstance(call.op, tvm.ir.Op) or binding.var.name in layers:
+                continue
+            op = call.op.name
+            short = op.rsplit(".", 1)[-1]
+            if op in FLOAT_COMPUTE_OPS:
+                reason = f"no integer kernel for {short}"
+            elif op in ("relax.nn.conv2d", "relax.matmul"):
+                weight = call.args[1]
+                if not isinstance(weight, Constant):
+                    reason = f"{short} of two activations (its weight is not a constant)"
+                elif op == "relax.matmul" and len(_shape(weight)) != 2:
+                    reason = f"no integer kernel for a batched {short} ({len(_shape(weight))}-D weight)"
+                else:
+                    reason = f"{short} reusing another layer's weight (only its first use is quantized)"
+            else:
+                continue
+            found.append((binding.var.name, reason))
+    return found
+
+
+def _static(ty) -> bool:
+    """Is every tensor in ``ty`` (a tensor or tuple type) of a known, constant shape?"""
+    if isinstance(ty, relax.TupleType):
+        return all(_static(field) for field in ty.fields)
+    if not isinstance(ty, relax.TensorType):
+        return True
+    values = getattr(ty.shape, "values", None)
+    return values is not None and all(isinstance(d, tvm.tirx.IntImm) for d in values)
+
+
+def _check_static_inputs(exported, model_name: str) -> None:
+    """Refuse an export with symbolic input dimensions (``torch._dynamo.mark_dynamic``, ``dynamic_shapes``)."""
+    nodes = {node.name: node for node in exported.graph.nodes if node.op == "placeholder"}
+    for name in exported.graph_signature.user_inputs:
+        val = nodes[name].meta.get("val") if name in nodes else None
+        shape = tuple(getattr(val, "shape", ()))
+        dims = [i for i, d in enumerate(shape) if not isinstance(d, int)]
+        if dims:
+            raise ValueError(
+                f"{model_name}: input {name!r} has a dynamic shape {tuple(str(d) for d in shape)} (dimension(s) "
+                f"{', '.join(map(str, dims))}): tvm-mpq compiles static shapes only, because kernels are chosen, "
+                "tiled and calibrated per shape. Import with plain example tensors of the shape you will run "
+                "(no torch._dynamo.mark_dynamic / dynamic_shapes) and build one model per input shape"
+            )
+
+
+def _check_static(func, model_name: str) -> None:
+    """Refuse a Relax function with a symbolic shape anywhere (e.g. a data-dependent output size)."""
+    values = [(p.name, p.ty) for p in func.params]
+    values += [(b.var.name, b.var.ty) for block in func.body.blocks for b in block.bindings]
+    for name, ty in values:
+        if not _static(ty):
+            raise ValueError(
+                f"{model_name}: {name!r} has a dynamic shape ({ty}) in the imported module (an output size that "
+                "depends on the data, such as x[x > 0] or nonzero()): tvm-mpq compiles static shapes only; "
+                "make the shape independent of the values (e.g. mask with torch.where instead of indexing)"
+            )
 
 
 def _layer_table(func) -> list[LayerInfo]:
@@ -265,17 +360,27 @@ def import_torch(model: nn.Module, example_inputs: Sequence[torch.Tensor]) -> Ne
         example_inputs = (example_inputs,)
     example_inputs = tuple(example_inputs)
     model = model.eval()
+    model_name = type(model).__name__
     try:
         folded = fold_batchnorm(model, example_inputs)
         exported = torch.export.export(folded, example_inputs)
     except Exception as err:
         raise ValueError(
-            f"torch.export could not trace {type(model).__name__}: {type(err).__name__}: {err}\n"
+            f"torch.export could not trace {model_name}: {type(err).__name__}: {err}\n"
             "hint: the model must be traceable with static shapes (no data-dependent control flow); "
             "see https://pytorch.org/docs/stable/export.html"
         ) from err
-    with torch.no_grad():
-        mod = from_exported_program(exported, keep_params_as_input=True)
+    _check_static_inputs(exported, model_name)
+    try:
+        with torch.no_grad():
+            mod = from_exported_program(exported, keep_params_as_input=True)
+    except Exception as err:
+        raise ValueError(
+            f"TVM could not convert the exported {model_name}: {type(err).__name__}: {err}\n"
+            "hint: an op TVM's from_exported_program does not support, or one whose output shape depends on "
+            "the data (boolean indexing, nonzero); rewrite that part of the model"
+        ) from err
+    _check_static(mod["main"], model_name)
     mod, params = relax.frontend.detach_params(mod)
     param_modules = {
         placeholder: target[: -len(".weight")]

@@ -94,10 +94,36 @@ def test_unsupported_layers_stay_float_with_a_warning(caplog):
     policy = tvm_mpq.QuantPolicy({}, default=tvm_mpq.LayerBits(4, 4))
     with caplog.at_level("WARNING"):
         mod = AnnotateBitwidth(policy)(net.mod)
-    assert "0 (grouped_conv2d)" in caplog.text
+    assert "1 op(s) have no integer kernel and stay float: 0: no integer kernel for grouped_conv2d (groups=2)" in caplog.text
     assert set(_annotated(mod)) == {"2"}
     with pytest.raises(ValueError, match="'0'"):
         AnnotateBitwidth(tvm_mpq.QuantPolicy({"0": tvm_mpq.LayerBits(4, 4)}))(net.mod)
+
+
+def test_strict_refuses_ops_without_integer_kernels(caplog):
+    from tests.test_frontend import unusual_model
+
+    net = tvm_mpq.import_torch(*unusual_model())
+    uniform = tvm_mpq.QuantPolicy.uniform(net, 4, 4)  # dil and fc: grp is unsupported, up/matmul are not layers
+    with caplog.at_level("WARNING"):
+        mod = AnnotateBitwidth(uniform)(net.mod)
+    assert set(_annotated(mod)) == {"dil", "fc"}
+    assert "3 op(s) have no integer kernel and stay float: grp: no integer kernel for grouped_conv2d" in caplog.text
+    assert "up: no integer kernel for conv2d_transpose" in caplog.text
+    with pytest.raises(ValueError) as exc:
+        AnnotateBitwidth(uniform, strict=True)(net.mod)
+    msg = str(exc.value)
+    assert msg.startswith("strict: 3 op(s) have no integer kernel and would run in float: grp: ")
+    assert "up: no integer kernel for conv2d_transpose" in msg and "matmul of two activations" in msg
+    assert "build with strict=False" in msg
+    # a layer the policy itself sets to float is no surprise; ops that are not layers still are
+    with pytest.raises(ValueError, match="strict: 2 op"):
+        AnnotateBitwidth(uniform.with_layer("grp", tvm_mpq.policy.FLOAT_LAYER), strict=True)(net.mod)
+    # a float policy quantizes nothing, so nothing is left behind
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        assert AnnotateBitwidth(tvm_mpq.QuantPolicy({}), strict=True)(net.mod).same_as(net.mod)
+    assert "no integer kernel" not in caplog.text
 
 
 def test_residual_add_and_relu_are_outlined_with_the_layer():

@@ -19,7 +19,7 @@ from torch import nn
 from tvm_mpq.policy import LayerBits, QuantPolicy
 from tvm_mpq.quant.calibrate import Calibration, quantizable_modules
 from tvm_mpq.quant.fold import _set_submodule, fold_batchnorm
-from tvm_mpq.quant.qparams import ActQuant, check_reduction, make_epilogue, quantize_weight
+from tvm_mpq.quant.qparams import MAX_REDUCTION, ActQuant, check_reduction, make_epilogue, quantize_weight
 
 
 def module_kind(module: nn.Module) -> str:
@@ -33,7 +33,9 @@ def module_kind(module: nn.Module) -> str:
 
 
 def module_supported(module: nn.Module) -> bool:
-    return module_kind(module) in ("conv2d", "depthwise_conv2d", "dense")
+    """Whether the kernels run this module (the rule of :attr:`tvm_mpq.frontend.LayerInfo.supported`)."""
+    reduction = int(np.prod(module.weight.shape[1:]))  # C_in/groups * KH * KW, or in_features
+    return module_kind(module) in ("conv2d", "depthwise_conv2d", "dense") and reduction <= MAX_REDUCTION
 
 
 class IntegerLayer(nn.Module):
@@ -74,7 +76,10 @@ class IntegerLayer(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         acc = self.accumulate(x)
-        shape = (1, -1) + (1,) * (acc.dim() - 2)
+        if self.conv_args is None:  # linear: channels last, whatever the leading dimensions ([N, K] or [N, T, K])
+            shape = (1,) * (acc.dim() - 1) + (-1,)
+        else:
+            shape = (1, -1) + (1,) * (acc.dim() - 2)
         v = (acc + self.bias_q.view(shape)).to(torch.float32)
         return v * self.out_scale.view(shape) + self.dead_bias.view(shape)
 
