@@ -168,3 +168,54 @@ def test_linear_on_tokens_and_a_long_reduction_match_simulation():
         expected = sim(*x)
     for got, want in zip(ex.run(*x), expected):
         np.testing.assert_allclose(got, want.numpy(), rtol=0, atol=1e-5 * float(want.abs().max()))
+
+
+class _DeadParts(torch.nn.Module):
+    """``dead``'s input is all zeros (ReLU of a very negative conv: a zero-range activation), one
+    input channel of ``live`` is constant, and ``zero`` has all-zero weights (scale 0 on every
+    channel) but a bias."""
+
+    def __init__(self):
+        super().__init__()
+        self.first = torch.nn.Conv2d(3, 4, 3, padding=1)
+        self.dead = torch.nn.Conv2d(4, 4, 1)
+        self.live = torch.nn.Conv2d(5, 6, 3, padding=1)
+        self.zero = torch.nn.Conv2d(6, 4, 1)
+        with torch.no_grad():
+            self.first.bias.fill_(-1e3)
+            self.zero.weight.zero_()
+
+    def forward(self, x):
+        d = self.dead(torch.relu(self.first(x)))  # input exactly 0 everywhere
+        const = torch.full_like(x[:, :1], 0.75)  # a constant channel
+        y = torch.relu(self.live(torch.cat([x, const, d[:, :1]], 1)))
+        return self.zero(y) + d.mean()
+
+
+@pytest.mark.parametrize("bits", [8, 2])
+def test_zero_range_activations_and_zero_weights(bits):
+    """No NaN, no division by zero: a dead input quantizes to the zero point (scale 1), an all-zero
+    weight channel outputs its bias exactly; compiled == simulation."""
+    model = _DeadParts().eval()
+    inputs = (torch.randn(1, 3, 8, 8),)
+    net = tvm_mpq.import_torch(model, inputs)
+    policy = tvm_mpq.QuantPolicy({}, default=tvm_mpq.LayerBits(bits, bits))
+    cal = tvm_mpq.calibrate(net, random_batches(inputs))
+    assert cal.ranges["dead"] == (0.0, 0.0)
+    aq = cal.act_quant("dead", bits)
+    assert aq.scale == 1.0 and aq.zero_point == 0
+    ex = tvm_mpq.build(net, policy, cal)
+    sim = tvm_mpq.simulate(model, policy, cal)
+    x = random_batches(inputs, n=1, seed=7)[0]
+    y = ex.run(*x)
+    with torch.no_grad():
+        ys, ref = sim(*x).numpy(), model(*x).numpy()
+    assert np.isfinite(y).all() and np.isfinite(ys).all()
+    np.testing.assert_allclose(y, ys, rtol=0, atol=1e-4 * np.abs(ys).max())  # the float mean may sum in another order
+    # zero weights: scale 0, the bias goes through the float "dead bias"; the output is the bias
+    # (plus the dead branch's mean: its bias, rounded to accumulator units), the same at every pixel
+    assert np.all(sim.zero.out_scale.numpy() == 0)
+    np.testing.assert_array_equal(sim.zero.dead_bias.numpy(), model.zero.bias.detach().numpy())
+    assert np.ptp(y, axis=(2, 3)).max() == 0
+    half_unit = float(sim.dead.out_scale.max()) / 2  # the dead layer's bias rounding, at most
+    np.testing.assert_allclose(y, ref, rtol=0, atol=half_unit * 1.01 + 1e-6)

@@ -111,7 +111,9 @@ def calibrate(net_or_model, batches: Iterable, *, method: str = "minmax", percen
     """Observe the input range of every quantizable layer over ``batches`` (iterable of input tuples).
 
     ``net_or_model`` is a :class:`~tvm_mpq.frontend.Network` (its BatchNorm-folded model is run) or
-    a torch module. Non-finite values are ignored (with a warning).
+    a torch module. NaN and +-Inf values are left out of the ranges, with a warning per layer saying
+    how many (one corrupt sample must not make a scale NaN or infinite); a layer that saw no finite
+    value gets no range, and quantizing it is then an error naming it (:meth:`Calibration.act_quant`).
     """
     if method not in METHODS:
         raise ValueError(f"unknown calibration method {method!r}: choose one of {', '.join(METHODS)}")

@@ -24,7 +24,7 @@ i.e. one AND+popcount per (activation bit, weight bit) plane plus a popcount of 
 
 Accumulator and epilogue (exact integers, then one float multiply)::
 
-    acc  = sum (code_a - zero_point) * level      int32: |acc| <= K * 255 * 255 < 2**30 for K <= 16384
+    acc  = sum (code_a - zero_point) * level      int32: |acc| <= K * 255 * 255 < 2**30 for K <= 16384 (MAX_REDUCTION)
     y    = float32(acc + bias_q) * out_scale + dead_bias
 
 ``bias_q = round(bias / out_scale)`` is the bias in accumulator units (int, as in real integer
@@ -41,9 +41,25 @@ from dataclasses import dataclass
 import numpy as np
 
 MAX_BITS = 8
-#: Largest reduction length (C_in/groups * KH * KW) whose 8x8-bit accumulator provably fits int32:
-#: |sum (a - z) * level| <= K * 255 * 255 = 1,065,369,600 < 2**30 for K = 16384, and the
-#: bit-serial form 2 * sum(a * code) <= 2 * K * 255 * 255 < 2**31 - 1.
+#: Largest reduction length K (C_in/groups * KH * KW, or in_features) that a layer may have to be
+#: quantized: up to it no int32 intermediate of any kernel can overflow, at any bits up to 8x8.
+#: Proof, with activation codes a, zero point z in 0..255, weight codes c in 0..255 and odd levels
+#: l = 2c - 255 in -255..255 (the extremes; fewer bits only shrink every term):
+#:
+#: * the accumulator itself: |sum (a - z) * l| <= K * 255 * 255 = 1,065,369,600 < 2**30;
+#: * bit-serial (reference kernel, int32 popcount sums): s1 = sum a * c <= K * 255 * 255, and the
+#:   kernel forms 2 * s1 <= 2,130,739,200 < 2**31 - 1 = 2,147,483,647 (the tightest term: K = 16512
+#:   would be the last that fits) before subtracting (2**w - 1) * sum a; the x86 bit-serial kernel
+#:   sums in int64;
+#: * int8 lanes (VNNI, AMX): sum a * h with h = c - 128 in -128..127 (8-bit weights, then
+#:   2 * that + sum a) or h = l in -127..127 (narrower): |2 * sum a * h| + sum a <= K * 255 * 257
+#:   = 1,073,725,440 < 2**31 - 1; vpdpbusd / tdpbusd add without saturating;
+#: * int16 lanes (AVX2 vpmaddwd): each pair a0*l0 + a1*l1 <= 130,050, the sum as the accumulator;
+#: * the zero-point correction z * sum l and the bias are added in int64 (``Epilogue.kernel_bias``).
+#:
+#: Longer reductions are refused by :func:`check_reduction` (a layer then stays float; see
+#: ``LayerInfo.supported``); ``tests/kernels/test_accumulator_bound.py`` runs every kernel at K =
+#: MAX_REDUCTION with every product at its extreme.
 MAX_REDUCTION = 16384
 _BIAS_CLIP = 2**40
 
@@ -200,6 +216,7 @@ def apply_epilogue_np(acc: np.ndarray, ep: Epilogue, channel_axis: int = 1) -> n
 
 
 def check_reduction(length: int, layer: str) -> None:
+    """Refuse a reduction longer than :data:`MAX_REDUCTION` (where the int32 bound is proved)."""
     if length > MAX_REDUCTION:
         raise ValueError(
             f"layer '{layer}': reduction length {length} exceeds {MAX_REDUCTION}, beyond which an 8x8-bit "
