@@ -21,8 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
-import sys
 import tempfile
 
 import numpy as np
@@ -56,24 +54,6 @@ def policies(net, seed: int = 0):
     return out
 
 
-def _time_in_child(paths: dict, x_path: str, rounds: int) -> dict:
-    """Time the exported models in a fresh process (nothing of this one's torch/XGBoost state
-    around them), ``rounds`` interleaved rounds."""
-    code = (
-        "import json, sys, numpy as np, tvm_mpq\n"
-        "paths, x_path, rounds = json.loads(sys.argv[1]), sys.argv[2], int(sys.argv[3])\n"
-        "models = {k: tvm_mpq.load_compiled(p) for k, p in paths.items()}\n"
-        "x = np.load(x_path)\n"
-        "times = {k: [] for k in models}\n"
-        "for _ in range(rounds):\n"
-        "    for k, m in models.items():\n"
-        "        times[k].append(float(np.median(m.time(x, number=5, repeat=3))))\n"
-        "print(json.dumps(times))\n"
-    )
-    out = subprocess.run([sys.executable, "-c", code, json.dumps(paths), x_path, str(rounds)], capture_output=True, text=True, check=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--db", default=os.path.join(ROOT, "cost_models", "data", "znver5_records.jsonl"))
@@ -87,13 +67,14 @@ def main() -> None:
     import tvm_mpq
     from tvm_mpq import hardware
     from tvm_mpq.cost_models import XGBCostModel, default_model
+    from tvm_mpq.deploy import time_exported
     from tvm_mpq.tuning import TuningDatabase
     from tvm_mpq.tuning.database import workload_key
 
     db = TuningDatabase(args.db)
     records = [r for r in db.records if r.ok]
     shipped = hardware.PredictedLatency(default_model())
-    measured_layers = hardware.MeasuredLatency(db, target=shipped.target, measure=False)
+    measured_layers = hardware.MeasuredLatency(db, target=shipped.target, measure=False, kernel="predicted")
     rows = []
     for model_name in args.models:
         model, inputs = tvm_mpq.models.get(model_name, input_size=224)
@@ -108,8 +89,7 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             paths = {label: tvm_mpq.build(net, policy, cal).export(os.path.join(tmp, f"{i}.so"))
                      for i, (label, policy) in enumerate(policies(net).items())}
-            np.save(os.path.join(tmp, "x.npy"), x)
-            times = _time_in_child(paths, os.path.join(tmp, "x.npy"), args.rounds)
+            times = time_exported(paths, x, rounds=args.rounds)
         for label, policy in policies(net).items():
             measured = float(np.median(times[label]))
             row = {"model": model_name, "policy": label, "measured_ms": 1e3 * measured,

@@ -21,8 +21,7 @@ import numpy as np
 
 from tvm_mpq._tvm import target_to_str
 
-#: Kernels a chooser considers (each where the target has it and it implements the layer kind).
-CANDIDATES = ("amx", "int8", "int8_avx2", "bitserial")
+from tvm_mpq.kernels.registry import CHOICES as CANDIDATES
 
 
 class KernelChooser:
@@ -35,10 +34,9 @@ class KernelChooser:
         self._cache: dict = {}
 
     def options(self, spec, target) -> list[str]:
-        from tvm_mpq.kernels.registry import KERNELS
+        from tvm_mpq.kernels.registry import offered
 
-        return [k for k in self.candidates
-                if k in KERNELS and KERNELS[k].available(target) and (k != "amx" or spec.kind == "conv2d")]
+        return offered(spec.kind, target, self.candidates)
 
     def choose(self, spec, w_bits: int, a_bits: int, target) -> str:
         from tvm_mpq.kernels.registry import choose_kernel

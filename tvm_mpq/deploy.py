@@ -95,3 +95,36 @@ def run_runner(
         report = json.loads(proc.stdout)
         outputs = [np.load(o.pop("path")) for o in report["outputs"]]  # the paths die with tmp
     return outputs, report
+
+
+_TIME_CHILD = """
+import json, sys, numpy as np, tvm_mpq
+paths, x_path, rounds, number = json.loads(sys.argv[1]), sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+models = {k: tvm_mpq.load_compiled(p) for k, p in paths.items()}
+x = np.load(x_path)
+order = list(models)
+times = {k: [] for k in models}
+for r in range(rounds):
+    for k in (order if r % 2 == 0 else order[::-1]):
+        times[k].append(float(np.median(models[k].time(x, number=number, repeat=3))))
+print(json.dumps(times))
+"""
+
+
+def time_exported(paths: "dict[str, str]", x: np.ndarray, *, rounds: int = 5, number: int = 5,
+                  threads: int | None = None) -> dict[str, list[float]]:
+    """Seconds per run of each exported model (``{label: path}``), ``rounds`` interleaved rounds in
+    a fresh process (alternating order; nothing of the caller's torch/XGBoost threads around
+    them): ``{label: [median of 3 repeats of number runs, per round]}``. Interleaving is what
+    makes ratios between the models trustworthy on a machine whose speed drifts."""
+    env = dict(os.environ)
+    if threads is not None:
+        env["TVM_NUM_THREADS"] = str(threads)
+    with tempfile.TemporaryDirectory() as tmp:
+        x_path = os.path.join(tmp, "x.npy")
+        np.save(x_path, np.ascontiguousarray(x))
+        out = subprocess.run([sys.executable, "-c", _TIME_CHILD, json.dumps({k: os.fspath(p) for k, p in paths.items()}), x_path,
+                              str(rounds), str(number)], capture_output=True, text=True, env=env)
+    if out.returncode != 0:
+        raise RuntimeError(f"timing the exported models failed: {out.stderr.strip()[-2000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])

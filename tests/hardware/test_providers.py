@@ -41,3 +41,21 @@ def test_measured_provider_measures_once_and_caches(tmp_path):
     assert again.latency(SPEC, Precision("int8", 8, 8)) == first
     with pytest.raises(RuntimeError, match="no measurement of bitserial W1A1"):
         again.latency(SPEC, Precision("bitserial", 1, 1))
+
+
+def test_measured_chooser_runs_each_point_on_its_fastest_measured_kernel(tmp_path):
+    """``kernel="measured"``: the provider prices, and a model built with ``kernel=hw.kernel``
+    runs, whichever offered kernel the database says is fastest for that shape and bits."""
+    from tvm_mpq.tuning.database import Record, workload_dict
+
+    zen = parse_target("llvm -mcpu=znver5")  # offers int8 (VNNI) and bit-serial, no AMX
+    db = TuningDatabase(tmp_path / "r.jsonl")
+    for kernel, w, a, ms in [("int8", 4, 4, 0.2), ("bitserial", 1, 1, 0.05), ("bitserial", 2, 2, 0.4), ("int8", 8, 8, 0.3)]:
+        db.append(Record(workload=workload_dict(SPEC), kernel=kernel, w_bits=w, a_bits=a, knobs={}, target=TARGET, status="ok",
+                         latency_ms={"median": ms, "mean": ms, "min": ms, "std": 0.0, "n": 1}))
+    hw = MeasuredLatency(db, target=TARGET, measure=False)
+    assert hw.kernel.choose(SPEC, 1, 1, zen) == "bitserial" and hw.latency(SPEC, (1, 1)) == pytest.approx(0.05e-3)
+    # W2A2: bit-serial measured 0.4 ms, the byte kernel (any bits <= 7 cost its W4A4 cell) 0.2 ms
+    assert hw.kernel.choose(SPEC, 2, 2, zen) == "int8" and hw.latency(SPEC, (2, 2)) == pytest.approx(0.2e-3)
+    # 8 bits: bit-serial is not raced (never measured, never the answer)
+    assert hw.kernel.choose(SPEC, 8, 8, zen) == "int8"

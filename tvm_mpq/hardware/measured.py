@@ -18,12 +18,17 @@ class MeasuredLatency:
     knob settings, through ``runner``: local by default, or a
     :class:`~tvm_mpq.tuning.RPCRunner` for boards) and appended to ``db``, so a search pays each
     measurement once, across runs. ``measure=False`` answers only from the database.
+
+    ``kernel="measured"`` (the default) runs each layer on the kernel measured fastest for it
+    (:class:`MeasuredChooser`, ``self.kernel``; build the model with the same ``kernel=`` so that
+    what was priced is what runs); any other value is resolved as ``LowerToKernels`` does.
     """
 
     name = "measured"
 
-    def __init__(self, db, *, target=None, runner=None, budget: int = 1, measure: bool = True, kernel="predicted"):
-        self.db, self.runner, self.budget, self.measure, self.kernel = db, runner, budget, measure, kernel
+    def __init__(self, db, *, target=None, runner=None, budget: int = 1, measure: bool = True, kernel="measured"):
+        self.db, self.runner, self.budget, self.measure = db, runner, budget, measure
+        self.kernel = MeasuredChooser(self) if kernel == "measured" else kernel
         self.target = parse_target(target)
         self.target_str = target_to_str(self.target)
         self._cache: dict[tuple, float] = {}
@@ -58,3 +63,23 @@ class MeasuredLatency:
 
     def pooling(self, net) -> float:
         return pooling_seconds(net)
+
+
+class MeasuredChooser:
+    """Kernel choice by measurement: per (layer shape, bits) the offered kernel whose best record
+    is fastest (points missing from the database are measured first, when the provider may).
+    Bit-serial races only at bits the tuning menu covers (:data:`~tvm_mpq.tuning.space.DEFAULT_SERIAL_BITS`):
+    at 8 bits it costs 64 popcount MACs per MAC and is never the answer."""
+
+    def __init__(self, provider: MeasuredLatency):
+        self.provider = provider
+
+    def choose(self, spec, w_bits: int, a_bits: int, target) -> str:
+        from tvm_mpq.kernels.registry import choose_kernel, offered
+        from tvm_mpq.tuning.space import DEFAULT_SERIAL_BITS
+
+        names = [k for k in offered(spec.kind, target)
+                 if k != "bitserial" or (w_bits in DEFAULT_SERIAL_BITS and a_bits in DEFAULT_SERIAL_BITS)]
+        if not names:
+            return choose_kernel(spec.kind, w_bits, a_bits, target, getattr(spec, "in_channels", None))
+        return min(names, key=lambda k: self.provider._seconds(spec, k, w_bits, a_bits))

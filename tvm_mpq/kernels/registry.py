@@ -171,6 +171,13 @@ AMX_MIN_CHANNELS = 16
 
 #: Integer kernels on byte/short lanes, by preference (VNNI, else AVX2 vpmaddwd).
 BYTE_KERNELS = ("int8", "int8_avx2")
+#: The integer kernels a chooser races for a conv2d / dense layer.
+CHOICES = ("amx", *BYTE_KERNELS, "bitserial")
+
+
+def offered(kind: str, target: Target, candidates=CHOICES) -> list[str]:
+    """The ``candidates`` that ``target`` runs for a layer of ``kind`` (AMX: conv2d only)."""
+    return [k for k in candidates if k in KERNELS and KERNELS[k].available(target) and (k != "amx" or kind == "conv2d")]
 
 
 def choose_kernel(kind: str, w_bits: int, a_bits: int, target: Target, in_channels: int | None = None) -> str:

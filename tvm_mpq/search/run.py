@@ -99,6 +99,12 @@ def prepare(args: SearchArgs) -> Setup:
     return Setup(net, cal, train, val, test, make_provider(args), accuracy(net.model, test), fixed)
 
 
+def build_kernel(provider):
+    """The kernel choice to compile with: the CPU provider's own (what it priced is what runs);
+    the shipped cost model's for an accelerator simulator."""
+    return getattr(provider, "kernel", "predicted")
+
+
 def int8_policy(net):
     import tvm_mpq
 
@@ -110,7 +116,7 @@ def measure_ms(setup: Setup, policy, target, rounds: int, key: str | None = None
     import tvm_mpq
 
     if key is None or key not in setup.compiled:
-        compiled = tvm_mpq.build(setup.net, policy, setup.cal, target)
+        compiled = tvm_mpq.build(setup.net, policy, setup.cal, target, kernel=build_kernel(setup.provider))
         if key is not None:
             setup.compiled[key] = compiled
     else:

@@ -16,7 +16,7 @@ import numpy as np
 
 from tvm_mpq._tvm import Target, parse_target
 from tvm_mpq.kernels import amx, bitserial_x86, int8, x86
-from tvm_mpq.kernels.registry import KERNELS
+from tvm_mpq.kernels.registry import KERNELS, offered
 from tvm_mpq.kernels.spec import ConvSpec, DenseSpec, ceil_div
 
 #: The float path of our pipeline (TOPI conv/dense + ScheduleGeneric), measured like a kernel.
@@ -62,11 +62,7 @@ def precision_menu(spec: "ConvSpec | DenseSpec", target: "Target | str | None" =
     if kind == "depthwise_conv2d":
         menu += [Precision(DEPTHWISE, w, a) for w, a in BYTE_BITS]
     else:
-        for name in ("int8", "int8_avx2", "amx"):
-            impl = KERNELS.get(name)
-            if impl is None or not impl.available(tgt) or (name == "amx" and kind != "conv2d"):
-                continue
-            menu += [Precision(name, w, a) for w, a in BYTE_BITS]
+        menu += [Precision(name, w, a) for name in offered(kind, tgt, ("int8", "int8_avx2", "amx")) for w, a in BYTE_BITS]
         serial = "bitserial" if KERNELS["bitserial"].available(tgt) else "bitserial_ref"
         menu += [Precision(serial, w, a) for w, a in product(serial_bits, serial_bits)]
     if kernels is not None:
