@@ -92,7 +92,7 @@ def _worker_tvm(rows: list[dict], number: int, repeat: int) -> list[dict]:
 
 
 def _worker_torch(rows: list[dict], threads: int, repeat: int) -> list[dict]:
-    import torch_baseline as tb
+    from tvm_mpq import baselines as tb
 
     results = []
     for row in rows:

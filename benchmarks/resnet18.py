@@ -62,8 +62,7 @@ def _worker_tvm(model_name: str, number: int, repeat: int) -> list[dict]:
 
 
 def _worker_torch(model_name: str, threads: int, repeat: int) -> list[dict]:
-    import torch_baseline as tb
-
+    from tvm_mpq import baselines as tb
     from tvm_mpq import models
 
     model, inputs = models.get(model_name, input_size=224)

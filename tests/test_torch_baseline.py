@@ -1,23 +1,15 @@
-"""Tests for benchmarks/torch_baseline.py (PyTorch fp32/FX-int8 reference timings)."""
+"""Tests for tvm_mpq/baselines.py (PyTorch fp32/FX-int8 reference timings)."""
 
-import importlib.util
 import math
 import re
-import sys
 import warnings
-from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
 import tvm_mpq
-
-_PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "torch_baseline.py"
-_spec = importlib.util.spec_from_file_location("torch_baseline", _PATH)
-tb = importlib.util.module_from_spec(_spec)
-sys.modules.setdefault("torch_baseline", tb)
-_spec.loader.exec_module(tb)
+from tvm_mpq import baselines as tb
 
 STAT_KEYS = {"median_s", "min_s", "mean_s", "std_s", "repeat", "number"}
 FAST = dict(repeat=2, number=1, warmup=1)

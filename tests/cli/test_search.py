@@ -30,6 +30,11 @@ def test_ilp_search_end_to_end(cache, capsys):
     policy = QuantPolicy.load(out)
     assert len(policy.layers) == len(details["table"])
     assert all((cache / "png" / name).exists() for name in ("digits_cnn_ilp_pareto.png", "digits_cnn_ilp_bits.png"))
+    run = cache / "run.json"  # what `tvm-mpq search --json > run.json` saves, read back by `tvm-mpq report`
+    run.write_text(json.dumps(res))
+    assert main(["report", str(run), "--png-dir", str(cache / "report"), "--json"]) == EXIT_OK
+    report = json.loads(capsys.readouterr().out)
+    assert report["kind"] == "search" and report["table"] == details["table"] and len(report["png"]) == 2
 
 
 @pytest.mark.parametrize("method", ["haq", "autoq"])

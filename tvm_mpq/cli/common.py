@@ -1,12 +1,24 @@
-"""What every ``tvm-mpq`` command shares: exit codes, the usage error, argument types."""
+"""What every ``tvm-mpq`` command shares: exit codes, the two errors, argument types, and loading
+a model (with its calibration), a target and a policy from command-line values."""
+
+from __future__ import annotations
 
 import argparse
+import os
+from dataclasses import dataclass
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+#: Built-in models trained on the digits task (:func:`tvm_mpq.quant.finetune.pretrained`).
+DIGITS_MODELS = ("digits_cnn", "digits_resnet")
 
 
 class UsageError(Exception):
     """Bad input from the user: printed without a traceback, exit code 2."""
+
+
+class Failure(Exception):
+    """A failure while working (a build, an export, a child process): printed without a traceback, exit code 1."""
 
 
 def bits_list(text: str) -> tuple[int, ...]:
@@ -18,3 +30,168 @@ def bits_list(text: str) -> tuple[int, ...]:
     if not bits or bits[0] < 1 or bits[-1] > 8:
         raise argparse.ArgumentTypeError(f"bits must lie in 1..8, got {text!r}")
     return bits
+
+
+def threads_list(text: str) -> tuple[int, ...]:
+    """``"1,2"`` -> ``(1, 2)``: sorted, distinct, each >= 1."""
+    try:
+        threads = tuple(sorted({int(t) for t in text.split(",") if t.strip()}))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"thread counts are comma-separated integers, got {text!r}") from None
+    if not threads or threads[0] < 1:
+        raise argparse.ArgumentTypeError(f"thread counts must be >= 1, got {text!r}")
+    return threads
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def parse_target_arg(text: str | None):
+    """``--target`` -> a TVM ``Target`` (None: this machine); a bad string is a :class:`UsageError`."""
+    from tvm_mpq._tvm import parse_target
+
+    try:
+        return parse_target(text)
+    except (ValueError, TypeError) as err:
+        raise UsageError(f"bad --target {text!r}: {err}") from None
+
+
+# ---------------------------------------------------------------------------------------------
+# models and their calibration
+# ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ModelArgs:
+    """How ``compile`` and ``bench`` get a model and calibrate it (plain values: it goes to a child process as JSON)."""
+
+    model: str
+    input_size: int | None = None
+    random_weights: bool = False  # digits models: skip the (cached) digits training
+    train_epochs: int = 15  # digits models: float training epochs (the default is `tvm-mpq search`'s, same cache)
+    calibration: str = "minmax"
+    calib_batches: int = 4
+
+    def __post_init__(self) -> None:
+        from tvm_mpq.quant.calibrate import METHODS
+
+        if self.calibration not in METHODS:
+            raise ValueError(f"--calibration must be one of {', '.join(METHODS)}, got {self.calibration!r}")
+        if self.train_epochs < 1 or self.calib_batches < 1:
+            raise ValueError(f"--train-epochs and --calib-batches must be >= 1, got {self.train_epochs} and {self.calib_batches}")
+
+    @property
+    def trained(self) -> bool:
+        """Digits model with trained weights (otherwise: the model's own deterministic weights)."""
+        return self.model in DIGITS_MODELS and not self.random_weights
+
+    @property
+    def weights(self) -> str:
+        """``"digits-trained"``, ``"random"`` (a digits model's deterministic random weights) or ``"built-in"``."""
+        return "digits-trained" if self.trained else "random" if self.model in DIGITS_MODELS else "built-in"
+
+
+@dataclass
+class Prepared:
+    """A model ready to compile: the imported network, its calibration, batch-1 example inputs."""
+
+    net: object
+    calibration: object
+    example: tuple  # torch tensors, batch 1: what latency is timed on
+
+
+def load_net(model: str, input_size: int | None):
+    """A built-in name or ``file.py:factory`` -> an imported :class:`~tvm_mpq.Network` (weights as built)."""
+    return import_model(ModelArgs(model, input_size, random_weights=True))[0]
+
+
+def load_torch(margs: ModelArgs):
+    """``(torch model, example inputs)``; digits models trained (cached) unless ``random_weights``."""
+    import tvm_mpq
+
+    size = {"input_size": margs.input_size} if margs.input_size else {}
+    try:
+        if margs.trained:
+            from tvm_mpq.quant.finetune import Recipe, pretrained
+
+            return pretrained(margs.model, Recipe(epochs=margs.train_epochs), **size)
+        return tvm_mpq.models.get(margs.model, **size)
+    except (ValueError, FileNotFoundError, ImportError, AttributeError) as err:
+        raise UsageError(f"cannot load model {margs.model!r}: {err}") from None
+
+
+def calibration_batches(margs: ModelArgs, inputs) -> list[tuple]:
+    """Digits models: the first training batches of 256 real digits; other models: seeded random
+    batches shaped like the example inputs."""
+    import torch
+
+    if margs.model in DIGITS_MODELS:
+        from tvm_mpq import data
+
+        train = data.digits("train", size=int(inputs[0].shape[-1]))
+        return [(x,) for x, _ in train.batches(256)][: margs.calib_batches]
+    gen = torch.Generator().manual_seed(0)
+    return [tuple(torch.randn(x.shape, generator=gen) for x in inputs) for _ in range(margs.calib_batches)]
+
+
+def import_model(margs: ModelArgs):
+    """``(network, example inputs)``: the model loaded (see :func:`load_torch`) and imported."""
+    import tvm_mpq
+
+    torch_model, inputs = load_torch(margs)
+    return tvm_mpq.import_torch(torch_model, inputs), inputs
+
+
+def calibrate_model(margs: ModelArgs, net, inputs) -> Prepared:
+    """Calibrate an imported model on :func:`calibration_batches`."""
+    import tvm_mpq
+
+    batches = calibration_batches(margs, inputs)
+    cal = tvm_mpq.calibrate(net, batches, method=margs.calibration)
+    example = tuple(x[:1] for x in batches[0]) if margs.model in DIGITS_MODELS else tuple(inputs)
+    return Prepared(net, cal, example)
+
+
+def prepare(margs: ModelArgs) -> Prepared:
+    """Load, import and calibrate the model."""
+    return calibrate_model(margs, *import_model(margs))
+
+
+# ---------------------------------------------------------------------------------------------
+# policies
+# ---------------------------------------------------------------------------------------------
+def read_policy(path: str):
+    """``--policy`` file -> :class:`~tvm_mpq.QuantPolicy` (not yet checked against a model)."""
+    from tvm_mpq.policy import QuantPolicy
+
+    if not os.path.isfile(path):
+        what = "is a directory" if os.path.isdir(path) else "does not exist"
+        raise UsageError(f"policy file {path} {what}: give a policy JSON (`tvm-mpq search ... -o policy.json` writes one, "
+                         f"or QuantPolicy.save)")
+    try:
+        return QuantPolicy.load(path)
+    except (ValueError, UnicodeDecodeError) as err:
+        raise UsageError(str(err)) from None
+
+
+def check_policy(policy, net, path: str, model: str) -> dict:
+    """The policy's bits for every layer of ``net`` (``QuantPolicy.validate``); a mismatch is a :class:`UsageError`."""
+    try:
+        return policy.validate(net)
+    except ValueError as err:
+        raise UsageError(f"policy {path} does not fit model {model!r}: {err}") from None
+
+
+def check_output_path(path: str, what: str) -> str:
+    """An output file's directory must exist (checked before any long work)."""
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        raise UsageError(f"cannot write {what} {path}: directory {directory} does not exist (create it or choose another path)")
+    if os.path.isdir(path):
+        raise UsageError(f"cannot write {what} {path}: it is a directory (give a file name, e.g. {os.path.join(path, 'model.so')})")
+    return path

@@ -5,7 +5,11 @@
     tvm-mpq tune resnet18 --rpc-tracker 10.0.0.2:9190 --rpc-key rasp4 --db records.jsonl
     tvm-mpq costmodel fit --db records.jsonl -o model.json
     tvm-mpq costmodel eval --db records.jsonl --model default --json
-    tvm-mpq search digits_resnet --method ilp --latency-budget 0.6 --json
+    tvm-mpq search digits_resnet --method ilp --latency-budget 0.6 --json > run.json
+    tvm-mpq report run.json --png-dir plots
+    tvm-mpq report records.jsonl
+    tvm-mpq compile digits_resnet --policy policy.json -o digits_resnet.so
+    tvm-mpq bench digits_resnet --policy policy.json --threads 1,2 --rounds 5
 
 MODEL is a built-in name (``tvm-mpq layers --list``) or ``path/to/file.py:factory``. Exit codes:
 0 success, 1 a failure while working (reported with the cause), 2 bad arguments or input.
@@ -18,27 +22,11 @@ import json
 import logging
 import sys
 
-from tvm_mpq.cli import costmodel, search
-from tvm_mpq.cli.common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, UsageError, bits_list
-
-
-def _load_net(model: str, input_size: int | None):
-    import tvm_mpq
-
-    try:
-        torch_model, inputs = tvm_mpq.models.get(model, **({"input_size": input_size} if input_size else {}))
-    except (ValueError, FileNotFoundError, ImportError, AttributeError) as err:
-        raise UsageError(f"cannot load model {model!r}: {err}") from None
-    return tvm_mpq.import_torch(torch_model, inputs)
-
-
-def _target(text: str | None):
-    from tvm_mpq._tvm import parse_target
-
-    try:
-        return parse_target(text)
-    except (ValueError, TypeError) as err:
-        raise UsageError(str(err)) from None
+from tvm_mpq.cli import bench, costmodel, report, search
+from tvm_mpq.cli import compile as compile_cmd
+from tvm_mpq.cli.common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, Failure, UsageError, bits_list
+from tvm_mpq.cli.common import load_net as _load_net
+from tvm_mpq.cli.common import parse_target_arg as _target
 
 
 def cmd_layers(args) -> int:
@@ -134,6 +122,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     costmodel.add_parser(sub)
     search.add_parser(sub)
+    compile_cmd.add_parser(sub)
+    bench.add_parser(sub)
+    report.add_parser(sub)
     return parser
 
 
@@ -146,6 +137,9 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as err:
         print(f"tvm-mpq {args.command}: error: {err}", file=sys.stderr)
         return EXIT_USAGE
+    except Failure as err:
+        print(f"tvm-mpq {args.command}: failed: {err}", file=sys.stderr)
+        return EXIT_FAILED
     except KeyboardInterrupt:
         print(f"tvm-mpq {args.command}: interrupted (measurements so far are in the database)", file=sys.stderr)
         return EXIT_FAILED

@@ -10,6 +10,7 @@ from tvm_mpq.cli.common import EXIT_OK, UsageError, bits_list
 
 def cmd(args) -> int:
     from tvm_mpq._tvm import parse_target
+    from tvm_mpq.report import search_lines
     from tvm_mpq.search.run import SearchArgs, run
 
     try:
@@ -35,17 +36,7 @@ def cmd(args) -> int:
     if not summary.get("feasible"):
         print(f"infeasible: {summary.get('error')}", file=sys.stderr)
         return EXIT_OK
-    print(f"{'layer':24s} {'w_bits':>10s} {'a':>3s} {'pred ms':>8s} {'sensitivity':>12s}")
-    for r in summary["table"]:
-        w = "/".join(map(str, r["w_bits"])) if isinstance(r["w_bits"], list) else str(r["w_bits"])
-        sens = f"{r['sensitivity']:12.3g}" if "sensitivity" in r else f"{'':12s}"
-        print(f"{r['layer']:24s} {w:>10s} {r['a_bits']:3d} {r['predicted_ms']:8.3f} {sens}")
-    print(f"accuracy: float {100 * summary['accuracy_float']:.2f}%, policy before finetune {100 * summary['accuracy_before_finetune']:.2f}%, "
-          f"after {100 * summary['accuracy']:.2f}%")
-    if summary.get("latency_ms") is not None:
-        print(f"latency: {summary['latency_ms']:.3f} ms measured (budget {summary['budget_ms']:.3f} ms = {args.latency_budget} x int8 "
-              f"{summary['int8_latency_ms']:.3f} ms: {'met' if summary['within_budget'] else 'NOT met'}); predicted {summary['predicted_ms']:.3f} ms")
-    print(f"policy -> {summary['policy']}" + (f"; plots -> {', '.join(summary['png'])}" if summary.get("png") else ""))
+    print("\n".join(search_lines(summary, summary.get("png"))))
     return EXIT_OK
 
 

@@ -1,9 +1,13 @@
-"""PyTorch CPU reference latencies (fp32 and FX-int8) for the benchmark scripts.
+"""PyTorch CPU reference latencies (fp32 and FX-int8): ``tvm-mpq bench`` and the benchmark scripts.
 
-Import it from a benchmark script, or run ``python benchmarks/torch_baseline.py``
-for a small table (ResNet-18 at 224x224 batch 1 and a 64->64 3x3 conv at 56x56,
-on 1 and 2 threads). This module imports only ``torch`` (never TVM); only the
-``__main__`` block imports ``tvm_mpq.models`` to get ResNet-18.
+    from tvm_mpq import baselines
+    qmodel = baselines.quantize_int8_fx(model, example_inputs)
+    stats = baselines.time_torch(qmodel, example_inputs, threads=1)   # stats["median_s"]
+
+``python -m tvm_mpq.baselines`` prints a small table (ResNet-18 at 224x224 batch 1 and a
+64->64 3x3 conv at 56x56, on 1 and 2 threads). This module imports only ``torch`` at top level
+(never TVM itself; importing it as ``tvm_mpq.baselines`` does load the ``tvm_mpq`` package);
+only the ``__main__`` block imports ``tvm_mpq.models`` to get ResNet-18.
 
 int8 models come from PyTorch's FX graph mode post-training static quantization::
 
@@ -419,9 +423,7 @@ def model_baselines(
 # ---------------------------------------------------------------------------
 def _main() -> None:
     import os
-    import sys
 
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     from tvm_mpq import models  # imported here only: the library part stays TVM-free
 
     thread_counts = [t for t in (1, 2) if t <= (os.cpu_count() or 1)]
