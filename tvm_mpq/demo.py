@@ -1,11 +1,24 @@
-"""``make demo``: import a built-in model, apply a mixed policy, compile, run, compare with the simulation.
+"""``make demo``: the whole story on the embedded default, in minutes on 2 cores.
 
-    python -m tvm_mpq.demo [--model digits_cnn] [--input-size N] [--target "llvm -mcpu=znver5"]
+1. train (or load from ``$TVM_MPQ_CACHE``) a ResNet on scikit-learn's digits (32x32, width 32:
+   0.14 GMAC, so the convolutions and not the overhead set the latency);
+2. search a mixed-precision policy with the ILP (OHQ-style KL sensitivity on real images) under a
+   latency budget of ``--budget`` x the uniform int8 latency, priced by the shipped XGBoost cost
+   model (no measurement during the search);
+3. finetune it (QAT, straight-through), compile it with TVM on the kernels the cost model picks,
+   check the compiled model against the torch simulation of the same integer arithmetic;
+4. measure, interleaved in one session: float and uniform int8 (ours), the policy, PyTorch fp32
+   and PyTorch int8 (FX, x86 backend), and print one table (accuracy on the fixed augmented test
+   set, latency, speed-ups, weight size), plus the accuracy-latency PNG.
+
+    python -m tvm_mpq.demo [--budget 0.6] [--target "llvm -mcpu=znver5"] [--out-dir demo_out]
+    python -m tvm_mpq.demo --quick --budget 0.9   # the same path on a width-8 ResNet (a smoke test)
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import time
 
 import numpy as np
@@ -15,66 +28,100 @@ import tvm_mpq
 from tvm_mpq._tvm import target_to_str
 
 
-def demo_policy(net: "tvm_mpq.Network") -> "tvm_mpq.QuantPolicy":
-    """First and last layer W8A8, W4A4 elsewhere, W2A4 for depthwise layers, one conv split into two channel groups."""
-    layers = {}
+def weight_bytes(net, policy) -> float:
+    """Bytes of the conv/dense weights at the policy's bits (float layers: 4 bytes a weight)."""
+    resolved = policy.resolve(net.layer_names)
+    total = 0.0
     for layer in net.layers:
-        if not layer.supported:
-            continue
-        layers[layer.name] = {"w_bits": 2 if layer.kind == "depthwise_conv2d" else 4, "a_bits": 4}
-    convs = [l for l in net.layers if l.kind == "conv2d" and l.index > 0]
-    if convs:
-        c = convs[len(convs) // 2]
-        half = c.out_channels // 2
-        layers[c.name] = {"a_bits": 3, "groups": [{"channels": [0, half], "w_bits": 2}, {"channels": [half, c.out_channels], "w_bits": 3}]}
-    layers[net.layers[0].name] = layers[net.layers[-1].name] = {"w_bits": 8, "a_bits": 8}
-    return tvm_mpq.QuantPolicy.from_dict({"version": 1, "layers": layers})
+        b = resolved.get(layer.name)
+        per_channel = layer.params // max(layer.out_channels, 1)
+        if b is None or b.is_float:
+            total += 4 * layer.params
+        elif b.groups:
+            total += sum(per_channel * (g.stop - g.start) * g.w_bits / 8 for g in b.groups)
+        else:
+            total += layer.params * b.w_bits / 8
+    return total
 
 
-def _bits(b) -> str:
-    if b.is_float:
-        return "fp32"
-    if b.groups:
-        return "/".join(f"{g.w_bits}[{g.start}:{g.stop}]" for g in b.groups)
-    return str(b.w_bits)
+def torch_ms(model, x: torch.Tensor, threads: int) -> tuple[float, float]:
+    from tvm_mpq import baselines
+
+    qmodel = baselines.quantize_int8_fx(model, (x,))
+    return tuple(1e3 * baselines.time_torch(m, (x,), threads, repeat=7)["median_s"] for m in (model, qmodel))
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="digits_cnn", help="built-in model name or path/file.py:factory")
-    ap.add_argument("--input-size", type=int, default=None, help="shrink the example input (built-ins only)")
+    ap.add_argument("--budget", type=float, default=0.6, help="latency budget, fraction of the uniform int8 latency (default 0.6)")
     ap.add_argument("--target", default=None, help="e.g. 'llvm -mcpu=znver5' (default: this host's CPU)")
+    ap.add_argument("--threads", type=int, default=None, help="threads for TVM and PyTorch (default: all cores)")
+    ap.add_argument("--out-dir", default="demo_out", help="policy JSON, compiled model and PNG go here")
+    ap.add_argument("--quick", action="store_true", help="a width-8 ResNet, two training epochs: checks the path in a minute")
     args = ap.parse_args(argv)
 
-    kwargs = {"input_size": args.input_size} if args.input_size else {}
-    model, inputs = tvm_mpq.models.get(args.model, **kwargs)
-    t0 = time.perf_counter()
-    net = tvm_mpq.import_torch(model, inputs)
-    g = torch.Generator().manual_seed(0)
-    batches = [tuple(torch.randn(x.shape, generator=g) for x in inputs) for _ in range(4)]
-    cal = tvm_mpq.calibrate(net, batches)
-    policy = demo_policy(net)
-    resolved = policy.validate(net)
-    ex = tvm_mpq.build(net, policy, cal, target=args.target)
-    t_build = time.perf_counter() - t0
+    from tvm_mpq._tvm import parse_target
+    from tvm_mpq.deploy import time_exported
+    from tvm_mpq.search import run as srun
 
-    print(f"model {args.model}: {len(net.layers)} layers, {net.macs / 1e6:.1f} MMAC, target {target_to_str(ex.target)}")
-    print(f"{'layer':28s} {'kind':17s} {'out shape':18s} {'MMAC':>8s} {'w_bits':>14s} {'a_bits':>6s}")
-    for layer in net.layers:
-        b = resolved[layer.name]
-        print(
-            f"{layer.name:28s} {layer.kind:17s} {str(layer.out_shape):18s} {layer.macs / 1e6:8.2f} "
-            f"{_bits(b):>14s} {('fp32' if b.is_float else str(b.a_bits)):>6s}"
-        )
-    x = batches[0]
-    y = ex.run(*x)
+    t_start = time.perf_counter()
+    threads = args.threads or os.cpu_count() or 1
+    target = parse_target(args.target)
+    os.makedirs(args.out_dir, exist_ok=True)
+    sargs = srun.SearchArgs(
+        model="digits_resnet", model_kwargs={"width": 8 if args.quick else 32},
+        method="ilp", latency_budget=args.budget, target=target, provider="predicted",
+        train_epochs=2 if args.quick else 10, finetune_epochs=1, measure=False, out=os.path.join(args.out_dir, "policy.json"),
+    )
+    print(f"[1/4] model: {sargs.model} {sargs.model_kwargs or ''} trained on digits ({sargs.train_epochs} epochs, cached)", flush=True)
+    setup = srun.prepare(sargs)
+    net = setup.net
+    print(f"      {len(net.layers)} layers, {net.macs / 1e6:.0f} MMAC; float test accuracy {100 * setup.float_accuracy:.2f}%", flush=True)
+
+    print(f"[2/4] ILP search under {args.budget} x int8 latency (shipped cost model, target {target_to_str(target)})", flush=True)
+    result = srun.search(sargs, setup)
+    if not result["feasible"]:
+        print(f"infeasible: {result['error']}")
+        return 1
+    policy = result["policy_obj"]
+    policy.save(sargs.out)
+    print(f"      policy {sargs.out}: predicted {result['predicted_ms']:.3f} ms vs int8 {result['int8_predicted_ms']:.3f} ms; "
+          f"accuracy {100 * result['accuracy_before_finetune']:.2f}% -> {100 * result['accuracy']:.2f}% after QAT", flush=True)
+
+    print("[3/4] compile (float, uniform int8, policy) and check the policy against the torch simulation", flush=True)
+    int8 = srun.int8_policy(net)
+    float_policy = tvm_mpq.QuantPolicy({}, default=tvm_mpq.LayerBits(32, 32))
+    kernel = srun.build_kernel(setup.provider)
+    compiled = {name: tvm_mpq.build(net, p, setup.cal, target, kernel=kernel) for name, p in
+                (("float", float_policy), ("int8", int8), ("policy", policy))}
+    x = setup.test.images[:1]
     with torch.no_grad():
-        ys = tvm_mpq.simulate(model, policy, cal)(*x).numpy()
-        yf = model(*x).numpy()
-    print(f"compiled in {t_build:.1f} s")
-    print(f"max |TVM - torch simulation| = {np.abs(y - ys).max():.3g}  (outputs up to {np.abs(ys).max():.3g})")
-    print(f"max |TVM - float model|      = {np.abs(y - yf).max():.3g}  (quantization error)")
-    print(f"top-1 agreement with float: {np.mean(y.argmax(-1) == yf.argmax(-1)) * 100:.0f}%")
+        sim = tvm_mpq.simulate(net, policy, setup.cal)(x).numpy()
+    diff = float(np.abs(compiled["policy"].run(x.numpy()) - sim).max())
+    print(f"      max |TVM - torch simulation| = {diff:.3g} (outputs up to {np.abs(sim).max():.3g})", flush=True)
+    paths = {name: c.export(os.path.join(args.out_dir, f"{name}.so")) for name, c in compiled.items()}
+
+    print(f"[4/4] measure on {threads} thread(s), interleaved", flush=True)
+    tvm_ms = {k: 1e3 * float(np.median(v)) for k, v in time_exported(paths, x.numpy(), rounds=5, number=20, threads=threads).items()}
+    fp32_ms, q8_ms = torch_ms(net.model, x, threads)
+    int8_acc = srun.policy_accuracy(setup, int8)
+    rows = [
+        ("float (TVM)", setup.float_accuracy, tvm_ms["float"], weight_bytes(net, float_policy)),
+        ("uniform W8A8 (TVM)", int8_acc, tvm_ms["int8"], weight_bytes(net, int8)),
+        (f"ILP policy @ {args.budget}x", result["accuracy"], tvm_ms["policy"], weight_bytes(net, policy)),
+    ]
+    print(f"\n{'model':24s} {'accuracy':>9s} {'latency':>10s} {'vs torch fp32':>14s} {'vs torch int8':>14s} {'weights':>9s}")
+    for name, acc, ms, size in rows:
+        print(f"{name:24s} {100 * acc:8.2f}% {ms:8.3f}ms {fp32_ms / ms:13.2f}x {q8_ms / ms:13.2f}x {size / 1e6:7.2f}MB")
+    print(f"{'PyTorch fp32':24s} {'':9s} {fp32_ms:8.3f}ms")
+    print(f"{'PyTorch int8 (FX x86)':24s} {'':9s} {q8_ms:8.3f}ms")
+    ratio = tvm_ms["policy"] / tvm_ms["int8"]
+    print(f"\npolicy / uniform int8 measured: {ratio:.2f} (budget {args.budget}: {'met' if ratio <= args.budget else 'NOT met'})")
+    uniform = [{"label": "W8A8", "accuracy": int8_acc, "latency_ms": tvm_ms["int8"]},
+               {"label": "float", "accuracy": setup.float_accuracy, "latency_ms": tvm_ms["float"]}]
+    pngs = srun.plot({**result, "latency_ms": tvm_ms["policy"]}, uniform, os.path.join(args.out_dir, "demo"))
+    print(f"PNG: {', '.join(pngs)}")
+    print(f"demo took {time.perf_counter() - t_start:.0f} s")
     return 0
 
 

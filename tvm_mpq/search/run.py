@@ -24,6 +24,7 @@ PROVIDERS = ("predicted", "measured", "bitfusion", "bismo")
 @dataclass(frozen=True)
 class SearchArgs:
     model: str = "digits_resnet"
+    model_kwargs: dict = field(default_factory=dict)  # e.g. {"width": 32}
     method: str = "ilp"
     latency_budget: float = 0.8  # fraction of the uniform W8A8 latency
     target: object = None
@@ -34,6 +35,7 @@ class SearchArgs:
     episodes: int = 60
     warmup: int = 15
     reward_steps: int = 0
+    reward_images: int = 0  # score episodes on this many val images (an even stride through it; 0: all)
     groups: int = 4
     w_bits: tuple = (1, 2, 3, 4, 8)
     a_bits: tuple = (2, 3, 4, 8)
@@ -89,7 +91,7 @@ def prepare(args: SearchArgs) -> Setup:
     from tvm_mpq import data
     from tvm_mpq.quant.finetune import Recipe, accuracy, pretrained
 
-    model, inputs = pretrained(args.model, Recipe(epochs=args.train_epochs))
+    model, inputs = pretrained(args.model, Recipe(epochs=args.train_epochs), **args.model_kwargs)
     net = tvm_mpq.import_torch(model, inputs)
     size = int(inputs[0].shape[-1])
     train, val, test = (data.digits(split, size=size) for split in ("train", "val", "test"))
@@ -97,6 +99,25 @@ def prepare(args: SearchArgs) -> Setup:
     names = [l.name for l in net.layers if l.supported]
     fixed = {names[0]: (8, 8), names[-1]: (8, 8)}
     return Setup(net, cal, train, val, test, make_provider(args), accuracy(net.model, test), fixed)
+
+
+def val_subset(val, n: int):
+    """``n`` images of the val split at an even stride (clean and augmented alike; 0: all)."""
+    from tvm_mpq.data import Split
+
+    if not n or n >= len(val):
+        return val
+    idx = np.linspace(0, len(val) - 1, n).round().astype(int)
+    return Split(val.images[idx], val.labels[idx])
+
+
+def policy_accuracy(setup: Setup, policy, model=None) -> float:
+    """Test accuracy of the exact integer simulation of ``policy`` (on ``model``'s weights:
+    a finetuned copy, or the trained network)."""
+    import tvm_mpq
+    from tvm_mpq.quant.finetune import accuracy
+
+    return accuracy(tvm_mpq.simulate(model if model is not None else setup.net, policy, setup.cal), setup.test)
 
 
 def build_kernel(provider):
@@ -127,9 +148,8 @@ def measure_ms(setup: Setup, policy, target, rounds: int, key: str | None = None
 
 def search(args: SearchArgs, setup: Setup) -> dict:
     """Run ``args.method`` under the budget; finetune, compile and measure the result."""
-    import tvm_mpq
     from tvm_mpq import hardware
-    from tvm_mpq.quant.finetune import Recipe, accuracy, qat
+    from tvm_mpq.quant.finetune import Recipe, qat
     from tvm_mpq.quant.sensitivity import hessian_sensitivity, kl_sensitivity
     from tvm_mpq.search.autoq import AutoQSearch
     from tvm_mpq.search.ddpg import DDPGConfig, haq_search
@@ -155,7 +175,7 @@ def search(args: SearchArgs, setup: Setup) -> dict:
                                fixed=setup.fixed)
             policy, info = found.policy, {"objective": found.objective, **found.info}
         else:
-            reward = AccuracyReward(net, setup.cal, setup.train, setup.val, steps=args.reward_steps, seed=args.seed)
+            reward = AccuracyReward(net, setup.cal, setup.train, val_subset(setup.val, args.reward_images), steps=args.reward_steps, seed=args.seed)
             cfg = DDPGConfig(episodes=args.episodes, warmup=min(args.warmup, args.episodes), seed=args.seed)
             w_range, a_range = BitRange(min(args.w_bits), max(args.w_bits)), BitRange(min(args.a_bits), max(args.a_bits))
             if args.method == "haq":
@@ -171,9 +191,9 @@ def search(args: SearchArgs, setup: Setup) -> dict:
     except InfeasibleBudget as err:
         return {**result, "feasible": False, "error": str(err), "wall_s": time.perf_counter() - t0}
     result.update(feasible=True, info=info, predicted_ms=1e3 * hardware.network_latency(provider, net, policy))
-    result["accuracy_before_finetune"] = accuracy(tvm_mpq.simulate(net, policy, setup.cal), setup.test)
+    result["accuracy_before_finetune"] = policy_accuracy(setup, policy)
     tuned = qat(net, policy, setup.cal, setup.train, Recipe(epochs=args.finetune_epochs, lr=0.005, seed=args.seed)) if args.finetune_epochs else net
-    result["accuracy"] = accuracy(tvm_mpq.simulate(tuned, policy, setup.cal), setup.test)
+    result["accuracy"] = policy_accuracy(setup, policy, tuned)
     result["search_wall_s"] = time.perf_counter() - t0
     if args.measure:
         result["int8_latency_ms"] = measure_ms(setup, int8_policy(net), args.target, args.rounds, key="int8")
@@ -206,14 +226,14 @@ def layer_table(setup: Setup, policy, sensitivity) -> list[dict]:
 def uniform_points(args: SearchArgs, setup: Setup, bits=((8, 8), (4, 4), (2, 2))) -> list[dict]:
     """Uniform baselines (8-bit ends) with finetuned accuracy and measured latency, for the Pareto plot."""
     import tvm_mpq
-    from tvm_mpq.quant.finetune import Recipe, accuracy, qat
+    from tvm_mpq.quant.finetune import Recipe, qat
 
     points = []
     for w, a in bits:
         policy = tvm_mpq.QuantPolicy.uniform(setup.net, w_bits=w, a_bits=a, keep_first_last=8 if (w, a) != (8, 8) else None)
         tuned = qat(setup.net, policy, setup.cal, setup.train, Recipe(epochs=args.finetune_epochs, lr=0.005, seed=args.seed)) \
             if args.finetune_epochs and (w, a) != (8, 8) else setup.net
-        points.append({"label": f"W{w}A{a}", "accuracy": accuracy(tvm_mpq.simulate(tuned, policy, setup.cal), setup.test),
+        points.append({"label": f"W{w}A{a}", "accuracy": policy_accuracy(setup, policy, tuned),
                        "latency_ms": measure_ms(setup, policy, args.target, args.rounds, key=f"uniform{w}{a}") if args.measure else None})
     return points
 

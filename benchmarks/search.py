@@ -1,0 +1,362 @@
+"""Policy search on the digits ResNet, measured: budgets x methods x targets, in one run.
+
+For each target (default: this CPU as ``-mcpu=znver5``, and the AVX2-only ``-mcpu=haswell``,
+which runs here too):
+
+1. the latency provider: the shipped cost model for ``--predicted`` targets (znver5: the CPU class
+   it was trained on; kernels chosen by the model), measurement for the others (haswell: the
+   model's workloads are tuned first, ``MeasuredLatency``, each layer on its fastest measured
+   kernel); the compiled models run the kernels the provider priced;
+2. uniform policies (8-bit first and last layer) finetuned with QAT: the points to beat;
+3. ILP (OHQ-style KL sensitivity) on every target, HAQ (DDPG) and AutoQ (hierarchical, per
+   channel group) on ``--rl-targets``, at
+   budgets of ``--budgets`` x the uniform W8A8 latency, each policy finetuned (``--finetune-epochs``)
+   and scored on the fixed augmented test set (the search's reward uses the held-out val split);
+4. every policy compiled and timed in one interleaved session (a fresh process, alternating
+   order, median of ``--rounds``), so "within budget" compares measurements of the same minutes;
+5. the cross-target table: the ILP policy found for each target at ``--cross-budget``,
+   compiled and measured on both targets.
+
+Searches and finetunes are cached in ``<out>.json`` as they finish (an interrupted run resumes;
+``--fresh`` starts over); timing always runs anew. Prints the tables, writes ``<out>.json``,
+``<out>.txt`` and one accuracy-latency PNG per target.
+
+    python benchmarks/search.py                                  # the whole study (~1.5 h on 2 cores)
+    python benchmarks/search.py --targets znver5 --methods ilp   # one target, ILP only (minutes)
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import json
+import os
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+UNIFORM = ("W8A8", "W4A4", "W2A2", "W1A2", "W1A1")
+
+
+def target_of(name: str) -> str:
+    return name if name.startswith("llvm") else f"llvm -mcpu={name}"
+
+
+def short(target: str) -> str:
+    return target.split("-mcpu=")[-1].split()[0] if "-mcpu=" in target else target
+
+
+def bits_of(label: str) -> tuple[int, int]:
+    w, a = label[1:].split("A")
+    return int(w), int(a)
+
+
+def bits_summary(policy, net) -> str:
+    """``w/a`` per searchable layer, compact: ``8/8 4/4 2/3 ...`` (groups as mean weight bits)."""
+    resolved = policy.resolve(net.layer_names)
+    cells = []
+    for layer in net.layers:
+        if not layer.supported:
+            continue
+        b = resolved[layer.name]
+        if b.groups:
+            mean = sum(g.w_bits * (g.stop - g.start) for g in b.groups) / sum(g.stop - g.start for g in b.groups)
+            cells.append(f"{mean:.1f}g/{b.a_bits}")
+        else:
+            cells.append(f"{b.w_bits}/{b.a_bits}")
+    return " ".join(cells)
+
+
+class State:
+    """``<out>.json``: finished searches and finetunes, saved after each one."""
+
+    def __init__(self, path: str, fresh: bool):
+        self.path = path
+        self.data = {}
+        if os.path.exists(path) and not fresh:
+            with open(path) as f:
+                self.data = json.load(f).get("items", {})
+
+    def get(self, key):
+        return self.data.get(key)
+
+    def put(self, key, value, extra=None):
+        self.data[key] = value
+        self.save(extra)
+
+    def save(self, extra=None):
+        tmp = self.path + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump({"items": self.data, **(extra or {})}, f, indent=1, default=str)
+        os.replace(tmp, self.path)
+
+
+def tune_target(net, db, target: str, budget: int) -> None:
+    from tvm_mpq import tuning
+
+    summary = tuning.tune(tuning.plan(net, target), db, target=target, budget=budget, progress=sys.stderr.isatty())
+    print(f"[{short(target)}] tuning: {summary.measured} measured, {summary.skipped} already in {db.path}, "
+          f"{summary.failed} failed, {summary.wall_s:.0f} s", flush=True)
+
+
+def uniform_policy(net, label: str):
+    import tvm_mpq
+
+    w, a = bits_of(label)
+    return tvm_mpq.QuantPolicy.uniform(net, w_bits=w, a_bits=a, keep_first_last=None if (w, a) == (8, 8) else 8)
+
+
+def finetuned_accuracy(setup, policy, args) -> float:
+    from tvm_mpq.quant.finetune import Recipe, qat
+    from tvm_mpq.search.run import policy_accuracy
+
+    if not args.finetune_epochs or policy.resolve(setup.net.layer_names) == uniform_policy(setup.net, "W8A8").resolve(setup.net.layer_names):
+        return policy_accuracy(setup, policy)
+    tuned = qat(setup.net, policy, setup.cal, setup.train, Recipe(epochs=args.finetune_epochs, lr=0.005, seed=args.seed))
+    return policy_accuracy(setup, policy, tuned)
+
+
+def setup_target(target: str, args):
+    """The trained model, data, calibration and latency provider for one target. The provider is
+    the shipped cost model where it was trained on this CPU's ISA class (``--predicted``), else
+    measurement: the model's workloads are tuned first (``--tune-budget`` knob settings per cell,
+    kept in ``$TVM_MPQ_CACHE/search-<target>.jsonl``, so a rerun measures nothing again)."""
+    from tvm_mpq import hardware
+    from tvm_mpq.quant.finetune import cache_dir
+    from tvm_mpq.search import run as srun
+
+    name = short(target)
+    predicted = name in args.predicted
+    base = srun.SearchArgs(model=args.model, target=target, provider="predicted" if predicted else "measured",
+                           db=None if predicted else str(cache_dir() / f"search-{name}.jsonl"),
+                           episodes=args.episodes, warmup=args.warmup, reward_images=args.reward_images,
+                           finetune_epochs=args.finetune_epochs, seed=args.seed, measure=False)
+    setup = srun.prepare(base)
+    if not predicted:
+        tune_target(setup.net, setup.provider.db, target, args.tune_budget)
+    setup.args = base
+    print(f"[{name}] {base.provider} latency; float accuracy {100 * setup.float_accuracy:.2f}%, uniform W8A8 priced "
+          f"{1e3 * hardware.network_latency(setup.provider, setup.net, srun.int8_policy(setup.net)):.3f} ms", flush=True)
+    return setup
+
+
+def run_uniform(setup, args, state: State) -> None:
+    from tvm_mpq import hardware
+
+    name = short(setup.args.target)
+    for label in args.uniform:
+        key = f"{name}|uniform|{label}"
+        if state.get(key) is None:
+            policy = uniform_policy(setup.net, label)
+            t0 = time.perf_counter()
+            acc = finetuned_accuracy(setup, policy, args)
+            state.put(key, {"target": name, "method": "uniform", "label": label, "accuracy": acc, "policy": policy.to_dict(),
+                            "predicted_ms": 1e3 * hardware.network_latency(setup.provider, setup.net, policy),
+                            "finetune_s": time.perf_counter() - t0})
+            print(f"[{name}] uniform {label}: {100 * acc:.2f}%", flush=True)
+
+
+def run_searches(setup, methods, args, state: State) -> None:
+    from tvm_mpq.search import run as srun
+
+    name = short(setup.args.target)
+    for method in methods:
+        for budget in args.budgets:
+            key = f"{name}|{method}|{budget}"
+            if state.get(key) is not None:
+                continue
+            result = srun.search(dataclasses.replace(setup.args, method=method, latency_budget=budget), setup)
+            item = {"target": name, "method": method, "budget": budget, "feasible": result["feasible"],
+                    "wall_s": result["wall_s"], "predicted_int8_ms": result["int8_predicted_ms"]}
+            if result["feasible"]:
+                item.update(policy=result["policy_obj"].to_dict(), accuracy=result["accuracy"],
+                            accuracy_before_finetune=result["accuracy_before_finetune"], predicted_ms=result["predicted_ms"],
+                            search_wall_s=result["search_wall_s"], info=result["info"],
+                            bits=bits_summary(result["policy_obj"], setup.net))
+            else:
+                item["error"] = result["error"]
+            state.put(key, item)
+            acc = f"{100 * item['accuracy']:.2f}%" if item["feasible"] else "infeasible"
+            print(f"[{name}] {method} @ {budget}: {acc} ({item['wall_s']:.0f} s)", flush=True)
+
+
+def time_all(setups: dict, state: State, args) -> dict:
+    """Compile every policy for every target and time each target's models in one session."""
+    import tvm_mpq
+    from tvm_mpq.deploy import time_exported
+    from tvm_mpq.search.run import build_kernel
+
+    timings = {}
+    for name, setup in setups.items():
+        target = target_of(name)
+        items = {k: v for k, v in state.data.items() if v.get("policy") and (v["target"] == name or k in cross_keys(setups, args))}
+        x = setup.test.images[:1].numpy()
+        with tempfile.TemporaryDirectory() as tmp:
+            paths = {}
+            for i, (key, item) in enumerate(sorted(items.items())):
+                policy = tvm_mpq.QuantPolicy.from_dict(item["policy"])
+                compiled = tvm_mpq.build(setup.net, policy, setup.cal, target, kernel=build_kernel(setup.provider))
+                paths[key] = compiled.export(os.path.join(tmp, f"{i}.so"))
+            t0 = time.perf_counter()
+            times = time_exported(paths, x, rounds=args.rounds, number=args.number)
+            print(f"[{name}] timed {len(paths)} compiled models x {args.rounds} rounds in {time.perf_counter() - t0:.0f} s", flush=True)
+        timings[name] = {k: 1e3 * float(np.median(v)) for k, v in times.items()}
+    return timings
+
+
+def cross_keys(setups, args) -> list[str]:
+    return [f"{name}|ilp|{args.cross_budget}" for name in setups] if len(setups) > 1 else []
+
+
+def report(setups: dict, state: State, timings: dict, args) -> tuple[str, dict]:
+    lines, summary = [], {"targets": {}}
+    for name in setups:
+        ms = timings.get(name, {})
+        int8_ms = ms.get(f"{name}|uniform|W8A8")
+        float_acc = setups[name].float_accuracy
+        lines.append(f"\n== {name}: digits_resnet, float {100 * float_acc:.2f}%, uniform W8A8 measured "
+                     f"{int8_ms if int8_ms is None else round(int8_ms, 3)} ms ==")
+        lines.append(f"{'policy':22s} {'acc %':>7s} {'(pre-FT)':>8s} {'pred ms':>8s} {'meas ms':>8s} {'x int8':>7s} "
+                     f"{'budget':>7s} {'ok':>3s} {'beats unif.':>11s} {'search s':>8s}  bits (w/a per layer)")
+        uniform = [(v["label"], ms.get(k), v["accuracy"]) for k, v in sorted(state.data.items()) if v["target"] == name and v["method"] == "uniform"]
+        rows = []
+        for key, item in sorted(state.data.items(), key=lambda kv: (kv[1]["method"] != "uniform", kv[1]["method"], -kv[1].get("budget", 0))):
+            if item["target"] != name:
+                continue
+            row = {"key": key, **{k: item.get(k) for k in ("method", "label", "budget", "accuracy", "accuracy_before_finetune",
+                                                         "predicted_ms", "feasible", "search_wall_s", "bits")}}
+            row["measured_ms"] = ms.get(key)
+            if item["method"] != "uniform" and item.get("feasible") and row["measured_ms"] and int8_ms:
+                row["ratio"] = row["measured_ms"] / int8_ms
+                row["within_budget"] = row["measured_ms"] <= item["budget"] * int8_ms
+                slower_or_equal = [u for u in uniform if u[1] is not None and u[1] <= row["measured_ms"]]
+                row["beats_uniform"] = all(item["accuracy"] > u[2] for u in slower_or_equal)
+                row["uniform_compared"] = [u[0] for u in slower_or_equal]
+                row["episodes"] = item.get("info", {}).get("episodes")
+            elif item["method"] == "uniform" and row["measured_ms"] and int8_ms:
+                row["ratio"] = row["measured_ms"] / int8_ms
+            rows.append(row)
+            label = item.get("label") or f"{item['method']} @ {item['budget']}"
+            if item["method"] != "uniform" and not item.get("feasible"):
+                lines.append(f"{label:22s} infeasible: {item.get('error')}")
+                continue
+            f = lambda v, fmt: format(v, fmt) if v is not None else "-"  # noqa: E731
+            lines.append(
+                f"{label:22s} {f(100 * row['accuracy'], '7.2f')} {f(row['accuracy_before_finetune'] and 100 * row['accuracy_before_finetune'], '8.2f')} "
+                f"{f(row['predicted_ms'], '8.3f')} {f(row['measured_ms'], '8.3f')} {f(row.get('ratio'), '7.2f')} "
+                f"{f(item.get('budget'), '7.2f')} {('yes' if row.get('within_budget') else 'NO') if 'within_budget' in row else '':>3s} "
+                f"{('yes' if row.get('beats_uniform') else 'NO') if 'beats_uniform' in row else '':>11s} "
+                f"{f(row.get('search_wall_s'), '8.0f')}  {row.get('bits') or ''}")
+        summary["targets"][name] = {"float_accuracy": float_acc, "int8_ms": int8_ms, "rows": rows}
+    keys = cross_keys(setups, args)
+    if keys and all(k in state.data and state.data[k].get("policy") for k in keys):
+        lines.append(f"\n== cross-target: ILP policy at {args.cross_budget} x int8, compiled and measured on each target ==")
+        lines.append(f"{'policy searched for':20s} {'acc %':>7s} " + " ".join(f"{'on ' + n + ' ms':>16s}" for n in setups))
+        cross = {}
+        for key in keys:
+            item = state.data[key]
+            cells = {n: timings.get(n, {}).get(key) for n in setups}
+            cross[item["target"]] = {"accuracy": item["accuracy"], "measured_ms": cells}
+            lines.append(f"{item['target']:20s} {100 * item['accuracy']:7.2f} " + " ".join(
+                f"{(cells[n] if cells[n] is not None else float('nan')):16.3f}" for n in setups))
+        own_best = {n: min(cross, key=lambda t: cross[t]["measured_ms"][n] or float("inf")) == n for n in setups}
+        lines.append("fastest on its own target: " + ", ".join(f"{n}: {'yes' if ok else 'NO'}" for n, ok in own_best.items()))
+        summary["cross"] = {"policies": cross, "own_policy_fastest": own_best}
+    return "\n".join(lines), summary
+
+
+def plot(setups, summary, prefix: str) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = []
+    for name, t in summary["targets"].items():
+        fig, ax = plt.subplots(figsize=(6, 4.5))
+        uni = [r for r in t["rows"] if r["method"] == "uniform" and r["measured_ms"]]
+        ax.scatter([r["measured_ms"] for r in uni], [100 * r["accuracy"] for r in uni], marker="s", color="k", label="uniform (8-bit ends)")
+        for r in uni:
+            ax.annotate(r["label"], (r["measured_ms"], 100 * r["accuracy"]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        for method, marker in (("ilp", "o"), ("haq", "^"), ("autoq", "D")):
+            pts = sorted((r["measured_ms"], 100 * r["accuracy"]) for r in t["rows"] if r["method"] == method and r.get("measured_ms"))
+            if pts:
+                ax.plot(*zip(*pts), marker=marker, label=method)
+        ax.axhline(100 * t["float_accuracy"], ls="--", color="gray", lw=0.8, label="float")
+        if t["int8_ms"]:
+            for b in sorted({r["budget"] for r in t["rows"] if r.get("budget")}):
+                ax.axvline(b * t["int8_ms"], ls=":", color="tab:red", lw=0.6)
+        ax.set_xlabel(f"measured latency on {name} (ms)")
+        ax.set_ylabel("test accuracy after finetune (%)")
+        ax.set_title(f"digits_resnet on {name}: accuracy vs latency (budgets dotted)", fontsize=9)
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        paths.append(f"{prefix}-{name}.png")
+        fig.savefig(paths[-1], dpi=120)
+        plt.close(fig)
+    return paths
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="digits_resnet")
+    ap.add_argument("--targets", default="znver5,haswell", help="comma-separated -mcpu names or full target strings")
+    ap.add_argument("--budgets", default="0.9,0.8,0.7,0.6", help="fractions of the uniform W8A8 latency")
+    ap.add_argument("--methods", default="ilp,haq,autoq")
+    ap.add_argument("--uniform", default=",".join(UNIFORM), help="uniform policies to finetune and time (8-bit ends)")
+    ap.add_argument("--episodes", type=int, default=40, help="HAQ/AutoQ episodes per search")
+    ap.add_argument("--warmup", type=int, default=10)
+    ap.add_argument("--reward-images", type=int, default=288, help="val images that score each RL episode (0: all 864)")
+    ap.add_argument("--finetune-epochs", type=int, default=1, help="QAT epochs for every policy, uniform and searched alike")
+    ap.add_argument("--tune-budget", type=int, default=1)
+    ap.add_argument("--cross-budget", type=float, default=0.6)
+    ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--number", type=int, default=20)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--rl-targets", default="znver5", help="targets that also get the HAQ/AutoQ searches (ILP runs on all)")
+    ap.add_argument("--predicted", default="znver5", help="targets priced by the shipped cost model (others: measured)")
+    ap.add_argument("--no-timing", action="store_true", help="search and finetune only (timing needs a quiet machine)")
+    ap.add_argument("--cached-only", action="store_true", help="no new searches: time and report what <out>.json holds")
+    ap.add_argument("--fresh", action="store_true", help="ignore the cached searches in <out>.json")
+    ap.add_argument("--out", default=os.path.join(HERE, "results", f"{datetime.date.today()}-search"))
+    args = ap.parse_args(argv)
+    args.budgets = [float(b) for b in args.budgets.split(",")]
+    args.methods = [m for m in args.methods.split(",") if m]
+    args.uniform = [u for u in args.uniform.split(",") if u]
+    args.rl_targets = [short(target_of(t)) for t in args.rl_targets.split(",") if t]
+    args.predicted = [short(target_of(t)) for t in args.predicted.split(",") if t]
+    targets = [target_of(t) for t in args.targets.split(",") if t]
+
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    state = State(args.out + ".json", args.fresh)
+    t0 = time.perf_counter()
+    setups = {}
+    for t in targets:  # uniform points and ILP for every target first, then the RL searches
+        setups[short(t)] = setup_target(t, args)
+        if not args.cached_only:
+            run_uniform(setups[short(t)], args, state)
+            run_searches(setups[short(t)], [m for m in args.methods if m == "ilp"], args, state)
+    for name, setup in setups.items():
+        if not args.cached_only and name in args.rl_targets:
+            run_searches(setup, [m for m in args.methods if m != "ilp"], args, state)
+    search_s = time.perf_counter() - t0
+    timings = {} if args.no_timing else time_all(setups, state, args)
+    text, summary = report(setups, state, timings, args)
+    header = (f"benchmarks/search.py {' '.join(sys.argv[1:] if argv is None else argv)}\n"
+              f"{datetime.datetime.now():%Y-%m-%d %H:%M}, searches+finetunes this run {search_s:.0f} s, "
+              f"TVM threads {os.environ.get('TVM_NUM_THREADS', 'default')}")
+    print(header + text)
+    pngs = plot(setups, summary, args.out)
+    print("\nPNG: " + ", ".join(pngs))
+    with open(args.out + ".txt", "w") as f:
+        f.write(header + text + "\n")
+    state.save({"summary": summary, "timings_ms": timings, "args": {k: v for k, v in vars(args).items()}})
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
