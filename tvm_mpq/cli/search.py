@@ -18,7 +18,7 @@ def cmd(args) -> int:
         sargs = SearchArgs(
             model=args.model, method=args.method, latency_budget=args.latency_budget, target=target, provider=args.provider,
             db=args.db, cost_model=args.cost_model, sensitivity=args.sensitivity, episodes=args.episodes, warmup=args.warmup,
-            reward_steps=args.reward_steps, groups=args.groups, w_bits=args.w_bits, a_bits=args.a_bits,
+            reward_steps=args.reward_steps, reward_images=args.reward_images, groups=args.groups, w_bits=args.w_bits, a_bits=args.a_bits,
             finetune_epochs=args.finetune_epochs, train_epochs=args.train_epochs, seed=args.seed, rounds=args.rounds, out=args.out,
             png_dir=args.png_dir, measure=not args.no_measure,
         )
@@ -56,6 +56,8 @@ def add_parser(sub) -> None:
     p.add_argument("--episodes", type=int, default=60, help="HAQ/AutoQ episodes")
     p.add_argument("--warmup", type=int, default=15, help="random warm-up episodes")
     p.add_argument("--reward-steps", type=int, default=0, help="finetune steps per episode before scoring")
+    p.add_argument("--reward-images", type=int, default=0,
+                   help="score each RL episode on this many held-out val images (an even stride; 0: all 864)")
     p.add_argument("--groups", type=int, default=4, help="AutoQ channel groups per layer")
     p.add_argument("--w-bits", type=bits_list, default=(1, 2, 3, 4, 8), help="weight bits offered (default 1,2,3,4,8)")
     p.add_argument("--a-bits", type=bits_list, default=(2, 3, 4, 8), help="activation bits offered (default 2,3,4,8)")

@@ -27,86 +27,61 @@ VNNI_INTRIN = "tvm_mpq.vnni_u8s8_16x4"
 MAX_ACC_REGISTERS = 20
 
 
-@T.prim_func(s_tir=True)
-def _dot_16x4_desc(
-    A: T.Buffer((4,), "uint8", offset_factor=1),
-    B: T.Buffer((16, 4), "int8", offset_factor=1),
-    C: T.Buffer((16,), "int32", offset_factor=1, scope="local"),
-) -> None:
-    with T.sblock("root"):
-        T.reads(C[0:16], A[0:4], B[0:16, 0:4])
-        T.writes(C[0:16])
-        for i in T.serial(0, 16):
-            for k in T.serial(0, 4):
-                with T.sblock("update"):
-                    vi, vk = T.axis.remap("SR", [i, k])
-                    C[vi] = C[vi] + T.cast(A[vk], "int32") * T.cast(B[vi, vk], "int32")
-
-
-@T.prim_func(s_tir=True)
-def _dot_16x4_vnni(
-    A: T.Buffer((4,), "uint8", offset_factor=1),
-    B: T.Buffer((16, 4), "int8", offset_factor=1),
-    C: T.Buffer((16,), "int32", offset_factor=1, scope="local"),
-) -> None:
-    with T.sblock("root"):
-        T.reads(C[0:16], A[0:4], B[0:16, 0:4])
-        T.writes(C[0:16])
-        a_word = T.reinterpret(A.vload([0], "uint8x4"), dtype="int32")
-        a_bytes = T.reinterpret(T.broadcast(a_word, 16), dtype="uint8x64")
-        C[T.ramp(T.int32(0), 1, 16)] = T.call_llvm_pure_intrin(
-            T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.512"),
-            C.vload([0], dtype="int32x16"),
-            a_bytes,
-            B.vload([0, 0], dtype="int8x64"),
-            dtype="int32x16",
-        )
-
-
 AVX2_INTRIN = "tvm_mpq.avx2_s16s16_8x2"
 
 
-@T.prim_func(s_tir=True)
-def _dot_8x2_desc(
-    A: T.Buffer((2,), "int16", offset_factor=1),
-    B: T.Buffer((8, 2), "int16", offset_factor=1),
-    C: T.Buffer((8,), "int32", offset_factor=1, scope="local"),
-) -> None:
-    with T.sblock("root"):
-        T.reads(C[0:8], A[0:2], B[0:8, 0:2])
-        T.writes(C[0:8])
-        for i in T.serial(0, 8):
-            for k in T.serial(0, 2):
-                with T.sblock("update"):
-                    vi, vk = T.axis.remap("SR", [i, k])
-                    C[vi] = C[vi] + T.cast(A[vk], "int32") * T.cast(B[vi, vk], "int32")
+def _dot_intrinsic(lanes, llvm_intrinsic: str, accumulates: bool):
+    """(description, implementation) of one dot-product instruction over ``lanes``: ``C[oc] +=
+    A[ic] . B[oc, ic]``, the ``ic`` activation lanes (32 bits) broadcast to every output channel.
+    ``accumulates``: the instruction takes the accumulator (``vpdpbusd``) rather than returning a
+    sum to add (``vpmaddwd``)."""
+    oc, ic, a_dtype, w_dtype = lanes.oc, lanes.ic, lanes.act_dtype, lanes.w_dtype
+    a_word_dtype, a_all_dtype, w_all_dtype, acc_dtype = f"{a_dtype}x{ic}", f"{a_dtype}x{oc * ic}", f"{w_dtype}x{oc * ic}", f"int32x{oc}"
 
+    @T.prim_func(s_tir=True)
+    def desc(
+        A: T.Buffer((ic,), a_dtype, offset_factor=1),
+        B: T.Buffer((oc, ic), w_dtype, offset_factor=1),
+        C: T.Buffer((oc,), "int32", offset_factor=1, scope="local"),
+    ) -> None:
+        with T.sblock("root"):
+            T.reads(C[0:oc], A[0:ic], B[0:oc, 0:ic])
+            T.writes(C[0:oc])
+            for i in T.serial(0, oc):
+                for k in T.serial(0, ic):
+                    with T.sblock("update"):
+                        vi, vk = T.axis.remap("SR", [i, k])
+                        C[vi] = C[vi] + T.cast(A[vk], "int32") * T.cast(B[vi, vk], "int32")
 
-@T.prim_func(s_tir=True)
-def _dot_8x2_avx2(
-    A: T.Buffer((2,), "int16", offset_factor=1),
-    B: T.Buffer((8, 2), "int16", offset_factor=1),
-    C: T.Buffer((8,), "int32", offset_factor=1, scope="local"),
-) -> None:
-    with T.sblock("root"):
-        T.reads(C[0:8], A[0:2], B[0:8, 0:2])
-        T.writes(C[0:8])
-        a_word = T.reinterpret(A.vload([0], "int16x2"), dtype="int32")
-        a_pairs = T.reinterpret(T.broadcast(a_word, 8), dtype="int16x16")
-        C[T.ramp(T.int32(0), 1, 8)] = C.vload([0], dtype="int32x8") + T.call_llvm_pure_intrin(
-            T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.wd"),
-            a_pairs,
-            B.vload([0, 0], dtype="int16x16"),
-            dtype="int32x8",
-        )
+    @T.prim_func(s_tir=True)
+    def impl(
+        A: T.Buffer((ic,), a_dtype, offset_factor=1),
+        B: T.Buffer((oc, ic), w_dtype, offset_factor=1),
+        C: T.Buffer((oc,), "int32", offset_factor=1, scope="local"),
+    ) -> None:
+        with T.sblock("root"):
+            T.reads(C[0:oc], A[0:ic], B[0:oc, 0:ic])
+            T.writes(C[0:oc])
+            a_word = T.reinterpret(A.vload([0], a_word_dtype), dtype="int32")
+            a_all = T.reinterpret(T.broadcast(a_word, oc), dtype=a_all_dtype)
+            if accumulates:
+                C[T.ramp(T.int32(0), 1, oc)] = T.call_llvm_pure_intrin(
+                    T.llvm_lookup_intrinsic_id(llvm_intrinsic), C.vload([0], dtype=acc_dtype), a_all,
+                    B.vload([0, 0], dtype=w_all_dtype), dtype=acc_dtype)
+            else:
+                C[T.ramp(T.int32(0), 1, oc)] = C.vload([0], dtype=acc_dtype) + T.call_llvm_pure_intrin(
+                    T.llvm_lookup_intrinsic_id(llvm_intrinsic), a_all, B.vload([0, 0], dtype=w_all_dtype), dtype=acc_dtype)
+
+    return desc, impl
 
 
 def _register_intrinsics() -> None:
-    for name, desc, impl in ((VNNI_INTRIN, _dot_16x4_desc, _dot_16x4_vnni), (AVX2_INTRIN, _dot_8x2_desc, _dot_8x2_avx2)):
+    for name, lanes, llvm_intrinsic, accumulates in ((VNNI_INTRIN, int8.VNNI, "llvm.x86.avx512.vpdpbusd.512", True),
+                                                      (AVX2_INTRIN, int8.AVX2, "llvm.x86.avx2.pmadd.wd", False)):
         try:
             TensorIntrin.get(name)
         except Exception:  # not registered yet (TVM raises its own error type)
-            TensorIntrin.register(name, desc, impl)
+            TensorIntrin.register(name, *_dot_intrinsic(lanes, llvm_intrinsic, accumulates))
 
 
 _register_intrinsics()
