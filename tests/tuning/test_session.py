@@ -4,12 +4,13 @@ import io
 
 import pytest
 
-from tvm_mpq._tvm import parse_target
+from tvm_mpq._tvm import parse_target, target_to_str
 from tvm_mpq.kernels import bitserial_x86, x86
 from tvm_mpq.kernels.spec import ConvSpec, DenseSpec
 from tvm_mpq.tuning import LocalRunner, TuningDatabase, knob_space, plan, precision_menu, tune
-from tvm_mpq.tuning.measure import Candidate, build_and_run_local
-from tvm_mpq.tuning.database import workload_dict
+from tvm_mpq.tuning.measure import Candidate, _failure, build_and_run_local
+from tvm_mpq.tuning.database import candidate_key, workload_dict
+from tvm_mpq.tuning.session import candidates
 
 SMALL = ConvSpec(batch=1, in_channels=16, height=8, width=8, out_channels=16, kernel=(3, 3), padding=(1, 1, 1, 1))
 HOST = parse_target(None)
@@ -108,3 +109,85 @@ def test_canonical_bits():
     assert canonical_bits("amx", 2, 2) == canonical_bits("amx", 4, 3) == (4, 4)
     assert canonical_bits("int8", 8, 4) == (8, 8) and canonical_bits("depthwise", 3, 8) == (4, 4)
     assert canonical_bits("bitserial", 2, 3) == (2, 3) and canonical_bits("fp32", 32, 32) == (32, 32)
+
+
+def test_worker_crash_is_recorded_and_the_session_goes_on(tmp_path):
+    """A candidate that kills its worker process (a segfault, an abort) is a run_error record; the
+    pool starts a new worker and the next candidate is measured."""
+    import os
+    import signal
+
+    target = "llvm -mcpu=znver5"
+    tasks = plan([SMALL], target, serial_bits=(1,), kernels=["bitserial"])
+
+    class Crashing(LocalRunner):
+        calls = 0
+
+        def measure(self, c):
+            Crashing.calls += 1
+            if Crashing.calls == 1:
+                value = self._pool.run(lambda *a: os.kill(os.getpid(), signal.SIGKILL), c)
+                assert isinstance(value, ChildProcessError), value
+                return _failure(value)
+            return super().measure(c)
+
+    runner = Crashing()
+    db = TuningDatabase(tmp_path / "r.jsonl")
+    try:
+        summary = tune(tasks, db, target=target, budget=2, runner=runner, progress=False)
+    finally:
+        runner.close()
+    records = TuningDatabase(tmp_path / "r.jsonl").records
+    assert summary.by_status == {"run_error": 1, "ok": 1}
+    assert records[0].status == "run_error" and "worker process died" in records[0].error
+    assert records[1].ok
+
+
+_SESSION = """
+import sys
+from tvm_mpq.kernels.spec import ConvSpec
+from tvm_mpq.tuning import TuningDatabase, plan, tune
+spec = ConvSpec(batch=1, in_channels=16, height=8, width=8, out_channels=16, kernel=(3, 3), padding=(1, 1, 1, 1))
+tasks = plan([spec], "llvm -mcpu=haswell", serial_bits=(1,), kernels=["fp32", "bitserial"])
+tune(tasks, TuningDatabase(sys.argv[1]), target="llvm -mcpu=haswell", budget=3, progress=False)
+"""
+
+
+def test_session_killed_with_sigkill_resumes_without_loss_or_duplicates(tmp_path):
+    """A real kill: the session runs in its own process group, gets SIGKILL (with its build worker)
+    once its first records are on disk, and a second run completes it: every candidate once."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    path = tmp_path / "records.jsonl"
+    script = tmp_path / "session.py"
+    script.write_text(_SESSION)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    proc = subprocess.Popen([sys.executable, str(script), str(path)], env=env, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline and proc.poll() is None:
+            if path.exists() and path.read_bytes().count(b"\n") >= 1:
+                break
+            time.sleep(0.05)
+        assert proc.poll() is None, f"the session ended before it could be killed: {proc.stderr.read().decode()[-2000:]}"
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # the session and its worker processes
+        proc.wait()
+    first = TuningDatabase(path)
+    target = target_to_str(parse_target("llvm -mcpu=haswell"))
+    tasks = plan([SMALL], target, serial_bits=(1,), kernels=["fp32", "bitserial"])
+    todo, _ = candidates(tasks, target, 3, TuningDatabase(None), "local")
+    expected = {candidate_key(c.workload, c.kernel, c.w_bits, c.a_bits, c.knobs, c.target, "local") for _, _, c in todo}
+    on_disk = len(first)
+    assert 1 <= on_disk < len(expected) == 4  # killed mid-run (a line cut by the kill is skipped on reading)
+    summary = tune(tasks, first, target=target, budget=3, progress=False)
+    assert summary.skipped == on_disk and summary.measured == len(expected) - on_disk
+    db = TuningDatabase(path)
+    assert db.skipped_lines == first.skipped_lines  # a cut line stays alone: the next record did not glue onto it
+    assert len(db) == len(expected) and {r.key for r in db} == expected  # nothing lost, nothing twice
+    assert all(r.ok for r in db), [r.error for r in db]

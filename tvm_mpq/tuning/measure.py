@@ -7,11 +7,15 @@ timed: a fast wrong kernel is recorded as ``wrong_result``, never as a latency.
 
 :class:`RPCRunner` builds here, uploads the compiled layer to a board that the TVM RPC tracker
 hands out (``python -m tvm.exec.rpc_tracker`` / ``rpc_server --tracker host:port --key K`` on each
-board) and times it there, one candidate per free board at a time.
+board) and times it there, one candidate per free board at a time. A board that fails while it holds
+a candidate (its server died, the connection dropped) costs that attempt only: the candidate goes
+back to the tracker for another board, up to ``retries`` times, and the record names the boards
+that failed (``extra["retried"]``) and the one that measured it (``extra["board"]``).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 import threading
@@ -21,6 +25,8 @@ from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import numpy as np
+
+logger = logging.getLogger(__name__)
 
 #: Timing (warm): each repeat runs the kernel until at least this long (TVM's ``min_repeat_ms``).
 MIN_REPEAT_MS = 40
@@ -178,21 +184,35 @@ class LocalRunner:
         self._pool.close()
 
 
+class _BoardFailure(Exception):
+    """A board failed while measuring (message only: no reference to its session)."""
+
+    def __init__(self, board: str, message: str):
+        super().__init__(message)
+        self.board = board
+
+
 class RPCRunner:
     """Measure on boards registered with a TVM RPC tracker under ``key`` (one candidate per board).
 
     ``parallel``: how many candidates are in flight at once (default: the boards the tracker
-    reports for ``key`` when the runner starts).
+    reports for ``key`` when the runner starts). ``retries``: how many other boards a candidate is
+    tried on after the board it was given fails (see the module docstring); a candidate that fails
+    on ``retries + 1`` boards is recorded as ``run_error`` with every board's error.
     """
 
     def __init__(self, tracker: str, key: str, parallel: int | None = None, timeout: float = 120.0,
-                 repeat: int = REPEAT, min_repeat_ms: int = MIN_REPEAT_MS, session_timeout: float = 600.0, cold: bool = True):
+                 repeat: int = REPEAT, min_repeat_ms: int = MIN_REPEAT_MS, session_timeout: float = 600.0, cold: bool = True,
+                 retries: int = 2):
         host, _, port = tracker.rpartition(":")
         if not host or not port.isdigit():
             raise ValueError(f"--rpc-tracker must be host:port, got {tracker!r}")
         self.host, self.port, self.key = host, int(port), key
         self.timeout, self.repeat, self.min_repeat_ms, self.session_timeout = timeout, repeat, min_repeat_ms, session_timeout
         self.cold = cold
+        if retries < 0:
+            raise ValueError(f"retries must be >= 0, got {retries}")
+        self.retries = retries
         self.device = f"rpc:{key}"
         self.parallel = parallel or max(1, self.boards())
         self._pool = _Pool(self.parallel, timeout)
@@ -217,16 +237,65 @@ class RPCRunner:
                 return _failure(built)
             if built["status"] != "built":
                 return Result(built["status"], error=built.get("error"), build_s=built.get("build_s"))
-            try:
-                return self._remote_time(built, tmp)
-            except Exception as err:
-                return Result("run_error", error=_short(err), build_s=built["build_s"])
+            failed: list[str] = []
+            for attempt in range(self.retries + 1):
+                try:
+                    result, board = self._measure_on_board(built, tmp)
+                except _BoardFailure as failure:  # the board (or the way to it) failed: another board takes it
+                    failed.append(f"{failure.board}: {failure}")
+                    if attempt < self.retries:
+                        logger.warning("board %s failed while measuring %s W%dA%d (%s); retrying on another board",
+                                       failure.board, candidate.kernel, candidate.w_bits, candidate.a_bits, str(failure))
+                    continue
+                result.extra["board"] = board
+                if failed:
+                    result.extra["retried"] = failed
+                return result
+            return Result("run_error", error=f"failed on {len(failed)} board(s): " + " | ".join(failed), build_s=built["build_s"],
+                          extra={"retried": failed})
 
-    def _remote_time(self, built: dict, tmp: str) -> Result:
+    def _measure_on_board(self, built: dict, tmp: str) -> tuple[Result, str]:
+        """Time ``built`` on a board from the tracker: (result, board), or :class:`_BoardFailure`.
+
+        The session lives only in this frame: the board is given back to the tracker as soon as the
+        last reference to its session goes, so none may outlive the call (not even through a kept
+        exception's traceback, which is why the failure is raised as a fresh exception)."""
+        board, session = f"tracker {self.host}:{self.port}", None
+        try:
+            session, board = self._connect()
+            return self._remote_time(session, built, tmp), board
+        except Exception as err:
+            message = _short(err)
+        finally:
+            session = None
+        raise _BoardFailure(board, message)
+
+    def _connect(self):
+        """A session on a board the tracker hands out for ``key``, and that board's ``host:port``."""
+        from tvm import rpc
+        from tvm.rpc import base
+
+        tracker = self._tracker()
+        try:
+            # TrackerSession.request() without hiding which board it connects to (its socket is
+            # private, the protocol is TVM's public tracker protocol).
+            base.sendjson(tracker._sock, [base.TrackerCode.REQUEST, self.key, "", 1])
+            value = base.recvjson(tracker._sock)
+        finally:
+            tracker.close()
+        if value[0] != base.TrackerCode.SUCCESS:
+            raise ConnectionError(f"the tracker refused a '{self.key}' board: {value}")
+        url, port, matchkey = value[1]
+        board = f"{url}:{port}"
+        try:
+            return rpc.connect(url, port, matchkey, self.session_timeout), board
+        except Exception as err:
+            raise ConnectionError(f"cannot connect to board {board}: {err}") from None
+
+    def _remote_time(self, session, built: dict, tmp: str) -> Result:
         from tvm_mpq._tvm import tvm
         from tvm_mpq.kernels.workload import matches
 
-        session = self._tracker().request(self.key, priority=1, session_timeout=self.session_timeout)
         session.upload(built["lib"])
         lib = session.load_module(os.path.basename(built["lib"]))
         dev = session.cpu(0)
