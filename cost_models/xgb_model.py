@@ -10,8 +10,18 @@ MACs, padded MACs, input elements and bit planes packed, outputs through the epi
 :func:`~tvm_mpq.cost_models.features.prior_terms`) fitted to the relative error, which extrapolates
 to shapes unlike the training ones. Then trees regress ``log(measured / prior)`` from the point's
 features, so the prediction is ``prior * exp(tree output)``. The model file is one JSON document: config,
-metadata (training target, threads, trained workloads, held-out errors) and the booster (XGBoost's
-UBJSON, base64).
+metadata (training target, threads, trained workloads and precisions, held-out errors) and the booster
+(XGBoost's UBJSON, base64).
+
+What a model does not know is said, not silently extrapolated:
+
+* a file of another format version or feature list is refused by :meth:`XGBCostModel.load` (refit it);
+* ``load(path, target=...)`` refuses a model trained on a target with other ISA features (AVX-512,
+  VNNI, AMX, ...); predicting for such a target (``predict(..., target=...)``, e.g. the shipped model
+  choosing kernels on another CPU) works but warns once per target, naming both targets and the
+  features that differ: the trees never saw those feature values, so the numbers are a guess;
+* a kernel, or (kernel, bits) at its canonical bits, that no training record measured is named in a
+  warning (once per model and kernel/bits); :meth:`XGBCostModel.unseen` gives the same per point.
 """
 
 from __future__ import annotations
@@ -75,6 +85,7 @@ class XGBCostModel:
         self.booster = None
         self.meta: dict[str, Any] = {}
         self._records: list = []
+        self._warned: set = set()  # targets and kernel/bits already warned about
 
     # -- training ---------------------------------------------------------------------------
     @staticmethod
@@ -147,6 +158,7 @@ class XGBCostModel:
             "target": targets.most_common(1)[0][0], "threads": threads.most_common(1)[0][0], "records": len(ok),
             "trained_workloads": sorted({workload_id(r) for r in ok}),
             "kernels": sorted({r.kernel for r in ok}),
+            "precisions": sorted({(r.kernel, *canonical_bits(r.kernel, r.w_bits, r.a_bits)) for r in ok}),
         })
         self._records = ok
         return self
@@ -172,9 +184,66 @@ class XGBCostModel:
                 for spec, kernel, w, a, knobs in points]
         if not full:
             return np.zeros(0)
+        self._warn_unknown(target, full)
         X, base = self._design(full)
         dm = xgb.DMatrix(X, feature_names=list(MODEL_FEATURES), missing=np.nan)
         return np.exp(self.booster.predict(dm) + base)
+
+    # -- what the model does not know ---------------------------------------------------------
+    def isa_mismatch(self, target) -> dict[str, tuple[bool, bool]]:
+        """ISA features on which ``target`` differs from the training target: ``{feature: (trained, target)}``."""
+        trained = self.meta.get("target")
+        if trained is None or target is None:
+            return {}
+        mine, theirs = isa_flags(trained), isa_flags(target)
+        return {f: (mine[f], theirs.get(f, False)) for f in mine if mine[f] != theirs.get(f, False)}
+
+    def _describe_mismatch(self, target, diff: dict) -> str:
+        from tvm_mpq._tvm import parse_target, target_to_str
+
+        def side(i: int) -> str:
+            return ", ".join(f"{'+' if v[i] else '-'}{f}" for f, v in sorted(diff.items()))
+
+        return (f"this cost model was trained on {self.meta.get('target')!r} ({side(0)}) but is used for "
+                f"{target_to_str(parse_target(target))!r} ({side(1)})")
+
+    def unseen(self, points: Sequence[tuple]) -> list[str | None]:
+        """For each ``(spec, kernel, w_bits, a_bits, ...)`` point: what the training records never
+        measured (``"kernel 'amx'"``, ``"bitserial W5A6"``: a kernel, or a kernel at these canonical
+        bits), or None. Models saved before precisions were recorded only check the kernel."""
+        kernels = self.meta.get("kernels")
+        precisions = {tuple(p) for p in self.meta.get("precisions", ())}
+        out: list[str | None] = []
+        for _, kernel, w, a, *_rest in points:
+            w, a = canonical_bits(kernel, w, a)
+            if kernels is not None and kernel not in kernels:
+                out.append(f"kernel {kernel!r}")
+            elif precisions and (kernel, w, a) not in precisions:
+                out.append(f"{kernel} W{w}A{a}")
+            else:
+                out.append(None)
+        return out
+
+    def _warn_unknown(self, target, points) -> None:
+        from tvm_mpq._tvm import target_to_str, parse_target
+
+        key = ("target", target_to_str(parse_target(target))) if target is not None else None
+        if key is not None and key not in self._warned:
+            self._warned.add(key)
+            diff = self.isa_mismatch(target)
+            if diff:
+                logger.warning(
+                    "%s: the trees never saw these ISA features, so its latencies (and kernel choices) there are "
+                    "a guess; tune on that target and fit a model for it (`tvm-mpq tune`, `tvm-mpq costmodel fit`)",
+                    self._describe_mismatch(target, diff),
+                )
+        new = sorted({label for label in self.unseen(points) if label is not None} - self._warned)
+        if new:
+            self._warned.update(new)
+            logger.warning(
+                "the cost model never measured %s: those latencies extrapolate from other kernels/bits "
+                "(tune them and refit to know them)", ", ".join(new),
+            )
 
     def predict(self, layers: Sequence, precisions, *, target=None, threads: int | None = None) -> np.ndarray:
         """Latency (ms) of each layer at its precision.
@@ -227,7 +296,9 @@ class XGBCostModel:
         os.replace(tmp, path)
 
     @classmethod
-    def load(cls, path: "str | os.PathLike[str]") -> "XGBCostModel":
+    def load(cls, path: "str | os.PathLike[str]", *, target=None) -> "XGBCostModel":
+        """The model saved at ``path``. Refused: another file format version, another feature list
+        (both: refit), and with ``target``, a model trained on a target with other ISA features."""
         import xgboost as xgb
 
         try:
@@ -241,10 +312,27 @@ class XGBCostModel:
             raise ValueError(f"{path} is not a tvm-mpq cost model file")
         if doc.get("version") != FORMAT_VERSION:
             raise ValueError(f"{path}: cost model format version {doc.get('version')}, this tvm-mpq reads {FORMAT_VERSION}; refit it")
-        if doc.get("features") != list(MODEL_FEATURES):
-            raise ValueError(f"{path} was fitted with other features than this tvm-mpq computes; refit it with `tvm-mpq costmodel fit`")
+        features = doc.get("features")
+        if features != list(MODEL_FEATURES):
+            have = list(features) if isinstance(features, list) else []
+            missing = [f for f in MODEL_FEATURES if f not in have]
+            extra = [f for f in have if f not in MODEL_FEATURES]
+            parts = [f"{what} {', '.join(names[:3])}{' ...' if len(names) > 3 else ''}"
+                     for what, names in (("missing", missing), ("unknown", extra)) if names]
+            detail = "; ".join(parts) or "the same names in another order"
+            raise ValueError(
+                f"{path} was fitted with other features than this tvm-mpq computes ({detail}); "
+                "refit it with `tvm-mpq costmodel fit`"
+            )
         model = cls(config=CostModelConfig(**doc["config"]))
         model.meta = doc.get("meta", {})
+        if target is not None:
+            diff = model.isa_mismatch(target)
+            if diff:
+                raise ValueError(
+                    f"{path}: {model._describe_mismatch(target, diff)}; a model does not carry over to other ISA "
+                    "features: fit one on records tuned on that target (`tvm-mpq tune`, `tvm-mpq costmodel fit`)"
+                )
         booster = xgb.Booster()
         booster.load_model(bytearray(base64.b64decode(doc["booster_ubj_base64"])))
         model.booster = booster

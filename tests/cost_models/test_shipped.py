@@ -19,3 +19,12 @@ def test_shipped_model_predicts_and_records_its_errors():
     assert np.all(ms > 0) and np.all(np.isfinite(ms))
     assert ms[0] > ms[1]  # TVM's float path is far slower than the integer kernels
     assert DEFAULT_MODEL_PATH.endswith(".json")
+
+
+def test_shipped_model_knows_what_it_measured():
+    """Its precisions are those of its records (cost_models/data): wider bit-serial bits and
+    AVX2-only kernels are flagged as never measured."""
+    model = default_model()
+    spec = ConvSpec(1, 64, 28, 28, 64, (3, 3), padding=(1, 1, 1, 1))
+    points = [(spec, "bitserial", 4, 4, None), (spec, "bitserial", 5, 5, None), (spec, "int8", 6, 3, None), (spec, "int8_avx2", 8, 8, None)]
+    assert model.unseen(points) == [None, "bitserial W5A5", None, "kernel 'int8_avx2'"]

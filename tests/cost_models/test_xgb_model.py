@@ -82,3 +82,64 @@ def test_bad_use_is_explained(records, tmp_path):
     failed = Record(workload=workload_dict(SPEC), kernel="int8", w_bits=8, a_bits=8, knobs={}, target=TARGET, status="build_error",
                     error="boom")
     assert XGBCostModel(config=SMALL).fit(records + [failed]).meta["records"] == len(records)  # failures are skipped
+
+
+def _doc(path):
+    return json.loads(path.read_text())
+
+
+def test_load_refuses_another_format_or_feature_version(records, tmp_path):
+    path = tmp_path / "model.json"
+    XGBCostModel(config=SMALL).fit(records).save(path)
+    doc = _doc(path)
+    old = tmp_path / "old.json"
+    old.write_text(json.dumps({**doc, "version": 0}))
+    with pytest.raises(ValueError, match="cost model format version 0, this tvm-mpq reads 1; refit it"):
+        XGBCostModel.load(old)
+    fewer = tmp_path / "fewer.json"
+    fewer.write_text(json.dumps({**doc, "features": doc["features"][:-1] + ["log2_something_else"]}))
+    with pytest.raises(ValueError, match=r"other features than this tvm-mpq computes \(missing log2_prior_ms; "
+                                         r"unknown log2_something_else\); refit it with `tvm-mpq costmodel fit`"):
+        XGBCostModel.load(fewer)
+    shuffled = tmp_path / "shuffled.json"
+    shuffled.write_text(json.dumps({**doc, "features": doc["features"][::-1]}))
+    with pytest.raises(ValueError, match="the same names in another order"):
+        XGBCostModel.load(shuffled)
+
+
+def test_other_target_is_refused_on_load_and_warned_on_predict(records, tmp_path, caplog):
+    """Decision: a model trained on znver5 (no AMX) is refused by load(path, target=<AMX target>);
+    used for such a target anyway (the shipped model on another CPU) it predicts with a warning
+    naming both targets and the ISA features that differ, once per target."""
+    path = tmp_path / "model.json"
+    model = XGBCostModel(config=SMALL).fit(records)
+    model.save(path)
+    spr = "llvm -mcpu=sapphirerapids"
+    assert set(model.isa_mismatch(spr)) == {"amx-tile", "amx-int8"} and model.isa_mismatch(TARGET) == {}
+    with pytest.raises(ValueError, match=r"trained on 'llvm -mcpu=znver5' \(-amx-int8, -amx-tile\) but is used for "
+                                         r"'llvm -mcpu=sapphirerapids.*' \(\+amx-int8, \+amx-tile\); a model does not carry over"):
+        XGBCostModel.load(path, target=spr)
+    assert XGBCostModel.load(path, target=TARGET).meta == _doc(path)["meta"]
+    caplog.set_level("WARNING")
+    model.predict([SPEC], [Precision("int8", 8, 8)], target=TARGET)
+    assert "trained on" not in caplog.text  # its own target: nothing to say
+    model.predict([SPEC], [Precision("int8", 8, 8)], target=spr)
+    model.predict([SPEC], [Precision("int8", 4, 4)], target=spr)
+    assert caplog.text.count("this cost model was trained on 'llvm -mcpu=znver5'") == 1
+    assert "the trees never saw these ISA features" in caplog.text
+
+
+def test_unseen_kernels_and_bits_are_flagged(records, caplog):
+    model = XGBCostModel(config=SMALL).fit(records)
+    assert ["bitserial", 2, 3] in json.loads(json.dumps(model.meta))["precisions"]
+    points = [(SPEC, "bitserial", 2, 3, None), (SPEC, "bitserial", 3, 5, None), (SPEC, "int8", 5, 6, None),
+              (SPEC, "depthwise", 8, 8, None), (SPEC, "amx", 8, 8, None)]
+    # int8 W5A6 costs what the measured int8 W4A4 costs (canonical bits); depthwise was never measured
+    assert model.unseen(points) == [None, "bitserial W3A5", None, "kernel 'depthwise'", None]
+    caplog.set_level("WARNING")
+    model.predict_points(points, target=TARGET)
+    model.predict_points(points, target=TARGET)  # said once per model
+    assert caplog.text.count("the cost model never measured bitserial W3A5, kernel 'depthwise'") == 1
+    caplog.clear()
+    model.predict_points([(SPEC, "bitserial", 1, 1, None)], target=TARGET)
+    assert "never measured" not in caplog.text
