@@ -218,9 +218,13 @@ class RPCRunner:
         self._pool = _Pool(self.parallel, timeout)
 
     def _tracker(self):
+        import socket
+
         from tvm import rpc
 
         try:
+            # TVM retries a refused connection for 60 s; a tracker that is not there is known at once
+            socket.create_connection((self.host, self.port), timeout=10).close()
             return rpc.connect_tracker(self.host, self.port)
         except Exception as err:
             raise ConnectionError(f"cannot reach the RPC tracker at {self.host}:{self.port}: {err}") from None
