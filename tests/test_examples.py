@@ -1,7 +1,10 @@
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -27,3 +30,41 @@ def test_demo_quick_path(tmp_path):
     for row in ("float (TVM)", "uniform W8A8 (TVM)", "ILP policy @ 0.9x", "PyTorch int8"):
         assert row in proc.stdout
     assert (tmp_path / "demo_pareto.png").exists() and (tmp_path / "policy.json").exists() and (tmp_path / "policy.so").exists()
+
+
+def test_autotune_session_example(tmp_path):
+    """Tune digits_cnn (budget 1, 1-bit serial cells, two kernels), fit the cost model on the new
+    records alone, save/reload it, print the per-layer table and the whole-network predictions."""
+    db, model = tmp_path / "records.jsonl", tmp_path / "model.json"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "autotune_session.py"), "--db", str(db), "--out", str(model), "--bits", "1",
+         "--kernels", "int8", "bitserial", "--base-db", "", "--n-estimators", "50"],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "0 failed" in proc.stdout and "reloaded" in proc.stdout
+    table = [line.split() for line in proc.stdout.splitlines() if line.startswith(("features.", "fc "))]
+    assert {row[1] for row in table} == {"int8", "bitserial"} and all(row[-1] != "-" for row in table)
+    for bits in ("W8A8", "W2A2"):
+        assert f"whole network, uniform {bits}: predicted" in proc.stdout
+    assert db.exists() and model.exists()
+
+
+@pytest.mark.skipif(shutil.which("cmake") is None or not (shutil.which("c++") or shutil.which("g++")),
+                    reason="the C++ runner needs cmake and a C++ compiler on PATH")
+def test_search_and_deploy_example(tmp_path):
+    """ILP search on a small digits ResNet, QAT, compile, export, build the C++ runner, run it:
+    its output equals Python's. One torch thread: on a loaded 2-core machine that is ~4x faster."""
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "search_and_deploy.py"), "--out-dir", str(out), "--build-dir", str(tmp_path / "build"),
+         "--input-size", "16", "--train-epochs", "2", "--images", "3"],
+        capture_output=True, text=True, timeout=600,
+        env={**os.environ, "TVM_MPQ_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"},
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "max |TVM - torch simulation| = 0\n" in proc.stdout
+    assert "C++ output equals Python's (max |diff| 0)" in proc.stdout
+    assert "latency over 100 runs" in proc.stdout and "/3 correct" in proc.stdout
+    for name in ("policy.json", "model.so", "x.npy"):
+        assert (out / name).exists()
