@@ -160,12 +160,12 @@ def run_uniform(setup, args, state: State) -> None:
             print(f"[{name}] uniform {label}: {100 * acc:.2f}%", flush=True)
 
 
-def run_searches(setup, methods, args, state: State) -> None:
+def run_searches(setup, methods, budgets, args, state: State) -> None:
     from tvm_mpq.search import run as srun
 
     name = short(setup.args.target)
     for method in methods:
-        for budget in args.budgets:
+        for budget in budgets:
             key = f"{name}|{method}|{budget}"
             if state.get(key) is not None:
                 continue
@@ -307,6 +307,7 @@ def main(argv=None) -> int:
     ap.add_argument("--targets", default="znver5,haswell", help="comma-separated -mcpu names or full target strings")
     ap.add_argument("--budgets", default="0.9,0.8,0.7,0.6", help="fractions of the uniform W8A8 latency")
     ap.add_argument("--methods", default="ilp,haq,autoq")
+    ap.add_argument("--rl-budgets", default="", help="budgets for HAQ/AutoQ if not all of --budgets (each search costs minutes)")
     ap.add_argument("--uniform", default=",".join(UNIFORM), help="uniform policies to finetune and time (8-bit ends)")
     ap.add_argument("--episodes", type=int, default=40, help="HAQ/AutoQ episodes per search")
     ap.add_argument("--warmup", type=int, default=10)
@@ -325,6 +326,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=os.path.join(HERE, "results", f"{datetime.date.today()}-search"))
     args = ap.parse_args(argv)
     args.budgets = [float(b) for b in args.budgets.split(",")]
+    args.rl_budgets = [float(b) for b in args.rl_budgets.split(",") if b]
     args.methods = [m for m in args.methods.split(",") if m]
     args.uniform = [u for u in args.uniform.split(",") if u]
     args.rl_targets = [short(target_of(t)) for t in args.rl_targets.split(",") if t]
@@ -339,10 +341,10 @@ def main(argv=None) -> int:
         setups[short(t)] = setup_target(t, args)
         if not args.cached_only:
             run_uniform(setups[short(t)], args, state)
-            run_searches(setups[short(t)], [m for m in args.methods if m == "ilp"], args, state)
+            run_searches(setups[short(t)], [m for m in args.methods if m == "ilp"], args.budgets, args, state)
     for name, setup in setups.items():
         if not args.cached_only and name in args.rl_targets:
-            run_searches(setup, [m for m in args.methods if m != "ilp"], args, state)
+            run_searches(setup, [m for m in args.methods if m != "ilp"], args.rl_budgets or args.budgets, args, state)
     search_s = time.perf_counter() - t0
     timings = {} if args.no_timing else time_all(setups, state, args)
     text, summary = report(setups, state, timings, args)

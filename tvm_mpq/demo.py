@@ -92,11 +92,12 @@ def main(argv=None) -> int:
     int8 = srun.int8_policy(net)
     float_policy = tvm_mpq.QuantPolicy({}, default=tvm_mpq.LayerBits(32, 32))
     kernel = srun.build_kernel(setup.provider)
-    compiled = {name: tvm_mpq.build(net, p, setup.cal, target, kernel=kernel) for name, p in
-                (("float", float_policy), ("int8", int8), ("policy", policy))}
+    tuned = result["network_obj"]  # the QAT-finetuned weights the reported accuracy belongs to
+    compiled = {name: tvm_mpq.build(n, p, setup.cal, target, kernel=kernel) for name, n, p in
+                (("float", net, float_policy), ("int8", net, int8), ("policy", tuned, policy))}
     x = setup.test.images[:1]
     with torch.no_grad():
-        sim = tvm_mpq.simulate(net, policy, setup.cal)(x).numpy()
+        sim = tvm_mpq.simulate(tuned, policy, setup.cal)(x).numpy()
     diff = float(np.abs(compiled["policy"].run(x.numpy()) - sim).max())
     print(f"      max |TVM - torch simulation| = {diff:.3g} (outputs up to {np.abs(sim).max():.3g})", flush=True)
     paths = {name: c.export(os.path.join(args.out_dir, f"{name}.so")) for name, c in compiled.items()}

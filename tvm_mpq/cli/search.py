@@ -17,7 +17,7 @@ def cmd(args) -> int:
         target = parse_target(args.target)
         sargs = SearchArgs(
             model=args.model, method=args.method, latency_budget=args.latency_budget, target=target, provider=args.provider,
-            db=args.db, cost_model=args.cost_model, sensitivity=args.sensitivity, episodes=args.episodes, warmup=args.warmup,
+            db=args.db, cost_model=args.cost_model, sensitivity=args.sensitivity, calibration=args.calibration, episodes=args.episodes, warmup=args.warmup,
             reward_steps=args.reward_steps, reward_images=args.reward_images, groups=args.groups, w_bits=args.w_bits, a_bits=args.a_bits,
             finetune_epochs=args.finetune_epochs, train_epochs=args.train_epochs, seed=args.seed, rounds=args.rounds, out=args.out,
             png_dir=args.png_dir, measure=not args.no_measure,
@@ -53,6 +53,8 @@ def add_parser(sub) -> None:
     p.add_argument("--db", help="tuning records for --provider measured (missing points are measured and appended)")
     p.add_argument("--cost-model", default="default", help="cost model file for --provider predicted (default: the shipped one)")
     p.add_argument("--sensitivity", choices=("kl", "hessian"), default="kl", help="ILP error term (default kl)")
+    p.add_argument("--calibration", choices=("minmax", "percentile"), default="percentile",
+                   help="activation ranges: the 99.9th percentile (default) or minmax (one outlier then sets a 2-bit step)")
     p.add_argument("--episodes", type=int, default=60, help="HAQ/AutoQ episodes")
     p.add_argument("--warmup", type=int, default=15, help="random warm-up episodes")
     p.add_argument("--reward-steps", type=int, default=0, help="finetune steps per episode before scoring")

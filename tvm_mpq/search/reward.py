@@ -13,7 +13,7 @@ import json
 import torch
 import torch.nn.functional as F
 
-from tvm_mpq.quant.finetune import accuracy, qat_model
+from tvm_mpq.quant.finetune import QAT_CLIP_NORM, accuracy, qat_model
 
 
 class AccuracyReward:
@@ -43,6 +43,7 @@ class AccuracyReward:
                 loss = F.cross_entropy(model(x), y)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), QAT_CLIP_NORM)
                 opt.step()
         acc = accuracy(model, self.val)
         result = (self.scale * (acc - self.float_accuracy) * 100.0, {"accuracy": acc})

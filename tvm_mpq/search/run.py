@@ -32,6 +32,7 @@ class SearchArgs:
     db: str | None = None  # tuning records for provider="measured"
     cost_model: str = "default"
     sensitivity: str = "kl"
+    calibration: str = "percentile"  # activation ranges: at 2-bit activations minmax lets one outlier set the step
     episodes: int = 60
     warmup: int = 15
     reward_steps: int = 0
@@ -56,6 +57,8 @@ class SearchArgs:
             raise ValueError(f"--latency-budget is a fraction of the int8 latency in (0, 1.5], got {self.latency_budget}")
         if self.provider == "measured" and not self.db:
             raise ValueError("--provider measured needs --db (tuning records; new points are measured and appended)")
+        if self.calibration not in ("minmax", "percentile"):
+            raise ValueError(f"--calibration must be 'minmax' or 'percentile', got {self.calibration!r}")
         if self.sensitivity not in ("kl", "hessian"):
             raise ValueError(f"--sensitivity must be 'kl' or 'hessian', got {self.sensitivity!r}")
 
@@ -95,7 +98,7 @@ def prepare(args: SearchArgs) -> Setup:
     net = tvm_mpq.import_torch(model, inputs)
     size = int(inputs[0].shape[-1])
     train, val, test = (data.digits(split, size=size) for split in ("train", "val", "test"))
-    cal = tvm_mpq.calibrate(net, [x for x, _ in train.batches(256)][:4])
+    cal = tvm_mpq.calibrate(net, [(x,) for x, _ in train.batches(256)][:4], method=args.calibration)
     names = [l.name for l in net.layers if l.supported]
     fixed = {names[0]: (8, 8), names[-1]: (8, 8)}
     return Setup(net, cal, train, val, test, make_provider(args), accuracy(net.model, test), fixed)
@@ -202,6 +205,7 @@ def search(args: SearchArgs, setup: Setup) -> dict:
         result["within_budget"] = result["latency_ms"] <= result["budget_ms"]
     result["table"] = layer_table(setup, policy, sensitivity)
     result["policy_obj"] = policy
+    result["network_obj"] = tuned  # the finetuned network: compile this one (setup.net is the float model's weights)
     result["wall_s"] = time.perf_counter() - t0
     return result
 
@@ -280,7 +284,7 @@ def run(args: SearchArgs) -> dict:
     t0 = time.perf_counter()
     setup = prepare(args)
     result = search(args, setup)
-    summary = {k: v for k, v in result.items() if k not in ("policy_obj",)}
+    summary = {k: v for k, v in result.items() if k not in ("policy_obj", "network_obj")}
     if result.get("feasible"):
         policy = result["policy_obj"]
         policy.save(args.out)
