@@ -68,8 +68,13 @@ def test_conv_every_weight_width(w_bits):
         ConvSpec(batch=1, in_channels=21, height=8, width=8, out_channels=16, kernel=(3, 3), padding=(1, 1, 1, 1)),
         # folded, accumulator smaller than the codes buffer (TVM's StorageRewrite once merged them)
         ConvSpec(batch=1, in_channels=16, height=32, width=32, out_channels=11, kernel=(3, 3), strides=(2, 2), padding=(1, 1, 1, 1)),
+        # folded 1 x KW, vertical stride, no vertical padding: a subsampled 1x1 over C*KW channels
+        # (its rows were read unsubsampled; found by tests/test_fuzz.py)
+        ConvSpec(batch=2, in_channels=8, height=5, width=8, out_channels=4, kernel=(1, 4), strides=(3, 3)),
+        ConvSpec(batch=1, in_channels=5, height=9, width=7, out_channels=20, kernel=(1, 3), strides=(2, 1), padding=(0, 1, 0, 2)),
     ],
-    ids=["1x1-stride2", "stem-7x7", "batch2-96ch-7x9", "stride3x2-dilated", "folded-asym", "folded-63ch", "folded-11ch"],
+    ids=["1x1-stride2", "stem-7x7", "batch2-96ch-7x9", "stride3x2-dilated", "folded-asym", "folded-63ch", "folded-11ch",
+         "folded-1x4-stride3", "folded-1x3-stride2x1"],
 )
 @pytest.mark.parametrize("w_bits", [4, 8])
 def test_conv_network_shapes(spec, w_bits):

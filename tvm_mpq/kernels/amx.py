@@ -175,7 +175,8 @@ def amx_conv2d(data, w_blocked, bias_q, out_scale, dead_bias, residual=None, *, 
 
         def act(b, cblk, ph, pw, q, ci):
             ch = cblk * g.kc + ci
-            hp = tirx.min((q // g.wq) * g.sh + ph, hp_n - 1)  # rows past the image feed dropped outputs
+            # a 1 x KW kernel without vertical padding folds to a strided 1x1: the row subsampled (uh)
+            hp = tirx.min(((q // g.wq) * g.sh + ph) * uh, hp_n - 1)  # rows past the image feed dropped outputs
             value = codes[b, tirx.min(ch // kw_n, c - 1), hp, (q % g.wq) * sw + (ch % kw_n) * dw]
             return tirx.if_then_else(ch < c * kw_n, value, tirx.const(0, "uint8"))
 
