@@ -38,6 +38,16 @@ def module_supported(module: nn.Module) -> bool:
     return module_kind(module) in ("conv2d", "depthwise_conv2d", "dense") and reduction <= MAX_REDUCTION
 
 
+def conv_padding(module: nn.Conv2d):
+    """``(pre_pad, padding)`` of a conv as the imported module runs it: ``padding_mode`` "zeros" is
+    the conv's own padding (``pre_pad`` None); "reflect" / "replicate" / "circular" pad the input
+    first (``F.pad(x, *pre_pad)``, a float op before the layer, as torch and the import do), then
+    convolve unpadded."""
+    if module.padding_mode == "zeros":
+        return None, module.padding
+    return (module._reversed_padding_repeated_twice, module.padding_mode), 0
+
+
 class IntegerLayer(nn.Module):
     """A conv2d / linear run on integer codes exactly as the TVM kernels run it."""
 
@@ -54,11 +64,10 @@ class IntegerLayer(nn.Module):
         self.register_buffer("out_scale", torch.from_numpy(ep.out_scale))
         self.register_buffer("dead_bias", torch.from_numpy(ep.dead_bias))
         if isinstance(module, nn.Conv2d):
-            if module.padding_mode != "zeros":
-                raise ValueError(f"layer '{name}': padding_mode={module.padding_mode!r} is not supported; use zeros")
-            self.conv_args = dict(stride=module.stride, padding=module.padding, dilation=module.dilation, groups=module.groups)
+            self.pre_pad, padding = conv_padding(module)
+            self.conv_args = dict(stride=module.stride, padding=padding, dilation=module.dilation, groups=module.groups)
         else:
-            self.conv_args = None
+            self.pre_pad, self.conv_args = None, None
 
     def codes(self, x: torch.Tensor) -> torch.Tensor:
         """Activation codes, same float32 ops as the kernel: clip(round(x * inv_scale) + z, 0, qmax)."""
@@ -67,6 +76,8 @@ class IntegerLayer(nn.Module):
 
     def accumulate(self, x: torch.Tensor) -> torch.Tensor:
         """The exact integer accumulator sum((code - z) * level) as int64."""
+        if self.pre_pad is not None:
+            x = F.pad(x, *self.pre_pad)
         a = (self.codes(x) - float(self.aq.zero_point)).double()
         if self.conv_args is None:
             acc = F.linear(a, self.levels)
