@@ -74,7 +74,7 @@ class ModelArgs:
     input_size: int | None = None
     random_weights: bool = False  # digits models: skip the (cached) digits training
     train_epochs: int = 15  # digits models: float training epochs (the default is `tvm-mpq search`'s, same cache)
-    calibration: str = "minmax"
+    calibration: str = "percentile"
     calib_batches: int = 4
 
     def __post_init__(self) -> None:
