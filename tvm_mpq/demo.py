@@ -71,7 +71,8 @@ def main(argv=None) -> int:
     sargs = srun.SearchArgs(
         model="digits_resnet", model_kwargs={"width": 8 if args.quick else 32},
         method="ilp", latency_budget=args.budget, target=target, provider="predicted",
-        train_epochs=2 if args.quick else 10, finetune_epochs=1, measure=False, out=os.path.join(args.out_dir, "policy.json"),
+        train_epochs=2 if args.quick else 10, finetune_epochs=1,
+        **({"w_bits": (2, 4, 8), "a_bits": (4, 8)} if args.quick else {}), measure=False, out=os.path.join(args.out_dir, "policy.json"),
     )
     print(f"[1/4] model: {sargs.model} {sargs.model_kwargs or ''} trained on digits ({sargs.train_epochs} epochs, cached)", flush=True)
     setup = srun.prepare(sargs)
