@@ -111,13 +111,10 @@ def uniform_policy(net, label: str):
 
 
 def finetuned_accuracy(setup, policy, args) -> float:
-    from tvm_mpq.quant.finetune import Recipe, qat
-    from tvm_mpq.search.run import policy_accuracy
+    from tvm_mpq.search.run import finetune, policy_accuracy
 
-    if not args.finetune_epochs or policy.resolve(setup.net.layer_names) == uniform_policy(setup.net, "W8A8").resolve(setup.net.layer_names):
-        return policy_accuracy(setup, policy)
-    tuned = qat(setup.net, policy, setup.cal, setup.train, Recipe(epochs=args.finetune_epochs, lr=0.005, seed=args.seed))
-    return policy_accuracy(setup, policy, tuned)
+    w8a8 = policy.resolve(setup.net.layer_names) == uniform_policy(setup.net, "W8A8").resolve(setup.net.layer_names)
+    return policy_accuracy(setup, policy, finetune(setup, policy, 0 if w8a8 else args.finetune_epochs, args.seed))
 
 
 def setup_target(target: str, args):

@@ -123,6 +123,19 @@ def policy_accuracy(setup: Setup, policy, model=None) -> float:
     return accuracy(tvm_mpq.simulate(model if model is not None else setup.net, policy, setup.cal), setup.test)
 
 
+#: QAT learning rate of every finetune of a found or uniform policy (the same recipe for all).
+FINETUNE_LR = 0.005
+
+
+def finetune(setup: Setup, policy, epochs: int, seed: int = 0):
+    """The network finetuned (QAT) under ``policy`` for ``epochs`` (0: the trained network as is)."""
+    from tvm_mpq.quant.finetune import Recipe, qat
+
+    if not epochs:
+        return setup.net
+    return qat(setup.net, policy, setup.cal, setup.train, Recipe(epochs=epochs, lr=FINETUNE_LR, seed=seed))
+
+
 def build_kernel(provider):
     """The kernel choice to compile with: the CPU provider's own (what it priced is what runs);
     the shipped cost model's for an accelerator simulator."""
@@ -152,7 +165,6 @@ def measure_ms(setup: Setup, policy, target, rounds: int, key: str | None = None
 def search(args: SearchArgs, setup: Setup) -> dict:
     """Run ``args.method`` under the budget; finetune, compile and measure the result."""
     from tvm_mpq import hardware
-    from tvm_mpq.quant.finetune import Recipe, qat
     from tvm_mpq.quant.sensitivity import hessian_sensitivity, kl_sensitivity
     from tvm_mpq.search.autoq import AutoQSearch
     from tvm_mpq.search.ddpg import DDPGConfig, haq_search
@@ -195,7 +207,7 @@ def search(args: SearchArgs, setup: Setup) -> dict:
         return {**result, "feasible": False, "error": str(err), "wall_s": time.perf_counter() - t0}
     result.update(feasible=True, info=info, predicted_ms=1e3 * hardware.network_latency(provider, net, policy))
     result["accuracy_before_finetune"] = policy_accuracy(setup, policy)
-    tuned = qat(net, policy, setup.cal, setup.train, Recipe(epochs=args.finetune_epochs, lr=0.005, seed=args.seed)) if args.finetune_epochs else net
+    tuned = finetune(setup, policy, args.finetune_epochs, args.seed)
     result["accuracy"] = policy_accuracy(setup, policy, tuned)
     result["search_wall_s"] = time.perf_counter() - t0
     if args.measure:
@@ -230,13 +242,11 @@ def layer_table(setup: Setup, policy, sensitivity) -> list[dict]:
 def uniform_points(args: SearchArgs, setup: Setup, bits=((8, 8), (4, 4), (2, 2))) -> list[dict]:
     """Uniform baselines (8-bit ends) with finetuned accuracy and measured latency, for the Pareto plot."""
     import tvm_mpq
-    from tvm_mpq.quant.finetune import Recipe, qat
 
     points = []
     for w, a in bits:
         policy = tvm_mpq.QuantPolicy.uniform(setup.net, w_bits=w, a_bits=a, keep_first_last=8 if (w, a) != (8, 8) else None)
-        tuned = qat(setup.net, policy, setup.cal, setup.train, Recipe(epochs=args.finetune_epochs, lr=0.005, seed=args.seed)) \
-            if args.finetune_epochs and (w, a) != (8, 8) else setup.net
+        tuned = finetune(setup, policy, args.finetune_epochs if (w, a) != (8, 8) else 0, args.seed)
         points.append({"label": f"W{w}A{a}", "accuracy": policy_accuracy(setup, policy, tuned),
                        "latency_ms": measure_ms(setup, policy, args.target, args.rounds, key=f"uniform{w}{a}") if args.measure else None})
     return points
