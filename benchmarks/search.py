@@ -131,7 +131,9 @@ def setup_target(target: str, args):
     base = srun.SearchArgs(model=args.model, target=target, provider="predicted" if predicted else "measured",
                            db=None if predicted else str(cache_dir() / f"search-{name}.jsonl"),
                            episodes=args.episodes, warmup=args.warmup, reward_images=args.reward_images,
-                           finetune_epochs=args.finetune_epochs, seed=args.seed, measure=False)
+                           finetune_epochs=args.finetune_epochs, seed=args.seed,
+                           # each search compiles its policy and tightens the provider's budget while the measurement misses it
+                           measure=not args.no_timing, budget_rounds=args.budget_rounds, rounds=3)
     setup = srun.prepare(base)
     if not predicted:
         tune_target(setup.net, setup.provider.db, target, args.tune_budget)
@@ -172,7 +174,7 @@ def run_searches(setup, methods, budgets, args, state: State) -> None:
             if result["feasible"]:
                 item.update(policy=result["policy_obj"].to_dict(), accuracy=result["accuracy"],
                             accuracy_before_finetune=result["accuracy_before_finetune"], predicted_ms=result["predicted_ms"],
-                            search_wall_s=result["search_wall_s"], info=result["info"],
+                            search_wall_s=result["search_wall_s"], info=result["info"], budget_rounds=result.get("budget_rounds"),
                             bits=bits_summary(result["policy_obj"], setup.net))
             else:
                 item["error"] = result["error"]
@@ -312,6 +314,7 @@ def main(argv=None) -> int:
     ap.add_argument("--finetune-epochs", type=int, default=1, help="QAT epochs for every policy, uniform and searched alike")
     ap.add_argument("--tune-budget", type=int, default=1)
     ap.add_argument("--cross-budget", type=float, default=0.6)
+    ap.add_argument("--budget-rounds", type=int, default=3, help="compile-measure-tighten rounds per search (0: trust the provider)")
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--number", type=int, default=20)
     ap.add_argument("--seed", type=int, default=0)

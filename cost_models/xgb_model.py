@@ -239,10 +239,13 @@ class XGBCostModel:
                 )
         new = sorted({label for label in self.unseen(points) if label is not None} - self._warned)
         if new:
+            # one warning per model; precisions met later (a search asks bit pair after bit pair) go to the info log
+            first = not any(isinstance(w, str) for w in self._warned)
             self._warned.update(new)
-            logger.warning(
-                "the cost model never measured %s: those latencies extrapolate from other kernels/bits "
-                "(tune them and refit to know them)", ", ".join(new),
+            logger.log(
+                logging.WARNING if first else logging.INFO,
+                "the cost model never measured %s%s: those latencies extrapolate from other kernels/bits "
+                "(tune them and refit to know them)", ", ".join(new), "" if not first else " (further ones: info log)",
             )
 
     def predict(self, layers: Sequence, precisions, *, target=None, threads: int | None = None) -> np.ndarray:

@@ -1,7 +1,7 @@
 """Search a mixed-precision policy, compile it, export it and run it with the C++ runner.
 
     python examples/search_and_deploy.py [--out-dir deploy_out] [--budget 0.9] [--method ilp|haq|autoq]
-        [--target "llvm -mcpu=znver5"] [--build-dir build] [--input-size 32] [--train-epochs 5] [--finetune-epochs 1] [--qat-lr 0.001]
+        [--target "llvm -mcpu=znver5"] [--build-dir build] [--input-size 32] [--train-epochs 5] [--finetune-epochs 1]
         [--w-bits 1,2,3,4,8] [--a-bits 2,3,4,8] [--episodes 12] [--groups 4]
 
 1. train (or load from ``$TVM_MPQ_CACHE``) a width-8 ResNet on scikit-learn's digits
@@ -12,7 +12,7 @@
    validation images); the policy goes to ``OUT_DIR/policy.json``. The first and last layer stay
    W8A8, and on a network this small the per-layer overheads keep the best mix near 0.86x of W8A8
    (the shipped model, this project's CPU), hence the default budget 0.9;
-3. finetune the network under the policy (QAT), compile it for ``--target`` on the kernels the cost
+3. finetune the network under the policy (QAT, the search's own recipe), compile it for ``--target`` on the kernels the cost
    model picks, check it against the torch simulation of the same integer arithmetic, export
    ``OUT_DIR/model.so``;
 4. build the C++ runner ``mpq_run`` with CMake (into ``--build-dir``; default ``<checkout>/build``,
@@ -37,7 +37,6 @@ import torch
 
 import tvm_mpq
 from tvm_mpq import deploy
-from tvm_mpq.quant.finetune import Recipe, qat
 from tvm_mpq.search import run as srun
 
 
@@ -61,7 +60,6 @@ def main() -> int:
     ap.add_argument("--input-size", type=int, default=32, help="digits upsampled to this size (default 32; 16 is 4x cheaper)")
     ap.add_argument("--train-epochs", type=int, default=5, help="epochs of float training, cached per setting (default 5: ~92%% test accuracy)")
     ap.add_argument("--finetune-epochs", type=int, default=1, help="QAT epochs under the found policy (0: none; default 1)")
-    ap.add_argument("--qat-lr", type=float, default=0.001, help="QAT learning rate (default 0.001; 0.005 threw the 5-epoch model to chance)")
     ap.add_argument("--w-bits", type=bits_list, default=srun.SearchArgs.w_bits, help="weight bits to choose from (default 1,2,3,4,8)")
     ap.add_argument("--a-bits", type=bits_list, default=srun.SearchArgs.a_bits, help="activation bits to choose from (default 2,3,4,8)")
     ap.add_argument("--episodes", type=int, default=12, help="episodes of the haq/autoq searches (default 12)")
@@ -76,7 +74,7 @@ def main() -> int:
         model="digits_resnet", model_kwargs={"width": 8, "input_size": args.input_size}, train_epochs=args.train_epochs,
         method=args.method, latency_budget=args.budget, target=args.target, provider="predicted", w_bits=args.w_bits, a_bits=args.a_bits,
         episodes=args.episodes, warmup=max(1, args.episodes // 3), groups=args.groups, reward_images=128,
-        finetune_epochs=0, measure=False, out=policy_path,  # QAT below, on the network we deploy
+        finetune_epochs=args.finetune_epochs, measure=False, out=policy_path,  # timed below by the C++ runner
     )
     print(f"[1/4] digits_resnet (width 8, {args.input_size}x{args.input_size}), {args.train_epochs} training epochs "
           f"(cached in $TVM_MPQ_CACHE)", flush=True)
@@ -99,12 +97,11 @@ def main() -> int:
     shown = [f"{b.w_bits}/{b.a_bits}" if not b.groups else f"{'+'.join(str(g.w_bits) for g in b.groups)}/{b.a_bits}" for b in bits.values()]
     print("      W/A bits per layer: " + " ".join(shown), flush=True)
 
-    print(f"[3/4] QAT ({args.finetune_epochs} epochs), compile, export", flush=True)
-    tuned = net
+    print(f"[3/4] QAT ({args.finetune_epochs} epochs, in the search), compile, export", flush=True)
+    tuned = result["network_obj"]  # the finetuned network (the trained one when --finetune-epochs 0)
     if args.finetune_epochs:
-        tuned = qat(net, policy, setup.cal, setup.train, Recipe(epochs=args.finetune_epochs, lr=args.qat_lr, seed=0))
         print(f"      test accuracy of the policy: {100 * result['accuracy_before_finetune']:.2f}% -> "
-              f"{100 * srun.policy_accuracy(setup, policy, tuned):.2f}% after QAT", flush=True)
+              f"{100 * result['accuracy']:.2f}% after QAT", flush=True)
     else:
         print(f"      test accuracy of the policy: {100 * result['accuracy_before_finetune']:.2f}% (no QAT)", flush=True)
     compiled = tvm_mpq.build(tuned, policy, setup.cal, args.target, kernel=srun.build_kernel(setup.provider))

@@ -44,6 +44,7 @@ __all__ = [
     "host_cpu",
     "cpu_device",
     "tensor",
+    "export_library",
 ]
 
 
@@ -173,3 +174,33 @@ def cpu_device():
 def tensor(array, device=None):
     """numpy -> TVM runtime tensor."""
     return tvm.runtime.tensor(array, device or tvm.cpu(0))
+
+
+#: Lines TVM 0.27 writes to stderr that say nothing to a user: ``VMExecutable`` logs one
+#: ``LOG(WARNING) << "Scope Saving:"`` per memory scope of every exported executable (a leftover
+#: debug line; dozens for a float model).
+_NOISE = ("Scope Saving:",)
+
+
+def export_library(executable, path: str) -> None:
+    """``executable.export_library(path)`` with TVM's stderr noise (:data:`_NOISE`) dropped; every
+    other line TVM (or the C++ compiler it calls) writes to stderr passes through."""
+    import os
+    import sys
+    import tempfile
+
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile(mode="w+b") as capture:
+        os.dup2(capture.fileno(), 2)
+        try:
+            executable.export_library(path)
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            capture.seek(0)
+            kept = [line for line in capture.read().decode(errors="replace").splitlines(keepends=True)
+                    if not any(n in line for n in _NOISE)]
+            if kept:
+                sys.stderr.write("".join(kept))
+                sys.stderr.flush()

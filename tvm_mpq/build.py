@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from tvm_mpq._tvm import cpu_generic, parse_target, relax, tensor, tvm
+from tvm_mpq._tvm import cpu_generic, export_library, parse_target, relax, tensor, tvm
 from tvm_mpq.frontend import Network
 from tvm_mpq.passes import AnnotateBitwidth, LowerToKernels, ScheduleGeneric
 from tvm_mpq.policy import QuantPolicy
@@ -27,7 +27,8 @@ def quantize_module(net: Network, policy: QuantPolicy, calibration: Calibration,
 
 def _quantize(net, policy, calibration, target, kernel, strict=False):
     lower = LowerToKernels(calibration=calibration, target=target, kernel=kernel)
-    seq = tvm.transform.Sequential([AnnotateBitwidth(policy, strict=strict), lower], name="tvm_mpq.Quantize")
+    annotate = AnnotateBitwidth(policy, strict=strict, float_layers=True)  # float conv/dense: the fp32 kernel
+    seq = tvm.transform.Sequential([annotate, lower], name="tvm_mpq.Quantize")
     return seq(net.mod), lower.choices
 
 
@@ -84,7 +85,7 @@ class CompiledModel:
     def export(self, path: "str | os.PathLike[str]") -> str:
         """Write a shared library loadable with :func:`load_compiled` (or the C++ ``mpq_run``)."""
         path = os.fspath(path)
-        self.executable.export_library(path)
+        export_library(self.executable, path)
         return path
 
 
@@ -107,8 +108,9 @@ def build(
     ``relax.get_pipeline`` works too. ``kernel``: see :class:`LowerToKernels`; the default
     ``"predicted"`` runs each layer on the kernel the shipped cost model predicts fastest for its
     shape and bits (``"auto"``: the fixed rule). The returned model's
-    ``kernels`` maps every conv/dense layer to what runs it (kernel per channel group, or
-    ``"float"`` for layers left to TVM's generic float path). Convolutions / matmuls without an
+    ``kernels`` maps every conv/dense layer to what runs it (kernel per channel group; ``"fp32"``
+    for a float conv2d/dense layer, ``"float"`` for layers left to TVM's generic float path, such
+    as grouped convs kept in float). Convolutions / matmuls without an
     integer kernel run in float with a warning listing them; ``strict=True`` makes that an error.
     """
     tgt = parse_target(target)

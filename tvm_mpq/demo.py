@@ -53,7 +53,9 @@ def torch_ms(model, x: torch.Tensor, threads: int) -> tuple[float, float]:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--budget", type=float, default=0.6, help="latency budget, fraction of the uniform int8 latency (default 0.6)")
+    ap.add_argument("--budget", type=float, default=0.9,
+                    help="latency budget, fraction of the uniform int8 latency (default 0.9: on a CPU with AMX int8 tiles "
+                         "low bits save little, the least achievable is about 0.83; on AVX-512 VNNI or AVX2 targets try 0.6)")
     ap.add_argument("--target", default=None, help="e.g. 'llvm -mcpu=znver5' (default: this host's CPU)")
     ap.add_argument("--threads", type=int, default=None, help="threads for TVM and PyTorch (default: all cores)")
     ap.add_argument("--out-dir", default="demo_out", help="policy JSON, compiled model and PNG go here")
@@ -72,20 +74,27 @@ def main(argv=None) -> int:
         model="digits_resnet", model_kwargs={"width": 8 if args.quick else 32},
         method="ilp", latency_budget=args.budget, target=target, provider="predicted",
         train_epochs=2 if args.quick else 10, finetune_epochs=1,
-        **({"w_bits": (2, 4, 8), "a_bits": (4, 8)} if args.quick else {}), measure=False, out=os.path.join(args.out_dir, "policy.json"),
+        **({"w_bits": (2, 4, 8), "a_bits": (4, 8)} if args.quick else {}), out=os.path.join(args.out_dir, "policy.json"),
     )
     print(f"[1/4] model: {sargs.model} {sargs.model_kwargs or ''} trained on digits ({sargs.train_epochs} epochs, cached)", flush=True)
     setup = srun.prepare(sargs)
     net = setup.net
     print(f"      {len(net.layers)} layers, {net.macs / 1e6:.0f} MMAC; float test accuracy {100 * setup.float_accuracy:.2f}%", flush=True)
 
-    print(f"[2/4] ILP search under {args.budget} x int8 latency (shipped cost model, target {target_to_str(target)})", flush=True)
+    print(f"[2/4] ILP search under {args.budget} x int8 latency (shipped cost model, target {target_to_str(target)}); "
+          f"compiled and timed against int8, tightened while the measurement misses the budget", flush=True)
     result = srun.search(sargs, setup)
     if not result["feasible"]:
         print(f"infeasible: {result['error']}")
+        if result.get("least_fraction"):
+            print(f"the least achievable on this target is about {result['least_fraction']:.2f} x int8: "
+                  f"run again with --budget {min(1.0, result['least_fraction'] + 0.05):.2f}")
         return 1
     policy = result["policy_obj"]
     policy.save(sargs.out)
+    for i, r in enumerate(result.get("budget_rounds", [])):
+        print(f"      round {i}: priced within {r['predicted_budget_ms']:.3f} ms, measured {r['measured_ms']:.3f} ms = "
+              f"{r['ratio']:.2f} x int8 ({r['int8_ms']:.3f} ms)", flush=True)
     print(f"      policy {sargs.out}: predicted {result['predicted_ms']:.3f} ms vs int8 {result['int8_predicted_ms']:.3f} ms; "
           f"accuracy {100 * result['accuracy_before_finetune']:.2f}% -> {100 * result['accuracy']:.2f}% after QAT", flush=True)
 

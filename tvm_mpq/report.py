@@ -100,7 +100,12 @@ def search_lines(summary: dict, png: list[str] | None = None) -> list[str]:
     elif summary.get("predicted_ms") is not None:
         lines.append(f"latency: predicted {summary['predicted_ms']:.3f} ms (budget {summary.get('budget_predicted_ms', float('nan')):.3f} ms); "
                      f"not measured")
+    if summary.get("budget_rounds") and len(summary["budget_rounds"]) > 1:
+        lines.append("measured budget rounds: " + ", ".join(f"{r['ratio']:.3f}" for r in summary["budget_rounds"])
+                     + " x int8 (the provider's budget tightened by each miss)")
     where = [f"policy -> {summary['policy']}"] if summary.get("policy") else []
+    if summary.get("weights"):
+        where.append(f"finetuned weights -> {summary['weights']} (`tvm-mpq compile ... --weights` compiles them)")
     if png:
         where.append(f"plots -> {', '.join(png)}")
     if where:

@@ -2,10 +2,15 @@
 
 import json
 
+import numpy as np
 import pytest
+import torch
 
+import tvm_mpq
+from tvm_mpq import data, models
 from tvm_mpq.cli.main import EXIT_OK, EXIT_USAGE, main
 from tvm_mpq.policy import QuantPolicy
+from tvm_mpq.quant.finetune import load_weights
 
 FAST = ["--train-epochs", "2", "--finetune-epochs", "1", "--rounds", "1"]
 
@@ -30,6 +35,19 @@ def test_ilp_search_end_to_end(cache, capsys):
     policy = QuantPolicy.load(out)
     assert len(policy.layers) == len(details["table"])
     assert all((cache / "png" / name).exists() for name in ("digits_cnn_ilp_pareto.png", "digits_cnn_ilp_bits.png"))
+    # the finetuned weights go next to the policy; `compile --weights` builds exactly the network the accuracy belongs to
+    assert res["weights"] == str(cache / "policy.pt")
+    assert main(["compile", "digits_cnn", "--policy", str(out), "--weights", res["weights"], "-o", str(cache / "m.so"), "--json"]) == EXIT_OK
+    assert json.loads(capsys.readouterr().out)["weights"] == "finetuned"
+    model, cal = load_weights(res["weights"], "digits_cnn", models.get("digits_cnn")[1])
+    x = data.digits("test").images[:3]
+    with torch.no_grad():
+        expected = tvm_mpq.simulate(model, policy, cal)(x).numpy()
+    got = np.stack([tvm_mpq.load_compiled(cache / "m.so").run(xi[None].numpy())[0] for xi in x])
+    np.testing.assert_array_equal(got, expected)
+    assert main(["compile", "digits_resnet", "--policy", str(out), "--weights", res["weights"], "-o", str(cache / "r.so"),
+                 "--random-weights"]) == EXIT_USAGE
+    assert "holds weights of model 'digits_cnn'" in capsys.readouterr().err
     run = cache / "run.json"  # what `tvm-mpq search --json > run.json` saves, read back by `tvm-mpq report`
     run.write_text(json.dumps(res))
     assert main(["report", str(run), "--png-dir", str(cache / "report"), "--json"]) == EXIT_OK

@@ -143,3 +143,9 @@ def test_unseen_kernels_and_bits_are_flagged(records, caplog):
     caplog.clear()
     model.predict_points([(SPEC, "bitserial", 1, 1, None)], target=TARGET)
     assert "never measured" not in caplog.text
+    # a precision met later (a search asks bit pair after bit pair) goes to the info log, not another warning
+    model.predict_points([(SPEC, "bitserial", 7, 7, None)], target=TARGET)
+    assert "never measured" not in caplog.text
+    caplog.set_level("INFO")
+    model.predict_points([(SPEC, "bitserial", 6, 7, None)], target=TARGET)
+    assert [r.levelname for r in caplog.records if "never measured bitserial W6A7" in r.message] == ["INFO"]

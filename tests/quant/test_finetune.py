@@ -40,3 +40,34 @@ def test_qat_recovers_low_bit_accuracy(trained_digits):
     after = accuracy(tvm_mpq.simulate(tuned, policy, cal), test)
     assert after > before + 0.05, (before, after)
     assert tuned.layer_names == net.layer_names
+
+
+def test_weights_file_round_trip_and_refusals(tmp_path, digits_net):
+    """save_weights/load_weights: the folded weights and the calibration come back exactly; another
+    model, another input size, a foreign file and another format version are refused by name."""
+    import json
+
+    from tvm_mpq.quant.calibrate import calibrate
+    from tvm_mpq.quant.finetune import load_weights, save_weights
+
+    _, inputs, net = digits_net
+    cal = calibrate(net, [inputs], method="minmax")
+    path = save_weights(tmp_path / "w.pt", net, cal, model="digits_cnn")
+    model, cal2 = load_weights(path, "digits_cnn", inputs)
+    assert cal2.to_dict() == cal.to_dict()
+    for key, value in net.model.state_dict().items():
+        assert torch.equal(model.state_dict()[key], value)
+    with pytest.raises(ValueError, match="holds weights of model 'digits_cnn', not 'digits_resnet'"):
+        load_weights(path, "digits_resnet", inputs)
+    with pytest.raises(ValueError, match="was written for digits_cnn"):
+        load_weights(path, "digits_cnn", (torch.zeros(1, 1, 16, 16),))
+    (tmp_path / "x.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="not a tvm-mpq weights file"):
+        load_weights(tmp_path / "x.pt", "digits_cnn", inputs)
+    payload = torch.load(path, weights_only=True)
+    payload["meta"] = json.dumps({**json.loads(payload["meta"]), "version": 99})
+    torch.save(payload, tmp_path / "v.pt")
+    with pytest.raises(ValueError, match="version 99"):
+        load_weights(tmp_path / "v.pt", "digits_cnn", inputs)
+    with pytest.raises(ValueError, match="does not exist"):
+        load_weights(tmp_path / "none.pt", "digits_cnn", inputs)

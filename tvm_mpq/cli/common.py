@@ -76,6 +76,7 @@ class ModelArgs:
     train_epochs: int = 15  # digits models: float training epochs (the default is `tvm-mpq search`'s, same cache)
     calibration: str = "percentile"
     calib_batches: int = 4
+    weights_file: str | None = None  # finetuned weights + their calibration (`tvm-mpq search` writes policy.pt)
 
     def __post_init__(self) -> None:
         from tvm_mpq.quant.calibrate import METHODS
@@ -88,11 +89,14 @@ class ModelArgs:
     @property
     def trained(self) -> bool:
         """Digits model with trained weights (otherwise: the model's own deterministic weights)."""
-        return self.model in DIGITS_MODELS and not self.random_weights
+        return self.model in DIGITS_MODELS and not self.random_weights and not self.weights_file
 
     @property
     def weights(self) -> str:
-        """``"digits-trained"``, ``"random"`` (a digits model's deterministic random weights) or ``"built-in"``."""
+        """``"finetuned"`` (a ``--weights`` file), ``"digits-trained"``, ``"random"`` (a digits model's
+        deterministic random weights) or ``"built-in"``."""
+        if self.weights_file:
+            return "finetuned"
         return "digits-trained" if self.trained else "random" if self.model in DIGITS_MODELS else "built-in"
 
 
@@ -140,19 +144,33 @@ def calibration_batches(margs: ModelArgs, inputs) -> list[tuple]:
 
 
 def import_model(margs: ModelArgs):
-    """``(network, example inputs)``: the model loaded (see :func:`load_torch`) and imported."""
+    """``(network, example inputs)``: the model loaded (see :func:`load_torch`; with a weights file,
+    its finetuned weights) and imported."""
     import tvm_mpq
 
     torch_model, inputs = load_torch(margs)
+    if margs.weights_file:
+        from tvm_mpq.quant.finetune import load_weights
+
+        try:
+            torch_model, _ = load_weights(margs.weights_file, margs.model, inputs)
+        except ValueError as err:
+            raise UsageError(f"--weights: {err}") from None
     return tvm_mpq.import_torch(torch_model, inputs), inputs
 
 
 def calibrate_model(margs: ModelArgs, net, inputs) -> Prepared:
-    """Calibrate an imported model on :func:`calibration_batches`."""
+    """Calibrate an imported model on :func:`calibration_batches`; with a weights file, take the
+    calibration the weights were finetuned under (what the search's accuracy was measured with)."""
     import tvm_mpq
 
     batches = calibration_batches(margs, inputs)
-    cal = tvm_mpq.calibrate(net, batches, method=margs.calibration)
+    if margs.weights_file:
+        from tvm_mpq.quant.finetune import load_weights
+
+        cal = load_weights(margs.weights_file, margs.model, inputs)[1]
+    else:
+        cal = tvm_mpq.calibrate(net, batches, method=margs.calibration)
     example = tuple(x[:1] for x in batches[0]) if margs.model in DIGITS_MODELS else tuple(inputs)
     return Prepared(net, cal, example)
 

@@ -87,7 +87,8 @@ def compile_model(args: CompileArgs) -> dict:
 def model_args(args) -> ModelArgs:
     """The shared model flags (see :func:`add_model_flags`) -> :class:`ModelArgs`."""
     try:
-        return ModelArgs(args.model, args.input_size, args.random_weights, args.train_epochs, args.calibration, args.calib_batches)
+        return ModelArgs(args.model, args.input_size, args.random_weights, args.train_epochs, args.calibration, args.calib_batches,
+                         os.path.abspath(args.weights) if args.weights else None)
     except ValueError as err:
         raise UsageError(str(err)) from None
 
@@ -118,6 +119,10 @@ def add_model_flags(p) -> None:
     p.add_argument("--calib-batches", type=positive_int, default=4, metavar="N",
                    help=f"calibration batches (default 4): of 256 training digits for {' and '.join(DIGITS_MODELS)}, "
                         "else random batches shaped like the example input")
+    p.add_argument("--weights", metavar="P.pt",
+                   help="finetuned weights and their calibration from `tvm-mpq search -o P.json` (written as P.pt next to the "
+                        "policy): compile the network the search's accuracy belongs to (default: the float-trained weights, "
+                        "calibrated here)")
     p.add_argument("--random-weights", action="store_true",
                    help=f"{' / '.join(DIGITS_MODELS)}: keep the deterministic random weights instead of the digits-trained ones "
                         "(no training; other models always use the weights they are built with)")

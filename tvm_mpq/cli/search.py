@@ -19,7 +19,8 @@ def cmd(args) -> int:
             model=args.model, method=args.method, latency_budget=args.latency_budget, target=target, provider=args.provider,
             db=args.db, cost_model=args.cost_model, sensitivity=args.sensitivity, calibration=args.calibration, episodes=args.episodes, warmup=args.warmup,
             reward_steps=args.reward_steps, reward_images=args.reward_images, groups=args.groups, w_bits=args.w_bits, a_bits=args.a_bits,
-            finetune_epochs=args.finetune_epochs, train_epochs=args.train_epochs, seed=args.seed, rounds=args.rounds, out=args.out,
+            finetune_epochs=args.finetune_epochs, train_epochs=args.train_epochs, seed=args.seed, rounds=args.rounds,
+            budget_rounds=args.budget_rounds, out=args.out,
             png_dir=args.png_dir, measure=not args.no_measure,
         )
     except (ValueError, TypeError) as err:
@@ -30,7 +31,7 @@ def cmd(args) -> int:
         raise UsageError(f"unknown model {args.model!r}: the search trains on the digits task, use digits_resnet or digits_cnn")
     summary = run(sargs)
     if args.json:
-        keys = ("policy", "method", "accuracy_float", "accuracy", "latency_ms", "budget_ms", "int8_latency_ms", "wall_s")
+        keys = ("policy", "weights", "method", "accuracy_float", "accuracy", "latency_ms", "budget_ms", "int8_latency_ms", "wall_s")
         print(json.dumps({**{k: summary.get(k) for k in keys}, "details": summary}))
         return EXIT_OK
     if not summary.get("feasible"):
@@ -67,7 +68,12 @@ def add_parser(sub) -> None:
     p.add_argument("--train-epochs", type=int, default=15, help="float training epochs (cached)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--rounds", type=int, default=3, help="timing rounds (medians)")
-    p.add_argument("-o", "--out", default="policy.json", help="policy JSON to write")
+    p.add_argument("--budget-rounds", type=int, default=3,
+                   help="compile-measure-tighten rounds: while the compiled policy measures slower than the budget, the "
+                        "provider's budget is scaled by the miss and the search answers again (default 3; 0: trust the provider)")
+    p.add_argument("-o", "--out", default="policy.json",
+                   help="policy JSON to write; the finetuned weights and their calibration go next to it (policy.pt) for "
+                        "`tvm-mpq compile --weights`")
     p.add_argument("--png-dir", help="write the Pareto and per-layer-bits PNGs here (also finetunes and measures uniform baselines)")
     p.add_argument("--no-measure", action="store_true", help="do not compile and time (predicted latency only)")
     p.add_argument("--json", action="store_true", help="print one JSON object")

@@ -206,3 +206,62 @@ def qat(net, policy, calibration, split: "digits_data.Split", recipe: Recipe = R
         _set_submodule(model, name, layer.module)
     model.eval()
     return tvm_mpq.import_torch(model, net.example_inputs)
+
+
+# ---------------------------------------------------------------------------------------------
+# finetuned weights on disk (what `tvm-mpq search` hands to `tvm-mpq compile` / `bench`)
+# ---------------------------------------------------------------------------------------------
+WEIGHTS_FORMAT, WEIGHTS_VERSION = "tvm-mpq.weights", 1
+
+
+def save_weights(path, net, calibration, *, model: str, model_kwargs: dict | None = None, policy=None) -> str:
+    """Write ``net``'s (BatchNorm-folded, e.g. QAT-finetuned) weights with the ``calibration`` they
+    were finetuned under, so compiling them elsewhere gives the accuracy the search reported.
+    ``model`` (+ ``model_kwargs``) names the built-in architecture; ``policy`` is kept for reference."""
+    meta = {"format": WEIGHTS_FORMAT, "version": WEIGHTS_VERSION, "model": model, "model_kwargs": dict(model_kwargs or {}),
+            "calibration": calibration.to_dict(), "policy": policy.to_dict() if policy is not None else None}
+    # the metadata as one JSON string: torch.load(weights_only=True) then needs no allow-listed types
+    payload = {"meta": json.dumps(meta, default=str), "state_dict": {k: v.detach().clone() for k, v in net.model.state_dict().items()}}
+    path = os.fspath(path)
+    tmp = path + ".tmp"
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def load_weights(path, model: str, example_inputs) -> tuple[nn.Module, "object"]:
+    """``(folded torch model with the saved weights, Calibration)`` from :func:`save_weights`'s file.
+
+    ``model`` and ``example_inputs`` must be those the file was written for (its ``model`` and
+    ``model_kwargs``): a file of another model or input size is a ``ValueError`` naming both."""
+    from tvm_mpq import models
+    from tvm_mpq.quant.calibrate import Calibration
+    from tvm_mpq.quant.fold import fold_batchnorm
+
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise ValueError(f"weights file {path} does not exist (`tvm-mpq search -o policy.json` writes policy.pt next to it)")
+    try:
+        payload = torch.load(path, weights_only=True)
+    except Exception as err:  # a torch or pickle error: not our file
+        raise ValueError(f"{path} is not a tvm-mpq weights file ({type(err).__name__}: {err})") from None
+    try:
+        meta = json.loads(payload["meta"])
+    except Exception:
+        meta = None
+    if not isinstance(meta, dict) or meta.get("format") != WEIGHTS_FORMAT:
+        raise ValueError(f"{path} is not a tvm-mpq weights file (written by `tvm-mpq search` / tvm_mpq.quant.finetune.save_weights)")
+    if meta.get("version") != WEIGHTS_VERSION:
+        raise ValueError(f"{path} has weights format version {meta.get('version')}; this tvm-mpq reads version {WEIGHTS_VERSION}")
+    if meta["model"] != model:
+        raise ValueError(f"{path} holds weights of model {meta['model']!r}, not {model!r}: compile {meta['model']} with it")
+    module, inputs = models.get(model, **meta["model_kwargs"])
+    if [tuple(x.shape) for x in inputs] != [tuple(x.shape) for x in example_inputs]:
+        raise ValueError(f"{path} was written for {model} with {meta['model_kwargs'] or 'its default arguments'} "
+                         f"(inputs {[tuple(x.shape) for x in inputs]}), not inputs {[tuple(x.shape) for x in example_inputs]}")
+    folded = fold_batchnorm(module.eval(), inputs)
+    try:
+        folded.load_state_dict(payload["state_dict"])
+    except RuntimeError as err:
+        raise ValueError(f"{path} does not fit {model} {meta['model_kwargs']}: {err}") from None
+    return folded.eval(), Calibration.from_dict(meta["calibration"])

@@ -182,7 +182,17 @@ def ilp_search(net, provider, sensitivity, *, latency_budget_s: float | None = N
     fixed_s = pooling(net) if pooling is not None else 0.0
     problem = Problem(names, options, error, latency, size=size, energy=energy if has_energy else None, ties=[list(t) for t in ties])
     budget = None if latency_budget_s is None else latency_budget_s - fixed_s
-    solution = solve(problem, latency_budget=budget, size_budget=size_budget_bytes, energy_budget=energy_budget_j, time_limit=time_limit)
+    try:
+        solution = solve(problem, latency_budget=budget, size_budget=size_budget_bytes, energy_budget=energy_budget_j, time_limit=time_limit)
+    except InfeasibleBudget as err:
+        minimum = dict(err.minimum)
+        if "latency" in minimum:  # in the caller's units: the whole network, pooling included
+            minimum["latency"] += fixed_s
+        if latency_budget_s is not None and minimum.get("latency", 0.0) > latency_budget_s:
+            raise InfeasibleBudget(f"no bit assignment meets the latency budget: the least achievable is {1e3 * minimum['latency']:.3f} ms "
+                                   f"({getattr(provider, 'name', type(provider).__name__)} latency), the budget "
+                                   f"{1e3 * latency_budget_s:.3f} ms; raise the budget or offer lower bits", minimum) from None
+        raise InfeasibleBudget(str(err), minimum) from None
     policy = QuantPolicy({n: LayerBits(w, a) for n, (w, a) in solution.choice.items()})
     return SearchResult(policy, "ilp", solution.totals["latency"] + fixed_s, solution.objective,
                         {"status": solution.status, "size_bytes": solution.totals.get("size"), "energy_j": solution.totals.get("energy"),

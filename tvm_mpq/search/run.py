@@ -44,6 +44,7 @@ class SearchArgs:
     train_epochs: int = 15
     seed: int = 0
     rounds: int = 3
+    budget_rounds: int = 3  # compile-measure-tighten rounds until the *measured* latency meets the budget (0: trust the provider)
     out: str = "policy.json"
     png_dir: str | None = None
     measure: bool = True
@@ -76,6 +77,7 @@ class Setup:
     float_accuracy: float
     fixed: dict
     compiled: dict = field(default_factory=dict)
+    sensitivities: dict = field(default_factory=dict)  # per (method, bits, seed): the same for every budget
 
 
 def make_provider(args: SearchArgs):
@@ -162,6 +164,70 @@ def measure_ms(setup: Setup, policy, target, rounds: int, key: str | None = None
     return float(np.median([np.median(compiled.time(x, number=10, repeat=3)) for _ in range(rounds)])) * 1e3
 
 
+def meet_measured_budget(setup: Setup, args: SearchArgs, policy, budget_s: float, tighten) -> tuple[object, list[dict]]:
+    """Close the loop on measurement: compile ``policy`` and time it against uniform W8A8 (in turn,
+    ``args.rounds`` each); while it is slower than ``latency_budget x int8``, scale the provider's
+    budget by the measured miss and ``tighten(budget_s) -> policy`` (ILP: solve again; RL: lower
+    the found policy's bits where that saves the most). A cost model is off by 10-20% per layer,
+    so a policy priced at exactly the budget misses it about half the time; this keeps the
+    promise that the *compiled* model meets it. Returns the policy and one entry per round;
+    ``InfeasibleBudget`` when a tightened budget has no solution."""
+    from tvm_mpq.search.ilp import InfeasibleBudget
+
+    rounds = []
+    for i in range(args.budget_rounds + 1):
+        int8_ms, ms = measure_pair(setup, policy, args.target, args.rounds)
+        ratio = ms / int8_ms
+        rounds.append({"predicted_budget_ms": 1e3 * budget_s, "measured_ms": ms, "int8_ms": int8_ms, "ratio": ratio})
+        logger.info("budget round %d: measured %.3f ms = %.3f x int8 (budget %.2f)", i, ms, ratio, args.latency_budget)
+        if ratio <= args.latency_budget:
+            return policy, rounds
+        if i == args.budget_rounds:
+            break
+        budget_s *= args.latency_budget / ratio * 0.99  # the measured miss, and 1% more
+        try:
+            policy = tighten(budget_s)
+        except InfeasibleBudget as err:
+            raise InfeasibleBudget(f"measured {ratio:.3f} x int8 over the budget {args.latency_budget}, and tightening the "
+                                   f"predicted budget to {1e3 * budget_s:.3f} ms has no solution: {err}", getattr(err, "minimum", {})) from None
+    raise InfeasibleBudget(f"after {args.budget_rounds} tightening rounds the measured latency is still {rounds[-1]['ratio']:.3f} x int8 "
+                           f"(budget {args.latency_budget}): raise the budget, or tune the target's kernels (`tvm-mpq tune`) "
+                           f"and search with --provider measured", {})
+
+
+def measure_pair(setup: Setup, policy, target, rounds: int) -> tuple[float, float]:
+    """Median ms of uniform W8A8 and of ``policy``, timed in turn ``rounds`` times (same minutes)."""
+    import tvm_mpq
+
+    if "int8" not in setup.compiled:
+        setup.compiled["int8"] = tvm_mpq.build(setup.net, int8_policy(setup.net), setup.cal, target, kernel=build_kernel(setup.provider))
+    compiled = (setup.compiled["int8"], tvm_mpq.build(setup.net, policy, setup.cal, target, kernel=build_kernel(setup.provider)))
+    x = setup.test.images[:1].numpy()
+    times = ([], [])
+    for _ in range(max(rounds, 1)):
+        for t, c in zip(times, compiled):
+            t.append(float(np.median(c.time(x, number=10, repeat=3))))
+    return 1e3 * float(np.median(times[0])), 1e3 * float(np.median(times[1]))
+
+
+def lower_policy(net, provider, policy, budget_s: float, fixed: dict, w_range, a_range):
+    """``policy`` with bits lowered (where that saves the most latency per bit) until the provider
+    prices it within ``budget_s``; ``InfeasibleBudget`` if the lowest bits do not fit."""
+    from tvm_mpq.search.env import LatencyTable, fixed_seconds, searchable_layers
+    from tvm_mpq.search.ilp import InfeasibleBudget
+
+    layers = searchable_layers(net, fixed)
+    resolved = policy.resolve(net.layer_names)
+    groups = {l.name: [(g.start, g.stop) for g in resolved[l.name].groups] or [(0, l.out_channels)] for l in layers}
+    table = LatencyTable(provider, layers, groups, w_range, a_range, fixed_seconds(net, provider, fixed))
+    a_bits = {l.name: resolved[l.name].a_bits for l in layers}
+    w_bits = {l.name: [g.w_bits for g in resolved[l.name].groups] or [resolved[l.name].w_bits] for l in layers}
+    _, fits = table.lower_to(budget_s, a_bits, w_bits)
+    if not fits:
+        raise InfeasibleBudget(f"the lowest bits do not fit {1e3 * budget_s:.3f} ms", {})
+    return table.policy(a_bits, w_bits, fixed)
+
+
 def search(args: SearchArgs, setup: Setup) -> dict:
     """Run ``args.method`` under the budget; finetune, compile and measure the result."""
     from tvm_mpq import hardware
@@ -179,20 +245,24 @@ def search(args: SearchArgs, setup: Setup) -> dict:
     result = {"method": args.method, "provider": getattr(provider, "name", args.provider), "budget_fraction": args.latency_budget,
               "accuracy_float": setup.float_accuracy, "int8_predicted_ms": 1e3 * int8_pred_s, "budget_predicted_ms": 1e3 * budget_s}
     sensitivity = None
+    w_range, a_range = BitRange(min(args.w_bits), max(args.w_bits)), BitRange(min(args.a_bits), max(args.a_bits))
     try:
         if args.method == "ilp":
-            batches = [(x, y) for x, y in setup.train.batches(128, shuffle=True, seed=args.seed)][:2]
-            if args.sensitivity == "kl":
-                sensitivity = kl_sensitivity(net, setup.cal, [x for x, _ in batches], w_bits=args.w_bits, a_bits=args.a_bits)
-            else:
-                sensitivity = hessian_sensitivity(net, setup.cal, batches, w_bits=args.w_bits, a_bits=args.a_bits)
+            key = (args.sensitivity, tuple(args.w_bits), tuple(args.a_bits), args.seed)
+            sensitivity = setup.sensitivities.get(key)
+            if sensitivity is None:
+                batches = [(x, y) for x, y in setup.train.batches(128, shuffle=True, seed=args.seed)][:2]
+                if args.sensitivity == "kl":
+                    sensitivity = kl_sensitivity(net, setup.cal, [x for x, _ in batches], w_bits=args.w_bits, a_bits=args.a_bits)
+                else:
+                    sensitivity = hessian_sensitivity(net, setup.cal, batches, w_bits=args.w_bits, a_bits=args.a_bits)
+                setup.sensitivities[key] = sensitivity
             found = ilp_search(net, provider, sensitivity, latency_budget_s=budget_s, w_bits=args.w_bits, a_bits=args.a_bits,
                                fixed=setup.fixed)
             policy, info = found.policy, {"objective": found.objective, **found.info}
         else:
             reward = AccuracyReward(net, setup.cal, setup.train, val_subset(setup.val, args.reward_images), steps=args.reward_steps, seed=args.seed)
             cfg = DDPGConfig(episodes=args.episodes, warmup=min(args.warmup, args.episodes), seed=args.seed)
-            w_range, a_range = BitRange(min(args.w_bits), max(args.w_bits)), BitRange(min(args.a_bits), max(args.a_bits))
             if args.method == "haq":
                 env = QuantEnv(net, provider, reward, latency_budget_s=budget_s, w_range=w_range, a_range=a_range, fixed=setup.fixed)
                 found = haq_search(env, cfg)
@@ -203,16 +273,30 @@ def search(args: SearchArgs, setup: Setup) -> dict:
                 raise InfeasibleBudget(f"no episode of {args.episodes} met the budget", {})
             policy = found.best_policy
             info = {"episodes": len(found.history), "best_reward": found.best_reward, "search_accuracy": found.best_info["metrics"].get("accuracy")}
+        if args.measure and args.budget_rounds and args.provider in ("predicted", "measured"):  # a simulator's budget is not CPU time
+            if args.method == "ilp":
+                def tighten(budget: float):
+                    return ilp_search(net, provider, sensitivity, latency_budget_s=budget, w_bits=args.w_bits, a_bits=args.a_bits,
+                                      fixed=setup.fixed).policy
+            else:
+                def tighten(budget: float):
+                    return lower_policy(net, provider, policy, budget, setup.fixed, w_range, a_range)
+            policy, result["budget_rounds"] = meet_measured_budget(setup, args, policy, budget_s, tighten)
     except InfeasibleBudget as err:
-        return {**result, "feasible": False, "error": str(err), "wall_s": time.perf_counter() - t0}
+        least = err.minimum.get("latency")
+        least_fraction = None if least is None else least / int8_pred_s
+        return {**result, "feasible": False, "error": str(err), "least_fraction": least_fraction, "wall_s": time.perf_counter() - t0}
     result.update(feasible=True, info=info, predicted_ms=1e3 * hardware.network_latency(provider, net, policy))
     result["accuracy_before_finetune"] = policy_accuracy(setup, policy)
     tuned = finetune(setup, policy, args.finetune_epochs, args.seed)
     result["accuracy"] = policy_accuracy(setup, policy, tuned)
     result["search_wall_s"] = time.perf_counter() - t0
     if args.measure:
-        result["int8_latency_ms"] = measure_ms(setup, int8_policy(net), args.target, args.rounds, key="int8")
-        result["latency_ms"] = measure_ms(setup, policy, args.target, args.rounds)
+        if result.get("budget_rounds"):  # the last round timed this policy against int8
+            last = result["budget_rounds"][-1]
+            result["int8_latency_ms"], result["latency_ms"] = last["int8_ms"], last["measured_ms"]
+        else:
+            result["int8_latency_ms"], result["latency_ms"] = measure_pair(setup, policy, args.target, args.rounds)
         result["budget_ms"] = args.latency_budget * result["int8_latency_ms"]
         result["within_budget"] = result["latency_ms"] <= result["budget_ms"]
     result["table"] = layer_table(setup, policy, sensitivity)
@@ -289,8 +373,15 @@ def plot(result: dict, uniform: list[dict], path_prefix: str) -> list[str]:
     return paths
 
 
+def weights_path(policy_path: str) -> str:
+    """Where the finetuned weights of a policy go: ``policy.json`` -> ``policy.pt``."""
+    return os.path.splitext(policy_path)[0] + ".pt"
+
+
 def run(args: SearchArgs) -> dict:
     """The whole ``tvm-mpq search``: returns the JSON summary (and writes the policy, PNGs)."""
+    from tvm_mpq.quant.finetune import save_weights
+
     t0 = time.perf_counter()
     setup = prepare(args)
     result = search(args, setup)
@@ -299,6 +390,8 @@ def run(args: SearchArgs) -> dict:
         policy = result["policy_obj"]
         policy.save(args.out)
         summary["policy"] = os.path.abspath(args.out)
+        summary["weights"] = os.path.abspath(save_weights(
+            weights_path(args.out), result["network_obj"], setup.cal, model=args.model, model_kwargs=args.model_kwargs, policy=policy))
         if args.png_dir:
             os.makedirs(args.png_dir, exist_ok=True)
             uniform = uniform_points(args, setup)

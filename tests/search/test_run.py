@@ -1,0 +1,104 @@
+"""search.run: the measured-budget loop tightens the provider's budget by each measured miss until
+the compiled policy meets the budget (ILP: solved again; RL: the found policy's bits lowered), and
+says so when a tightened budget has no solution. Timing is replaced by a deterministic stand-in
+(the provider's price times a fixed miss), so what is tested is the loop, not this machine's speed."""
+
+from types import SimpleNamespace
+
+import pytest
+
+import tvm_mpq
+from tvm_mpq import hardware
+from tvm_mpq.quant.sensitivity import Sensitivity
+from tvm_mpq.search import run as srun
+from tvm_mpq.search.env import BitRange
+from tvm_mpq.search.ilp import InfeasibleBudget, ilp_search
+
+W_BITS, A_BITS = (1, 2, 4, 8), (2, 4, 8)
+
+
+@pytest.fixture
+def setup(digits_net):
+    _, _, net = digits_net
+    names = [l.name for l in net.layers if l.supported]
+    return SimpleNamespace(net=net, provider=hardware.simulator("bitfusion"), fixed={names[0]: (8, 8), names[-1]: (8, 8)}, compiled={})
+
+
+@pytest.fixture
+def sensitivity(setup):
+    names = [l.name for l in setup.net.layers if l.supported]
+    return Sensitivity({n: {b: (i + 1) / b for b in W_BITS} for i, n in enumerate(names)},
+                       {n: {b: (i + 1) / b ** 2 for b in A_BITS} for i, n in enumerate(names)}, "toy")
+
+
+def fake_timer(monkeypatch, setup, miss: float):
+    """``measure_pair`` that reads the provider's price: int8 as priced, the policy ``miss`` x slower."""
+    calls = []
+
+    def measure_pair(s, policy, target, rounds):
+        calls.append(policy)
+        int8 = hardware.network_latency(setup.provider, setup.net, srun.int8_policy(setup.net))
+        return 1e3 * int8, 1e3 * miss * hardware.network_latency(setup.provider, setup.net, policy)
+
+    monkeypatch.setattr(srun, "measure_pair", measure_pair)
+    return calls
+
+
+def ilp_tighten(setup, sensitivity):
+    return lambda budget: ilp_search(setup.net, setup.provider, sensitivity, latency_budget_s=budget, w_bits=W_BITS, a_bits=A_BITS,
+                                     fixed=setup.fixed).policy
+
+
+def test_ilp_budget_tightened_until_the_measurement_meets_it(setup, sensitivity, monkeypatch):
+    calls = fake_timer(monkeypatch, setup, miss=1.2)
+    args = srun.SearchArgs(model="digits_cnn", latency_budget=0.8, budget_rounds=3)
+    int8_s = hardware.network_latency(setup.provider, setup.net, srun.int8_policy(setup.net))
+    first = ilp_tighten(setup, sensitivity)(0.8 * int8_s)
+    policy, rounds = srun.meet_measured_budget(setup, args, first, 0.8 * int8_s, ilp_tighten(setup, sensitivity))
+    assert rounds[0]["ratio"] > 0.8  # priced within the budget, "measured" 20% over it
+    assert rounds[-1]["ratio"] <= 0.8 and len(rounds) >= 2 and len(calls) == len(rounds)
+    assert rounds[1]["predicted_budget_ms"] < rounds[0]["predicted_budget_ms"]
+    assert hardware.network_latency(setup.provider, setup.net, policy) * 1.2 <= 0.8 * int8_s * (1 + 1e-9)
+
+
+def test_a_policy_that_meets_the_budget_is_kept(setup, sensitivity, monkeypatch):
+    fake_timer(monkeypatch, setup, miss=1.0)
+    args = srun.SearchArgs(model="digits_cnn", latency_budget=0.8, budget_rounds=3)
+    int8_s = hardware.network_latency(setup.provider, setup.net, srun.int8_policy(setup.net))
+    first = ilp_tighten(setup, sensitivity)(0.8 * int8_s)
+    policy, rounds = srun.meet_measured_budget(setup, args, first, 0.8 * int8_s, lambda b: pytest.fail("tightened a policy that fits"))
+    assert policy is first and len(rounds) == 1
+
+
+def test_an_unreachable_measured_budget_is_infeasible_with_the_reason(setup, sensitivity, monkeypatch):
+    fake_timer(monkeypatch, setup, miss=20.0)
+    args = srun.SearchArgs(model="digits_cnn", latency_budget=0.8, budget_rounds=3)
+    int8_s = hardware.network_latency(setup.provider, setup.net, srun.int8_policy(setup.net))
+    first = ilp_tighten(setup, sensitivity)(0.8 * int8_s)
+    with pytest.raises(InfeasibleBudget, match="measured .* over the budget 0.8"):
+        srun.meet_measured_budget(setup, args, first, 0.8 * int8_s, ilp_tighten(setup, sensitivity))
+
+
+def test_rl_policy_lowered_to_a_tighter_budget(setup):
+    """An RL method's policy is not searched again: its bits (channel groups included) are lowered
+    where that saves the most, and nothing is raised."""
+    net, provider = setup.net, setup.provider
+    conv = next(l for l in net.layers if l.supported and l.name not in setup.fixed and l.out_channels >= 4)
+    half = conv.out_channels // 2
+    found = tvm_mpq.QuantPolicy.from_dict({"version": 1, "_default": {"w_bits": 8, "a_bits": 8}, "layers": {
+        conv.name: {"a_bits": 8, "groups": [{"channels": [0, half], "w_bits": 8}, {"channels": [half, conv.out_channels], "w_bits": 4}]}}})
+    before = hardware.network_latency(provider, net, found)
+    lowered = srun.lower_policy(net, provider, found, 0.7 * before, setup.fixed, BitRange(1, 8), BitRange(2, 8))
+    assert hardware.network_latency(provider, net, lowered) <= 0.7 * before * (1 + 1e-9)
+    old, new = found.resolve(net.layer_names), lowered.resolve(net.layer_names)
+    for name in net.layer_names:
+        if old[name].is_float:
+            continue
+        assert new[name].a_bits <= old[name].a_bits
+        old_w = [g.w_bits for g in old[name].groups] or [old[name].w_bits]
+        new_w = [g.w_bits for g in new[name].groups] or [new[name].w_bits]
+        assert len(new_w) == len(old_w) and all(n <= o for n, o in zip(new_w, old_w))
+    for name, bits in setup.fixed.items():
+        assert (new[name].w_bits, new[name].a_bits) == bits
+    with pytest.raises(InfeasibleBudget):
+        srun.lower_policy(net, provider, found, 1e-3 * before, setup.fixed, BitRange(1, 8), BitRange(2, 8))
