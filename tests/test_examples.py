@@ -27,7 +27,7 @@ def test_demo_quick_path(tmp_path):
                           capture_output=True, text=True, timeout=900, env={**os.environ, "TVM_MPQ_CACHE": str(tmp_path / "cache")})
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "max |TVM - torch simulation| = 0 " in proc.stdout
-    for row in ("float (TVM)", "uniform W8A8 (TVM)", "ILP policy @ 0.9x", "PyTorch int8"):
+    for row in ("float (TVM)", "uniform W8A8 (TVM)", "uniform W4A4 (TVM)", "uniform W2A2 (TVM)", "ILP policy @ 0.9x", "PyTorch int8"):
         assert row in proc.stdout
     assert (tmp_path / "demo_pareto.png").exists() and (tmp_path / "policy.json").exists() and (tmp_path / "policy.so").exists()
 

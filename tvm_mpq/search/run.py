@@ -189,7 +189,7 @@ def meet_measured_budget(setup: Setup, args: SearchArgs, policy, budget_s: float
             policy = tighten(budget_s)
         except InfeasibleBudget as err:
             raise InfeasibleBudget(f"measured {ratio:.3f} x int8 over the budget {args.latency_budget}, and tightening the "
-                                   f"predicted budget to {1e3 * budget_s:.3f} ms has no solution: {err}", getattr(err, "minimum", {})) from None
+                                   f"predicted budget to {1e3 * budget_s:.3f} ms has no solution: {err}", {}) from None
     raise InfeasibleBudget(f"after {args.budget_rounds} tightening rounds the measured latency is still {rounds[-1]['ratio']:.3f} x int8 "
                            f"(budget {args.latency_budget}): raise the budget, or tune the target's kernels (`tvm-mpq tune`) "
                            f"and search with --provider measured", {})
@@ -345,10 +345,14 @@ def plot(result: dict, uniform: list[dict], path_prefix: str) -> list[str]:
 
     paths = []
     fig, ax = plt.subplots(figsize=(5, 4))
-    pts = [p for p in uniform if p["latency_ms"] is not None]
+    pts = [p for p in uniform if p["latency_ms"] is not None and p["label"] != "float"]
     ax.scatter([p["latency_ms"] for p in pts], [100 * p["accuracy"] for p in pts], marker="s", label="uniform")
     for p in pts:
-        ax.annotate(p["label"], (p["latency_ms"], 100 * p["accuracy"]))
+        ax.annotate(p["label"], (p["latency_ms"], 100 * p["accuracy"]), fontsize=8, xytext=(3, 3), textcoords="offset points")
+    for p in uniform:  # float is an accuracy reference: its latency is off the scale of the integer points
+        if p["label"] == "float":
+            ms = f", {p['latency_ms']:.2f} ms" if p["latency_ms"] is not None else ""
+            ax.axhline(100 * p["accuracy"], ls="--", color="gray", lw=0.8, label=f"float ({100 * p['accuracy']:.2f}%{ms})")
     if result.get("latency_ms") is not None:
         ax.scatter([result["latency_ms"]], [100 * result["accuracy"]], marker="*", s=150, label=result["method"])
     ax.set_xlabel("measured latency (ms)")
