@@ -15,7 +15,11 @@ functions::
 and ``main`` calls it (``mpq_layer(x)``, or ``mpq_layer(x, shortcut)`` with a fused residual add:
 the kernel's epilogue then adds the shortcut before the activation). The module still compiles (in float) without lowering;
 :class:`~tvm_mpq.passes.LowerToKernels` replaces these calls with integer kernels. Float layers are
-left untouched. A policy that names a layer the module does not have is an error. Convolutions and
+left untouched, unless ``float_layers=True`` (what :func:`tvm_mpq.build` uses): then every float32
+conv2d (groups=1) / dense layer the policy keeps in float is outlined the same way with
+``w_bits = a_bits = 32`` (``"mpq.groups": [[0, O, 32]]``), for LowerToKernels' float kernel
+(:mod:`tvm_mpq.kernels.fp32`); grouped / depthwise float convs stay on TVM's generic path.
+A policy that names a layer the module does not have is an error. Convolutions and
 matmuls that no integer kernel implements (grouped or transposed convolutions, matmuls of two
 activations, ...) stay float with a warning listing them; with ``strict=True`` they are an error.
 """
@@ -28,6 +32,7 @@ from types import SimpleNamespace
 
 from tvm_mpq._tvm import Constant, relax, tvm
 from tvm_mpq.frontend import LAYERS_ATTR, _layer_table, float_ops, is_op
+from tvm_mpq.kernels import fp32
 from tvm_mpq.policy import QuantPolicy
 
 logger = logging.getLogger(__name__)
@@ -159,11 +164,12 @@ class _Outliner(relax.PyExprMutator):
 class AnnotateBitwidth:
     """Attach per-layer / per-channel-group bitwidths from ``policy`` to the module's layers."""
 
-    def __init__(self, policy: QuantPolicy, strict: bool = False):
+    def __init__(self, policy: QuantPolicy, strict: bool = False, float_layers: bool = False):
         if not isinstance(policy, QuantPolicy):
             raise TypeError(f"AnnotateBitwidth needs a tvm_mpq.QuantPolicy, got {type(policy).__name__}")
         self.policy = policy
         self.strict = bool(strict)
+        self.float_layers = bool(float_layers)
 
     def _left_float(self, func, layers, resolved) -> list[str]:
         """``"name: reason"`` of the convolutions / matmuls that stay float although the policy quantizes
@@ -198,10 +204,12 @@ class AnnotateBitwidth:
         plan = {}
         for layer in layers:
             bits = resolved[layer.name]
-            if bits.is_float:
-                continue
             idx = by_var[layer.name]
             layer_binding = bindings[idx]
+            if bits.is_float and not (
+                self.float_layers and fp32.handles(layer.kind) and layer_binding.value.args[0].ty.dtype == "float32"
+            ):
+                continue
             bias_binding = None
             if uses.get(layer_binding.var, 0) == 1:
                 for nxt in bindings[idx + 1 :]:

@@ -14,7 +14,9 @@ For each outlined layer function (attribute ``mpq.layer``):
 
 Each conv2d/dense kernel is one of :mod:`tvm_mpq.kernels.registry` (``kernel="auto"`` picks by
 target and bits; a name or a callable ``(layer, kind, w_bits, a_bits, target) -> name`` overrides)
-and is scheduled for the target right here; scheduled kernels are marked opaque so that later
+and is scheduled for the target right here. A float layer (``w_bits = a_bits = 32``, outlined by
+``AnnotateBitwidth(..., float_layers=True)``) runs on the float32 kernel of
+:mod:`tvm_mpq.kernels.fp32` with the same fused epilogue (bias, residual, ReLU/ReLU6); scheduled kernels are marked opaque so that later
 fusion passes leave them alone. The outlined function is then removed; everything else is left to
 TVM's pipeline.
 """
@@ -27,7 +29,7 @@ from functools import partial
 import numpy as np
 
 from tvm_mpq._tvm import Constant, Target, parse_target, relax, tvm
-from tvm_mpq.kernels import bitserial, x86
+from tvm_mpq.kernels import bitserial, fp32, x86
 from tvm_mpq.kernels.registry import KERNELS, apply_schedule, resolve_kernel, schedule_kernel
 from tvm_mpq.kernels.spec import DenseSpec, group_spec
 from tvm_mpq.frontend import conv_spec, is_op
@@ -97,6 +99,8 @@ class _Lowerer(relax.PyExprMutator):
         kind = str(func.attrs[KIND_ATTR])
         a_bits = int(func.attrs[A_BITS_ATTR])
         groups = [tuple(int(v) for v in g) for g in func.attrs[GROUPS_ATTR]]
+        if a_bits >= 32 and all(bits >= 32 for *_, bits in groups):
+            return self._lower_float(x, residual, func, name, kind)
         layer_call, w, bias, act = _parse_layer(func)
         out = act or "float"
         fused = {} if residual is None else {"residual": residual}
@@ -152,6 +156,31 @@ class _Lowerer(relax.PyExprMutator):
             return relax.op.nn.relu(y)
         return relax.op.clip(y, 0.0, 6.0) if act == "relu6" else y
 
+    def _lower_float(self, x, residual, func, name: str, kind: str):
+        """A float conv2d / dense layer on the float32 kernel (no calibration, no quantization)."""
+        layer_call, w, bias, act = _parse_layer(func)
+        in_shape = tuple(int(d) for d in x.ty.shape)
+        if kind == "dense":
+            spec = DenseSpec(batch=in_shape[0], in_features=in_shape[1], out_features=w.shape[0])
+            te_func = fp32.fp32_dense
+        else:
+            spec = conv_spec(in_shape, w.shape, layer_call.attrs)
+            te_func = fp32.fp32_conv2d
+        if not fp32.handles(spec.kind):
+            raise ValueError(f"layer '{name}': no float kernel for {spec.kind}; leave it to TVM (AnnotateBitwidth without float_layers)")
+        lanes = fp32.lanes_for(self.target)
+        bias = np.zeros(w.shape[0], np.float32) if bias is None else bias
+        fused = {} if residual is None else {"residual": residual}
+        call = self.builder_.call_te(
+            partial(te_func, spec=spec, out=act or "float", lanes=lanes), x, relax.const(fp32.prepare_weights(w, lanes)), relax.const(bias),
+            **fused, primfunc_name_hint=f"mpq_{kind}_{name.replace('.', '_')}_{fp32.NAME}",
+            primfunc_attrs={"mpq.layer": name, "mpq.a_bits": 32, "mpq.w_bits": 32, "mpq.kernel": fp32.NAME},
+        )
+        self.schedules[call.args[0].name_hint] = partial(apply_schedule, schedule=fp32.schedule_fp32)
+        self.choices[name] = [fp32.NAME]
+        self.lowered.append(name)
+        return call
+
 
 @tvm.transform.module_pass(opt_level=0, name="tvm_mpq.LowerToKernels")
 class LowerToKernels:
@@ -183,7 +212,7 @@ class LowerToKernels:
             result = _remove(result, gv)
         result = _schedule(result, lowerer.schedules)
         self.choices = dict(lowerer.choices)
-        logger.info("lowered %d layers to integer kernels", len(lowerer.lowered))
+        logger.info("lowered %d layers to kernels", len(lowerer.lowered))
         return result
 
 

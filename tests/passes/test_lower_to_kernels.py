@@ -102,3 +102,24 @@ def test_kernel_callable_decides_per_layer(digits_net):
     assert {s[0] for s in seen} == {l.name for l in net.layers if l.kind in ("conv2d", "dense")}
     assert all(s[2:] == (4, 4) for s in seen)
     assert all(k in (["bitserial_ref"], ["depthwise"]) for k in compiled.kernels.values())
+
+
+def test_float_layers_lower_to_the_fp32_kernel_with_their_fusion():
+    """With float_layers=True a float policy's conv2d / dense layers become opaque float32 kernels
+    that keep the fused bias, residual add and ReLU; without it they stay in Relax (TVM's path)."""
+    model, inputs = tvm_mpq.models.get("digits_resnet", width=8)
+    net = tvm_mpq.import_torch(model, inputs)
+    policy = tvm_mpq.QuantPolicy({}, default=tvm_mpq.LayerBits(32, 32))
+    cal = tvm_mpq.calibrate(net, [inputs])
+    lower = LowerToKernels(calibration=cal)
+    mod = tvm.transform.Sequential([AnnotateBitwidth(policy, float_layers=True), lower])(net.mod)
+    kernels = {gv.name_hint: f for gv, f in mod.functions.items() if not isinstance(f, relax.Function)}
+    assert len(kernels) == len(net.layers) and lower.choices == {l.name: ["fp32"] for l in net.layers}
+    assert all(int(f.attrs["op_pattern"]) == 8 and str(f.attrs["mpq.kernel"]) == "fp32" for f in kernels.values())
+    # x, weights, bias, [residual], out: the blocks' last convs take the shortcut
+    assert any(len(f.params) == 5 for f in kernels.values())
+    main_ops = set()
+    relax.analysis.post_order_visit(mod["main"], lambda e: main_ops.add(e.op.name) if isinstance(e, relax.Call) and isinstance(e.op, tvm.ir.Op) else None)
+    assert "relax.nn.conv2d" not in main_ops and "relax.nn.relu" not in main_ops
+    untouched = AnnotateBitwidth(policy)(net.mod)
+    tvm.ir.assert_structural_equal(untouched, net.mod)

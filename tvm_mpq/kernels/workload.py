@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from tvm_mpq._tvm import parse_target, te, tensor, topi, tvm
-from tvm_mpq.kernels import bitserial, reference, x86
+from tvm_mpq.kernels import bitserial, fp32, reference, x86
 from tvm_mpq.kernels.registry import apply_schedule, resolve_kernel, schedule_kernel
 from tvm_mpq.kernels.spec import DenseSpec
 
@@ -91,36 +91,41 @@ def build_layer_kernel(spec, w_bits: int, a_bits: int, kernel: str = "auto", tar
     return LayerKernel(spec, kernel, w_bits, a_bits, func, args, ref.float_output())
 
 
-def build_float_layer(spec, target=None, seed: int = 0) -> LayerKernel:
-    """The layer as our pipeline runs a float layer: TOPI conv2d / dense + bias, scheduled by
-    :class:`~tvm_mpq.passes.ScheduleGeneric` (what a float entry of a policy costs)."""
+def build_float_layer(spec, target=None, seed: int = 0, knobs=None) -> LayerKernel:
+    """The layer as our pipeline runs a float layer (what a float entry of a policy costs): the
+    float32 kernel of :mod:`tvm_mpq.kernels.fp32` for a conv2d (groups=1) / dense, TOPI's grouped
+    conv + bias scheduled by :class:`~tvm_mpq.passes.ScheduleGeneric` for a grouped / depthwise one."""
     from tvm_mpq.passes.schedule_generic import schedule_function
 
     tgt = parse_target(target)
     dense = isinstance(spec, DenseSpec)
     in_shape, x, w, bias = _layer_data(spec, seed)
     xt = te.placeholder(in_shape, "float32", name="x")
-    wt = te.placeholder(w.shape, "float32", name="w")
     bt = te.placeholder(bias.shape, "float32", name="bias")
     if dense:
-        y = topi.nn.dense(xt, wt)
-        out = te.compute(spec.out_shape, lambda b, o: y[b, o] + bt[o], name="bias_add")
-        expected = x @ w.T + bias
+        expected = x.astype(np.float64) @ w.T.astype(np.float64) + bias
     else:
-        if spec.groups == 1:
-            y = topi.nn.conv2d_nchw(xt, wt, spec.strides, spec.padding, spec.dilation)
-        else:
-            y = topi.nn.group_conv2d_nchw(xt, wt, spec.strides, spec.padding, spec.dilation, spec.groups)
-        out = te.compute(spec.out_shape, lambda b, o, i, j: y[b, o, i, j] + bt[o], name="bias_add")
         expected = reference.conv2d_np(x.astype(np.float64), w.astype(np.float64), spec) + bias.reshape(1, -1, 1, 1)
-    func = schedule_function(te.create_prim_func([xt, wt, bt, out]))
+    if fp32.handles(spec.kind):
+        lanes = fp32.lanes_for(tgt)
+        w_arg = fp32.prepare_weights(w, lanes)
+        wt = te.placeholder(w_arg.shape, "float32", name="w")
+        kernel = fp32.fp32_dense if dense else fp32.fp32_conv2d
+        out = kernel(xt, wt, bt, spec=spec, lanes=lanes)
+        func = apply_schedule(te.create_prim_func([xt, wt, bt, out]), fp32.schedule_fp32, knobs)
+    else:
+        w_arg = w
+        wt = te.placeholder(w.shape, "float32", name="w")
+        y = topi.nn.group_conv2d_nchw(xt, wt, spec.strides, spec.padding, spec.dilation, spec.groups)
+        out = te.compute(spec.out_shape, lambda b, o, i, j: y[b, o, i, j] + bt[o], name="bias_add")
+        func = schedule_function(te.create_prim_func([xt, wt, bt, out]))
     func = tvm.compile(tvm.IRModule({"main": func}), target=tgt)
-    args = [tensor(x), tensor(w), tensor(bias), tensor(np.zeros(spec.out_shape, np.float32))]
+    args = [tensor(x), tensor(w_arg), tensor(bias), tensor(np.zeros(spec.out_shape, np.float32))]
     return LayerKernel(spec, "fp32", 32, 32, func, args, expected.astype(np.float32))
 
 
 def build_candidate(spec, kernel: str, w_bits: int, a_bits: int, target=None, knobs=None) -> LayerKernel:
     """Any tuning candidate: ``kernel`` is ``"fp32"``, ``"depthwise"`` or a registry kernel."""
     if kernel == "fp32":
-        return build_float_layer(spec, target)
+        return build_float_layer(spec, target, knobs=knobs or None)
     return build_layer_kernel(spec, w_bits, a_bits, kernel=kernel, target=target, knobs=knobs)
