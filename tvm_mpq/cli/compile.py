@@ -28,7 +28,8 @@ class CompileArgs:
 
 def layer_rows(net, bits: dict, kernels: dict | None = None) -> list[dict]:
     """One row per conv/dense layer: name, kind, weight bits (a list for channel groups), activation
-    bits, and what runs it (kernel per channel group, ``["float"]`` on TVM's float path)."""
+    bits, and what runs it (kernel per channel group; ``["fp32"]`` for a float layer on the float kernel,
+    ``["float"]`` on TVM's generic float path)."""
     rows = []
     for layer in net.layers:
         b = bits[layer.name]

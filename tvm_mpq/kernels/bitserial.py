@@ -88,13 +88,18 @@ def epilogue(shape, acc_fn, channel_of, bias_q, out_scale, dead_bias, out: str, 
         y = v * out_scale[o] + dead_bias[o]
         if residual is not None:
             y = y + residual[i]
-        if out == "relu":
-            return te.max(y, tirx.const(0.0, "float32"))
-        if out == "relu6":
-            return te.min(te.max(y, tirx.const(0.0, "float32")), tirx.const(6.0, "float32"))
-        return y
+        return activation(y, out)
 
     return te.compute(shape, body, name=name, tag=tag)
+
+
+def activation(y, out: str):
+    """The fused activation of every kernel's epilogue: ``out`` is "float" (none), "relu" or "relu6"."""
+    if out == "relu":
+        return te.max(y, tirx.const(0.0, "float32"))
+    if out == "relu6":
+        return te.min(te.max(y, tirx.const(0.0, "float32")), tirx.const(6.0, "float32"))
+    return y
 
 
 def bitserial_conv2d(

@@ -27,6 +27,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from tvm_mpq._tvm import Schedule, Target, te, target_features, tirx
+from tvm_mpq.kernels.bitserial import activation
 from tvm_mpq.kernels.spec import ConvSpec, DenseSpec, ceil_div
 
 #: Name LowerToKernels / ``build(...).kernels`` report for layers run here.
@@ -81,11 +82,7 @@ def _epilogue(shape, acc_fn, channel_of, bias, out: str, tag: str, residual=None
         y = acc_fn(*i) + bias[channel_of(i)]
         if residual is not None:
             y = y + residual[i]
-        if out == "relu":
-            return te.max(y, tirx.const(0.0, "float32"))
-        if out == "relu6":
-            return te.min(te.max(y, tirx.const(0.0, "float32")), tirx.const(6.0, "float32"))
-        return y
+        return activation(y, out)
 
     return te.compute(shape, body, name=OUT_BLOCK, tag=tag)
 
@@ -154,14 +151,6 @@ def default_knobs(out_width: int, oc_blocks: int, lanes: int = AVX512_LANES) -> 
     return Fp32Knobs(*best)
 
 
-def _find_block(sch: Schedule, name: str):
-    for rv in sch.get_child_blocks(sch.get_sblock("root")):
-        hint = sch.get(rv).name_hint
-        if hint == name or hint.startswith(name + "_"):
-            return rv
-    return None
-
-
 def schedule_fp32(sch: Schedule, knobs: "Fp32Knobs | dict | None" = None) -> Fp32Knobs:
     """Schedule the float conv/dense in ``sch`` (in place); returns the knobs.
 
@@ -170,10 +159,10 @@ def schedule_fp32(sch: Schedule, knobs: "Fp32Knobs | dict | None" = None) -> Fp3
     each tile in a local buffer: reduction (C, KH, KW) outside, the tile's pixels and channel
     vectors unrolled, the ``lanes`` channels vectorized (one FMA each).
     """
-    from tvm_mpq.kernels.x86 import tile_loops
+    from tvm_mpq.kernels.x86 import find_block, tile_loops
 
-    acc = _find_block(sch, ACC_BLOCK)
-    out = _find_block(sch, OUT_BLOCK)
+    acc = find_block(sch, ACC_BLOCK)
+    out = find_block(sch, OUT_BLOCK)
     _, o_blocks, _, out_w, lanes = (int(v) for v in sch.get(acc).writes[0].source.shape)
     if isinstance(knobs, dict):
         knobs = Fp32Knobs(**knobs) if knobs else None
@@ -198,7 +187,7 @@ def schedule_fp32(sch: Schedule, knobs: "Fp32Knobs | dict | None" = None) -> Fp3
     if reduction:
         init = sch.decompose_reduction(acc, reduction[0])
         sch.vectorize(sch.get_loops(init)[-1])
-    pad = _find_block(sch, PAD_BLOCK)
+    pad = find_block(sch, PAD_BLOCK)
     if pad is not None:
         sch.parallel(sch.fuse(*sch.get_loops(pad)[:2]))
     return knobs
