@@ -356,11 +356,13 @@ def main(argv=None) -> int:
         if not args.cached_only and name in args.rl_targets:
             run_searches(setup, [m for m in args.methods if m != "ilp"], args.rl_budgets or args.budgets, args, state)
     search_s = time.perf_counter() - t0
+    from tvm_mpq._tvm import default_cores
+
     timings = {} if args.no_timing else time_all(setups, state, args)
     text, summary = report(setups, state, timings, args)
     header = (f"benchmarks/search.py {' '.join(sys.argv[1:] if argv is None else argv)}\n"
               f"{datetime.datetime.now():%Y-%m-%d %H:%M}, searches+finetunes this run {search_s:.0f} s, "
-              f"TVM threads {os.environ.get('TVM_NUM_THREADS', 'default')}")
+              f"TVM threads {os.environ.get('TVM_NUM_THREADS') or default_cores()}")
     print(header + text)
     pngs = plot(setups, summary, args.out)
     print("\nPNG: " + ", ".join(pngs))
