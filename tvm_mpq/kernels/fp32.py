@@ -159,7 +159,7 @@ def schedule_fp32(sch: Schedule, knobs: "Fp32Knobs | dict | None" = None) -> Fp3
     each tile in a local buffer: reduction (C, KH, KW) outside, the tile's pixels and channel
     vectors unrolled, the ``lanes`` channels vectorized (one FMA each).
     """
-    from tvm_mpq.kernels.x86 import find_block, tile_loops
+    from tvm_mpq.kernels.x86 import find_block, tile_loops, tile_output
 
     acc = find_block(sch, ACC_BLOCK)
     out = find_block(sch, OUT_BLOCK)
@@ -168,15 +168,7 @@ def schedule_fp32(sch: Schedule, knobs: "Fp32Knobs | dict | None" = None) -> Fp3
         knobs = Fp32Knobs(**knobs) if knobs else None
     if knobs is None:
         knobs = default_knobs(out_w, o_blocks, lanes)
-    n, o, y, x = sch.get_loops(out)
-    oo, ob, oi = sch.split(o, [None, knobs.oc_blocks, lanes])
-    xo, xi = sch.split(x, [None, knobs.ow_block])
-    sch.reorder(n, oo, y, xo, ob, oi, xi)
-    sch.parallel(sch.fuse(n, oo, y))
-    sch.vectorize(xi)
-    sch.set_scope(acc, 0, "local")
-    sch.compute_at(acc, xo)
-    rc_n, kh_n, kw_n = (int(iv.dom.extent) for iv in sch.get(acc).iter_vars[5:8])
+    xo, (rc_n, kh_n, kw_n) = tile_output(sch, acc, out, knobs.oc_blocks, knobs.ow_block, lanes)
     loops = tile_loops(sch, acc, xo, {"ob": knobs.oc_blocks, "x": knobs.ow_block, "oi": lanes, "rc": rc_n, "kh": kh_n, "kw": kw_n})
     reduction = [loops[k] for k in ("rc", "kh", "kw") if k in loops]
     spatial = [loops[k] for k in ("ob", "x") if k in loops]

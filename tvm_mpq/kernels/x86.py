@@ -149,6 +149,22 @@ def find_block(sch: Schedule, name: str):
     return None
 
 
+def tile_output(sch: Schedule, acc, out, oc_blocks: int, ow_block: int, lanes: int):
+    """The register-tile nest shared by the byte and float kernels: the output's channels split
+    into ``oc_blocks`` vectors of ``lanes``, its rows into ``ow_block`` pixels; (image, channel
+    tile, row) fused into the parallel loop, the pixel loop vectorized; the accumulator ``acc`` in
+    a local buffer computed at each tile. Returns the tile loop and acc's (C, KH, KW) extents."""
+    n, o, y, x = sch.get_loops(out)
+    oo, ob, oi = sch.split(o, [None, oc_blocks, lanes])
+    xo, xi = sch.split(x, [None, ow_block])
+    sch.reorder(n, oo, y, xo, ob, oi, xi)
+    sch.parallel(sch.fuse(n, oo, y))
+    sch.vectorize(xi)
+    sch.set_scope(acc, 0, "local")
+    sch.compute_at(acc, xo)
+    return xo, tuple(int(iv.dom.extent) for iv in sch.get(acc).iter_vars[5:8])
+
+
 def tile_loops(sch: Schedule, block, outer, extents: dict[str, int]) -> dict:
     """Name the loops of ``block`` below ``outer`` (compute_at drops unit loops, in this order)."""
     loops = sch.get_loops(block)
@@ -179,15 +195,7 @@ def schedule_int8_conv(sch: Schedule, knobs: Int8Knobs | None = None, lanes=int8
     _, o_blocks, _, out_w, _ = (int(v) for v in region.source.shape)
     if knobs is None:
         knobs = default_int8_knobs(out_w, o_blocks, lanes)
-    n, o, y, x = sch.get_loops(out)
-    oo, ob, oi = sch.split(o, [None, knobs.oc_blocks, lanes.oc])
-    xo, xi = sch.split(x, [None, knobs.ow_block])
-    sch.reorder(n, oo, y, xo, ob, oi, xi)
-    sch.parallel(sch.fuse(n, oo, y))
-    sch.vectorize(xi)
-    sch.set_scope(acc, 0, "local")
-    sch.compute_at(acc, xo)
-    rc_n, kh_n, kw_n = (int(iv.dom.extent) for iv in sch.get(acc).iter_vars[5:8])
+    xo, (rc_n, kh_n, kw_n) = tile_output(sch, acc, out, knobs.oc_blocks, knobs.ow_block, lanes.oc)
     loops = tile_loops(sch, acc, xo, {"ob": knobs.oc_blocks, "x": knobs.ow_block, "oi": lanes.oc, "rc": rc_n, "kh": kh_n, "kw": kw_n, "ri": lanes.ic})
     order = ("kh", "kw", "rc") if knobs.kernel_outer else ("rc", "kh", "kw")
     reduction = [loops[k] for k in order if k in loops]
