@@ -68,5 +68,7 @@ def test_bad_input(cache, capsys):
     assert main(["search", "resnet19"]) == EXIT_USAGE
     assert main(["search", "digits_cnn", "--latency-budget", "0"]) == EXIT_USAGE
     assert "fraction" in capsys.readouterr().err
+    assert main(["search", "digits_cnn", "--budget-rounds", "-1"]) == EXIT_USAGE
+    assert "--budget-rounds must be >= 0" in capsys.readouterr().err
     assert main(["search", "digits_cnn", "--provider", "measured"]) == EXIT_USAGE
     assert "--db" in capsys.readouterr().err

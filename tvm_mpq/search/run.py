@@ -60,6 +60,8 @@ class SearchArgs:
             raise ValueError("--provider measured needs --db (tuning records; new points are measured and appended)")
         if self.calibration not in ("minmax", "percentile"):
             raise ValueError(f"--calibration must be 'minmax' or 'percentile', got {self.calibration!r}")
+        if self.budget_rounds < 0:
+            raise ValueError(f"--budget-rounds must be >= 0 (0: trust the provider's latency), got {self.budget_rounds}")
         if self.sensitivity not in ("kl", "hessian"):
             raise ValueError(f"--sensitivity must be 'kl' or 'hessian', got {self.sensitivity!r}")
 
