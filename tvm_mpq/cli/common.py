@@ -4,6 +4,7 @@ a model (with its calibration), a target and a policy from command-line values."
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 from dataclasses import dataclass
 
@@ -150,13 +151,28 @@ def import_model(margs: ModelArgs):
 
     torch_model, inputs = load_torch(margs)
     if margs.weights_file:
-        from tvm_mpq.quant.finetune import load_weights
-
-        try:
-            torch_model, _ = load_weights(margs.weights_file, margs.model, inputs)
-        except ValueError as err:
-            raise UsageError(f"--weights: {err}") from None
+        torch_model = finetuned(margs, inputs)[0]
     return tvm_mpq.import_torch(torch_model, inputs), inputs
+
+
+def finetuned(margs: ModelArgs, inputs) -> tuple:
+    """``(folded torch model, Calibration)`` of ``margs.weights_file`` (read once: import and
+    calibration both ask); a bad file is a :class:`UsageError`."""
+    try:
+        path = margs.weights_file
+        stamp = os.stat(path).st_mtime_ns if os.path.isfile(path) else None  # a rewritten file is read again
+        return _read_weights(path, stamp, margs.model, tuple(tuple(x.shape) for x in inputs))
+    except ValueError as err:
+        raise UsageError(f"--weights: {err}") from None
+
+
+@functools.lru_cache(maxsize=2)
+def _read_weights(path: str, stamp, model: str, shapes: tuple):
+    import torch
+
+    from tvm_mpq.quant.finetune import load_weights
+
+    return load_weights(path, model, tuple(torch.zeros(s) for s in shapes))
 
 
 def calibrate_model(margs: ModelArgs, net, inputs) -> Prepared:
@@ -166,9 +182,7 @@ def calibrate_model(margs: ModelArgs, net, inputs) -> Prepared:
 
     batches = calibration_batches(margs, inputs)
     if margs.weights_file:
-        from tvm_mpq.quant.finetune import load_weights
-
-        cal = load_weights(margs.weights_file, margs.model, inputs)[1]
+        cal = finetuned(margs, inputs)[1]
     else:
         cal = tvm_mpq.calibrate(net, batches, method=margs.calibration)
     example = tuple(x[:1] for x in batches[0]) if margs.model in DIGITS_MODELS else tuple(inputs)
