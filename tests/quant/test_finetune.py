@@ -71,3 +71,45 @@ def test_weights_file_round_trip_and_refusals(tmp_path, digits_net):
         load_weights(tmp_path / "v.pt", "digits_cnn", inputs)
     with pytest.raises(ValueError, match="does not exist"):
         load_weights(tmp_path / "none.pt", "digits_cnn", inputs)
+
+
+def test_renorm_identity_at_8_bits_and_fold_matches(trained_digits):
+    """Renorm: at W8A8 the renormalized model scores at least what the plain one does (8 bits
+    change little: nothing to restore); after folding, the
+    plain folded layers compute what the renormalized QAT model computed (quantization commutes
+    with the per-channel BatchNorm scale), so the folded weights are the trained ones."""
+    import tvm_mpq
+    from tvm_mpq.quant.finetune import fold_renorm, renorm_batches, renormalized
+
+    net, train_split, test, cal = trained_digits
+    xs = renorm_batches(train_split, batches=2)
+    x = next(iter(test.batches(128)))[0]
+    for w, a in ((8, 8), (1, 4)):
+        policy = tvm_mpq.QuantPolicy.uniform(net, w_bits=w, a_bits=a)
+        model, wrapped, norms = renormalized(net, policy, cal, xs)
+        assert norms and set(norms) <= set(wrapped)
+        if w == 8:
+            plain = accuracy(tvm_mpq.simulate(net, policy, cal), test)
+            assert accuracy(model, test) > plain - 0.02
+        with torch.no_grad():
+            want = model(x)
+            fold_renorm(model, norms)
+            got = model(x)  # the QATLayers on the folded convs, no BatchNorm left
+        assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+        assert (got.argmax(1) == want.argmax(1)).float().mean() > 0.97
+        assert torch.allclose(got, want, rtol=1e-3, atol=1e-3 * float(want.abs().max())) or w == 1
+
+
+def test_renorm_recovers_one_bit_weights(trained_digits):
+    """1-bit weights in every layer after the first: QAT with renormalization recovers far more
+    accuracy than without (the folded network has nothing else that re-centres a binarized layer)."""
+    import tvm_mpq
+    from tvm_mpq.quant.finetune import qat
+
+    net, train_split, test, cal = trained_digits
+    policy = tvm_mpq.QuantPolicy.uniform(net, w_bits=1, a_bits=4, keep_first_last=8)
+    plain = qat(net, policy, cal, train_split, Recipe(epochs=1, lr=0.02), renorm=False)
+    renormed = qat(net, policy, cal, train_split, Recipe(epochs=1, lr=0.02))
+    acc_plain = accuracy(tvm_mpq.simulate(plain, policy, cal), test)
+    acc_renorm = accuracy(tvm_mpq.simulate(renormed, policy, cal), test)
+    assert acc_renorm > acc_plain + 0.05, (acc_plain, acc_renorm)

@@ -38,6 +38,21 @@ def _set_submodule(root: nn.Module, name: str, module: nn.Module) -> None:
 
 
 @torch.no_grad()
+def fold_into(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> None:
+    """Fold ``bn`` (its running statistics) into ``conv``'s weight and bias, in place (float64 math)."""
+    gamma = bn.weight.double() if bn.weight is not None else torch.ones(bn.num_features, dtype=torch.float64)
+    beta = bn.bias.double() if bn.bias is not None else torch.zeros(bn.num_features, dtype=torch.float64)
+    factor = gamma / torch.sqrt(bn.running_var.double() + bn.eps)
+    bias = conv.bias.double() if conv.bias is not None else torch.zeros(conv.out_channels, dtype=torch.float64)
+    conv.weight.copy_((conv.weight.double() * factor.reshape(-1, 1, 1, 1)).float())
+    new_bias = ((bias - bn.running_mean.double()) * factor + beta).float()
+    if conv.bias is None:
+        conv.bias = nn.Parameter(new_bias)
+    else:
+        conv.bias.copy_(new_bias)
+
+
+@torch.no_grad()
 def fold_batchnorm(model: nn.Module, example_inputs: tuple) -> nn.Module:
     """A deep copy of ``model`` (eval mode) with every conv -> BatchNorm pair folded into the conv."""
     folded = copy.deepcopy(model).eval()
@@ -46,16 +61,7 @@ def fold_batchnorm(model: nn.Module, example_inputs: tuple) -> nn.Module:
         conv, bn = folded.get_submodule(conv_name), folded.get_submodule(bn_name)
         if not isinstance(conv, nn.Conv2d) or not isinstance(bn, nn.BatchNorm2d) or not bn.track_running_stats:
             continue
-        gamma = bn.weight.double() if bn.weight is not None else torch.ones(bn.num_features, dtype=torch.float64)
-        beta = bn.bias.double() if bn.bias is not None else torch.zeros(bn.num_features, dtype=torch.float64)
-        factor = gamma / torch.sqrt(bn.running_var.double() + bn.eps)
-        bias = conv.bias.double() if conv.bias is not None else torch.zeros(conv.out_channels, dtype=torch.float64)
-        conv.weight.copy_((conv.weight.double() * factor.reshape(-1, 1, 1, 1)).float())
-        new_bias = ((bias - bn.running_mean.double()) * factor + beta).float()
-        if conv.bias is None:
-            conv.bias = nn.Parameter(new_bias)
-        else:
-            conv.bias.copy_(new_bias)
+        fold_into(conv, bn)
         _set_submodule(folded, bn_name, nn.Identity())
         logger.debug("folded %s into %s", bn_name, conv_name)
     return folded

@@ -1,8 +1,11 @@
 """Accuracy on real data as the search's reward (HAQ: ``lambda * (acc_quant - acc_float)``).
 
 Episodes need an answer in seconds, so the reward model is the straight-through QAT model of
-:mod:`tvm_mpq.quant.finetune` (the project's quantizers in float32), optionally finetuned for a
-few steps, scored on a fixed validation subset. The final policy is scored with the exact integer
+:mod:`tvm_mpq.quant.finetune` (the project's quantizers in float32) with its BatchNorm
+renormalization re-estimated on a few training batches (``renorm``: what the final finetune starts
+from; without it a network with 1-bit weights anywhere scores near chance and the agent learns
+nothing about which layers take them), optionally finetuned for a few steps, scored on a fixed
+validation subset. The final policy is scored with the exact integer
 simulation (:func:`tvm_mpq.simulate`, what the compiled model computes) after a full finetune.
 """
 
@@ -13,21 +16,28 @@ import json
 import torch
 import torch.nn.functional as F
 
-from tvm_mpq.quant.finetune import QAT_CLIP_NORM, accuracy, qat_model
+from tvm_mpq.quant.finetune import QAT_CLIP_NORM, accuracy, output_stats, qat_model, renorm_batches, renormalized
 
 
 class AccuracyReward:
     """``reward(policy) -> (reward, {"accuracy": ...})``; ``steps`` finetune steps per episode."""
 
     def __init__(self, net, calibration, train_split, val_split, *, steps: int = 0, lr: float = 0.005, batch_size: int = 64,
-                 scale: float = 0.1, seed: int = 0):
-        self.net, self.cal, self.train, self.val = net, calibration, train_split, val_split
+                 scale: float = 0.1, seed: int = 0, renorm: bool = True):
+        self.net, self.cal, self.train, self.val, self.renorm = net, calibration, train_split, val_split, renorm
         self.steps, self.lr, self.batch_size, self.scale, self.seed = steps, lr, batch_size, scale, seed
         self.float_accuracy = accuracy(net.model, val_split)
         self.cache: dict = {}
+        self._stats = None
 
     def model(self, policy) -> torch.nn.Module:
-        return qat_model(self.net, policy, self.cal)[0]
+        if not self.renorm:
+            return qat_model(self.net, policy, self.cal)[0]
+        if self._stats is None:  # the float layers' output statistics: the same for every policy
+            # two batches (256 images): the statistics settle, and an episode stays a few seconds
+            self._xs = renorm_batches(self.train, batches=2, seed=self.seed)
+            self._stats = output_stats(self.net.model, self.net.layer_names, self._xs)
+        return renormalized(self.net, policy, self.cal, self._xs, self._stats)[0]
 
     def __call__(self, policy):
         key = json.dumps(policy.to_dict(), sort_keys=True)

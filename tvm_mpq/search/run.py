@@ -129,7 +129,7 @@ def policy_accuracy(setup: Setup, policy, model=None) -> float:
 
 
 #: QAT learning rate of every finetune of a found or uniform policy (the same recipe for all).
-FINETUNE_LR = 0.005
+FINETUNE_LR = 0.02
 
 
 def finetune(setup: Setup, policy, epochs: int, seed: int = 0):
