@@ -284,7 +284,12 @@ class RPCRunner:
             # TrackerSession.request() without hiding which board it connects to (its socket is
             # private, the protocol is TVM's public tracker protocol).
             base.sendjson(tracker._sock, [base.TrackerCode.REQUEST, self.key, "", 1])
+            # the tracker answers only when a board is free: never wait for one forever
+            tracker._sock.settimeout(self.session_timeout)
             value = base.recvjson(tracker._sock)
+        except OSError as err:  # socket.timeout included
+            raise ConnectionError(f"no free '{self.key}' board within {self.session_timeout:g} s ({err}): "
+                                  "check that the boards' RPC servers are registered with the tracker") from None
         finally:
             tracker.close()
         if value[0] != base.TrackerCode.SUCCESS:
