@@ -270,14 +270,15 @@ def add_renorm(model: nn.Module, wrapped: dict, stats: dict) -> dict[str, Renorm
 def reestimate(model: nn.Module, norms: dict, xs: list) -> None:
     """Running statistics of every :class:`Renorm` recomputed (plain average over the batches
     ``xs``, :func:`renorm_batches`) for the current weights; leaves ``model`` in eval mode."""
+    momenta = {name: norm.bn.momentum for name, norm in norms.items()}
     for norm in norms.values():
         norm.bn.reset_running_stats()
         norm.bn.momentum = None  # cumulative average
     model.train()
     for x in xs:
         model(x)
-    for norm in norms.values():
-        norm.bn.momentum = 0.1
+    for name, norm in norms.items():
+        norm.bn.momentum = momenta[name]
     model.eval()
 
 
@@ -313,8 +314,8 @@ def qat(net, policy, calibration, split: "digits_data.Split", recipe: Recipe = R
     import tvm_mpq
     from tvm_mpq.quant.fold import _set_submodule
 
-    xs = renorm_batches(split, seed=recipe.seed) if renorm else []
     if renorm:
+        xs = renorm_batches(split, seed=recipe.seed)
         model, wrapped, norms = renormalized(net, policy, calibration, xs)
     else:
         (model, wrapped), norms = qat_model(net, policy, calibration), {}

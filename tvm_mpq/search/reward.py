@@ -28,16 +28,16 @@ class AccuracyReward:
         self.steps, self.lr, self.batch_size, self.scale, self.seed = steps, lr, batch_size, scale, seed
         self.float_accuracy = accuracy(net.model, val_split)
         self.cache: dict = {}
-        self._stats = None
+        self._renorm_inputs = None  # (batches, float output statistics on them): the same for every policy
 
     def model(self, policy) -> torch.nn.Module:
         if not self.renorm:
             return qat_model(self.net, policy, self.cal)[0]
-        if self._stats is None:  # the float layers' output statistics: the same for every policy
+        if self._renorm_inputs is None:
             # two batches (256 images): the statistics settle, and an episode stays a few seconds
-            self._xs = renorm_batches(self.train, batches=2, seed=self.seed)
-            self._stats = output_stats(self.net.model, self.net.layer_names, self._xs)
-        return renormalized(self.net, policy, self.cal, self._xs, self._stats)[0]
+            xs = renorm_batches(self.train, batches=2, seed=self.seed)
+            self._renorm_inputs = (xs, output_stats(self.net.model, self.net.layer_names, xs))
+        return renormalized(self.net, policy, self.cal, *self._renorm_inputs)[0]
 
     def __call__(self, policy):
         key = json.dumps(policy.to_dict(), sort_keys=True)

@@ -287,7 +287,7 @@ class RPCRunner:
             # the tracker answers only when a board is free: never wait for one forever
             tracker._sock.settimeout(self.session_timeout)
             value = base.recvjson(tracker._sock)
-        except OSError as err:  # socket.timeout included
+        except TimeoutError as err:  # socket.timeout; other socket errors pass as they are
             raise ConnectionError(f"no free '{self.key}' board within {self.session_timeout:g} s ({err}): "
                                   "check that the boards' RPC servers are registered with the tracker") from None
         finally:
