@@ -226,7 +226,7 @@ class AnnotateBitwidth:
                 if residual_binding is not None:
                     last = residual_binding
                     act_binding = _activation_of(bindings, by_var, uses, last)
-            groups = [[g.start, g.stop, g.w_bits] for g in bits.groups] or [[0, layer.out_channels, bits.w_bits]]
+            groups = [list(run) for run in bits.runs(layer.out_channels)]  # equal adjacent groups: one kernel
             attrs = {LAYER_ATTR: layer.name, KIND_ATTR: layer.kind, A_BITS_ATTR: bits.a_bits, GROUPS_ATTR: groups}
             entry = {
                 "layer": layer_binding,

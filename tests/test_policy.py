@@ -59,6 +59,10 @@ def test_layer_bits_groups():
     assert not b.is_float
     with pytest.raises(ValueError, match="make the last group end at 8"):
         b.channel_bits(8)
+    # kernels: adjacent groups of one width run as one kernel
+    assert b.runs(6) == [(0, 2, 2), (2, 6, 8)]
+    assert LayerBits(a_bits=4, groups=(G(0, 2, 3), G(2, 4, 3), G(4, 6, 1), G(6, 8, 3))).runs(8) == [(0, 4, 3), (4, 6, 1), (6, 8, 3)]
+    assert LayerBits(5, 4).runs(6) == [(0, 6, 5)]
     # a list is accepted and stored as a tuple (hashable)
     assert LayerBits(a_bits=4, groups=[G(0, 2, 2)]).groups == (G(0, 2, 2),)
     hash(b)

@@ -244,6 +244,20 @@ class LayerBits:
     def is_grouped(self) -> bool:
         return bool(self.groups)
 
+    def runs(self, out_channels: int) -> list[tuple[int, int, int]]:
+        """``(start, stop, w_bits)`` of each kernel the layer runs as: adjacent channel groups of
+        the same width merged (one kernel for the run, as if the layer were split less), one
+        range for an ungrouped layer."""
+        if not self.groups:
+            return [(0, int(out_channels), self.w_bits)]
+        runs = [[self.groups[0].start, self.groups[0].stop, self.groups[0].w_bits]]
+        for g in self.groups[1:]:
+            if g.w_bits == runs[-1][2]:
+                runs[-1][1] = g.stop
+            else:
+                runs.append([g.start, g.stop, g.w_bits])
+        return [tuple(r) for r in runs]
+
     def channel_bits(self, out_channels: int) -> np.ndarray:
         """Weight bits of each of ``out_channels`` output channels (int64 array)."""
         if not _is_int(out_channels) or int(out_channels) <= 0:

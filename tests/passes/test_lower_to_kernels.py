@@ -28,6 +28,22 @@ def test_lowering_replaces_every_quantized_layer(digits_net):
         assert len(mine) == expected, (layer.name, mine)
 
 
+def test_equal_width_groups_run_as_one_kernel(digits_net):
+    """Adjacent channel groups of one width compile to one kernel (what the search prices): the
+    same kernels and the same outputs as the layer given one w_bits."""
+    _, inputs, net = digits_net
+    cal = tvm_mpq.calibrate(net, random_batches(inputs))
+    conv = next(l for l in net.layers if l.kind == "conv2d" and l.index > 0 and l.out_channels >= 16)
+    half = conv.out_channels // 2
+    split = {"a_bits": 4, "groups": [{"channels": [0, half], "w_bits": 3}, {"channels": [half, conv.out_channels], "w_bits": 3}]}
+    policies = [tvm_mpq.QuantPolicy.from_dict({"version": 1, "layers": {conv.name: layer}, "_default": {"w_bits": 4, "a_bits": 4}})
+                for layer in (split, {"w_bits": 3, "a_bits": 4})]
+    x = random_batches(inputs, n=1, seed=3)[0][0].numpy()
+    built = [tvm_mpq.build(net, p, cal) for p in policies]
+    assert len(built[0].kernels[conv.name]) == 1 and built[0].kernels == built[1].kernels
+    np.testing.assert_array_equal(built[0].run(x), built[1].run(x))
+
+
 def test_passes_in_a_users_sequential(digits_net):
     model, inputs, net = digits_net
     policy = mixed_policy(net)

@@ -38,3 +38,29 @@ def test_autoq_meets_budget_and_is_seeded(digits_net):
     assert network_latency(hw, net, best) <= 0.85 * eight * (1 + 1e-9)
     assert runs[0].best_info["latency_s"] == pytest.approx(network_latency(hw, net, best))
     assert all("intrinsic" in h.metrics for h in runs[0].history)
+
+
+def test_equal_width_groups_are_priced_as_one_kernel(digits_net):
+    """The search's table prices a run of equal-width groups as the one kernel it compiles to, and
+    a choice with one width everywhere becomes an unsplit layer."""
+    from tvm_mpq.hardware import PredictedLatency
+    from tvm_mpq.search.env import BitRange, LatencyTable, searchable_layers
+
+    _, _, net = digits_net
+    hw = PredictedLatency("default")
+    layers = [l for l in searchable_layers(net, {}) if l.kind == "conv2d" and l.out_channels >= 32]
+    groups = {l.name: channel_groups(l.out_channels, 2) for l in layers}
+    table = LatencyTable(hw, layers, groups, BitRange(1, 4), BitRange(2, 4))
+    layer = layers[0]
+    assert len(groups[layer.name]) == 2
+    assert table.layer(layer.name, 3, [2, 2]) == pytest.approx(hw.latency(layer, (2, 3)))
+    assert table.layer(layer.name, 3, [2, 4]) == pytest.approx(hw.latency(layer, policy_bits(layer, [2, 4], 3)))
+    assert hw.latency(layer, policy_bits(layer, [2, 2], 3)) == pytest.approx(hw.latency(layer, (2, 3)))
+    policy = table.policy({l.name: 3 for l in layers}, {l.name: [2] * len(groups[l.name]) for l in layers}, {})
+    assert all(not b.groups and b.w_bits == 2 for b in policy.layers.values())
+
+
+def policy_bits(layer, ws, a):
+    from tvm_mpq.policy import ChannelGroup, LayerBits
+
+    return LayerBits(a_bits=a, groups=tuple(ChannelGroup(s, e, w) for (s, e), w in zip(channel_groups(layer.out_channels, 2), ws)))

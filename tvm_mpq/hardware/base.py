@@ -51,13 +51,13 @@ def spec_of(layer) -> "ConvSpec | DenseSpec":
 
 def parts(layer, bits) -> list[tuple]:
     """What runs for ``layer`` at ``bits``: ``[(spec, w_bits, a_bits) or (spec, Precision)]``, one
-    entry per channel group (a grouped layer runs one kernel per group)."""
+    entry per kernel (a grouped layer runs one kernel per run of equal-width groups)."""
     spec = spec_of(layer)
     if hasattr(bits, "kernel"):  # a Precision
         return [(spec, bits)]
     if hasattr(bits, "groups"):  # LayerBits
         if bits.groups:
-            return [(group_spec(spec, g.stop - g.start), g.w_bits, bits.a_bits) for g in bits.groups]
+            return [(group_spec(spec, stop - start), w, bits.a_bits) for start, stop, w in bits.runs(spec.out_channels)]
         w, a = (FLOAT, FLOAT) if bits.is_float else (bits.w_bits, bits.a_bits)
         return [(spec, w, a)]
     try:

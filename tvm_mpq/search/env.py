@@ -83,24 +83,36 @@ class LatencyTable:
     one batched provider call; sums, budget enforcement and the policy of a choice.
 
     A choice is ``a_bits[layer]`` and ``w_bits[layer]`` (one entry per channel group of
-    ``groups[layer]``; a layer that is not split has one group covering it).
+    ``groups[layer]``; a layer that is not split has one group covering it). Adjacent groups of
+    the same width compile to one kernel (:meth:`~tvm_mpq.policy.LayerBits.runs`), so every
+    contiguous run of groups is priced, not only single groups.
     """
 
     def __init__(self, provider, layers, groups: dict, w_range: BitRange, a_range: BitRange, fixed_s: float = 0.0):
         self.groups, self.w_range, self.a_range, self.fixed_s = groups, w_range, a_range, fixed_s
         keys, specs, pairs = [], [], []
         for layer in layers:
-            for start, stop in groups[layer.name]:
-                spec = group_spec(layer.spec, stop - start)
-                for w in range(w_range.low, w_range.high + 1):
-                    for a in range(a_range.low, a_range.high + 1):
-                        keys.append((layer.name, start, w, a))
-                        specs.append(spec)
-                        pairs.append((w, a))
+            bounds = groups[layer.name]
+            for i, (start, _) in enumerate(bounds):
+                for _, stop in bounds[i:]:
+                    spec = group_spec(layer.spec, stop - start)
+                    for w in range(w_range.low, w_range.high + 1):
+                        for a in range(a_range.low, a_range.high + 1):
+                            keys.append((layer.name, start, stop, w, a))
+                            specs.append(spec)
+                            pairs.append((w, a))
         self.table = dict(zip(keys, layer_table(provider, specs, pairs)))
 
     def layer(self, name: str, a: int, ws: list[int]) -> float:
-        return sum(self.table[(name, start, w, a)] for (start, _), w in zip(self.groups[name], ws))
+        total, bounds = 0.0, self.groups[name]
+        i = 0
+        while i < len(ws):  # one kernel per run of equal widths
+            j = i
+            while j + 1 < len(ws) and ws[j + 1] == ws[i]:
+                j += 1
+            total += self.table[(name, bounds[i][0], bounds[j][1], ws[i], a)]
+            i = j + 1
+        return total
 
     def total(self, a_bits: dict, w_bits: dict) -> float:
         return self.fixed_s + sum(self.layer(n, a_bits[n], w_bits[n]) for n in w_bits)
@@ -138,7 +150,7 @@ class LatencyTable:
     def policy(self, a_bits: dict, w_bits: dict, fixed: dict) -> QuantPolicy:
         entries = {}
         for n, ws in w_bits.items():
-            if len(self.groups[n]) == 1:
+            if len(set(ws)) == 1:  # one width: the layer is not split
                 entries[n] = LayerBits(ws[0], a_bits[n])
             else:
                 entries[n] = LayerBits(a_bits=a_bits[n], groups=tuple(ChannelGroup(s, e, w) for (s, e), w in zip(self.groups[n], ws)))
