@@ -20,7 +20,7 @@ def cmd(args) -> int:
             db=args.db, cost_model=args.cost_model, sensitivity=args.sensitivity, calibration=args.calibration, episodes=args.episodes, warmup=args.warmup,
             reward_steps=args.reward_steps, reward_images=args.reward_images, groups=args.groups, w_bits=args.w_bits, a_bits=args.a_bits,
             finetune_epochs=args.finetune_epochs, train_epochs=args.train_epochs, seed=args.seed, rounds=args.rounds,
-            budget_rounds=args.budget_rounds, out=args.out,
+            budget_rounds=args.budget_rounds, budget_margin=args.budget_margin, out=args.out,
             png_dir=args.png_dir, measure=not args.no_measure,
         )
     except (ValueError, TypeError) as err:
@@ -71,6 +71,10 @@ def add_parser(sub) -> None:
     p.add_argument("--budget-rounds", type=int, default=3,
                    help="compile-measure-tighten rounds: while the compiled policy measures slower than the budget, the "
                         "provider's budget is scaled by the miss and the search answers again (default 3; 0: trust the provider)")
+    p.add_argument("--budget-margin", type=float, default=0.03,
+                   help="the measured loop aims this fraction under the budget, so the policy still fits when timed again "
+                        "(timings drift by a few percent between sessions; a policy within the budget but not the margin is "
+                        "kept if tightening finds nothing better)")
     p.add_argument("-o", "--out", default="policy.json",
                    help="policy JSON to write; the finetuned weights and their calibration go next to it (policy.pt) for "
                         "`tvm-mpq compile --weights`")
