@@ -115,8 +115,9 @@ def add_model_flags(p) -> None:
                    help="per-layer kernel choice: 'predicted' (default) runs each layer on the kernel the shipped cost model "
                         "predicts fastest; 'auto' uses the fixed rule")
     p.add_argument("--input-size", type=positive_int, metavar="N", help="spatial input size (H = W) for built-in models")
-    p.add_argument("--calibration", choices=("minmax", "percentile"), default="percentile",
-                   help="activation range estimate: the 99.9th percentile (default; what tvm-mpq search uses) or minmax")
+    p.add_argument("--calibration", choices=("minmax", "percentile", "kl"), default="percentile",
+                   help="activation range estimate: the 99.9th percentile (default; what tvm-mpq search uses), minmax, or kl "
+                        "(a range per bit width)")
     p.add_argument("--calib-batches", type=positive_int, default=4, metavar="N",
                    help=f"calibration batches (default 4): of 256 training digits for {' and '.join(DIGITS_MODELS)}, "
                         "else random batches shaped like the example input")

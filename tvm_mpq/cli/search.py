@@ -54,8 +54,9 @@ def add_parser(sub) -> None:
     p.add_argument("--db", help="tuning records for --provider measured (missing points are measured and appended)")
     p.add_argument("--cost-model", default="default", help="cost model file for --provider predicted (default: the shipped one)")
     p.add_argument("--sensitivity", choices=("kl", "hessian"), default="kl", help="ILP error term (default kl)")
-    p.add_argument("--calibration", choices=("minmax", "percentile"), default="percentile",
-                   help="activation ranges: the 99.9th percentile (default) or minmax (one outlier then sets a 2-bit step)")
+    p.add_argument("--calibration", choices=("minmax", "percentile", "kl"), default="percentile",
+                   help="activation ranges: the 99.9th percentile (default), minmax (one outlier then sets a 2-bit step) or "
+                        "kl (a range per bit width, TensorRT-style entropy calibration)")
     p.add_argument("--episodes", type=int, default=60, help="HAQ/AutoQ episodes")
     p.add_argument("--warmup", type=int, default=15, help="random warm-up episodes")
     p.add_argument("--reward-steps", type=int, default=0, help="finetune steps per episode before scoring")

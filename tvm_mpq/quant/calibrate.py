@@ -17,18 +17,20 @@ from tvm_mpq.quant.qparams import ActQuant, act_qparams
 logger = logging.getLogger(__name__)
 
 CALIBRATION_VERSION = 1
-METHODS = ("minmax", "percentile")
+METHODS = ("minmax", "percentile", "kl")
 
 
 @dataclass(frozen=True)
 class Calibration:
-    """Per-layer input ranges ``{layer: (lo, hi)}`` observed on sample data."""
+    """Per-layer input ranges ``{layer: (lo, hi)}`` observed on sample data, and where the method
+    chooses a range per bit width (``kl``), ``bit_ranges[layer][bits] = (lo, hi)``."""
 
     ranges: Mapping[str, tuple[float, float]]
     method: str = "minmax"
     input_shapes: tuple[tuple[int, ...], ...] = ()
     num_batches: int = 0
     meta: Mapping[str, object] = field(default_factory=dict)
+    bit_ranges: Mapping[str, Mapping[int, tuple[float, float]]] = field(default_factory=dict)
 
     def act_quant(self, layer: str, bits: int) -> ActQuant:
         if layer not in self.ranges:
@@ -36,7 +38,7 @@ class Calibration:
                 f"layer '{layer}' has no calibrated activation range: run tvm_mpq.calibrate on sample data "
                 "that passes through it (with the same model the policy was made for)"
             )
-        lo, hi = self.ranges[layer]
+        lo, hi = self.bit_ranges.get(layer, {}).get(int(bits), self.ranges[layer])
         return act_qparams(lo, hi, bits)
 
     def to_dict(self) -> dict:
@@ -46,6 +48,8 @@ class Calibration:
             "num_batches": self.num_batches,
             "input_shapes": [list(s) for s in self.input_shapes],
             "ranges": {k: [float(lo), float(hi)] for k, (lo, hi) in self.ranges.items()},
+            **({"bit_ranges": {k: {str(b): [float(lo), float(hi)] for b, (lo, hi) in v.items()} for k, v in self.bit_ranges.items()}}
+               if self.bit_ranges else {}),
         }
 
     @classmethod
@@ -60,11 +64,18 @@ class Calibration:
             if not (isinstance(pair, (list, tuple)) and len(pair) == 2):
                 raise ValueError(f"calibration range of layer '{name}' must be [lo, hi], got {pair!r}")
             ranges[name] = (float(pair[0]), float(pair[1]))
+        bit_ranges = {}
+        for name, per_bits in dict(d.get("bit_ranges", {})).items():
+            try:
+                bit_ranges[name] = {int(b): (float(lo), float(hi)) for b, (lo, hi) in dict(per_bits).items()}
+            except (TypeError, ValueError):
+                raise ValueError(f"calibration bit_ranges of layer '{name}' must map bits to [lo, hi], got {per_bits!r}") from None
         return cls(
             ranges=ranges,
             method=str(d.get("method", "minmax")),
             input_shapes=tuple(tuple(int(x) for x in s) for s in d.get("input_shapes", [])),
             num_batches=int(d.get("num_batches", 0)),
+            bit_ranges=bit_ranges,
         )
 
     def save(self, path: "str | os.PathLike[str]") -> None:
@@ -85,11 +96,63 @@ def quantizable_modules(model: nn.Module) -> dict[str, nn.Module]:
     return {name: m for name, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
 
 
+#: Values a ``kl`` observer keeps per layer (an even stride of each batch) for its histogram.
+KL_SAMPLES = 1 << 20
+
+
+def kl_range(values: np.ndarray, lo: float, hi: float, bits: int, bins_per_level: int = 8, steps: int = 100) -> tuple[float, float]:
+    """The clipping range of ``[lo, hi]`` (both ends scaled by one factor, so 0 stays where it is)
+    whose ``bits``-bit quantization keeps the activation distribution closest in KL divergence
+    (TensorRT's entropy calibration, for the unsigned affine quantizer of :func:`act_qparams`).
+    For each candidate range: P is the histogram of ``values`` over it, ``bins_per_level`` bins per
+    quantization level, with the values outside added to the edge bins; Q is the quantization of
+    the histogram inside the range (each level's mass spread evenly over the bins that round to it;
+    the clipped mass is not in Q, so clipping is paid for). A fixed number of bins per level keeps
+    candidates comparable (a fixed fine histogram favours narrow ranges, where each level spans
+    fewer bins and Q matches P trivially)."""
+    lo, hi = min(float(lo), 0.0), max(float(hi), 0.0)
+    if not hi > lo:
+        return lo, hi
+    ordered = np.sort(np.asarray(values, dtype=np.float64).ravel())
+    ordered = ordered[ordered != 0]  # exact zeros (ReLU's spike) quantize exactly under any range: no say in it
+    if ordered.size == 0:
+        return lo, hi
+    levels = 1 << bits
+    nbins = bins_per_level * levels
+    best, best_kl = (lo, hi), np.inf
+    for alpha in np.linspace(1.0, 1.0 / steps, steps):
+        t_lo, t_hi = alpha * lo, alpha * hi
+        edges = np.linspace(t_lo, t_hi, nbins + 1)
+        idx = np.searchsorted(ordered, edges, side="left")
+        idx[-1] = np.searchsorted(ordered, t_hi, side="right")
+        inside = np.diff(idx).astype(np.float64)
+        if inside.sum() == 0:
+            continue
+        p = inside.copy()
+        p[0] += idx[0]  # below the range
+        p[-1] += ordered.size - idx[-1]  # above it
+        aq = act_qparams(t_lo, t_hi, bits)
+        centers = (edges[:-1] + edges[1:]) / 2
+        code = np.clip(np.round(centers / aq.scale) + aq.zero_point, 0, aq.qmax).astype(np.int64)
+        nonzero = p > 0
+        mass = np.bincount(code, weights=inside, minlength=aq.qmax + 1)
+        count = np.bincount(code, weights=nonzero.astype(np.float64), minlength=aq.qmax + 1)
+        q = np.where(nonzero, mass[code] / np.maximum(count[code], 1), 0.0)
+        if np.any(nonzero & (q == 0)):
+            continue  # clipped mass where the range holds none: infinitely far
+        p, q = p / p.sum(), q / q.sum()
+        kl = float(np.sum(p[nonzero] * np.log(p[nonzero] / q[nonzero])))
+        if kl < best_kl:
+            best, best_kl = (t_lo, t_hi), kl
+    return best
+
+
 class _RangeObserver:
     def __init__(self, method: str, percentile: float):
         self.method, self.percentile = method, percentile
         self.lo, self.hi = np.inf, -np.inf
         self.nonfinite = 0
+        self.samples: list[np.ndarray] = []
 
     def __call__(self, module, inputs) -> None:
         x = inputs[0].detach().float()
@@ -104,6 +167,14 @@ class _RangeObserver:
         else:
             lo, hi = float(x.min()), float(x.max())
         self.lo, self.hi = min(self.lo, lo), max(self.hi, hi)
+        if self.method == "kl":
+            flat = x.flatten()
+            stride = max(1, flat.numel() // (KL_SAMPLES // 8))
+            self.samples.append(flat[::stride].numpy().astype(np.float32))
+
+    def bit_ranges(self) -> dict[int, tuple[float, float]]:
+        values = np.concatenate(self.samples)[:KL_SAMPLES]
+        return {bits: kl_range(values, self.lo, self.hi, bits) for bits in range(1, 9)}
 
 
 #: The percentile calibration's default: measured on the digits ResNet, W4A2 before any finetune
@@ -119,6 +190,13 @@ def calibrate(net_or_model, batches: Iterable, *, method: str = "minmax", percen
     a torch module. NaN and +-Inf values are left out of the ranges, with a warning per layer saying
     how many (one corrupt sample must not make a scale NaN or infinite); a layer that saw no finite
     value gets no range, and quantizing it is then an error naming it (:meth:`Calibration.act_quant`).
+
+    ``method``: ``minmax`` (the observed extremes), ``percentile`` (the ``percentile``-th and its
+    mirror, per batch, widest over batches), ``kl`` (min/max observed, then for every bit width
+    1..8 the clipping of that range whose quantized histogram is closest in KL divergence,
+    :func:`kl_range`). ``percentile`` is the one to use on the digits ResNet: before any finetune,
+    kl scored W8A8 96.8% / W4A4 83.2% / W8A2 18.8% where percentile scored 98.6 / 97.8 / 97.1%
+    (KL matches the shape of the distribution, not the size of the error, and clips hard).
     """
     if method not in METHODS:
         raise ValueError(f"unknown calibration method {method!r}: choose one of {', '.join(METHODS)}")
@@ -148,10 +226,12 @@ def calibrate(net_or_model, batches: Iterable, *, method: str = "minmax", percen
             h.remove()
     if count == 0:
         raise ValueError("calibrate got no batches: pass an iterable of input tuples (e.g. [(x,)])")
-    ranges = {}
+    ranges, bit_ranges = {}, {}
     for name, obs in observers.items():
         if obs.nonfinite:
             logger.warning("layer %s: ignored %d non-finite calibration values", name, obs.nonfinite)
         if np.isfinite(obs.lo):
             ranges[name] = (float(obs.lo), float(obs.hi))
-    return Calibration(ranges=ranges, method=method, input_shapes=shapes, num_batches=count)
+            if method == "kl":
+                bit_ranges[name] = obs.bit_ranges()
+    return Calibration(ranges=ranges, method=method, input_shapes=shapes, num_batches=count, bit_ranges=bit_ranges)
