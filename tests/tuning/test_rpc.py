@@ -88,7 +88,7 @@ def test_a_board_that_dies_mid_session_is_retried_on_the_other(tmp_path, rpc_boa
     spec = ConvSpec(batch=1, in_channels=16, height=8, width=8, out_channels=16, kernel=(3, 3), padding=(1, 1, 1, 1))
     tasks = plan([spec], "llvm -mcpu=haswell", serial_bits=(1,), kernels=["fp32", "bitserial"])
     path = tmp_path / "remote.jsonl"
-    runner = Dying(rpc_boards.tracker, "board", timeout=120, retries=2)
+    runner = Dying(rpc_boards.tracker, "board", timeout=120, retries=2, session_timeout=120)  # a lost board: an error, not a hang
     try:
         summary = tune(tasks, TuningDatabase(path), target="llvm -mcpu=haswell", budget=2, runner=runner, progress=False)
     finally:
