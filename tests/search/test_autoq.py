@@ -64,3 +64,20 @@ def policy_bits(layer, ws, a):
     from tvm_mpq.policy import ChannelGroup, LayerBits
 
     return LayerBits(a_bits=a, groups=tuple(ChannelGroup(s, e, w) for (s, e), w in zip(channel_groups(layer.out_channels, 2), ws)))
+
+
+def test_budget_enforcement_lowers_a_whole_split_layer_at_once(digits_net):
+    """Lowering one group of a run of equal groups adds a kernel (it can cost more than it saves):
+    the budget is still reached when only the all-lowest choice fits."""
+    from tvm_mpq.hardware import PredictedLatency
+    from tvm_mpq.search.env import BitRange, LatencyTable, searchable_layers
+
+    _, _, net = digits_net
+    layers = [l for l in searchable_layers(net, {}) if l.kind == "conv2d" and l.out_channels >= 32]
+    groups = {l.name: channel_groups(l.out_channels, 4) for l in layers}
+    table = LatencyTable(PredictedLatency("default"), layers, groups, BitRange(1, 4), BitRange(2, 4))
+    lowest = table.total({l.name: 2 for l in layers}, {l.name: [1] * len(groups[l.name]) for l in layers})
+    a_bits = {l.name: 4 for l in layers}
+    w_bits = {l.name: [4] * len(groups[l.name]) for l in layers}
+    _, fits = table.lower_to(lowest * (1 + 1e-9), a_bits, w_bits)
+    assert fits and table.total(a_bits, w_bits) <= lowest * (1 + 1e-9)

@@ -131,19 +131,26 @@ class LatencyTable:
             for n in w_bits:
                 a, ws = a_bits[n], w_bits[n]
                 now = self.layer(n, a, ws)
-                for gi, w in enumerate(ws):
+                # one group lowered, or (gi None) every group to one width: splitting a run of
+                # equal groups adds a kernel, so the single-group steps alone can get stuck above the budget
+                for gi, w in [*enumerate(ws), *([(None, max(ws))] if len(ws) > 1 else [])]:
                     for w2 in range(self.w_range.low, w + 1):
                         for a2 in range(self.a_range.low, a + 1):
-                            if (w2, a2) == (w, a):
+                            new_ws = [w2] * len(ws) if gi is None else ws[:gi] + [w2] + ws[gi + 1:]
+                            given_up = sum(o - v for o, v in zip(ws, new_ws)) + (a - a2)
+                            if given_up <= 0 or any(v > o for o, v in zip(ws, new_ws)):
                                 continue
-                            new_ws = ws[:gi] + [w2] + ws[gi + 1:]
-                            rate = (now - self.layer(n, a2, new_ws)) / ((w - w2) + (a - a2))
+                            rate = (now - self.layer(n, a2, new_ws)) / given_up
                             if rate > best_rate:
                                 best, best_rate = (n, gi, w2, a2), rate
             if best is None:  # nothing lowers the latency any more
                 return lowered, False
             n, gi, w2, a2 = best
-            w_bits[n][gi], a_bits[n] = w2, a2
+            if gi is None:
+                w_bits[n][:] = [w2] * len(w_bits[n])
+            else:
+                w_bits[n][gi] = w2
+            a_bits[n] = a2
             lowered += 1
         return lowered, True
 
