@@ -142,6 +142,18 @@ class ChannelGroup:
         return cls(start=channels[0], stop=channels[1], w_bits=d["w_bits"])
 
 
+def merge_runs(groups) -> list[tuple[int, int, int]]:
+    """``(start, stop, w_bits)`` ranges (contiguous, in order) with adjacent equal widths merged:
+    the kernels a split layer compiles to."""
+    runs: list[list[int]] = []
+    for start, stop, w in groups:
+        if runs and runs[-1][2] == w:
+            runs[-1][1] = stop
+        else:
+            runs.append([start, stop, w])
+    return [tuple(r) for r in runs]
+
+
 @dataclass(frozen=True)
 class LayerBits:
     """Bit widths of one layer.
@@ -250,13 +262,7 @@ class LayerBits:
         range for an ungrouped layer."""
         if not self.groups:
             return [(0, int(out_channels), self.w_bits)]
-        runs = [[self.groups[0].start, self.groups[0].stop, self.groups[0].w_bits]]
-        for g in self.groups[1:]:
-            if g.w_bits == runs[-1][2]:
-                runs[-1][1] = g.stop
-            else:
-                runs.append([g.start, g.stop, g.w_bits])
-        return [tuple(r) for r in runs]
+        return merge_runs((g.start, g.stop, g.w_bits) for g in self.groups)
 
     def channel_bits(self, out_channels: int) -> np.ndarray:
         """Weight bits of each of ``out_channels`` output channels (int64 array)."""

@@ -27,7 +27,7 @@ import numpy as np
 
 from tvm_mpq.hardware.base import layer_table
 from tvm_mpq.kernels.spec import group_spec
-from tvm_mpq.policy import ChannelGroup, LayerBits, QuantPolicy
+from tvm_mpq.policy import ChannelGroup, LayerBits, QuantPolicy, merge_runs
 
 INFO_KEYS = ("policy", "latency_s", "budget_s", "feasible", "metrics", "lowered_steps")
 STATE_DIM = 10
@@ -104,15 +104,8 @@ class LatencyTable:
         self.table = dict(zip(keys, layer_table(provider, specs, pairs)))
 
     def layer(self, name: str, a: int, ws: list[int]) -> float:
-        total, bounds = 0.0, self.groups[name]
-        i = 0
-        while i < len(ws):  # one kernel per run of equal widths
-            j = i
-            while j + 1 < len(ws) and ws[j + 1] == ws[i]:
-                j += 1
-            total += self.table[(name, bounds[i][0], bounds[j][1], ws[i], a)]
-            i = j + 1
-        return total
+        runs = merge_runs((start, stop, w) for (start, stop), w in zip(self.groups[name], ws))  # one kernel per run
+        return sum(self.table[(name, start, stop, w, a)] for start, stop, w in runs)
 
     def total(self, a_bits: dict, w_bits: dict) -> float:
         return self.fixed_s + sum(self.layer(n, a_bits[n], w_bits[n]) for n in w_bits)
@@ -133,12 +126,12 @@ class LatencyTable:
                 now = self.layer(n, a, ws)
                 # one group lowered, or (gi None) every group to one width: splitting a run of
                 # equal groups adds a kernel, so the single-group steps alone can get stuck above the budget
-                for gi, w in [*enumerate(ws), *([(None, max(ws))] if len(ws) > 1 else [])]:
+                for gi, w in [*enumerate(ws), *([(None, min(ws))] if len(ws) > 1 else [])]:
                     for w2 in range(self.w_range.low, w + 1):
                         for a2 in range(self.a_range.low, a + 1):
                             new_ws = [w2] * len(ws) if gi is None else ws[:gi] + [w2] + ws[gi + 1:]
                             given_up = sum(o - v for o, v in zip(ws, new_ws)) + (a - a2)
-                            if given_up <= 0 or any(v > o for o, v in zip(ws, new_ws)):
+                            if given_up == 0:
                                 continue
                             rate = (now - self.layer(n, a2, new_ws)) / given_up
                             if rate > best_rate:

@@ -20,7 +20,6 @@ logger = logging.getLogger(__name__)
 
 METHODS = ("ilp", "haq", "autoq")
 PROVIDERS = ("predicted", "measured", "bitfusion", "bismo")
-CALIBRATIONS = ("minmax", "percentile", "kl")
 
 
 @dataclass(frozen=True)
@@ -61,6 +60,8 @@ class SearchArgs:
             raise ValueError(f"--latency-budget is a fraction of the int8 latency in (0, 1.5], got {self.latency_budget}")
         if self.provider == "measured" and not self.db:
             raise ValueError("--provider measured needs --db (tuning records; new points are measured and appended)")
+        from tvm_mpq.quant.calibrate import METHODS as CALIBRATIONS
+
         if self.calibration not in CALIBRATIONS:
             raise ValueError(f"--calibration must be one of {CALIBRATIONS}, got {self.calibration!r}")
         if not 0 <= self.budget_margin < 0.5:
