@@ -112,11 +112,27 @@ def uniform_policy(net, label: str):
     return tvm_mpq.QuantPolicy.uniform(net, w_bits=w, a_bits=a, keep_first_last=None if (w, a) == (8, 8) else 8)
 
 
-def finetuned_accuracy(setup, policy, args) -> float:
+def test_correct(setup, policy, net) -> str:
+    """Which test images the integer simulation of ``policy`` on ``net`` gets right, as the hex of
+    the packed bits (kept per policy, for paired significance tests between policies)."""
+    import tvm_mpq
+    from tvm_mpq.quant.finetune import correct
+
+    return np.packbits(correct(tvm_mpq.simulate(net, policy, setup.cal), setup.test)).tobytes().hex()
+
+
+def unpack_correct(item: dict, n: int):
+    hexed = item.get("correct")
+    return None if hexed is None else np.unpackbits(np.frombuffer(bytes.fromhex(hexed), dtype=np.uint8))[:n].astype(bool)
+
+
+def finetuned_accuracy(setup, policy, args) -> tuple[float, str]:
+    """Test accuracy of ``policy`` after the finetune every policy gets, and :func:`test_correct`."""
     from tvm_mpq.search.run import finetune, policy_accuracy
 
     w8a8 = policy.resolve(setup.net.layer_names) == uniform_policy(setup.net, "W8A8").resolve(setup.net.layer_names)
-    return policy_accuracy(setup, policy, finetune(setup, policy, 0 if w8a8 else args.finetune_epochs, args.seed))
+    net = finetune(setup, policy, 0 if w8a8 else args.finetune_epochs, args.seed)
+    return policy_accuracy(setup, policy, net), test_correct(setup, policy, net)
 
 
 def setup_target(target: str, args):
@@ -157,8 +173,8 @@ def run_uniform(setup, args, state: State) -> None:
             t0 = time.perf_counter()
             # accuracy does not depend on the target (every kernel computes the simulation's integers): reuse another's
             same = [v for v in state.data.values() if v["method"] == "uniform" and v["label"] == label and "accuracy" in v]
-            acc = same[0]["accuracy"] if same else finetuned_accuracy(setup, policy, args)
-            state.put(key, {"target": name, "method": "uniform", "label": label, "accuracy": acc, "policy": policy.to_dict(),
+            acc, hits = (same[0]["accuracy"], same[0].get("correct")) if same else finetuned_accuracy(setup, policy, args)
+            state.put(key, {"target": name, "method": "uniform", "label": label, "accuracy": acc, "correct": hits, "policy": policy.to_dict(),
                             "predicted_ms": 1e3 * hardware.network_latency(setup.provider, setup.net, policy),
                             "finetune_s": time.perf_counter() - t0})
             print(f"[{name}] uniform {label}: {100 * acc:.2f}%", flush=True)
@@ -180,7 +196,8 @@ def run_searches(setup, methods, budgets, args, state: State) -> None:
                 item.update(policy=result["policy_obj"].to_dict(), accuracy=result["accuracy"],
                             accuracy_before_finetune=result["accuracy_before_finetune"], predicted_ms=result["predicted_ms"],
                             search_wall_s=result["search_wall_s"], info=result["info"], budget_rounds=result.get("budget_rounds"),
-                            bits=bits_summary(result["policy_obj"], setup.net))
+                            bits=bits_summary(result["policy_obj"], setup.net),
+                            correct=test_correct(setup, result["policy_obj"], result["network_obj"]))
             else:
                 item["error"] = result["error"]
             state.put(key, item)
@@ -277,15 +294,31 @@ def report(setups: dict, state: State, timings: dict, args) -> tuple[str, dict]:
             cross[item["target"]] = {"accuracy": item["accuracy"], "measured_ms": cells, "ratio": {n: ratio(n, key) for n in setups}}
             lines.append(f"{item['target']:20s} {100 * item['accuracy']:7.2f} " + " ".join(
                 f"{(cells[n] or float('nan')):14.3f} ({(cross[item['target']]['ratio'][n] or float('nan')):5.2f}x)   " for n in setups))
+        # the accuracy gap between the policies, paired on the same test images (exact McNemar): a gap of a few
+        # images is a tie, not a ranking
+        from tvm_mpq.quant.finetune import mcnemar_p
+
+        n_test = len(next(iter(setups.values())).test)
+        hits = {state.data[k]["target"]: unpack_correct(state.data[k], n_test) for k in keys}
+        p_value = mcnemar_p(*hits.values()) if len(hits) == 2 and all(h is not None for h in hits.values()) else None
+        if p_value is not None:
+            lines.append(f"accuracy difference {abs(np.subtract(*[100 * c['accuracy'] for c in cross.values()])):.2f} points, "
+                         f"paired on {n_test} test images: McNemar p = {p_value:.2f}"
+                         f"{' (significant)' if p_value < 0.05 else ' (a tie at 5%)'}")
         # HAQ's question: on target T, which of these policies is the one to deploy, i.e. the most accurate of those
         # that meet T's budget in measurement? A policy made for another ISA either misses T's budget or gives up accuracy.
+        # Accuracies that are a statistical tie (above) are decided by the latency on T.
         best = {}
+        tie = p_value is not None and p_value >= 0.05
         for n in setups:
             fits = [t for t, c in cross.items() if c["ratio"][n] is not None and c["ratio"][n] <= args.cross_budget]
-            best[n] = max(fits, key=lambda t: cross[t]["accuracy"]) if fits else None
-        lines.append(f"best on each target (most accurate within {args.cross_budget} x its int8): " + ", ".join(
+            rank = (lambda t: -cross[t]["ratio"][n]) if tie else (lambda t: cross[t]["accuracy"])
+            best[n] = max(fits, key=rank) if fits else None
+        rule = "tied accuracy: the fastest" if tie else "the most accurate"
+        lines.append(f"best on each target ({rule} within {args.cross_budget} x its int8): " + ", ".join(
             f"on {n}: {best[n] or 'none fits'}{' (its own)' if best[n] == n else ''}" for n in setups))
-        summary["cross"] = {"policies": cross, "best_within_budget": best, "own_policy_best": {n: best[n] == n for n in setups}}
+        summary["cross"] = {"policies": cross, "best_within_budget": best, "own_policy_best": {n: best[n] == n for n in setups},
+                            "mcnemar_p": p_value, "rule": rule}
     return "\n".join(lines), summary
 
 

@@ -113,3 +113,28 @@ def test_renorm_recovers_one_bit_weights(trained_digits):
     acc_plain = accuracy(tvm_mpq.simulate(plain, policy, cal), test)
     acc_renorm = accuracy(tvm_mpq.simulate(renormed, policy, cal), test)
     assert acc_renorm > acc_plain + 0.05, (acc_plain, acc_renorm)
+
+
+def test_per_image_correctness_and_paired_test():
+    """``correct`` is per image and in order (its mean is ``accuracy``); McNemar's p is exact: one
+    model 2 images ahead is a tie, 12 ahead with no image the other gets alone is not."""
+    import numpy as np
+
+    from tvm_mpq.quant.finetune import correct, mcnemar_p
+
+    split = data.digits("test", size=8)
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
+    hits = correct(model, split)
+    expected = (model(split.images).argmax(1) == split.labels).numpy()
+    assert hits.dtype == bool and np.array_equal(hits, expected) and accuracy(model, split) == pytest.approx(expected.mean())
+    a = np.ones(1080, dtype=bool)
+    b = a.copy()
+    b[:5], a[5:8] = False, False  # a alone right on 5, b alone on 3
+    assert mcnemar_p(a, b) == pytest.approx(0.7265625)  # 2 * P(Binom(8, 1/2) <= 3)
+    b = np.ones(1080, dtype=bool)
+    b[:12] = False
+    assert mcnemar_p(np.ones(1080, dtype=bool), b) == pytest.approx(2 * 0.5 ** 12)
+    assert mcnemar_p(a, a) == 1.0
+    with pytest.raises(ValueError, match="same images"):
+        mcnemar_p(a, a[:10])

@@ -1,6 +1,7 @@
 """Tuning on remote boards: a TVM RPC tracker and two servers on loopback, started by the test."""
 
 import socket
+import threading
 import time
 from types import SimpleNamespace
 
@@ -75,20 +76,22 @@ def test_a_board_that_dies_mid_session_is_retried_on_the_other(tmp_path, rpc_boa
 
     class Dying(RPCRunner):
         killed: list = []
+        lock = threading.Lock()  # two candidates connect at once: exactly one board may die
 
         def _connect(self):
             session, board = super()._connect()
-            if not self.killed:
-                port = int(board.rsplit(":", 1)[1])
-                victim = next(s for s in rpc_boards.servers if s.port == port)
-                victim.terminate()  # the server and the process serving this session
-                self.killed.append(board)
+            with self.lock:
+                if not self.killed:
+                    port = int(board.rsplit(":", 1)[1])
+                    victim = next(s for s in rpc_boards.servers if s.port == port)
+                    victim.terminate()  # the server and the process serving this session
+                    self.killed.append(board)
             return session, board
 
     spec = ConvSpec(batch=1, in_channels=16, height=8, width=8, out_channels=16, kernel=(3, 3), padding=(1, 1, 1, 1))
     tasks = plan([spec], "llvm -mcpu=haswell", serial_bits=(1,), kernels=["fp32", "bitserial"])
     path = tmp_path / "remote.jsonl"
-    runner = Dying(rpc_boards.tracker, "board", timeout=120, retries=2, session_timeout=120)  # a lost board: an error, not a hang
+    runner = Dying(rpc_boards.tracker, "board", timeout=120, retries=2, session_timeout=60)  # a lost board: an error, not a hang
     try:
         summary = tune(tasks, TuningDatabase(path), target="llvm -mcpu=haswell", budget=2, runner=runner, progress=False)
     finally:
