@@ -282,6 +282,11 @@ def report(setups: dict, state: State, timings: dict, args) -> tuple[str, dict]:
                 f"{f(item.get('budget'), '7.2f')} {('yes' if row.get('within_budget') else 'NO') if 'within_budget' in row else '':>3s} "
                 f"{('yes' if row.get('beats_uniform') else 'NO') if 'beats_uniform' in row else '':>11s} "
                 f"{f(row.get('search_wall_s'), '8.0f')}  {row.get('bits') or ''}")
+        solves = [(item["budget"], item["info"]) for item in state.data.values()
+                  if item["target"] == name and item["method"] == "ilp" and "solve_s" in item.get("info", {})]
+        if solves:
+            lines.append("ILP alone (pricing + HiGHS; search s adds the sensitivity estimate and the measured budget rounds): " +
+                         ", ".join(f"@ {b} {info['solve_s']:.1f} s" for b, info in sorted(solves, key=lambda bi: -bi[0])))
         summary["targets"][name] = {"float_accuracy": float_acc, "int8_ms": int8_ms, "rows": rows}
     keys = cross_keys(setups, args)
     if keys and all(k in state.data and state.data[k].get("policy") for k in keys):

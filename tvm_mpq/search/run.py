@@ -286,7 +286,7 @@ def search(args: SearchArgs, setup: Setup) -> dict:
     try:
         if args.method == "ilp":
             key = (args.sensitivity, tuple(args.w_bits), tuple(args.a_bits), args.seed)
-            sensitivity = setup.sensitivities.get(key)
+            sensitivity, t_sens = setup.sensitivities.get(key), time.perf_counter()
             if sensitivity is None:
                 batches = [(x, y) for x, y in setup.train.batches(128, shuffle=True, seed=args.seed)][:2]
                 if args.sensitivity == "kl":
@@ -294,9 +294,13 @@ def search(args: SearchArgs, setup: Setup) -> dict:
                 else:
                     sensitivity = hessian_sensitivity(net, setup.cal, batches, w_bits=args.w_bits, a_bits=args.a_bits)
                 setup.sensitivities[key] = sensitivity
+            t_solve = time.perf_counter()
             found = ilp_search(net, provider, sensitivity, latency_budget_s=budget_s, w_bits=args.w_bits, a_bits=args.a_bits,
                                fixed=setup.fixed)
-            policy, info = found.policy, {"objective": found.objective, **found.info}
+            # what the ILP itself costs (pricing every layer x bits, then HiGHS), apart from the sensitivity
+            # estimate (0 when an earlier search of this setup made it) and the compile-and-measure rounds
+            policy, info = found.policy, {"objective": found.objective, **found.info, "sensitivity_s": t_solve - t_sens,
+                                          "solve_s": time.perf_counter() - t_solve}
         else:
             reward = AccuracyReward(net, setup.cal, setup.train, val_subset(setup.val, args.reward_images), steps=args.reward_steps, seed=args.seed)
             cfg = DDPGConfig(episodes=args.episodes, warmup=min(args.warmup, args.episodes), seed=args.seed)
