@@ -21,13 +21,26 @@ from tvm_mpq.kernels import amx, bitserial_x86, x86
 from tvm_mpq.kernels.spec import ConvSpec, DenseSpec, ceil_div
 from tvm_mpq.tuning.space import tile_size
 
-#: Kernels the model knows; another name is an error (it has no analytic estimate).
+#: Kernel families the model has a feature for; another name is an error (it has no analytic estimate).
 KERNEL_NAMES = ("fp32", "int8", "amx", "bitserial", "bitserial_ref", "depthwise")
+#: Kernels that share a family's algorithm on another instruction set: the AVX2 int8 kernel is the
+#: VNNI one's layout and schedule with ``vpmaddubsw`` + ``vpmaddwd`` for ``vpdpbusd``. They share
+#: the family's feature (the target's ISA flags tell them apart) and keep a prior of their own.
+KERNEL_FAMILY = {"int8_avx2": "int8"}
 #: Nominal per-core throughput (MACs/s; binary MACs for bit-serial) used by the analytic estimate:
-#: the peaks measured on Zen 5 (``benchmarks/peaks.py``). Only the ratios matter to the model.
+#: the peaks measured on Zen 5 (``benchmarks/peaks.py``); AVX2 int8 nominally a quarter of VNNI
+#: (half the vector width, two instructions per 4-way dot product). Only the ratios matter.
 PEAK_MACS = {
-    "fp32": 110e9, "int8": 430e9, "amx": 1000e9, "bitserial": 1150e9, "bitserial_ref": 5e9, "depthwise": 100e9,
+    "fp32": 110e9, "int8": 430e9, "int8_avx2": 110e9, "amx": 1000e9, "bitserial": 1150e9, "bitserial_ref": 5e9, "depthwise": 100e9,
 }
+
+
+def family(kernel: str) -> str:
+    """The :data:`KERNEL_NAMES` entry ``kernel`` belongs to (ValueError for a kernel the model cannot describe)."""
+    name = KERNEL_FAMILY.get(kernel, kernel)
+    if name not in KERNEL_NAMES:
+        raise ValueError(f"the cost model knows kernels {KERNEL_NAMES + tuple(KERNEL_FAMILY)}, got {kernel!r}")
+    return name
 #: Nominal memory bandwidth (bytes/s) for the bytes a kernel moves (float in/out, packed weights).
 BANDWIDTH = 20e9
 #: Knob fields of every kernel's schedule (missing ones are NaN for the trees).
@@ -66,8 +79,7 @@ def _shape(spec: "ConvSpec | DenseSpec") -> dict[str, float]:
 
 def work(spec, kernel: str, w_bits: int, a_bits: int) -> float:
     """What the kernel computes: MACs, or binary MACs (``w*a`` per MAC) for bit-serial."""
-    if kernel not in KERNEL_NAMES:
-        raise ValueError(f"the cost model knows kernels {KERNEL_NAMES}, got {kernel!r}")
+    family(kernel)
     macs = float(spec.macs)
     return macs * w_bits * a_bits if kernel.startswith("bitserial") else macs
 
@@ -108,7 +120,7 @@ def padded_work(spec, kernel: str, w_bits: int, a_bits: int) -> float:
     pad = lambda n, b: ceil_div(n, b) * b  # noqa: E731
     if kernel.startswith("bitserial"):
         return float(pad(o, bitserial_x86.OC_GROUP) * pixels * pad(c, 64) * taps * w_bits * a_bits)
-    if kernel == "int8":
+    if family(kernel) == "int8":
         return float(pad(o, 16) * pixels * pad(c, 4) * taps)
     if kernel == "amx":
         return float(pad(o, 16) * pad(pixels, 16) * pad(c, 64) * taps)
@@ -148,7 +160,7 @@ def featurize(spec, kernel: str, w_bits: int, a_bits: int, knobs: Mapping[str, A
     derived = {
         "is_conv": kind == "conv2d", "is_depthwise": kind == "depthwise_conv2d", "is_dense": kind == "dense",
         "is_grouped": kind == "grouped_conv2d", "w_bits": w_bits, "a_bits": a_bits, "bit_products": w_bits * a_bits,
-        "split8": kernel in ("int8", "amx") and w_bits == 8,
+        "split8": family(kernel) in ("int8", "amx") and w_bits == 8,
         "log2_macs": math.log2(max(1, spec.macs)), "log2_work": math.log2(max(1.0, work(spec, kernel, w_bits, a_bits))),
         "log2_pixels": math.log2(shape["batch"] * shape["out_height"] * shape["out_width"]),
         "log2_in_bytes": math.log2(in_b), "log2_out_bytes": math.log2(out_b), "log2_weight_bytes": math.log2(max(1.0, w_b)),
@@ -171,7 +183,7 @@ def featurize(spec, kernel: str, w_bits: int, a_bits: int, knobs: Mapping[str, A
     })
     row = (
         [float(shape[n]) for n in SHAPE_NAMES] + [float(derived[n]) for n in DERIVED_NAMES]
-        + [float(kernel == k) for k in KERNEL_NAMES] + [float(bool(isa.get(f, False))) for f in ISA_FEATURES]
+        + [float(family(kernel) == k) for k in KERNEL_NAMES] + [float(bool(isa.get(f, False))) for f in ISA_FEATURES]
         + [float(knobs[k]) if k in knobs else math.nan for k in KNOB_NAMES]
     )
     return np.asarray(row, dtype=np.float64)

@@ -37,7 +37,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from tvm_mpq.cost_models.features import FEATURE_NAMES, PRIOR_TERMS, analytic_ms, featurize, isa_flags, prior_terms
+from tvm_mpq.cost_models.features import FEATURE_NAMES, PRIOR_TERMS, analytic_ms, family, featurize, isa_flags, prior_terms
 from tvm_mpq.tuning.space import canonical_bits, knob_space
 
 logger = logging.getLogger(__name__)
@@ -102,9 +102,14 @@ class XGBCostModel:
         return points, np.asarray(ms)
 
     def _prior_ms(self, spec, kernel: str, w: int, a: int, threads: int) -> float:
-        coef = self.meta.get("prior", {}).get(kernel)
-        if coef is None:  # a kernel the model never saw measured: the analytic estimate
-            return analytic_ms(spec, kernel, w, a, threads)
+        priors = self.meta.get("prior", {})
+        coef = priors.get(kernel)
+        if coef is None:
+            base = family(kernel)
+            if base != kernel and base in priors:  # its family's fitted prior, scaled by the nominal peaks' ratio
+                ratio = analytic_ms(spec, kernel, w, a, threads) / analytic_ms(spec, base, w, a, threads)
+                return max(float(np.dot(prior_terms(spec, base, w, a), priors[base])), 1e-4) * ratio
+            return analytic_ms(spec, kernel, w, a, threads)  # a kernel the model never saw measured: the analytic estimate
         return max(float(np.dot(prior_terms(spec, kernel, w, a), coef)), 1e-4)
 
     def _design(self, points) -> tuple[np.ndarray, np.ndarray]:

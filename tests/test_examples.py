@@ -33,18 +33,23 @@ def test_demo_quick_path(tmp_path):
 
 
 def test_autotune_session_example(tmp_path):
-    """Tune digits_cnn (budget 1, 1-bit serial cells, two kernels), fit the cost model on the new
-    records alone, save/reload it, print the per-layer table and the whole-network predictions."""
+    """Tune digits_cnn (budget 1, 1-bit serial cells, the host's byte kernel and bit-serial), fit
+    the cost model on the new records alone, save/reload it, print the per-layer table and the
+    whole-network predictions."""
+    from tvm_mpq._tvm import parse_target
+    from tvm_mpq.kernels.registry import offered
+
+    [byte] = offered("conv2d", parse_target(None), ("int8", "int8_avx2"))  # VNNI, or AVX2 without it
     db, model = tmp_path / "records.jsonl", tmp_path / "model.json"
     proc = subprocess.run(
         [sys.executable, str(ROOT / "examples" / "autotune_session.py"), "--db", str(db), "--out", str(model), "--bits", "1",
-         "--kernels", "int8", "bitserial", "--base-db", "", "--n-estimators", "50"],
+         "--kernels", "int8", "int8_avx2", "bitserial", "--base-db", "", "--n-estimators", "50"],
         capture_output=True, text=True, timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "0 failed" in proc.stdout and "reloaded" in proc.stdout
     table = [line.split() for line in proc.stdout.splitlines() if line.startswith(("features.", "fc "))]
-    assert {row[1] for row in table} == {"int8", "bitserial"} and all(row[-1] != "-" for row in table)
+    assert {row[1] for row in table} == {byte, "bitserial"} and all(row[-1] != "-" for row in table)
     for bits in ("W8A8", "W2A2"):
         assert f"whole network, uniform {bits}: predicted" in proc.stdout
     assert db.exists() and model.exists()

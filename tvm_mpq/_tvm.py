@@ -41,6 +41,8 @@ __all__ = [
     "parse_target",
     "target_to_str",
     "target_features",
+    "missing_host_features",
+    "require_runnable_here",
     "host_cpu",
     "cpu_device",
     "tensor",
@@ -146,6 +148,23 @@ _CPUINFO_FEATURES = {"amx_tile": "amx-tile", "amx_int8": "amx-int8"}
 def target_features(target: Target) -> dict[str, bool]:
     """ISA flags that matter to our kernels (AVX-512 VPOPCNTDQ, VNNI, AVX2, AMX), from ``-mcpu`` and ``-mattr``."""
     return {name: bool(codegen.llvm_cpu_has_features([name], target)) for name in FEATURES}
+
+
+def missing_host_features(target: "Target | str | Mapping[str, Any] | None") -> list[str]:
+    """The ISA features of :data:`FEATURES` that ``target``'s code uses and this host lacks: code
+    built for it dies here with an illegal instruction, so it can be compiled here but measured
+    only on a machine that has them (a board behind the RPC tracker). Empty: it runs here."""
+    tgt, host = target_features(parse_target(target)), target_features(parse_target(None))
+    return [name for name in FEATURES if tgt[name] and not host[name]]
+
+
+def require_runnable_here(target, doing: str, fix: str) -> None:
+    """``ValueError`` naming the features ``target`` needs that this host lacks, before ``doing``
+    (e.g. "timing the compiled policy") starts; ``fix`` says what to do instead."""
+    missing = missing_host_features(target)
+    if missing:
+        raise ValueError(f"{doing} needs a CPU with {', '.join(missing)} (target {target_to_str(parse_target(target))}); "
+                         f"this host ({host_cpu()}) lacks them, so its code can be built here but not run: {fix}")
 
 
 def _cpuinfo_flags() -> set[str]:

@@ -45,3 +45,13 @@ def test_bad_input(policy_path, tmp_path, capsys):
         with pytest.raises(SystemExit) as exit_info:
             main(["bench", "digits_cnn", "--policy", policy_path, *flags])
         assert exit_info.value.code == EXIT_USAGE, flags
+
+
+def test_a_target_this_host_cannot_run_is_a_usage_error(policy_path, monkeypatch, capsys):
+    from tvm_mpq import _tvm
+
+    monkeypatch.setattr(_tvm, "host_cpu", lambda: "haswell")  # an AVX2-only host
+    monkeypatch.setattr(_tvm, "_host_extra_features", lambda mcpu: [])
+    argv = ["bench", "digits_cnn", "--policy", policy_path, "--random-weights", "--target", "llvm -mcpu=znver5"]
+    assert main(argv) == EXIT_USAGE
+    assert "needs a CPU with avx512f" in capsys.readouterr().err

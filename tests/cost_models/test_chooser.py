@@ -39,4 +39,4 @@ def test_compiled_model_is_unchanged_by_the_choice(digits_net):
         ys = tvm_mpq.simulate(model, policy, cal)(*x).numpy()
     y = chosen.run(*x)
     np.testing.assert_allclose(y, ys, rtol=0, atol=1e-4 * np.abs(ys).max())
-    assert set(k for ks in chosen.kernels.values() for k in ks) <= {"int8", "amx", "bitserial", "depthwise", "float"}
+    assert set(k for ks in chosen.kernels.values() for k in ks) <= {"int8", "int8_avx2", "amx", "bitserial", "depthwise", "float"}

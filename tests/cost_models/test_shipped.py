@@ -1,6 +1,7 @@
 """The shipped pretrained model loads, knows this CPU class and carries its held-out record."""
 
 import numpy as np
+import pytest
 
 from tvm_mpq.cost_models import DEFAULT_MODEL_PATH, default_model, load_model
 from tvm_mpq.kernels.spec import ConvSpec
@@ -28,3 +29,37 @@ def test_shipped_model_knows_what_it_measured():
     spec = ConvSpec(1, 64, 28, 28, 64, (3, 3), padding=(1, 1, 1, 1))
     points = [(spec, "bitserial", 4, 4, None), (spec, "bitserial", 5, 5, None), (spec, "int8", 6, 3, None), (spec, "int8_avx2", 8, 8, None)]
     assert model.unseen(points) == [None, "bitserial W5A5", None, "kernel 'int8_avx2'"]
+
+
+def test_an_isa_variant_of_a_known_kernel_is_priced_from_its_family(caplog):
+    """The shipped model never measured the AVX2 int8 kernel: it is priced from the int8 family's
+    fitted prior scaled by the nominal peaks (a warning says so), and a model fitted on AVX2
+    records learns it like any other kernel."""
+    import logging
+
+    from tvm_mpq.cost_models import XGBCostModel
+    from tvm_mpq.cost_models.features import analytic_ms, family
+    from tvm_mpq.tuning import Record, workload_dict
+
+    assert family("int8_avx2") == "int8" and family("amx") == "amx"
+    model = default_model()
+    spec = ConvSpec(1, 64, 28, 28, 64, (3, 3), padding=(1, 1, 1, 1))
+    with caplog.at_level(logging.WARNING):
+        avx2, vnni = model.predict_points([(spec, "int8_avx2", 8, 8, None), (spec, "int8", 8, 8, None)], target="llvm -mcpu=haswell")
+    assert np.isfinite(avx2) and avx2 > 0 and "never measured kernel 'int8_avx2'" in caplog.text
+    assert model._prior_ms(spec, "int8_avx2", 8, 8, 2) == pytest.approx(
+        model._prior_ms(spec, "int8", 8, 8, 2) * analytic_ms(spec, "int8_avx2", 8, 8, 2) / analytic_ms(spec, "int8", 8, 8, 2))
+    # fitted on AVX2 records: its own prior, and predictions that follow the measurements
+    records = []
+    for c in (16, 32, 64, 128):
+        for size in (7, 14, 28):
+            s = ConvSpec(1, c, size, size, c, (3, 3), padding=(1, 1, 1, 1))
+            for kernel, w, a in (("int8_avx2", 8, 8), ("bitserial", 1, 1), ("fp32", 32, 32)):
+                ms = 3.0 * analytic_ms(s, kernel, w, a, 1)
+                records.append(Record(workload=workload_dict(s), kernel=kernel, w_bits=w, a_bits=a, knobs={}, target="llvm -mcpu=haswell",
+                                      status="ok", latency_ms={"median": ms, "mean": ms, "min": ms, "std": 0.0, "n": 1}, extra={"threads": 1}))
+    fitted = XGBCostModel().fit(records)
+    assert "int8_avx2" in fitted.meta["prior"] and "int8_avx2" in fitted.meta["kernels"]
+    pred = fitted.predict_records(records)
+    truth = np.array([r.latency for r in records])
+    assert np.max(np.abs(pred - truth) / truth) < 0.25

@@ -45,7 +45,7 @@ def bench(args: BenchArgs) -> dict:
 
     import tvm_mpq
     from tvm_mpq import hardware
-    from tvm_mpq._tvm import target_to_str
+    from tvm_mpq._tvm import require_runnable_here, target_to_str
 
     if args.rounds < 1:
         raise UsageError(f"--rounds must be >= 1, got {args.rounds}")
@@ -54,6 +54,11 @@ def bench(args: BenchArgs) -> dict:
     if args.kernel not in KERNEL_MODES:
         raise UsageError(f"--kernel must be one of {', '.join(KERNEL_MODES)}, got {args.kernel!r}")
     target = parse_target_arg(args.target)
+    try:
+        require_runnable_here(target, "tvm-mpq bench", "bench on a machine that has them (compile there, or copy the "
+                              "`tvm-mpq compile` library over and run it with mpq_run), or bench a target this CPU runs")
+    except ValueError as err:
+        raise UsageError(str(err)) from None
     policy = read_policy(args.policy)
     say = (lambda text: print(text, file=sys.stderr, flush=True)) if args.progress else (lambda text: None)
     net, inputs = import_model(args.model)

@@ -104,6 +104,11 @@ def prepare(args: SearchArgs) -> Setup:
     from tvm_mpq import data
     from tvm_mpq.quant.finetune import Recipe, accuracy, pretrained
 
+    if args.measure:  # before minutes of training and search, not at the first timing
+        from tvm_mpq._tvm import require_runnable_here
+
+        require_runnable_here(args.target, "measuring the found policy",
+                              "search with --no-measure (the provider's latency only) and time the policy on such a machine")
     model, inputs = pretrained(args.model, Recipe(epochs=args.train_epochs), **args.model_kwargs)
     net = tvm_mpq.import_torch(model, inputs)
     size = int(inputs[0].shape[-1])

@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Iterable, TextIO
 
-from tvm_mpq._tvm import parse_target, target_to_str
+from tvm_mpq._tvm import parse_target, require_runnable_here, target_to_str
 from tvm_mpq.kernels.spec import ConvSpec, DenseSpec
 from tvm_mpq.tuning.database import Record, TuningDatabase, candidate_key, workload_dict, workload_key
 from tvm_mpq.tuning.measure import Candidate, LocalRunner, Result, measure_many
@@ -120,6 +120,9 @@ def tune(tasks: list[TuneTask], db: TuningDatabase, *, target=None, budget: int 
     if budget < 1:
         raise ValueError(f"budget must be >= 1 candidate per cell, got {budget}")
     tgt = target_to_str(parse_target(target))
+    if runner is None or runner.device == "local":
+        require_runnable_here(target, "tuning on this machine",
+                              "tune on a board that has them (--rpc-tracker host:port --rpc-key K), or target this CPU (llvm -mcpu=native)")
     own_runner = runner is None
     runner = runner or LocalRunner()
     t0 = time.perf_counter()

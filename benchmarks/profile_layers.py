@@ -1,0 +1,111 @@
+"""Where a compiled model's time goes: every VM call timed, grouped into layer kernels and the rest.
+
+The whole-network targets of the kernels issue hinge on the ops between quantized layers (pooling,
+adds, copies, layout changes, the VM's own calls) not dominating. This runs a model compiled under a
+policy with a VM instrument that times each call (``time.perf_counter`` before and after, median
+over ``--runs``), and prints the calls by time, the share of the layer kernels (every kernel the
+lowering scheduled: its symbol carries the layer's name) and of everything else, and the sum of
+the calls next to the plain ``time_evaluator`` latency (the difference: the instrument's and the
+VM's per-call overhead).
+
+Usage: ``python benchmarks/profile_layers.py [--model resnet18] [--policy W8A8|W1A1|W1A2|W2A2]
+[--threads 1] [--runs 20] [--top 25]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import os
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+
+POLICIES = {
+    "W8A8": dict(w_bits=8, a_bits=8),
+    "W1A1": dict(w_bits=1, a_bits=1, keep_first_last=8),
+    "W1A2": dict(w_bits=1, a_bits=2, keep_first_last=8),
+    "W2A2": dict(w_bits=2, a_bits=2, keep_first_last=8),
+}
+
+
+def profile(compiled, x, runs: int) -> dict[str, list[float]]:
+    """``{call symbol: [seconds per run]}`` (calls to the same symbol within a run are summed)."""
+    import numpy as np
+
+
+    vm = compiled.vm
+    per_run: list[collections.Counter] = []
+    state = {"t": 0.0, "run": None}
+
+    def instrument(func, symbol, before, ret, *args):
+        now = time.perf_counter()
+        if before:
+            state["t"] = now
+        else:
+            state["run"][str(symbol)] += now - state["t"]
+        return 0  # VMInstrumentReturnKind.kNoOp
+
+    args = compiled._args([x])
+    compiled.run(x)  # warm (first-call allocations)
+    vm.set_instrument(instrument)
+    try:
+        for _ in range(runs):
+            state["run"] = collections.Counter()
+            vm["main"](*args)
+            per_run.append(state["run"])
+    finally:
+        vm.set_instrument(None)
+    symbols = set().union(*per_run)
+    return {s: [float(r.get(s, 0.0)) for r in per_run] for s in symbols} if per_run else {}
+
+
+def is_layer_kernel(symbol: str, layer_names) -> bool:
+    return any(name.replace(".", "_") in symbol for name in layer_names)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="resnet18")
+    ap.add_argument("--input-size", type=int, default=224)
+    ap.add_argument("--policy", default="W8A8", choices=sorted(POLICIES))
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--runs", type=int, default=20)
+    ap.add_argument("--top", type=int, default=25)
+    args = ap.parse_args(argv)
+    os.environ["TVM_NUM_THREADS"] = str(args.threads)
+
+    import numpy as np
+    import torch
+
+    import tvm_mpq
+    from tvm_mpq import models
+
+    model, inputs = models.get(args.model, input_size=args.input_size)
+    net = tvm_mpq.import_torch(model, inputs)
+    gen = torch.Generator().manual_seed(0)
+    batch = torch.relu(torch.randn(inputs[0].shape, generator=gen))
+    cal = tvm_mpq.calibrate(net, [batch])
+    policy = tvm_mpq.QuantPolicy.uniform(net, **POLICIES[args.policy])
+    compiled = tvm_mpq.build(net, policy, cal)
+    x = batch.numpy()
+    latency = float(np.median(compiled.time(x, number=20, repeat=5)))
+    calls = profile(compiled, x, args.runs)
+    med = {s: float(np.median(v)) for s, v in calls.items()}
+    names = [l.name for l in net.layers]
+    kernels = sum(t for s, t in med.items() if is_layer_kernel(s, names))
+    total = sum(med.values())
+    print(f"{args.model} {args.input_size}x{args.input_size} {args.policy}, {args.threads} thread(s): "
+          f"time_evaluator {1e3 * latency:.3f} ms; sum of {len(med)} call symbols {1e3 * total:.3f} ms")
+    print(f"  layer kernels {1e3 * kernels:.3f} ms ({100 * kernels / total:.1f}%), "
+          f"everything else {1e3 * (total - kernels):.3f} ms ({100 * (total - kernels) / total:.1f}%)")
+    print(f"  {'ms':>8s} {'%':>5s}  call (* = layer kernel)")
+    for s, t in sorted(med.items(), key=lambda kv: -kv[1])[: args.top]:
+        print(f"  {1e3 * t:8.3f} {100 * t / total:5.1f}  {'*' if is_layer_kernel(s, names) else ' '} {s}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

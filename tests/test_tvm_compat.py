@@ -1,0 +1,39 @@
+"""tvm_mpq._tvm: which targets this host can run."""
+
+import pytest
+
+from tvm_mpq import _tvm
+
+
+@pytest.fixture
+def haswell_host(monkeypatch):
+    """Pretend this host is an AVX2-only Haswell (no AVX-512, no AMX)."""
+    monkeypatch.setattr(_tvm, "host_cpu", lambda: "haswell")
+    monkeypatch.setattr(_tvm, "_host_extra_features", lambda mcpu: [])
+
+
+def test_the_host_runs_its_own_code():
+    assert _tvm.missing_host_features(None) == []
+    _tvm.require_runnable_here(None, "timing", "nothing to fix")
+
+
+def test_avx512_code_on_an_avx2_host_is_named(haswell_host):
+    assert _tvm.missing_host_features("llvm -mcpu=haswell") == []
+    missing = _tvm.missing_host_features("llvm -mcpu=znver5")
+    assert {"avx512f", "avx512vnni", "avx512vpopcntdq"} <= set(missing) and "avx2" not in missing
+    with pytest.raises(ValueError, match=r"timing it needs a CPU with avx512f.*this host \(haswell\) lacks them.*: use a board"):
+        _tvm.require_runnable_here("llvm -mcpu=znver5", "timing it", "use a board")
+
+
+def test_local_tuning_and_search_refuse_a_target_the_host_cannot_run(haswell_host, tmp_path):
+    from tvm_mpq.kernels.spec import ConvSpec
+    from tvm_mpq.search.run import SearchArgs, prepare
+    from tvm_mpq.tuning import TuningDatabase, plan, tune
+
+    spec = ConvSpec(batch=1, in_channels=8, height=4, width=4, out_channels=8, kernel=(1, 1))
+    db = TuningDatabase(tmp_path / "db.jsonl")
+    with pytest.raises(ValueError, match=r"tuning on this machine needs a CPU with avx512f.*--rpc-tracker"):
+        tune(plan([spec], "llvm -mcpu=znver5"), db, target="llvm -mcpu=znver5", progress=False)
+    assert not (tmp_path / "db.jsonl").exists() or not list(db)  # nothing measured, nothing recorded
+    with pytest.raises(ValueError, match=r"measuring the found policy needs a CPU with avx512f.*--no-measure"):
+        prepare(SearchArgs(target="llvm -mcpu=znver5"))
