@@ -392,6 +392,17 @@ def main(argv=None) -> int:
     args.rl_targets = [short(target_of(t)) for t in args.rl_targets.split(",") if t]
     args.predicted = [short(target_of(t)) for t in args.predicted.split(",") if t]
     targets = [target_of(t) for t in args.targets.split(",") if t]
+    if not args.no_timing:  # every point is timed here: a target this CPU cannot run is skipped, not crashed on
+        from tvm_mpq._tvm import host_cpu, missing_host_features
+
+        for t in list(targets):
+            missing = missing_host_features(t)
+            if missing:
+                print(f"skipping {short(t)}: this host ({host_cpu()}) lacks {', '.join(missing)}; run on a machine that has "
+                      "them, or pass --no-timing to search without measuring", file=sys.stderr, flush=True)
+                targets.remove(t)
+        if not targets:
+            raise SystemExit("no target left that this host can time")
 
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     state = State(args.out + ".json", args.fresh)

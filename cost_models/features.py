@@ -41,6 +41,8 @@ def family(kernel: str) -> str:
     if name not in KERNEL_NAMES:
         raise ValueError(f"the cost model knows kernels {KERNEL_NAMES + tuple(KERNEL_FAMILY)}, got {kernel!r}")
     return name
+
+
 #: Nominal memory bandwidth (bytes/s) for the bytes a kernel moves (float in/out, packed weights).
 BANDWIDTH = 20e9
 #: Knob fields of every kernel's schedule (missing ones are NaN for the trees).
