@@ -23,19 +23,14 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-POLICIES = {
-    "W8A8": dict(w_bits=8, a_bits=8),
-    "W1A1": dict(w_bits=1, a_bits=1, keep_first_last=8),
-    "W1A2": dict(w_bits=1, a_bits=2, keep_first_last=8),
-    "W2A2": dict(w_bits=2, a_bits=2, keep_first_last=8),
-}
+from resnet18 import POLICIES as RESNET18_POLICIES  # noqa: E402  (the end-to-end benchmark's policies)
+
+#: By their short label (``W1A1`` for "W1A1 (8-bit ends)").
+POLICIES = {label.split()[0]: kw for label, kw in RESNET18_POLICIES.items()}
 
 
 def profile(compiled, x, runs: int) -> dict[str, list[float]]:
     """``{call symbol: [seconds per run]}`` (calls to the same symbol within a run are summed)."""
-    import numpy as np
-
-
     vm = compiled.vm
     per_run: list[collections.Counter] = []
     state = {"t": 0.0, "run": None}
