@@ -75,16 +75,23 @@ def _dot_intrinsic(lanes, llvm_intrinsic: str, accumulates: bool):
     return desc, impl
 
 
+_registered = False
+
+
 def _register_intrinsics() -> None:
+    """Register the dot-product intrinsics with TVM, once per process, on first use: parsing them
+    (TVMScript inspects the caller's whole stack) costs seconds, which every ``import tvm_mpq`` in a
+    tuning worker or CLI process would otherwise pay."""
+    global _registered
+    if _registered:
+        return
     for name, lanes, llvm_intrinsic, accumulates in ((VNNI_INTRIN, int8.VNNI, "llvm.x86.avx512.vpdpbusd.512", True),
                                                       (AVX2_INTRIN, int8.AVX2, "llvm.x86.avx2.pmadd.wd", False)):
         try:
             TensorIntrin.get(name)
         except Exception:  # not registered yet (TVM raises its own error type)
             TensorIntrin.register(name, *_dot_intrinsic(lanes, llvm_intrinsic, accumulates))
-
-
-_register_intrinsics()
+    _registered = True
 
 
 def is_x86(target: Target) -> bool:
@@ -202,6 +209,7 @@ def schedule_int8_conv(sch: Schedule, knobs: Int8Knobs | None = None, lanes=int8
     spatial = [loops[k] for k in ("ob", "x") if k in loops]
     sch.reorder(*reduction, *spatial, loops["oi"], loops["ri"])
     init = sch.decompose_reduction(acc, (reduction or spatial or [loops["oi"]])[0])
+    _register_intrinsics()
     sch.tensorize(loops["oi"], LANE_INTRINSICS[lanes])
     for loop in spatial:
         sch.unroll(loop)

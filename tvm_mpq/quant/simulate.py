@@ -59,7 +59,16 @@ class IntegerLayer(nn.Module):
         check_reduction(int(np.prod(w.shape[1:])), name)
         wq = quantize_weight(w, bits.channel_bits(w.shape[0]))
         ep = make_epilogue(wq, aq, bias)
-        self.register_buffer("levels", torch.from_numpy(wq.levels.astype(np.float64)))
+        # float32 sums integers exactly below 2^24, in any order: the accumulation runs in float32 over
+        # chunks of input channels whose largest possible sum stays below that (one chunk for most
+        # layers; 8-bit layers with long reductions take two or three), the chunks added as int64.
+        # Grouped convs whose one group could reach it run in float64.
+        per_channel = int(np.prod(w.shape[2:])) * max(int(aq.qmax) - int(aq.zero_point), int(aq.zero_point)) * float(np.abs(wq.levels).max(initial=0))
+        groups = getattr(module, "groups", 1)
+        fits = int((2**24 - 1) // max(per_channel, 1.0))
+        # input channels per float32 chunk (groups == 1: all of them, or fewer); 0: float64, unchunked
+        self.chunk = w.shape[1] if w.shape[1] <= fits else (fits if groups == 1 and fits >= 1 else 0)
+        self.register_buffer("levels", torch.from_numpy(wq.levels.astype(np.float32 if self.chunk else np.float64)))
         self.register_buffer("bias_q", torch.from_numpy(ep.bias_q))
         self.register_buffer("out_scale", torch.from_numpy(ep.out_scale))
         self.register_buffer("dead_bias", torch.from_numpy(ep.dead_bias))
@@ -78,12 +87,22 @@ class IntegerLayer(nn.Module):
         """The exact integer accumulator sum((code - z) * level) as int64."""
         if self.pre_pad is not None:
             x = F.pad(x, *self.pre_pad)
-        a = (self.codes(x) - float(self.aq.zero_point)).double()
-        if self.conv_args is None:
-            acc = F.linear(a, self.levels)
-        else:
-            acc = F.conv2d(a, self.levels, None, **self.conv_args)
-        return torch.round(acc).to(torch.int64)
+        a = (self.codes(x) - float(self.aq.zero_point)).to(self.levels.dtype)
+
+        def run(a_part, w_part):
+            acc = F.linear(a_part, w_part) if self.conv_args is None else F.conv2d(a_part, w_part, None, **self.conv_args)
+            return torch.round(acc).to(torch.int64)
+
+        width = self.levels.shape[1]
+        if not self.chunk or self.chunk >= width:
+            return run(a, self.levels)
+        axis = -1 if self.conv_args is None else 1  # groups == 1 here: the weight's axis 1 is the input's channels
+        acc = None
+        for start in range(0, width, self.chunk):
+            size = min(self.chunk, width - start)
+            part = run(a.narrow(axis, start, size), self.levels[:, start:start + size])
+            acc = part if acc is None else acc + part
+        return acc
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         acc = self.accumulate(x)
