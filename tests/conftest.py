@@ -31,6 +31,13 @@ def digits_net():
 
 
 @pytest.fixture(scope="session")
+def model_cache(tmp_path_factory):
+    """A model cache (``TVM_MPQ_CACHE``) shared by the tests of this session that train the same
+    digits model with the same recipe: each recipe is trained once, not once per test."""
+    return tmp_path_factory.mktemp("models")
+
+
+@pytest.fixture(scope="session")
 def trained_digits(tmp_path_factory):
     """digits_cnn trained 4 epochs on 16x16 digits (in a private cache): (net, train, test, calibration)."""
     import os

@@ -32,6 +32,19 @@ def test_demo_quick_path(tmp_path):
     assert (tmp_path / "demo_pareto.png").exists() and (tmp_path / "policy.json").exists() and (tmp_path / "policy.so").exists()
 
 
+def test_demo_refuses_a_target_this_host_cannot_run(tmp_path, capsys):
+    """Before minutes of training, not at the first timing."""
+    from tvm_mpq import demo
+    from tvm_mpq._tvm import missing_host_features
+
+    foreign = next((t for t in ("llvm -mcpu=znver5", "llvm -mcpu=sapphirerapids") if missing_host_features(t)), None)
+    if foreign is None:
+        pytest.skip("this host runs every target the test knows")
+    assert demo.main(["--quick", "--target", foreign, "--out-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "needs a CPU with" in err and "leave --target out" in err
+
+
 def test_autotune_session_example(tmp_path):
     """Tune digits_cnn (budget 1, 1-bit serial cells, the host's byte kernel and bit-serial), fit
     the cost model on the new records alone, save/reload it, print the per-layer table and the

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import time
 
 import numpy as np
@@ -68,13 +69,18 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="a width-8 ResNet, two training epochs: checks the path in a minute")
     args = ap.parse_args(argv)
 
-    from tvm_mpq._tvm import parse_target
+    from tvm_mpq._tvm import parse_target, require_runnable_here
     from tvm_mpq.deploy import time_exported
     from tvm_mpq.search import run as srun
 
     t_start = time.perf_counter()
     threads = args.threads or os.cpu_count() or 1
     target = parse_target(args.target)
+    try:
+        require_runnable_here(target, "the demo (it times the compiled models here)", "leave --target out (this host's CPU)")
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     os.makedirs(args.out_dir, exist_ok=True)
     sargs = srun.SearchArgs(
         model="digits_resnet", model_kwargs={"width": 8 if args.quick else 32},
@@ -82,7 +88,7 @@ def main(argv=None) -> int:
         train_epochs=2 if args.quick else 10, finetune_epochs=1,
         # --quick: 9 MMAC are all per-call overhead, the policy times like int8 whatever its bits; the measured budget
         # loop is for the real model
-        budget_rounds=0 if args.quick else 3,
+        budget_rounds=0 if args.quick else 3, measure=not args.quick,  # --quick: step 4 times the policy, once
         **({"w_bits": (2, 4, 8), "a_bits": (4, 8)} if args.quick else {}), out=os.path.join(args.out_dir, "policy.json"),
     )
     print(f"[1/4] model: {sargs.model} {sargs.model_kwargs or ''} trained on digits ({sargs.train_epochs} epochs, cached)", flush=True)
@@ -91,7 +97,8 @@ def main(argv=None) -> int:
     print(f"      {len(net.layers)} layers, {net.macs / 1e6:.0f} MMAC; float test accuracy {100 * setup.float_accuracy:.2f}%", flush=True)
 
     print(f"[2/4] ILP search under {args.budget} x int8 latency (shipped cost model, target {target_to_str(target)}); "
-          f"compiled and timed against int8, tightened while the measurement misses the budget", flush=True)
+          + ("timed in step 4" if args.quick else "compiled and timed against int8, tightened while the measurement misses the budget"),
+          flush=True)
     result = srun.search(sargs, setup)
     if not result["feasible"]:
         print(f"infeasible: {result['error']}")

@@ -16,8 +16,8 @@ FAST = ["--train-epochs", "2", "--finetune-epochs", "1", "--rounds", "1"]
 
 
 @pytest.fixture
-def cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("TVM_MPQ_CACHE", str(tmp_path / "cache"))
+def cache(tmp_path, monkeypatch, model_cache):
+    monkeypatch.setenv("TVM_MPQ_CACHE", str(model_cache))  # the searches share one trained digits_cnn
     return tmp_path
 
 
