@@ -3,6 +3,7 @@
 import socket
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from types import SimpleNamespace
 
 import pytest
@@ -30,10 +31,14 @@ def rpc_boards():
     port = _free_port()
     trk = tracker.Tracker(host="127.0.0.1", port=port, port_end=port + 1, silent=True)
     servers = []
+
+    def start(_):
+        p = _free_port()
+        servers.append(server.Server(host="127.0.0.1", port=p, port_end=p + 1, tracker_addr=("127.0.0.1", trk.port), key="board", silent=True))
+
     try:
-        for _ in range(2):
-            p = _free_port()
-            servers.append(server.Server(host="127.0.0.1", port=p, port_end=p + 1, tracker_addr=("127.0.0.1", trk.port), key="board", silent=True))
+        with ThreadPoolExecutor(2) as pool:  # each server is a process that imports TVM (seconds): start both at once
+            list(pool.map(start, range(2)))
         deadline = time.time() + 30
         runner = None
         while time.time() < deadline:
