@@ -7,9 +7,10 @@ over workloads and reports, on the held-out predictions:
 
 * ``mape`` / ``median_ape`` / ``spearman`` over every held-out measurement (and per kernel);
 * ``kernel_choice``: for every held-out workload and bit pair, does the model pick the kernel that
-  measurement says is fastest among those that run those bits (bit-serial at (w, a), VNNI and AMX
-  at their 4- or 8-bit cost)? ``accuracy`` counts exact agreement, ``within_5pct`` a choice whose
-  measured latency is within 5% (10%) of the best, ``mean_regret`` the average slowdown of the choice;
+  measurement says is fastest among those that run those bits (bit-serial at (w, a), the byte
+  kernels VNNI, AVX2 int8 and AMX at their 4- or 8-bit cost)? ``accuracy`` counts exact agreement,
+  ``within_5pct`` a choice whose measured latency is within 5% (10%) of the best, ``mean_regret``
+  the average slowdown of the choice;
 * ``rank_spearman``: mean over held-out workloads of the rank correlation of all its precisions.
 """
 
@@ -21,8 +22,12 @@ from typing import Iterable
 import numpy as np
 from scipy.stats import spearmanr
 
-from tvm_mpq.cost_models.xgb_model import CostModelConfig, XGBCostModel, workload_id
+from tvm_mpq.cost_models.xgb_model import CostModelConfig, XGBCostModel, labels, workload_id
 from tvm_mpq.tuning.space import canonical_bits
+
+
+#: Kernels that run any bits in byte lanes, competing with bit-serial at their canonical bits.
+BYTE_KERNELS = ("int8", "int8_avx2", "amx")
 
 
 def kernel_choices(cells: dict) -> list[dict]:
@@ -38,7 +43,7 @@ def kernel_choices(cells: dict) -> list[dict]:
             for (k, cw, ca), value in cell.items():
                 if k.startswith("bitserial") and (cw, ca) == (w, a):
                     options[k] = value
-                elif k in ("int8", "amx") and (cw, ca) == canonical_bits(k, w, a):
+                elif k in BYTE_KERNELS and (cw, ca) == canonical_bits(k, w, a):
                     options[k] = value
             if len(options) < 2:
                 continue
@@ -85,20 +90,22 @@ def evaluate(records: Iterable, *, model: XGBCostModel | None = None, config: Co
         raise ValueError("no 'ok' tuning records to evaluate on; run `tvm-mpq tune` first")
     seen = set(model.meta.get("trained_workloads", [])) if model is not None else set()
     unseen = [r for r in ok if workload_id(r) not in seen]
+    config = model.config if model is not None else (config or CostModelConfig())
     if model is not None and unseen:
         ok, mode = unseen, "model on unseen workloads"
         pred = model.predict_records(ok)
     else:
-        config = model.config if model is not None else config
         mode = f"{folds}-fold cross-validation by workload"
         pred = held_out_predictions(ok, config=config, folds=folds, seed=seed)
-    report = {"mode": mode, **metrics(ok, pred)}
+    report = {"mode": mode, "probe_relative_records": sum(r.relative is not None for r in ok) if config.probe_normalized else 0,
+              **metrics(ok, pred, labels(ok, config))}
     return report
 
 
-def metrics(ok: list, pred: np.ndarray) -> dict:
-    """Every figure of the module docstring for records ``ok`` and their held-out predictions."""
-    measured = np.array([r.latency for r in ok])
+def metrics(ok: list, pred: np.ndarray, measured: np.ndarray | None = None) -> dict:
+    """Every figure of the module docstring for records ``ok``, their held-out predictions and their
+    measured latencies (default: :func:`~tvm_mpq.cost_models.xgb_model.labels` with the default config)."""
+    measured = labels(ok, CostModelConfig()) if measured is None else np.asarray(measured)
     report = {"records": len(ok), "workloads": len({workload_id(r) for r in ok}), **_errors(measured, pred)}
     report["by_kernel"] = {
         k: _errors(measured[idx], pred[idx])
@@ -107,9 +114,9 @@ def metrics(ok: list, pred: np.ndarray) -> dict:
     }
     # one value per cell: the best measured knob setting, and the model's best over the same settings
     cells: dict[tuple, list] = defaultdict(lambda: [np.inf, np.inf])
-    for r, p in zip(ok, pred):
+    for r, m, p in zip(ok, measured, pred):
         c = cells[(workload_id(r), r.kernel, r.w_bits, r.a_bits)]
-        c[0], c[1] = min(c[0], r.latency), min(c[1], p)
+        c[0], c[1] = min(c[0], m), min(c[1], p)
     decisions = kernel_choices(cells)
     hits = [d["best"] == d["chosen"] for d in decisions]
     report["kernel_choice"] = {

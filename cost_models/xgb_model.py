@@ -59,6 +59,9 @@ class CostModelConfig:
     min_child_weight: float = 2.0
     reg_lambda: float = 1.0
     seed: int = 0
+    #: Learn probe-relative latencies (``Record.relative`` x the probe's median over the training
+    #: records) where records have them, the raw median elsewhere; False: raw medians throughout.
+    probe_normalized: bool = True
 
     def __post_init__(self) -> None:
         if self.n_estimators < 1 or self.max_depth < 1 or not 0 < self.learning_rate <= 1:
@@ -71,6 +74,32 @@ class CostModelConfig:
 def workload_id(record) -> str:
     """A record's workload and target: the unit that held-out evaluation keeps apart."""
     return json.dumps(record.workload, sort_keys=True) + "|" + record.target
+
+
+def probe_reference(records) -> dict[str, float]:
+    """Per :meth:`~tvm_mpq.tuning.database.Record.probe_key`: the median probe time (ms) of ``records``."""
+    times: dict[str, list[float]] = {}
+    for r in records:
+        key = r.probe_key()
+        if key is not None:
+            times.setdefault(key, []).append(float(r.extra["probe"]["ms"]))
+    return {k: float(np.median(v)) for k, v in times.items()}
+
+
+def label_ms(record, reference: dict[str, float]) -> float:
+    """What the model learns for ``record``: its probe ratio x the probe's reference time, where it
+    has both (a drifting machine's speed divided out), else its median latency."""
+    ratio, key = record.relative, record.probe_key()
+    if ratio is not None and key in reference:
+        return ratio * reference[key]
+    return record.latency
+
+
+def labels(records, config: "CostModelConfig") -> np.ndarray:
+    """:func:`label_ms` of every record, the reference taken over ``records`` (raw medians when
+    ``config.probe_normalized`` is off)."""
+    reference = probe_reference(records) if config.probe_normalized else {}
+    return np.array([label_ms(r, reference) for r in records])
 
 
 def default_knobs(spec, kernel: str) -> dict[str, Any]:
@@ -88,18 +117,13 @@ class XGBCostModel:
         self._warned: set = set()  # targets and kernel/bits already warned about
 
     # -- training ---------------------------------------------------------------------------
-    @staticmethod
-    def _points(records) -> tuple[list[tuple], np.ndarray]:
-        """``(spec, kernel, w, a, knobs, isa, threads)`` of the ``ok`` records, and their latencies."""
+    def _points(self, records) -> tuple[list[tuple], np.ndarray]:
+        """``(spec, kernel, w, a, knobs, isa, threads)`` of the ``ok`` records, and their labels (:func:`labels`)."""
         isa_cache: dict[str, dict] = {}
-        points, ms = [], []
-        for r in records:
-            if not r.ok:
-                continue
-            isa = isa_cache.setdefault(r.target, isa_flags(r.target))
-            points.append((r.spec, r.kernel, r.w_bits, r.a_bits, r.knobs, isa, _threads(r)))
-            ms.append(r.latency)
-        return points, np.asarray(ms)
+        ok = [r for r in records if r.ok]
+        points = [(r.spec, r.kernel, r.w_bits, r.a_bits, r.knobs, isa_cache.setdefault(r.target, isa_flags(r.target)), _threads(r))
+                  for r in ok]
+        return points, labels(ok, self.config)
 
     def _prior_ms(self, spec, kernel: str, w: int, a: int, threads: int) -> float:
         priors = self.meta.get("prior", {})
@@ -160,6 +184,7 @@ class XGBCostModel:
         targets = Counter(r.target for r in ok)
         threads = Counter(p[6] for p in points)
         self.meta.update({
+            "probe_ms": probe_reference(ok) if c.probe_normalized else {},
             "target": targets.most_common(1)[0][0], "threads": threads.most_common(1)[0][0], "records": len(ok),
             "trained_workloads": sorted({workload_id(r) for r in ok}),
             "kernels": sorted({r.kernel for r in ok}),

@@ -24,6 +24,23 @@ def test_fit_then_eval(tmp_path, capsys):
     assert "unseen workloads" in capsys.readouterr().out
 
 
+def test_probe_relative_or_raw_labels(tmp_path, capsys):
+    """Records timed against the probe are learned relative to it unless --raw-labels says otherwise."""
+    db = tmp_path / "records.jsonl"
+    TuningDatabase(db).extend(fake_records(12, drift=0.7))
+    errors = {}
+    for flag in ([], ["--raw-labels"]):
+        assert main(["costmodel", "eval", "--db", str(db), "--folds", "3", "--json", *flag]) == EXIT_OK
+        errors[bool(flag)] = json.loads(capsys.readouterr().out)
+    assert errors[False]["probe_relative_records"] == errors[False]["records"] and errors[True]["probe_relative_records"] == 0
+    assert errors[True]["mape"] > 2 * errors[False]["mape"]
+    assert main(["costmodel", "eval", "--db", str(db), "--folds", "3"]) == EXIT_OK
+    assert "probe-relative" in capsys.readouterr().out
+    model = tmp_path / "raw.json"
+    assert main(["costmodel", "fit", "--db", str(db), "-o", str(model), "--n-estimators", "60", "--raw-labels"]) == EXIT_OK
+    assert json.loads(model.read_text())["config"]["probe_normalized"] is False
+
+
 def test_bad_input_exits_2(tmp_path, capsys):
     assert main(["costmodel", "fit", "--db", str(tmp_path / "none.jsonl")]) == EXIT_USAGE
     assert "tvm-mpq tune" in capsys.readouterr().err

@@ -64,6 +64,31 @@ def test_learns_the_efficiency_of_unseen_shapes(records):
     assert again["mode"].startswith("2-fold")
 
 
+def test_probe_relative_labels_divide_out_the_machine_drift():
+    """Raw medians taken while the machine's speed drifts (up to 2x either way) are labels with
+    that noise; the probe ratios times the probe's median are the clean latencies up to one factor,
+    and a model trained on them is as good as on drift-free records."""
+    from tvm_mpq.cost_models.xgb_model import label_ms, labels, probe_reference
+
+    clean, drifted = fake_records(n_shapes=24), fake_records(n_shapes=24, drift=0.7)
+    reference = probe_reference(drifted)
+    assert list(reference) == [f"{TARGET}|2|int8"]
+    scale = np.array([label_ms(d, reference) for d in drifted]) / np.array([c.latency for c in clean])
+    np.testing.assert_allclose(scale, scale[0], rtol=1e-9)  # one factor for all: the probe's median speed
+    raw = labels(drifted, CostModelConfig(probe_normalized=False))
+    assert np.std(np.log(raw / np.array([c.latency for c in clean]))) > 0.3
+    normalized = evaluate(drifted, config=SMALL, folds=4)
+    plain = evaluate(drifted, config=CostModelConfig(n_estimators=200, learning_rate=0.1, probe_normalized=False), folds=4)
+    assert normalized["probe_relative_records"] == len(drifted) and plain["probe_relative_records"] == 0
+    drift_free = evaluate(clean, config=SMALL, folds=4)
+    assert normalized["mape"] < drift_free["mape"] + 0.02 and plain["mape"] > 2 * normalized["mape"]
+    model = XGBCostModel(config=SMALL).fit(drifted)
+    assert model.meta["probe_ms"] == reference
+    # records without a probe (RPC boards, older files) keep their medians
+    mixed = clean[:3] + drifted[3:]
+    assert labels(mixed, SMALL)[:3].tolist() == [c.latency for c in clean[:3]]
+
+
 def test_bad_use_is_explained(records, tmp_path):
     with pytest.raises(ValueError, match="not trained"):
         XGBCostModel().predict([SPEC], (8, 8))

@@ -4,12 +4,12 @@ import io
 
 import pytest
 
-from tvm_mpq._tvm import parse_target, target_to_str
+from tvm_mpq._tvm import missing_host_features, parse_target, target_to_str
 from tvm_mpq.kernels import bitserial_x86, x86
 from tvm_mpq.kernels.spec import ConvSpec, DenseSpec
 from tvm_mpq.tuning import LocalRunner, TuningDatabase, knob_space, plan, precision_menu, tune
 from tvm_mpq.tuning.measure import Candidate, _failure, build_and_run_local
-from tvm_mpq.tuning.database import candidate_key, workload_dict
+from tvm_mpq.tuning.database import Record, candidate_key, workload_dict
 from tvm_mpq.tuning.session import candidates
 
 SMALL = ConvSpec(batch=1, in_channels=16, height=8, width=8, out_channels=16, kernel=(3, 3), padding=(1, 1, 1, 1))
@@ -73,6 +73,25 @@ def test_session_records_resumes_and_extends(tmp_path):
     more = tune(tasks, db, budget=3, stream=out)  # a bigger budget continues each cell's search
     assert more.measured == sum(1 for t in tasks for p in t.menu if len(knob_space(SMALL, p.kernel)) >= 3)
     assert "ETA" in out.getvalue()
+
+
+@pytest.mark.skipif(bool(missing_host_features("llvm -mcpu=haswell")), reason="needs an AVX2 host")
+def test_local_cold_timing_is_relative_to_the_probe():
+    """Local cold runs alternate with the probe kernel: the record keeps the raw statistics of its 30
+    runs and the probe's median and the median per-round ratio, which ``Record.relative`` reads."""
+    from tvm_mpq.tuning.measure import COLD_REPEAT, PROBE_ROUNDS
+
+    c = Candidate(workload_dict(SMALL), "bitserial", 1, 2, {}, "llvm -mcpu=haswell")
+    result = build_and_run_local(c)
+    assert result.status == "ok", result.error
+    probe = result.extra["probe"]
+    assert probe["kernel"] == "int8_avx2" and probe["ms"] > 0 and probe["ratio"] > 0  # haswell's byte kernel
+    assert result.latency_ms["n"] == COLD_REPEAT == 3 * PROBE_ROUNDS
+    record = Record(workload=c.workload, kernel=c.kernel, w_bits=1, a_bits=2, knobs={}, target=c.target, status="ok",
+                    latency_ms=result.latency_ms, extra=result.extra)
+    assert record.relative == probe["ratio"] and record.probe_key() == f"{c.target}|{result.extra['threads']}|int8_avx2"
+    plain = build_and_run_local(c, probe=False)
+    assert plain.status == "ok" and "probe" not in plain.extra and plain.latency_ms["n"] == COLD_REPEAT
 
 
 def test_build_failure_and_timeout_are_recorded_and_the_session_goes_on(tmp_path):

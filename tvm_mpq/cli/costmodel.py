@@ -17,6 +17,7 @@ class FitArgs:
     max_depth: int
     learning_rate: float
     json: bool
+    raw_labels: bool = False
 
 
 @dataclass(frozen=True)
@@ -25,6 +26,7 @@ class EvalArgs:
     model: str | None
     folds: int
     json: bool
+    raw_labels: bool = False
 
 
 def _records(path: str):
@@ -42,7 +44,8 @@ def fit(args: FitArgs) -> int:
     from tvm_mpq.cost_models import CostModelConfig, XGBCostModel
 
     try:
-        config = CostModelConfig(n_estimators=args.n_estimators, max_depth=args.max_depth, learning_rate=args.learning_rate)
+        config = CostModelConfig(n_estimators=args.n_estimators, max_depth=args.max_depth, learning_rate=args.learning_rate,
+                                 probe_normalized=not args.raw_labels)
     except ValueError as err:
         raise UsageError(str(err)) from None
     records = _records(args.db)
@@ -59,8 +62,8 @@ def fit(args: FitArgs) -> int:
 
 
 def evaluate(args: EvalArgs) -> int:
+    from tvm_mpq.cost_models import CostModelConfig, load_model
     from tvm_mpq.cost_models import evaluate as run_eval
-    from tvm_mpq.cost_models import load_model
 
     if args.folds < 2:
         raise UsageError(f"--folds must be >= 2, got {args.folds}")
@@ -71,14 +74,16 @@ def evaluate(args: EvalArgs) -> int:
         except (FileNotFoundError, ValueError) as err:
             raise UsageError(str(err)) from None
     try:
-        report = run_eval(_records(args.db), model=model, folds=args.folds)
+        config = CostModelConfig(probe_normalized=not args.raw_labels)
+        report = run_eval(_records(args.db), model=model, config=config, folds=args.folds)
     except ValueError as err:
         raise UsageError(str(err)) from None
     if args.json:
         print(json.dumps(report))
         return EXIT_OK
     kc = report["kernel_choice"]
-    print(f"held-out ({report['mode']}): {report['records']} measurements of {report['workloads']} workloads")
+    labels = f"{report['probe_relative_records']} of them probe-relative" if report["probe_relative_records"] else "raw medians"
+    print(f"held-out ({report['mode']}): {report['records']} measurements of {report['workloads']} workloads ({labels})")
     print(f"  MAPE {100 * report['mape']:.1f}%  median APE {100 * report['median_ape']:.1f}%  Spearman {report['spearman']:.3f}  "
           f"per-workload rank Spearman {report['rank_spearman']:.3f}")
     print(f"  kernel choice: {100 * kc['accuracy']:.1f}% of {kc['decisions']} (within 5% / 10% of the best: {100 * kc['within_5pct']:.1f}% / {100 * kc['within_10pct']:.1f}%, "
@@ -91,8 +96,8 @@ def evaluate(args: EvalArgs) -> int:
 
 def cmd(args) -> int:
     if args.action == "fit":
-        return fit(FitArgs(args.db, args.out, args.n_estimators, args.max_depth, args.learning_rate, args.json))
-    return evaluate(EvalArgs(args.db, args.model, args.folds, args.json))
+        return fit(FitArgs(args.db, args.out, args.n_estimators, args.max_depth, args.learning_rate, args.json, args.raw_labels))
+    return evaluate(EvalArgs(args.db, args.model, args.folds, args.json, args.raw_labels))
 
 
 def add_parser(sub) -> None:
@@ -105,6 +110,7 @@ def add_parser(sub) -> None:
     f.add_argument("--max-depth", type=int, default=5, help="tree depth")
     f.add_argument("--learning-rate", type=float, default=0.05, help="shrinkage")
     f.add_argument("--json", action="store_true", help="print one JSON summary object")
+    f.add_argument("--raw-labels", action="store_true", help="learn raw median latencies, not probe-relative ones (see README: timing on a shared machine)")
     e = actions.add_parser("eval", help="held-out error: MAPE, Spearman, kernel-choice agreement",
                            description="Without --model: grouped k-fold cross-validation by workload on --db. With --model "
                                        "(a file or 'default', the shipped one): its error on the workloads of --db it was not trained on.")
@@ -112,4 +118,5 @@ def add_parser(sub) -> None:
     e.add_argument("--model", help="a model file, or 'default' for the shipped one")
     e.add_argument("--folds", type=int, default=5, help="cross-validation folds (default 5)")
     e.add_argument("--json", action="store_true", help="print the report as one JSON object")
+    e.add_argument("--raw-labels", action="store_true", help="cross-validate on raw median latencies, not probe-relative ones (see README: timing on a shared machine)")
     p.set_defaults(func=cmd)

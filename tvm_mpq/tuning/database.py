@@ -93,6 +93,20 @@ class Record:
         return float(self.latency_ms["median"]) if self.ok else float("inf")
 
     @property
+    def relative(self) -> float | None:
+        """Latency as a multiple of the probe kernel timed in the same rounds
+        (:data:`tvm_mpq.tuning.measure.PROBE_ROUNDS`), or None (no probe: RPC, warm or older records)."""
+        probe = self.extra.get("probe") if self.ok else None
+        return float(probe["ratio"]) if isinstance(probe, dict) and "ratio" in probe else None
+
+    def probe_key(self) -> str | None:
+        """What a probe time is comparable within: target, threads, probe kernel (None without a probe)."""
+        probe = self.extra.get("probe") if self.ok else None
+        if not isinstance(probe, dict) or "ms" not in probe:
+            return None
+        return f"{self.target}|{self.extra.get('threads')}|{probe.get('kernel')}"
+
+    @property
     def cell(self) -> str:
         """What a session tunes as one unit: workload x kernel x precision x target x device."""
         return candidate_key(self.workload, self.kernel, self.w_bits, self.a_bits, None, self.target, self.device)

@@ -39,6 +39,51 @@ REPEAT = 5
 #: (benchmarks/results/2026-11-22-costmodel.txt).
 COLD_REPEAT = 30
 FLUSH = "cache_flush_cpu_non_first_arg"
+#: Probe-relative timing (local cold runs): the ``COLD_REPEAT`` runs go in ``PROBE_ROUNDS`` rounds,
+#: each right after ``PROBE_RUNS`` runs of a fixed probe kernel (a 64-channel 3x3 conv on the
+#: target's byte kernel, else fp32). A shared VM's speed drifts by up to 2x over seconds, and the
+#: drift is largely common to kernels timed milliseconds apart: timed for 50 s in interleaved rounds,
+#: 30-round medians of three kernels varied with a cv of 10-28%, their ratios to the probe 3-8%
+#: (``benchmarks/results/2026-11-29-timing-noise.txt``). The record keeps the raw statistics and,
+#: in ``extra["probe"]``, the probe's median and the median per-round ratio; the cost model learns
+#: ``ratio x`` the probe's typical time (:func:`tvm_mpq.tuning.database.Record.relative`).
+PROBE_ROUNDS = 10
+PROBE_RUNS = 3
+
+
+_probes: dict[str, tuple] = {}
+
+
+def probe_kernel(target: str):
+    """``(kernel name, jitted function, args)`` of the probe for ``target``, built once per process."""
+    if target not in _probes:
+        from tvm_mpq._tvm import parse_target
+        from tvm_mpq.kernels.registry import offered
+        from tvm_mpq.kernels.spec import ConvSpec
+        from tvm_mpq.kernels.workload import build_candidate
+
+        kernel = (offered("conv2d", parse_target(target), ("int8", "int8_avx2")) or ["fp32"])[0]
+        bits = 32 if kernel == "fp32" else 8
+        layer = build_candidate(ConvSpec(1, 64, 28, 28, 64, (3, 3), (1, 1), (1, 1, 1, 1)), kernel, bits, bits, target=target)
+        _probes[target] = (kernel, layer.func.jit(), layer.args)
+    return _probes[target]
+
+
+def time_with_probe(func, args, target: str, dev) -> tuple[list[float], dict]:
+    """``func``'s cold runs (seconds) in rounds after the target's probe (see :data:`PROBE_ROUNDS`),
+    and ``{"kernel", "ms", "ratio"}``: the probe's median (ms) and the median per-round ratio."""
+    kernel, probe, probe_args = probe_kernel(target)
+    t_probe = probe.time_evaluator("main", dev, number=1, repeat=PROBE_RUNS, f_preproc=FLUSH)
+    per_round = max(1, -(-COLD_REPEAT // PROBE_ROUNDS))
+    t_func = func.time_evaluator("main", dev, number=1, repeat=per_round, f_preproc=FLUSH)
+    runs, probe_runs, ratios = [], [], []
+    for _ in range(PROBE_ROUNDS):
+        p = t_probe(*probe_args).results
+        f = t_func(*args).results
+        runs += f
+        probe_runs += p
+        ratios.append(float(np.median(f)) / float(np.median(p)))
+    return runs, {"kernel": kernel, "ms": 1e3 * float(np.median(probe_runs)), "ratio": float(np.median(ratios))}
 
 
 def make_timer(func, dev, repeat: int, min_repeat_ms: int, cold: bool):
@@ -95,8 +140,9 @@ def _build(c: Candidate):
     return build_candidate(spec, c.kernel, c.w_bits, c.a_bits, target=c.target, knobs=make_knobs(c.kernel, spec, c.knobs))
 
 
-def build_and_run_local(c: Candidate, repeat: int = REPEAT, min_repeat_ms: int = MIN_REPEAT_MS, cold: bool = True) -> Result:
-    """Worker body: build, check against the reference, time. Runs in a worker process."""
+def build_and_run_local(c: Candidate, repeat: int = REPEAT, min_repeat_ms: int = MIN_REPEAT_MS, cold: bool = True,
+                        probe: bool = True) -> Result:
+    """Worker body: build, check against the reference, time (cold: relative to the probe). Runs in a worker process."""
     t0 = time.perf_counter()
     try:
         layer = _build(c)
@@ -108,11 +154,14 @@ def build_and_run_local(c: Candidate, repeat: int = REPEAT, min_repeat_ms: int =
             return Result("wrong_result", error="output differs from the NumPy reference", build_s=build_s)
         from tvm_mpq._tvm import tvm
 
-        timer = make_timer(layer.func.jit(), tvm.cpu(0), repeat, min_repeat_ms, cold)
-        seconds = timer(*layer.args).results
+        extra = {"threads": local_threads(), "cache": "cold" if cold else "warm"}
+        if cold and probe:
+            seconds, extra["probe"] = time_with_probe(layer.func.jit(), layer.args, c.target, tvm.cpu(0))
+        else:
+            seconds = make_timer(layer.func.jit(), tvm.cpu(0), repeat, min_repeat_ms, cold)(*layer.args).results
     except Exception as err:
         return Result("run_error", error=_short(err), build_s=build_s)
-    return Result("ok", latency_stats(seconds), build_s=build_s, extra={"threads": local_threads(), "cache": "cold" if cold else "warm"})
+    return Result("ok", latency_stats(seconds), build_s=build_s, extra=extra)
 
 
 def build_and_export(c: Candidate, directory: str) -> dict[str, Any]:
@@ -171,13 +220,14 @@ class LocalRunner:
 
     device = "local"
 
-    def __init__(self, timeout: float = 120.0, repeat: int = REPEAT, min_repeat_ms: int = MIN_REPEAT_MS, cold: bool = True):
-        self.timeout, self.repeat, self.min_repeat_ms, self.cold = timeout, repeat, min_repeat_ms, cold
+    def __init__(self, timeout: float = 120.0, repeat: int = REPEAT, min_repeat_ms: int = MIN_REPEAT_MS, cold: bool = True,
+                 probe: bool = True):
+        self.timeout, self.repeat, self.min_repeat_ms, self.cold, self.probe = timeout, repeat, min_repeat_ms, cold, probe
         self._pool = _Pool(1, timeout)
         self.parallel = 1
 
     def measure(self, candidate: Candidate) -> Result:
-        value = self._pool.run(build_and_run_local, candidate, self.repeat, self.min_repeat_ms, self.cold)
+        value = self._pool.run(build_and_run_local, candidate, self.repeat, self.min_repeat_ms, self.cold, self.probe)
         return value if isinstance(value, Result) else _failure(value)
 
     def close(self) -> None:
