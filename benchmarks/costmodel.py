@@ -13,7 +13,7 @@ channel groups), in one run:
 Each prediction is the sum of its layers' latencies on the kernels the pipeline picks plus the
 pooling ops (:func:`tvm_mpq.hardware.base.pooling_seconds`).
 
-Usage: ``python benchmarks/costmodel.py [--db cost_models/data/znver5_records.jsonl] [--rounds 3] [--json out.json]``
+Usage: ``python benchmarks/costmodel.py [--db cost_models/data/znver3_records.jsonl] [--rounds 3] [--json out.json]``
 """
 
 from __future__ import annotations
@@ -56,7 +56,8 @@ def policies(net, seed: int = 0):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--db", default=os.path.join(ROOT, "cost_models", "data", "znver5_records.jsonl"))
+    parser.add_argument("--db", default=None, help="tuning records of this host's CPU class (default: the shipped ones, "
+                        "cost_models/data/<class>_records.jsonl)")
     parser.add_argument("--models", nargs="+", default=["resnet18", "mobilenet_v2"])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--json", help="also write the rows here")
@@ -66,11 +67,14 @@ def main() -> None:
 
     import tvm_mpq
     from tvm_mpq import hardware
-    from tvm_mpq.cost_models import XGBCostModel, default_model
+    from tvm_mpq.cost_models import XGBCostModel, default_model, shipped_model_path
     from tvm_mpq.deploy import time_exported
     from tvm_mpq.tuning import TuningDatabase
     from tvm_mpq.tuning.database import workload_key
 
+    if args.db is None:  # the records the shipped model of this host's class was fitted on
+        name = os.path.splitext(os.path.basename(shipped_model_path()))[0]
+        args.db = os.path.join(ROOT, "cost_models", "data", f"{name}_records.jsonl")
     db = TuningDatabase(args.db)
     records = [r for r in db.records if r.ok]
     shipped = hardware.PredictedLatency(default_model())

@@ -25,13 +25,28 @@ from tvm_mpq.kernels.registry import CHOICES as CANDIDATES
 
 
 class KernelChooser:
+    """``model``: a fitted model, a path, or ``"default"``: the shipped model of each target's CPU
+    class (:func:`~tvm_mpq.cost_models.shipped_model_path`), chosen per target."""
+
     def __init__(self, model="default", candidates=CANDIDATES):
         from tvm_mpq.cost_models import XGBCostModel, load_model
 
+        self.shipped = not isinstance(model, XGBCostModel) and str(model) == "default"
         self.model = model if isinstance(model, XGBCostModel) else load_model(str(model))
         self.candidates = tuple(candidates)
-        self.known = set(self.model.meta.get("kernels", self.candidates))
+        self._models: dict[str, object] = {}
         self._cache: dict = {}
+
+    def model_for(self, target):
+        """The model that prices ``target``'s kernels."""
+        if not self.shipped:
+            return self.model
+        from tvm_mpq.cost_models import XGBCostModel, shipped_model_path
+
+        path = shipped_model_path(target)
+        if path not in self._models:
+            self._models[path] = XGBCostModel.load(path)
+        return self._models[path]
 
     def options(self, spec, target) -> list[str]:
         from tvm_mpq.kernels.registry import offered
@@ -43,11 +58,11 @@ class KernelChooser:
 
         key = (spec, w_bits, a_bits, target_to_str(target))
         if key not in self._cache:
-            names = self.options(spec, target)
-            if not names or not set(names) <= self.known:
+            names, model = self.options(spec, target), self.model_for(target)
+            if not names or not set(names) <= set(model.meta.get("kernels", self.candidates)):
                 self._cache[key] = choose_kernel(spec.kind, w_bits, a_bits, target, getattr(spec, "in_channels", None))
             else:
-                ms = self.model.predict_points([(spec, k, w_bits, a_bits, None) for k in names], target=target)
+                ms = model.predict_points([(spec, k, w_bits, a_bits, None) for k in names], target=target)
                 self._cache[key] = names[int(np.argmin(ms))]
         return self._cache[key]
 

@@ -1,7 +1,9 @@
 """Rebuild the shipped cost model: tune, fit, evaluate held-out, save.
 
-    python -m tvm_mpq.cost_models.rebuild                      # all three steps
+    python -m tvm_mpq.cost_models.rebuild                      # all three steps (AVX-512 class: znver5.json)
     python -m tvm_mpq.cost_models.rebuild --skip-tune          # refit from the shipped records
+    python -m tvm_mpq.cost_models.rebuild --target "llvm -mcpu=znver3" --budget 1 \
+        --db cost_models/data/znver3_records.jsonl --out cost_models/znver3.json   # the AVX2 class, on a Zen 3
 
 1. A tuning session (``tvm_mpq.tuning``) over ResNet-18, MobileNetV2 and the synthetic shapes of
    :mod:`tvm_mpq.cost_models.synthetic`, every precision this target offers, ``--budget`` knob
@@ -51,6 +53,7 @@ def main(argv=None) -> int:
     parser.add_argument("--target", default=None, help="target (default: this machine)")
     parser.add_argument("--skip-tune", action="store_true", help="fit from the records already in --db")
     parser.add_argument("--folds", type=int, default=5)
+    parser.add_argument("--tuning-report", help="with --skip-tune: the JSON report of the session that tuned --db, kept in the model")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
@@ -58,6 +61,9 @@ def main(argv=None) -> int:
     from tvm_mpq.tuning import TuningDatabase
 
     tuning_report = None
+    if args.tuning_report:
+        with open(args.tuning_report) as f:
+            tuning_report = json.load(f)
     if not args.skip_tune:
         os.makedirs(os.path.dirname(os.path.abspath(args.db)), exist_ok=True)
         t0 = time.perf_counter()

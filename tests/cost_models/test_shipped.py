@@ -3,20 +3,39 @@
 import numpy as np
 import pytest
 
-from tvm_mpq.cost_models import DEFAULT_MODEL_PATH, default_model, load_model
+from tvm_mpq.cost_models import DEFAULT_MODEL_PATH, SHIPPED_MODELS, XGBCostModel, default_model, load_model, shipped_model_path
 from tvm_mpq.kernels.spec import ConvSpec
 
 
-def test_shipped_model_predicts_and_records_its_errors():
-    model = default_model()
-    assert load_model("default").meta == model.meta
+def avx512_model() -> XGBCostModel:
+    """The shipped model of the AVX-512 class (tuned with VNNI and AMX; no AVX2 int8 records)."""
+    return XGBCostModel.load(SHIPPED_MODELS["znver5"])
+
+
+def test_default_model_follows_the_targets_cpu_class():
+    assert shipped_model_path("llvm -mcpu=haswell") == shipped_model_path("llvm -mcpu=znver3") == SHIPPED_MODELS["znver3"]
+    assert shipped_model_path("llvm -mcpu=znver5") == shipped_model_path("llvm -mcpu=sapphirerapids") == SHIPPED_MODELS["znver5"]
+    assert default_model("llvm -mcpu=haswell").meta["target"] == "llvm -mcpu=znver3"
+    assert load_model("default", "llvm -mcpu=znver5").meta == avx512_model().meta
+    assert load_model("default").meta == default_model().meta  # this host's class
+    assert DEFAULT_MODEL_PATH == SHIPPED_MODELS["znver5"]
+    from tvm_mpq.cost_models import KernelChooser
+
+    chooser = KernelChooser("default")  # kernel="predicted": each target's kernels priced by its class's model
+    assert chooser.model_for("llvm -mcpu=haswell").meta["target"] == "llvm -mcpu=znver3"
+    assert chooser.model_for("llvm -mcpu=znver5").meta == avx512_model().meta
+
+
+@pytest.mark.parametrize("name", sorted(SHIPPED_MODELS))
+def test_shipped_model_predicts_and_records_its_errors(name):
+    model = XGBCostModel.load(SHIPPED_MODELS[name])
     held = model.meta["held_out"]
     assert held["workloads"] >= 50 and held["mode"].startswith("5-fold")
     for key in ("mape", "spearman", "rank_spearman"):
         assert np.isfinite(held[key])
-    assert {"fp32", "int8", "bitserial"} <= set(model.meta["kernels"])
+    assert {"fp32", "bitserial", "depthwise"} <= set(model.meta["kernels"]) and {"int8", "int8_avx2"} & set(model.meta["kernels"])
     spec = ConvSpec(1, 96, 20, 20, 160, (3, 3), padding=(1, 1, 1, 1))  # a shape in no tuned model
-    ms = model.predict([spec] * 3, [(32, 32), (8, 8), (1, 1)])
+    ms = model.predict([spec] * 3, [(32, 32), (8, 8), (1, 1)], target=model.meta["target"])
     assert np.all(ms > 0) and np.all(np.isfinite(ms))
     assert ms[0] > ms[1]  # TVM's float path is far slower than the integer kernels
     assert DEFAULT_MODEL_PATH.endswith(".json")
@@ -25,7 +44,7 @@ def test_shipped_model_predicts_and_records_its_errors():
 def test_shipped_model_knows_what_it_measured():
     """Its precisions are those of its records (cost_models/data): wider bit-serial bits and
     AVX2-only kernels are flagged as never measured."""
-    model = default_model()
+    model = avx512_model()
     spec = ConvSpec(1, 64, 28, 28, 64, (3, 3), padding=(1, 1, 1, 1))
     points = [(spec, "bitserial", 4, 4, None), (spec, "bitserial", 5, 5, None), (spec, "int8", 6, 3, None), (spec, "int8_avx2", 8, 8, None)]
     assert model.unseen(points) == [None, "bitserial W5A5", None, "kernel 'int8_avx2'"]
@@ -42,7 +61,7 @@ def test_an_isa_variant_of_a_known_kernel_is_priced_from_its_family(caplog):
     from tvm_mpq.tuning import Record, workload_dict
 
     assert family("int8_avx2") == "int8" and family("amx") == "amx"
-    model = default_model()
+    model = avx512_model()
     spec = ConvSpec(1, 64, 28, 28, 64, (3, 3), padding=(1, 1, 1, 1))
     with caplog.at_level(logging.WARNING):
         avx2, vnni = model.predict_points([(spec, "int8_avx2", 8, 8, None), (spec, "int8", 8, 8, None)], target="llvm -mcpu=haswell")

@@ -12,7 +12,7 @@ class PredictedLatency:
     """:class:`~tvm_mpq.hardware.base.LatencyProvider` backed by a fitted cost model.
 
     ``model``: an :class:`~tvm_mpq.cost_models.XGBCostModel`, a path, or ``"default"`` (the
-    shipped one). ``target``/``threads`` default to what the model was trained on. ``kernel`` is
+    shipped one for ``target``'s CPU class). ``target``/``threads`` default to what the model was trained on. ``kernel`` is
     what ``tvm_mpq.build`` is given ("predicted" by default, "auto" or a registry name), so a
     ``(w, a)`` pair is priced on the kernel the compiled model will run.
     """
@@ -22,7 +22,7 @@ class PredictedLatency:
     def __init__(self, model="default", *, target=None, threads: int | None = None, kernel="predicted"):
         from tvm_mpq.cost_models import XGBCostModel, load_model
 
-        self.model = model if isinstance(model, XGBCostModel) else load_model(str(model))
+        self.model = model if isinstance(model, XGBCostModel) else load_model(str(model), target)
         self.target = parse_target(target if target is not None else self.model.meta.get("target"))
         self.threads = threads
         if kernel == "predicted":  # kernels chosen by this provider's own model
