@@ -23,11 +23,13 @@ def test_compile_script_example(tmp_path):
 def test_demo_quick_path(tmp_path):
     """``make demo`` end to end on a width-8 ResNet (train, ILP search on the shipped cost model,
     QAT, compile, check against the simulation, measure): the table and the PNG come out."""
-    proc = subprocess.run([sys.executable, "-m", "tvm_mpq.demo", "--quick", "--budget", "0.9", "--out-dir", str(tmp_path)],
+    # budget 1.0: the quick net's 9 MMAC are per-call overhead, low bits save next to nothing (the AVX2 model
+    # prices even W1A1 at 0.96x int8), and this test checks the path, not the speed-up
+    proc = subprocess.run([sys.executable, "-m", "tvm_mpq.demo", "--quick", "--budget", "1.0", "--out-dir", str(tmp_path)],
                           capture_output=True, text=True, timeout=900, env={**os.environ, "TVM_MPQ_CACHE": str(tmp_path / "cache")})
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "max |TVM - torch simulation| = 0 " in proc.stdout
-    for row in ("float (TVM)", "uniform W8A8 (TVM)", "uniform W4A4 (TVM)", "uniform W2A2 (TVM)", "ILP policy @ 0.9x", "PyTorch int8"):
+    for row in ("float (TVM)", "uniform W8A8 (TVM)", "uniform W4A4 (TVM)", "uniform W2A2 (TVM)", "ILP policy @ 1.0x", "PyTorch int8"):
         assert row in proc.stdout
     assert (tmp_path / "demo_pareto.png").exists() and (tmp_path / "policy.json").exists() and (tmp_path / "policy.so").exists()
 
@@ -76,7 +78,7 @@ def test_search_and_deploy_example(tmp_path):
     out = tmp_path / "out"
     proc = subprocess.run(
         [sys.executable, str(ROOT / "examples" / "search_and_deploy.py"), "--out-dir", str(out), "--build-dir", str(tmp_path / "build"),
-         "--input-size", "16", "--train-epochs", "2", "--images", "3"],
+         "--input-size", "16", "--train-epochs", "2", "--images", "3", "--budget", "1.0"],  # at 16x16 low bits barely pay
         capture_output=True, text=True, timeout=600,
         env={**os.environ, "TVM_MPQ_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"},
     )
