@@ -22,7 +22,7 @@ from typing import Iterable
 import numpy as np
 from scipy.stats import spearmanr
 
-from tvm_mpq.cost_models.xgb_model import CostModelConfig, XGBCostModel, labels, workload_id
+from tvm_mpq.cost_models.xgb_model import CostModelConfig, XGBCostModel, label_ms, labels, probe_reference, workload_id
 from tvm_mpq.tuning.space import canonical_bits
 
 
@@ -97,8 +97,13 @@ def evaluate(records: Iterable, *, model: XGBCostModel | None = None, config: Co
     else:
         mode = f"{folds}-fold cross-validation by workload"
         pred = held_out_predictions(ok, config=config, folds=folds, seed=seed)
+    reference = probe_reference(ok) if config.probe_normalized else {}
+    if model is not None and mode.startswith("model"):
+        # a fitted model predicts in units of its training records' probe time: measure in the same units
+        reference.update(model.meta.get("probe_ms", {}) if config.probe_normalized else {})
+    measured = np.array([label_ms(r, reference) for r in ok])
     report = {"mode": mode, "probe_relative_records": sum(r.relative is not None for r in ok) if config.probe_normalized else 0,
-              **metrics(ok, pred, labels(ok, config))}
+              **metrics(ok, pred, measured)}
     return report
 
 

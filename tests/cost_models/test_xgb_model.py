@@ -84,6 +84,12 @@ def test_probe_relative_labels_divide_out_the_machine_drift():
     assert normalized["mape"] < drift_free["mape"] + 0.02 and plain["mape"] > 2 * normalized["mape"]
     model = XGBCostModel(config=SMALL).fit(drifted)
     assert model.meta["probe_ms"] == reference
+    # records of another session, on a machine running 2x slower throughout: the same ratios, measured
+    # in the model's probe units (its training records' median), not their own session's
+    later = fake_records(n_shapes=6, seed=7, drift=0.7)
+    for r in later:
+        r.extra["probe"]["ms"] *= 2.0
+    assert evaluate(later, model=model)["mape"] < 0.25
     # records without a probe (RPC boards, older files) keep their medians
     mixed = clean[:3] + drifted[3:]
     assert labels(mixed, SMALL)[:3].tolist() == [c.latency for c in clean[:3]]
