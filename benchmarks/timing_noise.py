@@ -30,13 +30,12 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     from tvm_mpq._tvm import parse_target, target_to_str, tvm
-    from tvm_mpq.kernels.registry import offered
     from tvm_mpq.kernels.spec import ConvSpec
     from tvm_mpq.kernels.workload import build_candidate
-    from tvm_mpq.tuning.measure import FLUSH
+    from tvm_mpq.tuning.measure import FLUSH, probe_kernel_name
 
     target = parse_target(args.target)
-    byte = (offered("conv2d", target, ("int8", "int8_avx2")) or ["fp32"])[0]
+    byte = probe_kernel_name(target)  # the tuner's probe kernel
     c64 = ConvSpec(1, 64, 56, 56, 64, (3, 3), (1, 1), (1, 1, 1, 1))
     c128 = ConvSpec(1, 128, 28, 28, 128, (3, 3), (1, 1), (1, 1, 1, 1))
     kernels = [(f"{byte} 64x56x56 3x3", c64, byte, 8, 8), ("bitserial W1A1 128x28x28", c128, "bitserial", 1, 1),

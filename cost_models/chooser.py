@@ -32,10 +32,13 @@ class KernelChooser:
         from tvm_mpq.cost_models import XGBCostModel, load_model
 
         self.shipped = not isinstance(model, XGBCostModel) and str(model) == "default"
-        self.model = model if isinstance(model, XGBCostModel) else load_model(str(model))
-        self.candidates = tuple(candidates)
         self._models: dict[str, object] = {}
+        self.candidates = tuple(candidates)
         self._cache: dict = {}
+        if self.shipped:
+            self.model = self.model_for(None)  # this host's class (loaded once, shared with model_for)
+        else:
+            self.model = model if isinstance(model, XGBCostModel) else load_model(str(model))
 
     def model_for(self, target):
         """The model that prices ``target``'s kernels."""

@@ -22,7 +22,7 @@ from typing import Iterable
 import numpy as np
 from scipy.stats import spearmanr
 
-from tvm_mpq.cost_models.xgb_model import CostModelConfig, XGBCostModel, label_ms, labels, probe_reference, workload_id
+from tvm_mpq.cost_models.xgb_model import CostModelConfig, XGBCostModel, labels, workload_id
 from tvm_mpq.tuning.space import canonical_bits
 
 
@@ -97,20 +97,17 @@ def evaluate(records: Iterable, *, model: XGBCostModel | None = None, config: Co
     else:
         mode = f"{folds}-fold cross-validation by workload"
         pred = held_out_predictions(ok, config=config, folds=folds, seed=seed)
-    reference = probe_reference(ok) if config.probe_normalized else {}
-    if model is not None and mode.startswith("model"):
-        # a fitted model predicts in units of its training records' probe time: measure in the same units
-        reference.update(model.meta.get("probe_ms", {}) if config.probe_normalized else {})
-    measured = np.array([label_ms(r, reference) for r in ok])
+    # a fitted model predicts in units of its training records' probe time: measure in the same units
+    measured = labels(ok, config, model.meta.get("probe_ms") if mode.startswith("model") else None)
     report = {"mode": mode, "probe_relative_records": sum(r.relative is not None for r in ok) if config.probe_normalized else 0,
               **metrics(ok, pred, measured)}
     return report
 
 
-def metrics(ok: list, pred: np.ndarray, measured: np.ndarray | None = None) -> dict:
+def metrics(ok: list, pred: np.ndarray, measured: np.ndarray) -> dict:
     """Every figure of the module docstring for records ``ok``, their held-out predictions and their
-    measured latencies (default: :func:`~tvm_mpq.cost_models.xgb_model.labels` with the default config)."""
-    measured = labels(ok, CostModelConfig()) if measured is None else np.asarray(measured)
+    measured latencies (:func:`~tvm_mpq.cost_models.xgb_model.labels`)."""
+    measured = np.asarray(measured)
     report = {"records": len(ok), "workloads": len({workload_id(r) for r in ok}), **_errors(measured, pred)}
     report["by_kernel"] = {
         k: _errors(measured[idx], pred[idx])

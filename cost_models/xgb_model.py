@@ -95,10 +95,11 @@ def label_ms(record, reference: dict[str, float]) -> float:
     return record.latency
 
 
-def labels(records, config: "CostModelConfig") -> np.ndarray:
-    """:func:`label_ms` of every record, the reference taken over ``records`` (raw medians when
-    ``config.probe_normalized`` is off)."""
-    reference = probe_reference(records) if config.probe_normalized else {}
+def labels(records, config: "CostModelConfig", fitted: dict[str, float] | None = None) -> np.ndarray:
+    """:func:`label_ms` of every record, the reference taken over ``records`` except where
+    ``fitted`` (a fitted model's ``meta["probe_ms"]``) gives one: its predictions are in those units
+    (raw medians when ``config.probe_normalized`` is off)."""
+    reference = {**probe_reference(records), **(fitted or {})} if config.probe_normalized else {}
     return np.array([label_ms(r, reference) for r in records])
 
 

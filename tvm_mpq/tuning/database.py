@@ -92,19 +92,22 @@ class Record:
         """Median latency in milliseconds (inf when the measurement failed)."""
         return float(self.latency_ms["median"]) if self.ok else float("inf")
 
+    def _probe(self) -> dict:
+        """``extra["probe"]`` of an ok record (``{}`` when there is none)."""
+        probe = self.extra.get("probe") if self.ok else None
+        return probe if isinstance(probe, dict) else {}
+
     @property
     def relative(self) -> float | None:
         """Latency as a multiple of the probe kernel timed in the same rounds
         (:data:`tvm_mpq.tuning.measure.PROBE_ROUNDS`), or None (no probe: RPC, warm or older records)."""
-        probe = self.extra.get("probe") if self.ok else None
-        return float(probe["ratio"]) if isinstance(probe, dict) and "ratio" in probe else None
+        ratio = self._probe().get("ratio")
+        return None if ratio is None else float(ratio)
 
     def probe_key(self) -> str | None:
         """What a probe time is comparable within: target, threads, probe kernel (None without a probe)."""
-        probe = self.extra.get("probe") if self.ok else None
-        if not isinstance(probe, dict) or "ms" not in probe:
-            return None
-        return f"{self.target}|{self.extra.get('threads')}|{probe.get('kernel')}"
+        probe = self._probe()
+        return f"{self.target}|{self.extra.get('threads')}|{probe.get('kernel')}" if "ms" in probe else None
 
     @property
     def cell(self) -> str:

@@ -54,15 +54,21 @@ PROBE_RUNS = 3
 _probes: dict[str, tuple] = {}
 
 
+def probe_kernel_name(target) -> str:
+    """The kernel the probe runs on ``target``: its byte kernel (VNNI or AVX2 int8), else fp32."""
+    from tvm_mpq._tvm import parse_target
+    from tvm_mpq.kernels.registry import offered
+
+    return (offered("conv2d", parse_target(target), ("int8", "int8_avx2")) or ["fp32"])[0]
+
+
 def probe_kernel(target: str):
     """``(kernel name, jitted function, args)`` of the probe for ``target``, built once per process."""
     if target not in _probes:
-        from tvm_mpq._tvm import parse_target
-        from tvm_mpq.kernels.registry import offered
         from tvm_mpq.kernels.spec import ConvSpec
         from tvm_mpq.kernels.workload import build_candidate
 
-        kernel = (offered("conv2d", parse_target(target), ("int8", "int8_avx2")) or ["fp32"])[0]
+        kernel = probe_kernel_name(target)
         bits = 32 if kernel == "fp32" else 8
         layer = build_candidate(ConvSpec(1, 64, 28, 28, 64, (3, 3), (1, 1), (1, 1, 1, 1)), kernel, bits, bits, target=target)
         _probes[target] = (kernel, layer.func.jit(), layer.args)
