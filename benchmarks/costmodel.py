@@ -4,7 +4,11 @@ For ResNet-18 and MobileNetV2 (224x224, batch 1, this machine's default threads)
 policies (uniform, 8-bit ends with low bits inside, a seeded random mix per layer, a mix with
 channel groups), in one run:
 
-* measured: the model compiled by our pipeline, timed (median over ``--rounds`` interleaved rounds);
+* measured: the model compiled by our pipeline, timed (median over ``--rounds`` interleaved rounds),
+  each model's runs right after the probe kernel the records were timed against; the network's
+  median ratio to the probe x the model's probe reference is its latency in the units the model
+  predicts (``probe units``: the machine's drift divided out as from the records; ``raw``: seconds
+  as they came, which on a shared VM drift up to 2x against the records);
 * predicted, leave-one-model-out: a cost model fitted on the records of every workload *not* in
   this network (the other network and the synthetic shapes), so no layer of it was seen;
 * predicted, shipped model (trained on all records, this network's layers included);
@@ -68,7 +72,9 @@ def main() -> None:
     import tvm_mpq
     from tvm_mpq import hardware
     from tvm_mpq.cost_models import XGBCostModel, default_model, shipped_model_path
-    from tvm_mpq.deploy import time_exported
+    from tvm_mpq.deploy import time_exported_probed
+    from tvm_mpq.tuning.database import probe_key
+    from tvm_mpq.tuning.measure import local_threads, probe_kernel_name
     from tvm_mpq.tuning import TuningDatabase
     from tvm_mpq.tuning.database import workload_key
 
@@ -79,7 +85,9 @@ def main() -> None:
     records = [r for r in db.records if r.ok]
     shipped = hardware.PredictedLatency(default_model())
     measured_layers = hardware.MeasuredLatency(db, target=shipped.target, measure=False, kernel="predicted")
-    rows = []
+    target = measured_layers.target_str
+    reference = default_model().meta["probe_ms"][probe_key(target, local_threads(), probe_kernel_name(target))]
+    rows, probes = [], []
     for model_name in args.models:
         model, inputs = tvm_mpq.models.get(model_name, input_size=224)
         net = tvm_mpq.import_torch(model, inputs)
@@ -93,10 +101,11 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             paths = {label: tvm_mpq.build(net, policy, cal).export(os.path.join(tmp, f"{i}.so"))
                      for i, (label, policy) in enumerate(policies(net).items())}
-            times = time_exported(paths, x, rounds=args.rounds)
+            times = time_exported_probed(paths, x, target, rounds=args.rounds)
+        probes += times["probe_ms"]
         for label, policy in policies(net).items():
-            measured = float(np.median(times[label]))
-            row = {"model": model_name, "policy": label, "measured_ms": 1e3 * measured,
+            row = {"model": model_name, "policy": label, "raw_ms": 1e3 * float(np.median(times[label]["seconds"])),
+                   "measured_ms": reference * float(np.median(times[label]["ratio"])),
                    "held_out_ms": 1e3 * hardware.network_latency(held_out, net, policy),
                    "shipped_ms": 1e3 * hardware.network_latency(shipped, net, policy)}
             try:
@@ -104,10 +113,12 @@ def main() -> None:
             except RuntimeError:
                 row["layer_records_ms"] = float("nan")
             rows.append(row)
-    print(f"{'model':13s} {'policy':24s} {'measured':>9s} {'held-out':>9s} {'err':>7s} {'shipped':>9s} {'err':>7s} {'layer recs':>10s} {'err':>7s}")
+    print(f"probe units: the model's probe reference {reference:.3f} ms; probe during the timing: "
+          f"median {np.median(probes):.3f} ms (range {min(probes):.3f}-{max(probes):.3f})")
+    print(f"{'model':13s} {'policy':24s} {'raw':>9s} {'measured':>9s} {'held-out':>9s} {'err':>7s} {'shipped':>9s} {'err':>7s} {'layer recs':>10s} {'err':>7s}")
     for r in rows:
         m = r["measured_ms"]
-        print(f"{r['model']:13s} {r['policy']:24s} {m:8.2f}ms {r['held_out_ms']:8.2f}ms {100 * (r['held_out_ms'] / m - 1):+6.1f}% "
+        print(f"{r['model']:13s} {r['policy']:24s} {r['raw_ms']:8.2f}ms {m:8.2f}ms {r['held_out_ms']:8.2f}ms {100 * (r['held_out_ms'] / m - 1):+6.1f}% "
               f"{r['shipped_ms']:8.2f}ms {100 * (r['shipped_ms'] / m - 1):+6.1f}% {r['layer_records_ms']:9.2f}ms "
               f"{100 * (r['layer_records_ms'] / m - 1):+6.1f}%")
     errs = np.array([abs(r["held_out_ms"] / r["measured_ms"] - 1) for r in rows])

@@ -38,6 +38,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from tvm_mpq.cost_models.features import FEATURE_NAMES, PRIOR_TERMS, analytic_ms, family, featurize, isa_flags, prior_terms
+from tvm_mpq.tuning.database import label_ms, probe_reference  # noqa: F401  (re-exported: the labels the model learns)
 from tvm_mpq.tuning.space import canonical_bits, knob_space
 
 logger = logging.getLogger(__name__)
@@ -74,25 +75,6 @@ class CostModelConfig:
 def workload_id(record) -> str:
     """A record's workload and target: the unit that held-out evaluation keeps apart."""
     return json.dumps(record.workload, sort_keys=True) + "|" + record.target
-
-
-def probe_reference(records) -> dict[str, float]:
-    """Per :meth:`~tvm_mpq.tuning.database.Record.probe_key`: the median probe time (ms) of ``records``."""
-    times: dict[str, list[float]] = {}
-    for r in records:
-        key = r.probe_key()
-        if key is not None:
-            times.setdefault(key, []).append(float(r.extra["probe"]["ms"]))
-    return {k: float(np.median(v)) for k, v in times.items()}
-
-
-def label_ms(record, reference: dict[str, float]) -> float:
-    """What the model learns for ``record``: its probe ratio x the probe's reference time, where it
-    has both (a drifting machine's speed divided out), else its median latency."""
-    ratio, key = record.relative, record.probe_key()
-    if ratio is not None and key in reference:
-        return ratio * reference[key]
-    return record.latency
 
 
 def labels(records, config: "CostModelConfig", fitted: dict[str, float] | None = None) -> np.ndarray:

@@ -99,15 +99,27 @@ def run_runner(
 
 _TIME_CHILD = """
 import json, sys, numpy as np, tvm_mpq
-paths, x_path, rounds, number = json.loads(sys.argv[1]), sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+paths, x_path, rounds, number, probe_target = json.loads(sys.argv[1]), sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
 models = {k: tvm_mpq.load_compiled(p) for k, p in paths.items()}
 x = np.load(x_path)
 order = list(models)
 times = {k: [] for k in models}
+ratios = {k: [] for k in models}
+probe_ms = []
+if probe_target:
+    from tvm_mpq._tvm import tvm
+    from tvm_mpq.tuning.measure import PROBE_RUNS, FLUSH, probe_kernel
+    _, probe, probe_args = probe_kernel(probe_target)
+    t_probe = probe.time_evaluator("main", tvm.cpu(0), number=1, repeat=PROBE_RUNS, f_preproc=FLUSH)
 for r in range(rounds):
     for k in (order if r % 2 == 0 else order[::-1]):
-        times[k].append(float(np.median(models[k].time(x, number=number, repeat=3))))
-print(json.dumps(times))
+        p = float(np.median(t_probe(*probe_args).results)) if probe_target else None
+        t = float(np.median(models[k].time(x, number=number, repeat=3)))
+        times[k].append(t)
+        if p:
+            ratios[k].append(t / p)
+            probe_ms.append(1e3 * p)
+print(json.dumps({"times": times, "ratios": ratios, "probe_ms": probe_ms}))
 """
 
 
@@ -119,6 +131,26 @@ def time_exported(paths: "dict[str, str]", x: np.ndarray, *, rounds: int = 5, nu
     makes ratios between the models trustworthy on a machine whose speed drifts. ``threads``: TVM
     threads (None: every core this process may use; TVM's own default ran the digits ResNet at
     0.92 ms here against 0.62 ms on 1 thread and 0.44 ms on 2)."""
+    return _time_child(paths, x, rounds, number, threads, None)["times"]
+
+
+def time_exported_probed(paths: "dict[str, str]", x: np.ndarray, target, *, rounds: int = 5, number: int = 5,
+                         threads: int | None = None) -> dict:
+    """:func:`time_exported` with each model's runs right after 3 runs of ``target``'s probe kernel
+    (:func:`tvm_mpq.tuning.measure.probe_kernel`, the one tuning records are timed against):
+    ``{label: {"seconds": [per round], "ratio": [model / probe, per round]}}``, and under
+    ``"probe_ms"`` every probe median. ``median(ratio) x`` a cost model's probe reference
+    (``meta["probe_ms"]``) is the network's latency in the units the model predicts: the machine's
+    drift (up to 2x over seconds on a shared VM) divided out as it is from the records."""
+    from tvm_mpq._tvm import parse_target, target_to_str
+
+    out = _time_child(paths, x, rounds, number, threads, target_to_str(parse_target(target)))
+    result: dict = {k: {"seconds": out["times"][k], "ratio": out["ratios"][k]} for k in paths}
+    result["probe_ms"] = out["probe_ms"]
+    return result
+
+
+def _time_child(paths, x, rounds: int, number: int, threads: int | None, probe_target: str | None) -> dict:
     from tvm_mpq._tvm import default_cores
 
     env = dict(os.environ, TVM_NUM_THREADS=str(threads if threads is not None else default_cores()))
@@ -126,7 +158,7 @@ def time_exported(paths: "dict[str, str]", x: np.ndarray, *, rounds: int = 5, nu
         x_path = os.path.join(tmp, "x.npy")
         np.save(x_path, np.ascontiguousarray(x))
         out = subprocess.run([sys.executable, "-c", _TIME_CHILD, json.dumps({k: os.fspath(p) for k, p in paths.items()}), x_path,
-                              str(rounds), str(number)], capture_output=True, text=True, env=env)
+                              str(rounds), str(number), probe_target or ""], capture_output=True, text=True, env=env)
     if out.returncode != 0:
         raise RuntimeError(f"timing the exported models failed: {out.stderr.strip()[-2000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])

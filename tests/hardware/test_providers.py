@@ -59,3 +59,20 @@ def test_measured_chooser_runs_each_point_on_its_fastest_measured_kernel(tmp_pat
     assert hw.kernel.choose(SPEC, 2, 2, zen) == "int8" and hw.latency(SPEC, (2, 2)) == pytest.approx(0.2e-3)
     # 8 bits: bit-serial is not raced (never measured, never the answer)
     assert hw.kernel.choose(SPEC, 8, 8, zen) == "int8"
+
+
+def test_measured_provider_answers_probe_relative_latencies(tmp_path):
+    """Points measured at different moments of a drifting machine are priced in the same units:
+    a record's probe ratio x the database's median probe time (records without a probe: median)."""
+    from tvm_mpq.tuning.database import Record, workload_dict
+
+    db = TuningDatabase(tmp_path / "r.jsonl")
+    for kernel, w, a, raw, ratio, probe in [("int8", 8, 8, 1.0, 2.0, 0.5), ("bitserial", 1, 1, 0.9, 1.0, 0.9)]:
+        db.append(Record(workload=workload_dict(SPEC), kernel=kernel, w_bits=w, a_bits=a, knobs={}, target=TARGET, status="ok",
+                         latency_ms={"median": raw, "mean": raw, "min": raw, "std": 0.0, "n": 1},
+                         extra={"threads": 2, "probe": {"kernel": "int8", "ms": probe, "ratio": ratio}}))
+    hw = MeasuredLatency(db, target=TARGET, measure=False)
+    reference = (0.5 + 0.9) / 2
+    assert hw.latency(SPEC, Precision("int8", 8, 8)) == pytest.approx(2.0 * reference * 1e-3)
+    # raw medians call the two nearly even (0.9 vs 1.0 ms); with the drift divided out bit-serial is 2x faster
+    assert hw.latency(SPEC, Precision("bitserial", 1, 1)) == pytest.approx(1.0 * reference * 1e-3)

@@ -61,3 +61,28 @@ def test_invalid_records_are_refused():
         Record(workload=workload_dict(SPEC), kernel="int8", w_bits=8, a_bits=8, knobs={}, target="llvm", status="ok")
     with pytest.raises(ValueError, match="version"):
         Record.from_dict({**json.loads(_record().to_json()), "version": 99})
+
+
+def _probed(raw_ms, ratio, probe_ms, knobs):
+    r = _record(raw_ms, knobs=knobs)
+    r.extra = {"threads": 2, "cache": "cold", "probe": {"kernel": "int8", "ms": probe_ms, "ratio": ratio}}
+    return r
+
+
+def test_best_and_labels_divide_the_drift_out():
+    """Two knob settings timed while the machine ran at different speeds: the raw medians say the
+    first is faster (it was timed while the machine was 2x faster), the probe ratios say the second
+    is. ``best`` compares ratios; ``label_ms`` answers ratio x the median probe time."""
+    from tvm_mpq.tuning.database import label_ms, probe_reference
+
+    db = TuningDatabase(None)
+    fast_moment = _probed(1.0, ratio=4.0, probe_ms=0.25, knobs={"ow_block": 2})
+    slow_moment = _probed(1.5, ratio=3.0, probe_ms=0.5, knobs={"ow_block": 4})
+    db.extend([fast_moment, slow_moment])
+    assert db.best(SPEC) is slow_moment
+    reference = probe_reference(db.ok())
+    assert reference == {"llvm -mcpu=znver5|2|int8": pytest.approx(0.375)}
+    assert label_ms(slow_moment, reference) == pytest.approx(3.0 * 0.375)
+    # a record without a probe keeps its median, and a cell mixing both compares medians
+    db.append(_record(1.2, knobs={"ow_block": 8}))
+    assert label_ms(db.records[-1], reference) == 1.2 and db.best(SPEC) is fast_moment

@@ -17,7 +17,9 @@ class MeasuredLatency:
     :class:`~tvm_mpq.tuning.TuningDatabase`); a point not in it is tuned on the spot (``budget``
     knob settings, through ``runner``: local by default, or a
     :class:`~tvm_mpq.tuning.RPCRunner` for boards) and appended to ``db``, so a search pays each
-    measurement once, across runs. ``measure=False`` answers only from the database.
+    measurement once, across runs. ``measure=False`` answers only from the database. A record
+    timed against the probe kernel answers its probe ratio x the database's median probe time, so
+    that points measured at different moments of a drifting machine compare (see ``_label_ms``).
 
     ``kernel="measured"`` (the default) runs each layer on the kernel measured fastest for it
     (:class:`MeasuredChooser`, ``self.kernel``; build the model with the same ``kernel=`` so that
@@ -32,6 +34,7 @@ class MeasuredLatency:
         self.target = parse_target(target)
         self.target_str = target_to_str(self.target)
         self._cache: dict[tuple, float] = {}
+        self._reference: dict[str, float] = {}
 
     def _seconds(self, spec, kernel: str, w: int, a: int) -> float:
         from tvm_mpq.tuning.space import canonical_bits
@@ -52,8 +55,19 @@ class MeasuredLatency:
             failed = [r for r in self.db.records if r.kernel == kernel and r.w_bits == w and r.a_bits == a and r.spec == spec]
             why = f": {failed[-1].status}: {failed[-1].error}" if failed else " (measure=False and the database has no record)"
             raise RuntimeError(f"no measurement of {kernel} W{w}A{a} for {spec}{why}")
-        self._cache[key] = record.latency / 1e3
+        self._cache[key] = self._label_ms(record) / 1e3
         return self._cache[key]
+
+    def _label_ms(self, record) -> float:
+        """The record's latency with the machine's drift divided out (its probe ratio x the database's
+        median probe time, :func:`~tvm_mpq.tuning.database.label_ms`): points measured minutes apart
+        on a machine whose speed drifts 2x stay comparable. Records without a probe: their median."""
+        from tvm_mpq.tuning.database import label_ms, probe_reference
+
+        key = record.probe_key()
+        if key is not None and key not in self._reference:
+            self._reference = probe_reference(self.db.ok())
+        return label_ms(record, self._reference)
 
     def latency(self, layer, bits) -> float:
         return sum(self._seconds(*point) for point in kernel_points(layer, bits, self.target, self.kernel))

@@ -24,6 +24,8 @@ import os
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterable, Iterator
 
+import numpy as np
+
 from tvm_mpq.kernels.spec import ConvSpec, DenseSpec
 
 logger = logging.getLogger(__name__)
@@ -107,7 +109,7 @@ class Record:
     def probe_key(self) -> str | None:
         """What a probe time is comparable within: target, threads, probe kernel (None without a probe)."""
         probe = self._probe()
-        return f"{self.target}|{self.extra.get('threads')}|{probe.get('kernel')}" if "ms" in probe else None
+        return probe_key(self.target, self.extra.get("threads"), probe.get("kernel")) if "ms" in probe else None
 
     @property
     def cell(self) -> str:
@@ -127,6 +129,30 @@ class Record:
             raise ValueError(f"record version {d.get('version')!r} is not {SCHEMA_VERSION}")
         known = {f for f in cls.__dataclass_fields__}
         return cls(**{k: v for k, v in d.items() if k in known})
+
+
+def probe_key(target: str, threads, kernel: str) -> str:
+    """What probe times are comparable within: target string, threads, probe kernel."""
+    return f"{target}|{threads}|{kernel}"
+
+
+def probe_reference(records) -> dict[str, float]:
+    """Per :meth:`Record.probe_key`: the median probe time (ms) of ``records``."""
+    times: dict[str, list[float]] = {}
+    for r in records:
+        key = r.probe_key()
+        if key is not None:
+            times.setdefault(key, []).append(float(r.extra["probe"]["ms"]))
+    return {k: float(np.median(v)) for k, v in times.items()}
+
+
+def label_ms(record: Record, reference: dict[str, float]) -> float:
+    """``record``'s latency (ms) with the machine's drift divided out: its probe ratio x the probe's
+    reference time (:func:`probe_reference`) where it has both, else its median latency."""
+    ratio, key = record.relative, record.probe_key()
+    if ratio is not None and key in reference:
+        return ratio * reference[key]
+    return record.latency
 
 
 def candidate_key(workload, kernel: str, w_bits: int, a_bits: int, knobs, target: str, device: str = "local") -> str:
@@ -205,7 +231,8 @@ class TuningDatabase:
 
     def best(self, spec, kernel: str | None = None, w_bits: int | None = None, a_bits: int | None = None,
              target: str | None = None) -> Record | None:
-        """The fastest successful record matching the given fields (None if there is none)."""
+        """The fastest successful record matching the given fields (None if there is none); by probe
+        ratio (:attr:`Record.relative`) where every match has one, else by median latency."""
         wl = workload_key(spec)
         found = [
             r for r in self._records
@@ -215,4 +242,6 @@ class TuningDatabase:
             and (a_bits is None or r.a_bits == a_bits)
             and (target is None or r.target == target)
         ]
+        if found and all(r.relative is not None for r in found):  # compared with the drift divided out
+            return min(found, key=lambda r: r.relative)
         return min(found, key=lambda r: r.latency, default=None)
