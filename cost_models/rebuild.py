@@ -6,7 +6,7 @@
         --db cost_models/data/znver3_records.jsonl --out cost_models/znver3.json   # the AVX2 class, on a Zen 3
 
 1. A tuning session (``tvm_mpq.tuning``) over ResNet-18, MobileNetV2 and the synthetic shapes of
-   :mod:`tvm_mpq.cost_models.synthetic`, every precision this target offers, ``--budget`` knob
+   :mod:`tvm_mpq.cost_models.synthetic` (and its supplement of depthwise and dense layers), every precision this target offers, ``--budget`` knob
    settings per cell; records go to ``--db`` (append-only: a killed rebuild resumes).
 2. Held-out evaluation (:func:`tvm_mpq.cost_models.evaluate`), grouped by workload.
 3. Fit on every record, save ``--out`` with the evaluation embedded in its metadata.
@@ -31,12 +31,12 @@ def tune_corpus(db_path: str, budget: int, target=None, serial_bits=(1, 2, 3, 4)
     """Tune the training corpus into ``db_path``; returns wall time and trials per source."""
     import tvm_mpq
     from tvm_mpq import tuning
-    from tvm_mpq.cost_models.synthetic import synthetic_workloads
+    from tvm_mpq.cost_models.synthetic import supplement_workloads, synthetic_workloads
 
     db = tuning.TuningDatabase(db_path)
     report = {}
     sources = [(name, lambda name=name: tvm_mpq.import_torch(*tvm_mpq.models.get(name))) for name in MODELS]
-    sources.append(("synthetic", synthetic_workloads))
+    sources += [("synthetic", synthetic_workloads), ("supplement", supplement_workloads)]
     for name, load in sources:
         tasks = tuning.plan(load(), target, serial_bits=serial_bits)
         summary = tuning.tune(tasks, db, target=target, budget=budget, progress=progress)

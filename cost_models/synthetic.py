@@ -49,3 +49,25 @@ def synthetic_workloads(n_conv: int = 40, n_depthwise: int = 8, n_dense: int = 6
     while len(specs) < n_conv + n_depthwise + n_dense:
         add(DenseSpec(1, int(rng.choice([128, 256, 512, 1024, 1280, 2048])), int(rng.choice([10, 100, 256, 512, 1000]))))
     return specs
+
+
+#: Dense layer sizes of the supplement: classifier heads and MLP blocks from 64 to 4096 wide.
+DENSE_IN = (64, 96, 128, 192, 256, 384, 512, 768, 1024, 1280, 1536, 2048, 4096)
+DENSE_OUT = (10, 16, 64, 100, 128, 256, 512, 1000, 2048)
+
+
+def supplement_workloads(n_conv: int = 60, n_depthwise: int = 8, n_dense: int = 14, seed: int = 1) -> list:
+    """More shapes than :func:`synthetic_workloads` draws (its seed-0 shapes stay as they were
+    tuned): ``n_depthwise`` depthwise convs (seed ``seed``), ``n_dense`` dense layers from wider
+    size lists (a dense layer's time at batch 1 is mostly weight bytes and call overhead, and 6
+    shapes left the model guessing there: held-out dense errors 24-30%), then ``n_conv`` convs
+    (seed ``seed + 1``)."""
+    rng = np.random.default_rng(seed)
+    specs = synthetic_workloads(n_conv=0, n_depthwise=n_depthwise, n_dense=0, seed=seed)
+    seen = set(specs)
+    while len(specs) < n_depthwise + n_dense:
+        spec = DenseSpec(1, int(rng.choice(DENSE_IN)), int(rng.choice(DENSE_OUT)))
+        if spec not in seen:
+            seen.add(spec)
+            specs.append(spec)
+    return specs + [s for s in synthetic_workloads(n_conv=n_conv, n_depthwise=0, n_dense=0, seed=seed + 1) if s not in seen]

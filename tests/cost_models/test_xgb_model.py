@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from tvm_mpq.cost_models import CostModelConfig, XGBCostModel, evaluate, featurize, FEATURE_NAMES
-from tvm_mpq.cost_models.features import analytic_ms, isa_flags
+from tvm_mpq.cost_models.features import analytic_ms, isa_flags, prior_terms
 from tvm_mpq.kernels.spec import ConvSpec, DenseSpec
 from tvm_mpq.tuning import Precision, Record, workload_dict
 
@@ -128,7 +128,8 @@ def test_load_refuses_another_format_or_feature_version(records, tmp_path):
     with pytest.raises(ValueError, match="cost model format version 0, this tvm-mpq reads 1; refit it"):
         XGBCostModel.load(old)
     fewer = tmp_path / "fewer.json"
-    fewer.write_text(json.dumps({**doc, "features": doc["features"][:-1] + ["log2_something_else"]}))
+    assert "log2_prior_ms" in doc["features"]
+    fewer.write_text(json.dumps({**doc, "features": [f for f in doc["features"] if f != "log2_prior_ms"] + ["log2_something_else"]}))
     with pytest.raises(ValueError, match=r"other features than this tvm-mpq computes \(missing log2_prior_ms; "
                                          r"unknown log2_something_else\); refit it with `tvm-mpq costmodel fit`"):
         XGBCostModel.load(fewer)
@@ -180,3 +181,37 @@ def test_unseen_kernels_and_bits_are_flagged(records, caplog):
     caplog.set_level("INFO")
     model.predict_points([(SPEC, "bitserial", 6, 7, None)], target=TARGET)
     assert [r.levelname for r in caplog.records if "never measured bitserial W6A7" in r.message] == ["INFO"]
+
+
+def test_dense_and_grouped_layers_get_priors_of_their_own():
+    """A kernel's time is made of the same terms on a conv and on a dense layer, in other
+    proportions (a small dense layer is mostly call overhead): each op kind fits its own prior,
+    a kind never measured falls back to the kernel's conv prior, and the trees see each term's share."""
+    from tvm_mpq.cost_models.features import PRIOR_TERMS
+    from tvm_mpq.cost_models.xgb_model import MODEL_FEATURES, prior_key
+
+    dense = DenseSpec(1, 256, 100)
+    depthwise = ConvSpec(1, 64, 14, 14, 64, (3, 3), padding=(1, 1, 1, 1), groups=64)
+    assert prior_key(SPEC, "bitserial") == "bitserial" and prior_key(dense, "bitserial") == "bitserial:dense"
+    assert prior_key(depthwise, "fp32") == "fp32:depthwise_conv2d"
+    conv = fake_records(n_shapes=8)
+    # dense 'hardware': a fixed 5 us per call plus the weight bytes at 10 GB/s, nothing like the conv efficiency
+    dense_records = []
+    for i, (n_in, n_out) in enumerate([(128, 10), (256, 100), (512, 256), (1024, 1000), (2048, 100), (64, 16)]):
+        spec = DenseSpec(1, n_in, n_out)
+        ms = 0.005 + n_in * n_out / 10e9 * 1e3
+        dense_records.append(Record(workload=workload_dict(spec), kernel="int8", w_bits=8, a_bits=8, knobs={}, target=TARGET,
+                                    status="ok", latency_ms={"median": ms, "mean": ms, "min": ms, "std": 0.0, "n": 1},
+                                    extra={"threads": 2}))
+    model = XGBCostModel(config=SMALL).fit(conv + dense_records)
+    assert {"int8", "int8:dense", "bitserial"} <= set(model.meta["prior"]) and "bitserial:dense" not in model.meta["prior"]
+    # the dense prior alone puts an unseen dense shape within 10% of this hardware
+    unseen = DenseSpec(1, 768, 512)
+    assert model._prior_ms(unseen, "int8", 8, 8, 2) == pytest.approx(0.005 + 768 * 512 / 10e9 * 1e3, rel=0.1)
+    # bit-serial was never measured on a dense layer: its conv prior prices it
+    assert model._prior_ms(unseen, "bitserial", 1, 1, 2) == pytest.approx(
+        max(float(np.dot(prior_terms(unseen, "bitserial", 1, 1), model.meta["prior"]["bitserial"])), 1e-4))
+    for spec, constant_dominates in ((DenseSpec(1, 64, 16), True), (DenseSpec(1, 4096, 2048), False)):
+        shares = dict(zip(MODEL_FEATURES[-len(PRIOR_TERMS):], model._prior_shares(spec, "int8", 8, 8)))
+        assert sum(shares.values()) == pytest.approx(1.0) and min(shares.values()) >= 0
+        assert (shares["prior_share_one"] > 0.5) == constant_dominates  # a tiny layer is its call overhead
