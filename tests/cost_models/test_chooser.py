@@ -23,6 +23,11 @@ def test_picks_the_fastest_predicted():
     # on the fake hardware bit-serial W1A1 is cheaper than VNNI, W4A4 is not
     assert chooser.choose(spec, 1, 1, zen) == "bitserial"
     assert chooser.choose(spec, 4, 4, zen) == "int8"
+    # bits the model never measured on a kernel (bit-serial W8A8, W2A1) do not race there: W2A1 is
+    # extrapolated a little under VNNI's measured W4A4 cost, and the measured kernel wins
+    assert chooser.model.unseen([(spec, "bitserial", 2, 1)]) == ["bitserial W2A1"]
+    bs, vnni = chooser.model.predict_points([(spec, "bitserial", 2, 1, None), (spec, "int8", 2, 1, None)], target=zen)
+    assert bs < vnni and chooser.choose(spec, 2, 1, zen) == "int8" and chooser.choose(spec, 8, 8, zen) == "int8"
     haswell = parse_target("llvm -mcpu=haswell")
     assert chooser.options(spec, haswell) == ["int8_avx2", "bitserial"]
     # the model never saw int8_avx2: the rule decides there (bytes for W8A8, bit-serial for W1A1)
