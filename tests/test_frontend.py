@@ -165,3 +165,24 @@ def test_long_reduction_is_unsupported_with_the_reason():
     assert "reduction length 16385 exceeds 16384" in layer.unsupported_reason
     with pytest.raises(ValueError, match=r"layer '1' \(kind 'dense'\) is not supported .*\(reduction length 16385 exceeds 16384"):
         tvm_mpq.QuantPolicy({"1": tvm_mpq.LayerBits(8, 8)}).validate(net)
+
+
+def test_with_weights_is_a_reimport_without_the_trace(digits_net):
+    """A finetuned copy of the model (same modules, other values) gives the module import_torch
+    would, constants included; another structure is refused."""
+    import copy
+
+    from tvm_mpq._tvm import tvm
+
+    _, inputs, net = digits_net
+    tuned = copy.deepcopy(net.model)
+    with torch.no_grad():
+        for p in tuned.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    fast = net.with_weights(tuned)
+    tvm.ir.assert_structural_equal(fast.mod, tvm_mpq.import_torch(tuned, inputs).mod, map_free_vars=True)
+    assert [l.name for l in fast.layers] == net.layer_names and fast.model is tuned
+    with pytest.raises(ValueError):  # the new values are in it: not the original module
+        tvm.ir.assert_structural_equal(fast.mod, net.mod, map_free_vars=True)
+    with pytest.raises(ValueError, match="same parameters and shapes"):
+        net.with_weights(nn.Sequential(nn.Linear(2, 2)))

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from tvm_mpq._tvm import Constant, from_exported_program, relax, tvm
+from tvm_mpq._tvm import Constant, from_exported_program, relax, tensor, tvm
 from tvm_mpq.kernels.spec import ConvSpec, DenseSpec
 from tvm_mpq.quant.fold import fold_batchnorm
 from tvm_mpq.quant.qparams import MAX_REDUCTION
@@ -137,9 +137,30 @@ class Network:
     model: nn.Module
     example_inputs: tuple
     _by_name: dict[str, LayerInfo] = field(default_factory=dict, repr=False)
+    #: The module before the weights were bound, and per weight parameter the torch state-dict key
+    #: it came from and its value (what :meth:`with_weights` rebinds).
+    _unbound: Any = field(default=None, repr=False)
+    _weights: list = field(default_factory=list, repr=False)
 
     def __post_init__(self) -> None:
         self._by_name = {layer.name: layer for layer in self.layers}
+
+    def with_weights(self, model: nn.Module) -> "Network":
+        """This network with ``model``'s weights: ``model`` is :attr:`model` with other values (the
+        same BatchNorm-folded modules, e.g. after a finetune). The same as ``import_torch(model,
+        example_inputs)`` without tracing the model again (torch.export and the Relax conversion
+        took ~5 s of a finetune's turnaround); a model of another structure is a ``ValueError``."""
+        if self._unbound is None:
+            return import_torch(model, self.example_inputs)
+        state = model.state_dict()
+        mine = self.model.state_dict()
+        if set(state) != set(mine) or any(tuple(state[k].shape) != tuple(mine[k].shape) for k in mine):
+            raise ValueError(f"with_weights needs {type(self.model).__name__} with the same parameters and shapes; "
+                             f"got {type(model).__name__} (import it with tvm_mpq.import_torch)")
+        values = [tensor(state[key].detach().contiguous().numpy()) if key is not None else value for key, value in self._weights]
+        mod = relax.transform.FoldConstant()(_bind(self._unbound, values, len(self.example_inputs)))
+        return Network(mod=mod, layers=_layer_table(mod["main"]), model=model.eval(), example_inputs=self.example_inputs,
+                       _unbound=self._unbound, _weights=[(key, v) for (key, _), v in zip(self._weights, values)])
 
     def layer(self, name: str) -> LayerInfo:
         try:
@@ -390,11 +411,16 @@ def import_torch(model: nn.Module, example_inputs: Sequence[torch.Tensor]) -> Ne
     namer = _LayerNamer(mod, param_modules)
     main = namer.visit_expr(mod["main"])
     mod["main"] = main.with_attr(LAYERS_ATTR, list(namer.named))
-    mod = _bind(mod, params["main"], len(example_inputs))
-    mod = relax.transform.FoldConstant()(mod)
+    sig = exported.graph_signature
+    sources = {**sig.inputs_to_parameters, **sig.inputs_to_buffers}
+    state = folded.state_dict()
+    weights = [(sources.get(p.name) if sources.get(p.name) in state else None, v)
+               for p, v in zip(mod["main"].params[len(example_inputs):], params["main"])]
+    unbound = mod
+    mod = relax.transform.FoldConstant()(_bind(mod, params["main"], len(example_inputs)))
     layers = _layer_table(mod["main"])
     logger.info("imported %s: %d quantizable layers, %.1f MMAC", type(model).__name__, len(layers), sum(l.macs for l in layers) / 1e6)
-    return Network(mod=mod, layers=layers, model=folded, example_inputs=example_inputs)
+    return Network(mod=mod, layers=layers, model=folded, example_inputs=example_inputs, _unbound=unbound, _weights=weights)
 
 
 def _bind(mod, values, num_inputs: int):

@@ -331,7 +331,6 @@ def qat(net, policy, calibration, split: "digits_data.Split", recipe: Recipe = R
     whose (BatchNorm-folded) weights are the finetuned ones, ready for ``tvm_mpq.build`` with the
     same ``calibration``. ``renorm``: train with a :class:`Renorm` on every quantized conv (folded
     back at the end); gradients clipped to ``clip_norm``."""
-    import tvm_mpq
     from tvm_mpq.quant.fold import _set_submodule
 
     if renorm:
@@ -355,7 +354,7 @@ def qat(net, policy, calibration, split: "digits_data.Split", recipe: Recipe = R
     for name, layer in wrapped.items():
         _set_submodule(model, name, layer.module)
     model.eval()
-    return tvm_mpq.import_torch(model, net.example_inputs)
+    return net.with_weights(model)
 
 
 # ---------------------------------------------------------------------------------------------
