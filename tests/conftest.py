@@ -58,3 +58,10 @@ def trained_digits(tmp_path_factory):
     train, test = data.digits("train", size=16), data.digits("test", size=16)
     cal = tvm_mpq.calibrate(net, [x for x, _ in train.batches(256)][:2])
     return net, train, test, cal
+
+
+@pytest.fixture(scope="session")
+def runner_build_dir(tmp_path_factory):
+    """One CMake build dir of the C++ runner for the session (configure + build once, ~10 s; a
+    second ``build_runner`` on it is an incremental no-op)."""
+    return tmp_path_factory.mktemp("runner_build")

@@ -72,12 +72,12 @@ def test_autotune_session_example(tmp_path):
 
 @pytest.mark.skipif(shutil.which("cmake") is None or not (shutil.which("c++") or shutil.which("g++")),
                     reason="the C++ runner needs cmake and a C++ compiler on PATH")
-def test_search_and_deploy_example(tmp_path):
+def test_search_and_deploy_example(tmp_path, runner_build_dir):
     """ILP search on a small digits ResNet, QAT, compile, export, build the C++ runner, run it:
     its output equals Python's. One torch thread: on a loaded 2-core machine that is ~4x faster."""
     out = tmp_path / "out"
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "examples" / "search_and_deploy.py"), "--out-dir", str(out), "--build-dir", str(tmp_path / "build"),
+        [sys.executable, str(ROOT / "examples" / "search_and_deploy.py"), "--out-dir", str(out), "--build-dir", str(runner_build_dir),
          "--input-size", "16", "--train-epochs", "2", "--images", "3", "--budget", "1.0"],  # at 16x16 low bits barely pay
         capture_output=True, text=True, timeout=600,
         env={**os.environ, "TVM_MPQ_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"},

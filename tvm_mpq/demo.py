@@ -115,15 +115,17 @@ def main(argv=None) -> int:
     print(f"      policy {sargs.out}: predicted {result['predicted_ms']:.3f} ms vs int8 {result['int8_predicted_ms']:.3f} ms; "
           f"accuracy {100 * result['accuracy_before_finetune']:.2f}% -> {100 * result['accuracy']:.2f}% after QAT", flush=True)
 
-    print("[3/4] uniform W4A4 / W2A2 (8-bit ends, same QAT) for comparison; compile all; check the policy against the "
-          "torch simulation", flush=True)
+    # --quick (a smoke test of the path): the comparison rows skip their QAT, two finetunes of ~10 s each
+    compare_epochs = 0 if args.quick else sargs.finetune_epochs
+    print(f"[3/4] uniform W4A4 / W2A2 (8-bit ends, {'no QAT in --quick' if args.quick else 'same QAT'}) for comparison; "
+          "compile all; check the policy against the torch simulation", flush=True)
     float_policy = tvm_mpq.QuantPolicy({}, default=tvm_mpq.LayerBits(32, 32))
     kernel = srun.build_kernel(setup.provider)
     models = {"float": ("float (TVM)", net, float_policy, setup.float_accuracy),
               "int8": ("uniform W8A8 (TVM)", net, srun.int8_policy(net), None)}
     for w, a in UNIFORM_LOW:
         uniform = tvm_mpq.QuantPolicy.uniform(net, w_bits=w, a_bits=a, keep_first_last=8)
-        models[f"w{w}a{a}"] = (f"uniform W{w}A{a} (TVM)", srun.finetune(setup, uniform, sargs.finetune_epochs, sargs.seed), uniform, None)
+        models[f"w{w}a{a}"] = (f"uniform W{w}A{a} (TVM)", srun.finetune(setup, uniform, compare_epochs, sargs.seed), uniform, None)
     tuned = result["network_obj"]  # the QAT-finetuned weights the reported accuracy belongs to
     models["policy"] = (f"ILP policy @ {args.budget}x", tuned, policy, result["accuracy"])
     models = {k: (label, n, p, acc if acc is not None else srun.policy_accuracy(setup, p, n)) for k, (label, n, p, acc) in models.items()}

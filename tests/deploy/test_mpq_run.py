@@ -19,8 +19,8 @@ pytestmark = pytest.mark.skipif(
 
 
 @pytest.fixture(scope="module")
-def runner(tmp_path_factory):
-    return deploy.build_runner(tmp_path_factory.mktemp("build"))
+def runner(runner_build_dir):
+    return deploy.build_runner(runner_build_dir)
 
 
 @pytest.fixture(scope="module")
