@@ -73,10 +73,9 @@ def main() -> None:
     from tvm_mpq import hardware
     from tvm_mpq.cost_models import XGBCostModel, default_model, shipped_model_path
     from tvm_mpq.deploy import time_exported_probed
-    from tvm_mpq.tuning.database import probe_key
-    from tvm_mpq.tuning.measure import local_threads, probe_kernel_name
     from tvm_mpq.tuning import TuningDatabase
-    from tvm_mpq.tuning.database import workload_key
+    from tvm_mpq.tuning.database import probe_key, workload_key
+    from tvm_mpq.tuning.measure import local_threads, probe_kernel_name
 
     if args.db is None:  # the records the shipped model of this host's class was fitted on
         name = os.path.splitext(os.path.basename(shipped_model_path()))[0]
@@ -86,7 +85,7 @@ def main() -> None:
     shipped = hardware.PredictedLatency(default_model())
     measured_layers = hardware.MeasuredLatency(db, target=shipped.target, measure=False, kernel="predicted")
     target = measured_layers.target_str
-    reference = default_model().meta["probe_ms"][probe_key(target, local_threads(), probe_kernel_name(target))]
+    reference = shipped.model.meta["probe_ms"][probe_key(target, local_threads(), probe_kernel_name(target))]
     rows, probes = [], []
     for model_name in args.models:
         model, inputs = tvm_mpq.models.get(model_name, input_size=224)

@@ -120,10 +120,15 @@ class XGBCostModel:
                   for r in ok]
         return points, labels(ok, self.config)
 
+    def _coef(self, spec, kernel: str):
+        """The fitted prior coefficients for ``kernel`` on ``spec``'s op kind (:func:`prior_key`); an op
+        kind never measured takes the kernel's conv prior; None if the kernel has none."""
+        priors = self.meta.get("prior", {})
+        return priors.get(prior_key(spec, kernel), priors.get(kernel))
+
     def _prior_shares(self, spec, kernel: str, w: int, a: int) -> np.ndarray:
         """What share of the fitted prior each of its terms makes (NaN where the kernel has no prior of its own)."""
-        priors = self.meta.get("prior", {})
-        coef = priors.get(prior_key(spec, kernel), priors.get(kernel))
+        coef = self._coef(spec, kernel)
         if coef is None:
             return np.full(len(PRIOR_TERMS), np.nan)
         parts = prior_terms(spec, kernel, w, a) * np.asarray(coef)
@@ -131,7 +136,7 @@ class XGBCostModel:
 
     def _prior_ms(self, spec, kernel: str, w: int, a: int, threads: int) -> float:
         priors = self.meta.get("prior", {})
-        coef = priors.get(prior_key(spec, kernel), priors.get(kernel))  # an op kind never measured: the kernel's conv prior
+        coef = self._coef(spec, kernel)
         if coef is None:
             base = family(kernel)
             if base != kernel and base in priors:  # its family's fitted prior, scaled by the nominal peaks' ratio

@@ -108,12 +108,11 @@ ratios = {k: [] for k in models}
 probe_ms = []
 if probe_target:
     from tvm_mpq._tvm import tvm
-    from tvm_mpq.tuning.measure import PROBE_RUNS, FLUSH, probe_kernel
-    _, probe, probe_args = probe_kernel(probe_target)
-    t_probe = probe.time_evaluator("main", tvm.cpu(0), number=1, repeat=PROBE_RUNS, f_preproc=FLUSH)
+    from tvm_mpq.tuning.measure import probe_timer
+    _, run_probe = probe_timer(probe_target, tvm.cpu(0))
 for r in range(rounds):
     for k in (order if r % 2 == 0 else order[::-1]):
-        p = float(np.median(t_probe(*probe_args).results)) if probe_target else None
+        p = float(np.median(run_probe())) if probe_target else None
         t = float(np.median(models[k].time(x, number=number, repeat=3)))
         times[k].append(t)
         if p:

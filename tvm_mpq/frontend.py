@@ -414,8 +414,8 @@ def import_torch(model: nn.Module, example_inputs: Sequence[torch.Tensor]) -> Ne
     sig = exported.graph_signature
     sources = {**sig.inputs_to_parameters, **sig.inputs_to_buffers}
     state = folded.state_dict()
-    weights = [(sources.get(p.name) if sources.get(p.name) in state else None, v)
-               for p, v in zip(mod["main"].params[len(example_inputs):], params["main"])]
+    keys = [sources.get(p.name) for p in mod["main"].params[len(example_inputs):]]
+    weights = [(key if key in state else None, v) for key, v in zip(keys, params["main"])]
     unbound = mod
     mod = relax.transform.FoldConstant()(_bind(mod, params["main"], len(example_inputs)))
     layers = _layer_table(mod["main"])

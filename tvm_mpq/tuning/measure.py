@@ -75,16 +75,22 @@ def probe_kernel(target: str):
     return _probes[target]
 
 
+def probe_timer(target: str, dev):
+    """``(kernel name, run)``: ``run()`` times :data:`PROBE_RUNS` cold runs of ``target``'s probe (seconds)."""
+    kernel, probe, probe_args = probe_kernel(target)
+    timer = probe.time_evaluator("main", dev, number=1, repeat=PROBE_RUNS, f_preproc=FLUSH)
+    return kernel, lambda: list(timer(*probe_args).results)
+
+
 def time_with_probe(func, args, target: str, dev) -> tuple[list[float], dict]:
     """``func``'s cold runs (seconds) in rounds after the target's probe (see :data:`PROBE_ROUNDS`),
     and ``{"kernel", "ms", "ratio"}``: the probe's median (ms) and the median per-round ratio."""
-    kernel, probe, probe_args = probe_kernel(target)
-    t_probe = probe.time_evaluator("main", dev, number=1, repeat=PROBE_RUNS, f_preproc=FLUSH)
+    kernel, run_probe = probe_timer(target, dev)
     per_round = max(1, -(-COLD_REPEAT // PROBE_ROUNDS))
     t_func = func.time_evaluator("main", dev, number=1, repeat=per_round, f_preproc=FLUSH)
     runs, probe_runs, ratios = [], [], []
     for _ in range(PROBE_ROUNDS):
-        p = t_probe(*probe_args).results
+        p = run_probe()
         f = t_func(*args).results
         runs += f
         probe_runs += p
