@@ -131,7 +131,7 @@ def finetuned_accuracy(setup, policy, args) -> tuple[float, str]:
     from tvm_mpq.search.run import finetune, policy_accuracy
 
     w8a8 = policy.resolve(setup.net.layer_names) == uniform_policy(setup.net, "W8A8").resolve(setup.net.layer_names)
-    net = finetune(setup, policy, 0 if w8a8 else args.finetune_epochs, args.seed)
+    net = finetune(setup, policy, 0 if w8a8 else args.finetune_epochs, args.seed, args.distill)
     return policy_accuracy(setup, policy, net), test_correct(setup, policy, net)
 
 
@@ -149,7 +149,7 @@ def setup_target(target: str, args):
     base = srun.SearchArgs(model=args.model, target=target, provider="predicted" if predicted else "measured",
                            db=None if predicted else str(cache_dir() / f"search-{name}.jsonl"),
                            episodes=args.episodes, warmup=args.warmup, reward_images=args.reward_images,
-                           finetune_epochs=args.finetune_epochs, seed=args.seed,
+                           finetune_epochs=args.finetune_epochs, distill=args.distill, seed=args.seed,
                            # each search compiles its policy and tightens the provider's budget while the measurement misses it
                            measure=not args.no_timing, budget_rounds=args.budget_rounds, budget_margin=args.budget_margin,
                            rounds=5)
@@ -371,6 +371,7 @@ def main(argv=None) -> int:
     ap.add_argument("--warmup", type=int, default=10)
     ap.add_argument("--reward-images", type=int, default=288, help="val images that score each RL episode (0: all 864)")
     ap.add_argument("--finetune-epochs", type=int, default=1, help="QAT epochs for every policy, uniform and searched alike")
+    ap.add_argument("--distill", type=float, default=0.5, help="distillation weight of every finetune (0: labels only)")
     ap.add_argument("--tune-budget", type=int, default=1)
     ap.add_argument("--cross-budget", type=float, default=0.8, help="budget of the ILP policies compiled on every target")
     ap.add_argument("--budget-rounds", type=int, default=3, help="compile-measure-tighten rounds per search (0: trust the provider)")

@@ -334,7 +334,7 @@ class XGBCostModel:
             "features": list(MODEL_FEATURES), "meta": self.meta,
             "booster_ubj_base64": base64.b64encode(bytes(self.booster.save_raw(raw_format="ubj"))).decode("ascii"),
         }
-        tmp = f"{path}.tmp"
+        tmp = f"{path}.{os.getpid()}.tmp"
         with open(tmp, "w") as f:
             json.dump(doc, f, separators=(",", ":"))
         os.replace(tmp, path)

@@ -125,7 +125,7 @@ def main(argv=None) -> int:
               "int8": ("uniform W8A8 (TVM)", net, srun.int8_policy(net), None)}
     for w, a in UNIFORM_LOW:
         uniform = tvm_mpq.QuantPolicy.uniform(net, w_bits=w, a_bits=a, keep_first_last=8)
-        models[f"w{w}a{a}"] = (f"uniform W{w}A{a} (TVM)", srun.finetune(setup, uniform, compare_epochs, sargs.seed), uniform, None)
+        models[f"w{w}a{a}"] = (f"uniform W{w}A{a} (TVM)", srun.finetune(setup, uniform, compare_epochs, sargs.seed, sargs.distill), uniform, None)
     tuned = result["network_obj"]  # the QAT-finetuned weights the reported accuracy belongs to
     models["policy"] = (f"ILP policy @ {args.budget}x", tuned, policy, result["accuracy"])
     models = {k: (label, n, p, acc if acc is not None else srun.policy_accuracy(setup, p, n)) for k, (label, n, p, acc) in models.items()}

@@ -142,3 +142,41 @@ def test_per_image_correctness_and_paired_test():
     assert mcnemar_p(a, a) == 1.0
     with pytest.raises(ValueError, match="same images"):
         mcnemar_p(a, a[:10])
+
+
+def test_distill_loss_mixes_labels_and_the_teachers_soft_outputs():
+    import torch.nn.functional as F
+
+    from tvm_mpq.quant.finetune import distill_loss
+
+    g = torch.Generator().manual_seed(0)
+    logits, teacher = torch.randn(8, 10, generator=g), torch.randn(8, 10, generator=g)
+    labels = torch.randint(0, 10, (8,), generator=g)
+    ce = F.cross_entropy(logits, labels)
+    assert torch.allclose(distill_loss(logits, teacher, labels, 0.0), ce)
+    # a student that already matches the teacher pays only its share of the label term
+    assert torch.allclose(distill_loss(logits, logits.clone(), labels, 0.25), 0.75 * ce)
+    # otherwise the soft term is T^2 x KL(teacher || student) of the softened outputs
+    t = 4.0
+    p, q = F.softmax(teacher / t, 1), F.softmax(logits / t, 1)
+    kl = (p * (p.log() - q.log())).sum(1).mean() * t * t
+    assert torch.allclose(distill_loss(logits, teacher, labels, 1.0, t), kl, atol=1e-6)
+    assert distill_loss(logits, teacher, labels, 1.0) > 0
+
+
+def test_qat_distills_from_the_float_model(trained_digits):
+    import tvm_mpq
+    from tvm_mpq.quant.finetune import qat
+
+    net, train_split, test, cal = trained_digits
+    policy = tvm_mpq.QuantPolicy.uniform(net, w_bits=2, a_bits=2)
+    with pytest.raises(ValueError, match="distillation weight"):
+        qat(net, policy, cal, train_split, Recipe(epochs=1, lr=0.01), distill=1.5)
+    before = accuracy(tvm_mpq.simulate(net, policy, cal), test)
+    plain = qat(net, policy, cal, train_split, Recipe(epochs=1, lr=0.01))
+    tuned = qat(net, policy, cal, train_split, Recipe(epochs=1, lr=0.01), distill=0.5)
+    after = accuracy(tvm_mpq.simulate(tuned, policy, cal), test)
+    assert after > before + 0.05, (before, after)
+    # the teacher changed the training signal (same seed, same batches)
+    assert any(not torch.equal(a, b) for a, b in zip(plain.model.state_dict().values(), tuned.model.state_dict().values()))
+    assert net.model.training is False

@@ -19,7 +19,7 @@ def cmd(args) -> int:
             model=args.model, method=args.method, latency_budget=args.latency_budget, target=target, provider=args.provider,
             db=args.db, cost_model=args.cost_model, sensitivity=args.sensitivity, calibration=args.calibration, episodes=args.episodes, warmup=args.warmup,
             reward_steps=args.reward_steps, reward_images=args.reward_images, groups=args.groups, w_bits=args.w_bits, a_bits=args.a_bits,
-            finetune_epochs=args.finetune_epochs, train_epochs=args.train_epochs, seed=args.seed, rounds=args.rounds,
+            finetune_epochs=args.finetune_epochs, distill=args.distill, train_epochs=args.train_epochs, seed=args.seed, rounds=args.rounds,
             budget_rounds=args.budget_rounds, budget_margin=args.budget_margin, out=args.out,
             png_dir=args.png_dir, measure=not args.no_measure,
         )
@@ -66,6 +66,8 @@ def add_parser(sub) -> None:
     p.add_argument("--w-bits", type=bits_list, default=(1, 2, 3, 4, 8), help="weight bits offered (default 1,2,3,4,8)")
     p.add_argument("--a-bits", type=bits_list, default=(2, 3, 4, 8), help="activation bits offered (default 2,3,4,8)")
     p.add_argument("--finetune-epochs", type=int, default=4, help="QAT epochs for the chosen policy (0: none)")
+    p.add_argument("--distill", type=float, default=0.5,
+                   help="weight of distillation from the float model in the QAT loss (default 0.5; 0: labels only)")
     p.add_argument("--train-epochs", type=int, default=15, help="float training epochs (cached)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--rounds", type=int, default=3, help="timing rounds (medians)")

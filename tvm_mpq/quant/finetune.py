@@ -104,12 +104,36 @@ def train(model: nn.Module, split: "digits_data.Split", recipe: Recipe = Recipe(
 QAT_CLIP_NORM = 5.0
 
 
-def run_epoch(model: nn.Module, split, recipe: Recipe, epoch: int, opt, sched, clip_norm: float | None = None) -> float:
+#: Distillation temperature of :func:`qat` (Hinton et al.; HAWQ-V3 and most MPQ work finetune the
+#: quantized network against the float one's softened outputs).
+DISTILL_TEMPERATURE = 4.0
+
+
+def distill_loss(logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor, weight: float,
+                 temperature: float = DISTILL_TEMPERATURE) -> torch.Tensor:
+    """``(1 - weight) x`` cross-entropy on the labels ``+ weight x T^2 x KL(teacher || student)``
+    of the outputs softened by ``T`` (the ``T^2`` keeps the gradient scale of the soft term)."""
+    hard = F.cross_entropy(logits, labels)
+    if not weight:
+        return hard
+    soft = F.kl_div(F.log_softmax(logits / temperature, dim=1), F.log_softmax(teacher_logits / temperature, dim=1),
+                    reduction="batchmean", log_target=True) * temperature**2
+    return (1.0 - weight) * hard + weight * soft
+
+
+def run_epoch(model: nn.Module, split, recipe: Recipe, epoch: int, opt, sched, clip_norm: float | None = None,
+              teacher: nn.Module | None = None, distill: float = 0.0) -> float:
     """One pass over augmented, shuffled batches of ``split`` (gradients clipped to ``clip_norm``
-    if given); returns the mean loss."""
+    if given; with a ``teacher``, the loss is :func:`distill_loss` of weight ``distill``);
+    returns the mean loss."""
     total, n = 0.0, 0
     for x, y in split.batches(recipe.batch_size, shuffle=True, seed=recipe.seed * 1000 + epoch, augment=True):
-        loss = F.cross_entropy(model(x), y)
+        if teacher is not None and distill:
+            with torch.no_grad():
+                target = teacher(x)
+            loss = distill_loss(model(x), target, y, distill)
+        else:
+            loss = F.cross_entropy(model(x), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if clip_norm is not None:
@@ -138,7 +162,7 @@ def pretrained(name: str = "digits_resnet", recipe: Recipe = Recipe(), *, retrai
     size = int(inputs[0].shape[-1])
     logger.info("training %s on digits (%d epochs); cached afterwards at %s", name, recipe.epochs, path)
     train(model, digits_data.digits("train", size=size), recipe)
-    tmp = path.with_suffix(".tmp")
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")  # two processes training the same entry each write their own
     torch.save(model.state_dict(), tmp)
     os.replace(tmp, path)
     return model.eval(), inputs
@@ -326,11 +350,14 @@ def renormalized(net, policy, calibration, xs: list, stats: dict | None = None):
 
 
 def qat(net, policy, calibration, split: "digits_data.Split", recipe: Recipe = Recipe(epochs=4, lr=0.02), *, renorm: bool = True,
-        clip_norm: float = QAT_CLIP_NORM):
+        clip_norm: float = QAT_CLIP_NORM, distill: float = 0.0):
     """Quantization-aware finetune of ``net`` under ``policy``; returns a new imported Network
     whose (BatchNorm-folded) weights are the finetuned ones, ready for ``tvm_mpq.build`` with the
     same ``calibration``. ``renorm``: train with a :class:`Renorm` on every quantized conv (folded
-    back at the end); gradients clipped to ``clip_norm``."""
+    back at the end); gradients clipped to ``clip_norm``. ``distill`` in [0, 1]: weight of the
+    distillation term (:func:`distill_loss`) against ``net``'s float model as the teacher (0: labels only)."""
+    if not 0.0 <= distill <= 1.0:
+        raise ValueError(f"distill={distill}: the distillation weight must lie in [0, 1]")
     from tvm_mpq.quant.fold import _set_submodule
 
     if renorm:
@@ -338,6 +365,7 @@ def qat(net, policy, calibration, split: "digits_data.Split", recipe: Recipe = R
         model, wrapped, norms = renormalized(net, policy, calibration, xs)
     else:
         (model, wrapped), norms = qat_model(net, policy, calibration), {}
+    teacher = net.model.eval() if distill else None
     torch.manual_seed(recipe.seed)
     opt = torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=0.9, nesterov=True, weight_decay=recipe.weight_decay)
     steps = recipe.epochs * math.ceil(len(split) / recipe.batch_size)
@@ -346,7 +374,7 @@ def qat(net, policy, calibration, split: "digits_data.Split", recipe: Recipe = R
     for epoch in range(recipe.epochs):
         for layer in wrapped.values():
             layer.refresh_scales()
-        loss = run_epoch(model, split, recipe, epoch, opt, sched, clip_norm=clip_norm)
+        loss = run_epoch(model, split, recipe, epoch, opt, sched, clip_norm=clip_norm, teacher=teacher, distill=distill)
         logger.info("QAT epoch %d/%d: loss %.4f", epoch + 1, recipe.epochs, loss)
     if norms:
         reestimate(model, norms, xs)  # the statistics of the final weights
@@ -372,7 +400,7 @@ def save_weights(path, net, calibration, *, model: str, model_kwargs: dict | Non
     # the metadata as one JSON string: torch.load(weights_only=True) then needs no allow-listed types
     payload = {"meta": json.dumps(meta, default=str), "state_dict": {k: v.detach().clone() for k, v in net.model.state_dict().items()}}
     path = os.fspath(path)
-    tmp = path + ".tmp"
+    tmp = f"{path}.{os.getpid()}.tmp"
     torch.save(payload, tmp)
     os.replace(tmp, path)
     return path

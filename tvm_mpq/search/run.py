@@ -42,6 +42,7 @@ class SearchArgs:
     w_bits: tuple = (1, 2, 3, 4, 8)
     a_bits: tuple = (2, 3, 4, 8)
     finetune_epochs: int = 4
+    distill: float = 0.5  # weight of distillation from the float model in every finetune (0: labels only)
     train_epochs: int = 15
     seed: int = 0
     rounds: int = 3
@@ -68,6 +69,8 @@ class SearchArgs:
             raise ValueError(f"--budget-margin is a fraction in [0, 0.5), got {self.budget_margin}")
         if self.budget_rounds < 0:
             raise ValueError(f"--budget-rounds must be >= 0 (0: trust the provider's latency), got {self.budget_rounds}")
+        if not 0.0 <= self.distill <= 1.0:
+            raise ValueError(f"--distill is a weight in [0, 1] (0: no distillation), got {self.distill}")
         if self.sensitivity not in ("kl", "hessian"):
             raise ValueError(f"--sensitivity must be 'kl' or 'hessian', got {self.sensitivity!r}")
 
@@ -142,13 +145,14 @@ def policy_accuracy(setup: Setup, policy, model=None) -> float:
 FINETUNE_LR = 0.02
 
 
-def finetune(setup: Setup, policy, epochs: int, seed: int = 0):
-    """The network finetuned (QAT) under ``policy`` for ``epochs`` (0: the trained network as is)."""
+def finetune(setup: Setup, policy, epochs: int, seed: int = 0, distill: float = SearchArgs.distill):
+    """The network finetuned (QAT) under ``policy`` for ``epochs`` (0: the trained network as is),
+    distilled from the float network with weight ``distill``."""
     from tvm_mpq.quant.finetune import Recipe, qat
 
     if not epochs:
         return setup.net
-    return qat(setup.net, policy, setup.cal, setup.train, Recipe(epochs=epochs, lr=FINETUNE_LR, seed=seed))
+    return qat(setup.net, policy, setup.cal, setup.train, Recipe(epochs=epochs, lr=FINETUNE_LR, seed=seed), distill=distill)
 
 
 def build_kernel(provider):
@@ -334,7 +338,7 @@ def search(args: SearchArgs, setup: Setup) -> dict:
         return {**result, "feasible": False, "error": str(err), "least_fraction": least_fraction, "wall_s": time.perf_counter() - t0}
     result.update(feasible=True, info=info, predicted_ms=1e3 * hardware.network_latency(provider, net, policy))
     result["accuracy_before_finetune"] = policy_accuracy(setup, policy)
-    tuned = finetune(setup, policy, args.finetune_epochs, args.seed)
+    tuned = finetune(setup, policy, args.finetune_epochs, args.seed, args.distill)
     result["accuracy"] = policy_accuracy(setup, policy, tuned)
     result["search_wall_s"] = time.perf_counter() - t0
     if args.measure:
@@ -376,7 +380,7 @@ def uniform_points(args: SearchArgs, setup: Setup, bits=((8, 8), (4, 4), (2, 2))
     points, policies = [], {}
     for w, a in bits:
         policy = tvm_mpq.QuantPolicy.uniform(setup.net, w_bits=w, a_bits=a, keep_first_last=8 if (w, a) != (8, 8) else None)
-        tuned = finetune(setup, policy, args.finetune_epochs if (w, a) != (8, 8) else 0, args.seed)
+        tuned = finetune(setup, policy, args.finetune_epochs if (w, a) != (8, 8) else 0, args.seed, args.distill)
         policies[f"W{w}A{a}"] = policy
         points.append({"label": f"W{w}A{a}", "accuracy": policy_accuracy(setup, policy, tuned), "latency_ms": None})
     if args.measure:
