@@ -61,3 +61,30 @@ def test_ddpg_is_seeded_and_learns(env_parts):
     rewards = [h.reward for h in runs[0].history]
     assert np.mean(rewards[-8:]) > np.mean(rewards[:8])  # better than the random warm-up
     assert network_latency(hw, net, runs[0].best_policy) <= 0.9 * eight * (1 + 1e-9)
+
+
+def staircase_table(w_range, a_range):
+    """One single-group layer priced like a CPU: W1A2 on bit-serial is fastest, the int8 kernel
+    (A8) next, and bit-serial at 3..7 activation bits slowest."""
+    from tvm_mpq.search.env import LatencyTable
+
+    table = object.__new__(LatencyTable)
+    table.groups, table.w_range, table.a_range, table.fixed_s = {"conv": [(0, 32)]}, w_range, a_range, 0.0
+    table.table = {("conv", 0, 32, w, a): 2.0 if (w, a) == (1, 2) else 4.0 if a == 8 else 5.0
+                   for w in range(w_range.low, w_range.high + 1) for a in range(a_range.low, a_range.high + 1)}
+    return table
+
+
+def test_budget_enforcement_takes_a_faster_choice_with_more_bits_first():
+    """At W3A4 (bit-serial, 5 ms) the int8 kernel at W8A8 (4 ms) is faster *and* keeps more bits:
+    a budget of 4.5 ms is met there, not by dropping to W1A2; a budget of 3 ms then needs W1A2."""
+    from tvm_mpq.search.env import BitRange
+
+    table = staircase_table(BitRange(1, 8), BitRange(2, 8))
+    a_bits, w_bits = {"conv": 4}, {"conv": [3]}
+    steps, fits = table.lower_to(4.5, a_bits, w_bits)
+    assert fits and steps == 1 and (w_bits["conv"], a_bits["conv"]) == ([8], 8)
+    steps, fits = table.lower_to(3.0, a_bits, w_bits)
+    assert fits and (w_bits["conv"], a_bits["conv"]) == ([1], 2)
+    steps, fits = table.lower_to(1.0, a_bits, w_bits)  # nothing is faster than 2 ms
+    assert not fits and steps == 0

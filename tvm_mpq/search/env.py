@@ -11,8 +11,9 @@ network: layer index, c_in, c_out, kernel size, stride, feature-map size, #param
 weights/activations flag, previous action. An action ``a`` maps to bits
 ``round(b_min - 0.5 + a * (b_max - b_min + 1))``. After the last step the policy is pushed under
 the budget HAQ's way: bits are lowered one layer at a time (where it saves the most latency per
-bit given up) until it fits; if even
-the lowest bits everywhere do not fit, ``info["feasible"]`` is False. The reward (and ``info``)
+bit given up; on a CPU a layer can also run faster at *more* bits, on the int8 kernel instead of
+bit-serial, and such a change is taken first) until it fits; if even the fastest choice everywhere
+does not fit, ``info["feasible"]`` is False. The reward (and ``info``)
 comes from ``reward_fn(policy) -> (reward, metrics)``, e.g. accuracy after a short finetune.
 
 ``info`` always has the same keys (:data:`INFO_KEYS`); it is empty-valued until the last step.
@@ -111,31 +112,35 @@ class LatencyTable:
         return self.fixed_s + sum(self.layer(n, a_bits[n], w_bits[n]) for n in w_bits)
 
     def lower_to(self, budget: float, a_bits: dict, w_bits: dict) -> tuple[int, bool]:
-        """Lower a group's weight bits and/or its layer's activation bits where that saves the most
+        """Change a group's weight bits and/or its layer's activation bits where that saves the most
         latency per bit given up, until the choice fits ``budget`` (in place); returns the number
         of steps and whether it fits.
 
-        Any lower (w', a') is a candidate, not just one bit less: on a CPU latency is a staircase in
-        the bits (W4A4 and W2A2 run the same byte kernel; W1A1 switches to bit-serial), so a
-        one-bit step can save nothing while two bits save much."""
+        Any (w', a') that runs faster is a candidate, not just one bit less: on a CPU latency is a
+        staircase in the bits (W4A4 and W2A2 run the same byte kernel; W1A1 switches to bit-serial),
+        so a one-bit step can save nothing while two bits save much, and a layer at W3A3 (bit-serial)
+        can be slower than at W8A8 (the int8 kernel). A change that saves latency without giving up
+        bits is taken first (most saved); otherwise the most latency saved per bit given up. Each
+        step lowers the total, so the loop ends; it fails only where no change saves anything."""
         lowered = 0
         while self.total(a_bits, w_bits) > budget:
-            best, best_rate = None, 0.0
+            best, best_key = None, None
             for n in w_bits:
                 a, ws = a_bits[n], w_bits[n]
                 now = self.layer(n, a, ws)
-                # one group lowered, or (gi None) every group to one width: splitting a run of
-                # equal groups adds a kernel, so the single-group steps alone can get stuck above the budget
-                for gi, w in [*enumerate(ws), *([(None, min(ws))] if len(ws) > 1 else [])]:
-                    for w2 in range(self.w_range.low, w + 1):
-                        for a2 in range(self.a_range.low, a + 1):
-                            new_ws = [w2] * len(ws) if gi is None else ws[:gi] + [w2] + ws[gi + 1:]
-                            given_up = sum(o - v for o, v in zip(ws, new_ws)) + (a - a2)
-                            if given_up == 0:
+                # one group changed, or (gi None) every group to one width: splitting a run of equal
+                # groups adds a kernel, so the single-group steps alone can get stuck above the budget
+                for gi in [*range(len(ws)), *([None] if len(ws) > 1 else [])]:
+                    for w2 in range(self.w_range.low, self.w_range.high + 1):
+                        new_ws = [w2] * len(ws) if gi is None else ws[:gi] + [w2] + ws[gi + 1:]
+                        for a2 in range(self.a_range.low, self.a_range.high + 1):
+                            saved = now - self.layer(n, a2, new_ws)
+                            if saved <= 0:
                                 continue
-                            rate = (now - self.layer(n, a2, new_ws)) / given_up
-                            if rate > best_rate:
-                                best, best_rate = (n, gi, w2, a2), rate
+                            given_up = sum(o - v for o, v in zip(ws, new_ws)) + (a - a2)
+                            key = (1, saved, -given_up) if given_up <= 0 else (0, saved / given_up, 0)
+                            if best_key is None or key > best_key:
+                                best, best_key = (n, gi, w2, a2), key
             if best is None:  # nothing lowers the latency any more
                 return lowered, False
             n, gi, w2, a2 = best

@@ -257,8 +257,9 @@ def measure_pair(setup: Setup, policy, target, rounds: int) -> tuple[float, floa
 
 
 def lower_policy(net, provider, policy, budget_s: float, fixed: dict, w_range, a_range):
-    """``policy`` with bits lowered (where that saves the most latency per bit) until the provider
-    prices it within ``budget_s``; ``InfeasibleBudget`` if the lowest bits do not fit."""
+    """``policy`` with bits changed (where that saves the most latency per bit given up, see
+    :meth:`~tvm_mpq.search.env.LatencyTable.lower_to`) until the provider prices it within
+    ``budget_s``; ``InfeasibleBudget`` if the fastest bits do not fit."""
     from tvm_mpq.search.env import LatencyTable, fixed_seconds, searchable_layers
     from tvm_mpq.search.ilp import InfeasibleBudget
 
@@ -270,7 +271,7 @@ def lower_policy(net, provider, policy, budget_s: float, fixed: dict, w_range, a
     w_bits = {l.name: [g.w_bits for g in resolved[l.name].groups] or [resolved[l.name].w_bits] for l in layers}
     _, fits = table.lower_to(budget_s, a_bits, w_bits)
     if not fits:
-        raise InfeasibleBudget(f"the lowest bits do not fit {1e3 * budget_s:.3f} ms", {})
+        raise InfeasibleBudget(f"even the fastest bits do not fit {1e3 * budget_s:.3f} ms", {})
     return table.policy(a_bits, w_bits, fixed)
 
 
