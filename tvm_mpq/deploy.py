@@ -138,9 +138,11 @@ def time_exported_probed(paths: "dict[str, str]", x: np.ndarray, target, *, roun
     """:func:`time_exported` with each model's runs right after 3 runs of ``target``'s probe kernel
     (:func:`tvm_mpq.tuning.measure.probe_kernel`, the one tuning records are timed against):
     ``{label: {"seconds": [per round], "ratio": [model / probe, per round]}}``, and under
-    ``"probe_ms"`` every probe median. ``median(ratio) x`` a cost model's probe reference
-    (``meta["probe_ms"]``) is the network's latency in the units the model predicts: the machine's
-    drift (up to 2x over seconds on a shared VM) divided out as it is from the records."""
+    ``"probe_ms"`` every probe median. A cost model's probe reference (``meta["probe_ms"]``)
+    x ``median(seconds) / median(probe_ms)`` is the network's latency in the units the model
+    predicts, the machine's state divided out over the session. ``median(ratio)`` divides round by
+    round, as the records are; a warm network follows a cold probe only weakly (about its 0.1-0.3
+    power here, ``benchmarks/network_drift.py``), so per round that adds noise to a network."""
     from tvm_mpq._tvm import parse_target, target_to_str
 
     out = _time_child(paths, x, rounds, number, threads, target_to_str(parse_target(target)))
