@@ -11,7 +11,7 @@ channel groups), in one run:
   median over this network's timing session (the machine's state divided out at the level of the
   session). Per-round ratios (``--per-round``) divide each round by the probe just before it, as
   the records are; for whole networks that adds noise instead of removing it: over 150 rounds
-  (``2026-11-29-costmodel-wholenet-znver3-drift.txt``) the warm networks moved with about the 0.2
+  (``2026-11-29-costmodel-wholenet-znver3-drift.txt``) the warm networks moved with about the 0.1-0.3
   power of the cold probe, and MobileNetV2's round-to-round cv rose from 16% raw to 21% per-round;
 * predicted, leave-one-model-out: a cost model fitted on the records of every workload *not* in
   this network (the other network and the synthetic shapes), so no layer of it was seen;

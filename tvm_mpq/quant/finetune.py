@@ -128,12 +128,13 @@ def run_epoch(model: nn.Module, split, recipe: Recipe, epoch: int, opt, sched, c
     returns the mean loss."""
     total, n = 0.0, 0
     for x, y in split.batches(recipe.batch_size, shuffle=True, seed=recipe.seed * 1000 + epoch, augment=True):
-        if teacher is not None and distill:
-            with torch.no_grad():
-                target = teacher(x)
-            loss = distill_loss(model(x), target, y, distill)
+        logits = model(x)
+        if teacher is None:
+            loss = F.cross_entropy(logits, y)
         else:
-            loss = F.cross_entropy(model(x), y)
+            with torch.no_grad():
+                soft = teacher(x)
+            loss = distill_loss(logits, soft, y, distill)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if clip_norm is not None:
@@ -162,10 +163,16 @@ def pretrained(name: str = "digits_resnet", recipe: Recipe = Recipe(), *, retrai
     size = int(inputs[0].shape[-1])
     logger.info("training %s on digits (%d epochs); cached afterwards at %s", name, recipe.epochs, path)
     train(model, digits_data.digits("train", size=size), recipe)
-    tmp = path.with_suffix(f".{os.getpid()}.tmp")  # two processes training the same entry each write their own
-    torch.save(model.state_dict(), tmp)
-    os.replace(tmp, path)
+    _save_atomic(model.state_dict(), path)
     return model.eval(), inputs
+
+
+def _save_atomic(obj, path) -> None:
+    """``torch.save`` through a temp file of this process, renamed over ``path``: a reader never sees
+    half a file, and two processes writing the same entry each write their own."""
+    tmp = f"{os.fspath(path)}.{os.getpid()}.tmp"
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -400,9 +407,7 @@ def save_weights(path, net, calibration, *, model: str, model_kwargs: dict | Non
     # the metadata as one JSON string: torch.load(weights_only=True) then needs no allow-listed types
     payload = {"meta": json.dumps(meta, default=str), "state_dict": {k: v.detach().clone() for k, v in net.model.state_dict().items()}}
     path = os.fspath(path)
-    tmp = f"{path}.{os.getpid()}.tmp"
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    _save_atomic(payload, path)
     return path
 
 
