@@ -3,14 +3,14 @@
 Layers: ResNet-18's distinct conv shapes (224x224) and MobileNetV2's depthwise and pointwise
 layers. For every layer and thread count, in one run:
 
-* our kernels: int8 (W8A8, AVX-512 VNNI), amx (W8A8 on AMX tiles, where the CPU has them),
-  bit-serial W1A1 / W1A2 / W2A2 (when the target has a scheduled bit-serial kernel), the integer
-  depthwise kernel; packing and epilogue included;
+* our kernels: int8 (W8A8, AVX-512 VNNI; on AVX2-only CPUs the int16 vpmaddwd lanes), amx (W8A8
+  on AMX tiles, where the CPU has them), bit-serial W1A1 / W1A2 / W2A2 (when the target has a
+  scheduled bit-serial kernel), the integer depthwise kernel; packing and epilogue included;
 * PyTorch: fp32, FX int8 with the default oneDNN/fbgemm dispatch (on CPUs with AMX, oneDNN uses
   AMX tiles) and FX int8 restricted to AVX-512 VNNI (``ONEDNN_MAX_CPU_ISA=AVX512_CORE_VNNI``),
   the same instruction set our int8 kernel uses;
-* achieved G MAC/s as % of this core's measured peak (``peaks.py``): int8 vs VNNI, amx vs AMX,
-  bit-serial (w*a binary MACs per MAC) vs AND+POPCNT.
+* achieved G MAC/s as % of this core's measured peak (``peaks.py``): int8 vs VNNI (vpmaddwd on
+  AVX2), amx vs AMX, bit-serial (w*a binary MACs per MAC) vs AND+POPCNT (vpshufb lookup on AVX2).
 
 Each measurement runs in a worker process (thread counts and oneDNN's ISA are fixed at process
 start). Usage: ``python benchmarks/kernels.py [--threads 1 2] [--quick] [--json out.json]``.
@@ -69,12 +69,13 @@ def _worker_tvm(rows: list[dict], number: int, repeat: int) -> list[dict]:
     import numpy as np
 
     from tvm_mpq._tvm import parse_target
-    from tvm_mpq.kernels.registry import KERNELS
+    from tvm_mpq.kernels.registry import BYTE_KERNELS, KERNELS
     from tvm_mpq.kernels.workload import build_layer_kernel
 
     target = parse_target(None)
     has_serial = "bitserial" in KERNELS and KERNELS["bitserial"].available(target)
     has_amx = "amx" in KERNELS and KERNELS["amx"].available(target)
+    byte = next(name for name in BYTE_KERNELS if KERNELS[name].available(target))  # VNNI, else AVX2
     results = []
     for row in rows:
         spec = _conv_spec(row)
@@ -84,7 +85,7 @@ def _worker_tvm(rows: list[dict], number: int, repeat: int) -> list[dict]:
         if has_serial and not spec.is_depthwise:
             variants += [("bitserial", w, a) for w, a in SERIAL_BITS]
         for kernel, w, a in variants:
-            k = build_layer_kernel(spec, w, a, kernel=kernel, target=target)
+            k = build_layer_kernel(spec, w, a, kernel=byte if kernel == "int8" else kernel, target=target)
             exact = k.check()
             t = float(np.median(k.time(number=number, repeat=repeat)))
             results.append({"layer": row["layer"], "kernel": kernel, "w_bits": w, "a_bits": a, "seconds": t, "exact": exact})
@@ -127,6 +128,7 @@ def _report(rows, results, peaks, threads) -> None:
     by = {(r["layer"], r["kernel"], r.get("w_bits"), r.get("a_bits")): r["seconds"] for r in results}
     base = {(r["layer"], r["kernel"]): r["seconds"] for r in results if r["kernel"].startswith("torch")}
     print(f"\n== {threads} thread(s) ==  (% of peak: of {threads} x the per-core peak)  peaks/core: VNNI {peaks.get('vnni', 0):.0f} GMAC/s, "
+          f"vpmaddwd (AVX2 int8) {peaks.get('vpmaddwd', 0):.0f} GMAC/s, "
           f"POPCNT {peaks.get('popcount', 0):.0f} G bin-MAC/s, fp32 {peaks.get('fp32', 0):.0f} GMAC/s, AMX {peaks.get('amx', 0):.0f} GMAC/s")
     head = f"{'layer':28s} {'shape':24s} {'kernel':10s} {'bits':5s} {'ms':>7s} {'GMAC/s':>7s} {'%peak':>6s} {'xfp32':>6s} {'xint8':>6s} {'xint8v':>6s} {'xour8':>6s} exact"
     print(head)
@@ -143,7 +145,8 @@ def _report(rows, results, peaks, threads) -> None:
             elif r["kernel"] == "amx":
                 pct = 100 * gmacs / (cores * peaks["amx"]) if "amx" in peaks else float("nan")
             else:
-                pct = 100 * gmacs / (cores * peaks["vnni"]) if "vnni" in peaks else float("nan")
+                int8_peak = peaks.get("vnni") or peaks.get("vpmaddwd")
+                pct = 100 * gmacs / (cores * int8_peak) if int8_peak else float("nan")
             ratio = {k: base.get((row["layer"], k), float("nan")) / t for k in ("torch_fp32", "torch_int8", "torch_int8_vnni")}
             print(f"{row['layer'][:28]:28s} {shape:24s} {r['kernel']:10s} W{r['w_bits']}A{r['a_bits']} {t*1e3:7.3f} {gmacs:7.1f} {pct:6.1f} "
                   f"{ratio['torch_fp32']:6.2f} {ratio['torch_int8']:6.2f} {ratio['torch_int8_vnni']:6.2f} {ours8 / t:6.2f} {'yes' if r['exact'] else 'NO'}")

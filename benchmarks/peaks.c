@@ -2,7 +2,10 @@
  * and int8 AMX (tdpbusd on 4 independent 16x16 accumulator tiles) where the CPU and OS have it.
  * 12 independent accumulators per kind, inputs made opaque so nothing is hoisted out of the loop.
  * Built and run by benchmarks/peaks.py (gcc -O2 -march=native); prints "<kind> <G ops/s>" lines:
- * fp32, vnni and amx in G MAC/s, popcount in G binary-MAC/s (one bit of AND + popcount + add). */
+ * fp32, vnni and amx in G MAC/s, popcount in G binary-MAC/s (one bit of AND + popcount + add).
+ * On AVX2-only CPUs (e.g. Zen 3): fp32 on 256-bit FMA, "vpmaddwd" (the int8 kernel's AVX2 lanes:
+ * int16 products summed into int32) in G MAC/s, and popcount as the vpshufb nibble lookup + vpsadbw
+ * that LLVM emits for a vector ctpop without VPOPCNTDQ. */
 #include <immintrin.h>
 #include <stdio.h>
 #include <string.h>
@@ -14,6 +17,7 @@
 static double now(){struct timespec t;clock_gettime(CLOCK_MONOTONIC,&t);return t.tv_sec+t.tv_nsec*1e-9;}
 #define N 20000000L
 #define R12(X) X(0) X(1) X(2) X(3) X(4) X(5) X(6) X(7) X(8) X(9) X(10) X(11)
+#define R10(X) X(0) X(1) X(2) X(3) X(4) X(5) X(6) X(7) X(8) X(9)
 int main(){
   double t; long s;
 #if defined(__AVX512VNNI__)
@@ -31,6 +35,7 @@ int main(){
   R12(S)
   printf("vnni %.2f %ld\n", (double)N*12*64/t/1e9, s); }
 #endif
+#if defined(__AVX512F__)
   { __m512 x=_mm512_set1_ps(1.0f), y=_mm512_set1_ps(0.0f);
   #define DF(i) __m512 f##i=_mm512_set1_ps(i);
   R12(DF)
@@ -44,6 +49,21 @@ int main(){
   #define SF(i) fs+=_mm512_reduce_add_ps(f##i);
   R12(SF)
   printf("fp32 %.2f %f\n", (double)N*12*16/t/1e9, fs); }
+#elif defined(__AVX2__) && defined(__FMA__)
+  { __m256 x=_mm256_set1_ps(1.0f), y=_mm256_set1_ps(0.0f);
+  #define DG(i) __m256 g##i=_mm256_set1_ps(i);
+  R12(DG)
+  t=now();
+  for(long it=0;it<N;it++){
+    #define UG(i) g##i=_mm256_fmadd_ps(g##i,x,y);
+    R12(UG)
+    __asm__ volatile("" :: "x"(g0),"x"(g1),"x"(g2),"x"(g3),"x"(g4),"x"(g5),"x"(g6),"x"(g7),"x"(g8),"x"(g9),"x"(g10),"x"(g11));
+  }
+  t=now()-t; float fs=0; float lanes[8];
+  #define SG(i) _mm256_storeu_ps(lanes,g##i); for(int k=0;k<8;k++) fs+=lanes[k];
+  R12(SG)
+  printf("fp32 %.2f %f\n", (double)N*12*8/t/1e9, fs); }
+#endif
 #if defined(__AVX512VPOPCNTDQ__)
   { __m512i w=_mm512_set1_epi64(0x0123456789abcdefL);
   #define DP(i) __m512i p##i=_mm512_set1_epi64(i); __m512i v##i=_mm512_set1_epi64(0x0101010101010101L*(i+1));
@@ -59,6 +79,45 @@ int main(){
   #define SP(i) s+=_mm512_reduce_add_epi64(p##i);
   R12(SP)
   printf("popcount %.2f %ld\n", (double)N*12*512/t/1e9, s); }
+#endif
+#if defined(__AVX2__) && !defined(__AVX512VNNI__)
+  /* AVX2 has no byte dot product that is exact for 8-bit activations: the int8 kernel's AVX2 lanes
+   * use vpmaddwd (16 int16 x int16 products summed in pairs into int32) and vpaddd. */
+  /* each product reads its own accumulator: nothing to hoist; 10 chains
+   * keep gcc from spilling (16 ymm registers) */
+  { __m256i b=_mm256_set1_epi32(0x00030004);
+  #define DW(i) __m256i m##i=_mm256_set1_epi32(i);
+  R10(DW)
+  t=now();
+  for(long it=0;it<N;it++){
+    #define UW(i) m##i=_mm256_add_epi32(m##i,_mm256_madd_epi16(m##i,b));
+    R10(UW)
+  }
+  t=now()-t; s=0; int ilanes[8];
+  #define SW(i) _mm256_storeu_si256((__m256i*)ilanes,m##i); for(int k=0;k<8;k++) s+=ilanes[k];
+  R10(SW)
+  printf("vpmaddwd %.2f %ld\n", (double)N*10*16/t/1e9, s); }
+#endif
+#if defined(__AVX2__) && !defined(__AVX512VPOPCNTDQ__)
+  /* No vector popcount: LLVM lowers ctpop of 4 x i64 to a nibble lookup (vpshufb) and a byte sum
+   * (vpsadbw). The same sequence here, with the AND and the 64-bit accumulate of the bit-serial loop. */
+  { __m256i w=_mm256_set1_epi64x(0x0123456789abcdefL), lut=_mm256_setr_epi8(0,1,1,2,1,2,2,3,1,2,2,3,2,3,3,4,0,1,1,2,1,2,2,3,1,2,2,3,2,3,3,4);
+    __m256i lo=_mm256_set1_epi8(0x0f), zero=_mm256_setzero_si256();
+  #define DQ(i) __m256i q##i=_mm256_set1_epi64x(i); __m256i r##i=_mm256_set1_epi64x(0x0101010101010101L*(i+1));
+  R12(DQ)
+  t=now();
+  for(long it=0;it<N;it++){
+    __asm__ volatile("" : "+x"(w));
+    #define UQ(i) { __m256i v=_mm256_and_si256(r##i,w); \
+      __m256i c=_mm256_add_epi8(_mm256_shuffle_epi8(lut,_mm256_and_si256(v,lo)),_mm256_shuffle_epi8(lut,_mm256_and_si256(_mm256_srli_epi16(v,4),lo))); \
+      q##i=_mm256_add_epi64(q##i,_mm256_sad_epu8(c,zero)); }
+    R12(UQ)
+    __asm__ volatile("" :: "x"(q0),"x"(q1),"x"(q2),"x"(q3),"x"(q4),"x"(q5),"x"(q6),"x"(q7),"x"(q8),"x"(q9),"x"(q10),"x"(q11));
+  }
+  t=now()-t; s=0; long long qlanes[4];
+  #define SQ(i) _mm256_storeu_si256((__m256i*)qlanes,q##i); for(int k=0;k<4;k++) s+=qlanes[k];
+  R12(SQ)
+  printf("popcount %.2f %ld\n", (double)N*12*256/t/1e9, s); }
 #endif
 #if defined(__AMX_INT8__) && defined(__linux__)
   /* arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA): Linux grants AMX state on request */

@@ -1,7 +1,9 @@
 """Per-core peaks of this CPU, measured by a register-resident C microbenchmark (``peaks.c``).
 
 fp32 FMA and int8 VNNI in G MAC/s, AND+POPCNT in G binary-MAC/s (a w-bit x a-bit bit-serial MAC
-costs w*a binary MACs). The benchmarks report achieved throughput as a share of these.
+costs w*a binary MACs). On AVX2-only CPUs: 256-bit FMA, ``vpmaddwd`` (what the AVX2 int8 kernel
+multiplies with) and the vpshufb popcount LLVM emits there. The benchmarks report achieved
+throughput as a share of these.
 Needs a C compiler (``cc``/``gcc``), which exporting compiled models needs anyway.
 """
 
@@ -16,7 +18,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def measure_peaks(runs: int = 7) -> dict[str, float]:
-    """{"fp32": G MAC/s, "vnni": G MAC/s, "popcount": G binary-MAC/s}, best of ``runs`` (one core).
+    """{"fp32": G MAC/s, "vnni" (or "vpmaddwd"): G MAC/s, "popcount": G binary-MAC/s}, best of ``runs`` (one core).
 
     On a shared VM a single run can read far below the real peak; the best of several is the peak.
     """
