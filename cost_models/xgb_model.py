@@ -97,8 +97,9 @@ def prior_key(spec, kernel: str) -> str:
     return kernel if spec.kind == "conv2d" else f"{kernel}:{spec.kind}"
 
 
-def default_knobs(spec, kernel: str) -> dict[str, Any]:
-    return knob_space(spec, kernel)[0]
+def default_knobs(spec, kernel: str, target=None) -> dict[str, Any]:
+    """The knobs a compiled model runs ``kernel`` with on ``target`` (as a record's dict)."""
+    return knob_space(spec, kernel, target)[0]
 
 
 class XGBCostModel:
@@ -221,7 +222,7 @@ class XGBCostModel:
         target = target if target is not None else self.meta.get("target")
         threads = int(threads or self.meta.get("threads") or _default_threads())
         isa = isa_flags(target)
-        full = [(spec, kernel, *canonical_bits(kernel, w, a), default_knobs(spec, kernel) if knobs is None else knobs, isa, threads)
+        full = [(spec, kernel, *canonical_bits(kernel, w, a), default_knobs(spec, kernel, target) if knobs is None else knobs, isa, threads)
                 for spec, kernel, w, a, knobs in points]
         if not full:
             return np.zeros(0)

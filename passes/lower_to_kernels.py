@@ -36,6 +36,7 @@ from tvm_mpq.frontend import conv_spec, is_op
 from tvm_mpq.passes.annotate_bitwidth import A_BITS_ATTR, GROUPS_ATTR, KIND_ATTR, LAYER_ATTR, activation_kind
 from tvm_mpq.quant.calibrate import Calibration
 from tvm_mpq.quant.qparams import Epilogue, check_reduction, make_epilogue, quantize_weight
+from tvm_mpq.tuning.space import default_knobs
 
 logger = logging.getLogger(__name__)
 
@@ -143,7 +144,8 @@ class _Lowerer(relax.PyExprMutator):
                 primfunc_name_hint=f"{fname}_{impl.name}_w{bits}{tag}", primfunc_attrs={**meta, "mpq.w_bits": bits, "mpq.kernel": impl.name},
             )
             if impl.schedule is not None:
-                self.schedules[call.args[0].name_hint] = partial(schedule_kernel, impl)
+                knobs = default_knobs(gspec, impl.name, self.target)  # the target's register tile (AVX2: smaller)
+                self.schedules[call.args[0].name_hint] = partial(schedule_kernel, impl, knobs=knobs)
             parts.append(self.builder_.emit(call))
         self.lowered.append(name)
         if len(parts) == 1:

@@ -24,6 +24,7 @@ from tvm_mpq.kernels import reference
 from tvm_mpq.kernels.spec import ConvSpec, DenseSpec
 from tvm_mpq.quant.packing import pack_bits, unpack_bits
 from tvm_mpq.quant.qparams import act_qparams, make_epilogue, quantize_act_np, quantize_weight
+from tvm_mpq.tuning.space import default_knobs
 
 TARGET = parse_target(None)
 HASWELL = "llvm -mcpu=haswell"
@@ -190,6 +191,18 @@ def test_default_knobs():
     assert [bx.pixel_lanes(w) for w in (1, 2, 3, 5, 7, 28, 56)] == [1, 2, 4, 8, 8, 8, 8]
 
 
+def test_avx2_tile_fits_sixteen_ymm_registers():
+    """Each 8-lane int64 accumulator is two ymm registers on AVX2: 4 accumulators, channels first."""
+    assert bx.tile_accumulators(parse_target(HASWELL)) == bx.AVX2_TILE_ACCUMULATORS == 4
+    assert bx.tile_accumulators(parse_target("llvm -mcpu=znver5")) == bx.TILE_ACCUMULATORS
+    assert bx.default_bitserial_knobs(64, 4, 4) == bx.BitserialKnobs(4, 1)  # not 2 x 2
+    assert bx.default_bitserial_knobs(72, 1, 4) == bx.BitserialKnobs(4, 1)
+    assert bx.default_bitserial_knobs(8, 1, 4) == bx.BitserialKnobs(4, 1)
+    for o, xv in [(8, 1), (24, 3), (1000, 5), (16, 2)]:
+        k = bx.default_bitserial_knobs(o, xv, 4)
+        assert o % k.oc_block == 0 and xv % k.ow_vectors == 0 and k.oc_block * k.ow_vectors <= 4
+
+
 def test_rejects_bad_arguments():
     aq = act_qparams(0, 1, 2)
     x = te.placeholder((1, 4, 5, 5), "float32")
@@ -327,6 +340,10 @@ def test_haswell_avx2_exact():
     func, _ = _compile("conv", spec, aq, 2, "int", target=HASWELL)  # cached
     asm = func.mod.inspect_source("asm")
     assert "vpopcntq" not in asm and "zmm" not in asm
+    # the tile a compiled model takes on AVX2 (tuning.space.default_knobs), also exact
+    avx2_tile = default_knobs(spec, "bitserial", HASWELL)
+    assert avx2_tile == bx.BitserialKnobs(4, 1)
+    _check("conv", spec, 2, 3, np.random.default_rng(22), act_kind=3, target=HASWELL, knobs=avx2_tile)
 
 
 @pytest.mark.skipif(not target_features(TARGET)["avx512vpopcntdq"], reason="host has no AVX-512 VPOPCNTDQ")

@@ -11,6 +11,7 @@ from tvm_mpq.tuning import LocalRunner, TuningDatabase, knob_space, plan, precis
 from tvm_mpq.tuning.measure import Candidate, _failure, build_and_run_local
 from tvm_mpq.tuning.database import Record, candidate_key, workload_dict
 from tvm_mpq.tuning.session import candidates
+from tvm_mpq.tuning.space import default_knobs
 
 SMALL = ConvSpec(batch=1, in_channels=16, height=8, width=8, out_channels=16, kernel=(3, 3), padding=(1, 1, 1, 1))
 HOST = parse_target(None)
@@ -34,9 +35,15 @@ def test_knob_spaces_start_with_the_default():
     spec = ConvSpec(batch=1, in_channels=64, height=56, width=56, out_channels=64, kernel=(3, 3), padding=(1, 1, 1, 1))
     int8 = knob_space(spec, "int8")
     assert int8[0] == x86.default_int8_knobs(56, 4).to_dict() and len(int8) > 4
-    serial = knob_space(spec, "bitserial")
+    serial = knob_space(spec, "bitserial", "llvm -mcpu=znver5")
     assert serial[0] == bitserial_x86.default_bitserial_knobs(64, 7).to_dict()
-    for space in (int8, serial, knob_space(spec, "amx")):
+    # AVX2: the smaller register tile first, and no tile past 8 accumulators (16 ymm registers)
+    avx2 = knob_space(spec, "bitserial", "llvm -mcpu=haswell")
+    assert avx2[0] == bitserial_x86.default_bitserial_knobs(64, 7, 4).to_dict() == {"oc_block": 4, "ow_vectors": 1, "kernel_outer": True}
+    assert max(k["oc_block"] * k["ow_vectors"] for k in avx2) == 8
+    assert default_knobs(spec, "bitserial", "llvm -mcpu=haswell") == bitserial_x86.BitserialKnobs(4, 1)
+    assert default_knobs(spec, "fp32") is None
+    for space in (int8, serial, avx2, knob_space(spec, "amx")):
         assert len({tuple(sorted(k.items())) for k in space}) == len(space)  # no duplicates
     assert knob_space(spec, "fp32") == [{}] and knob_space(DenseSpec(1, 64, 10), "int8")[0]["ow_block"] == 1
 

@@ -51,7 +51,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from tvm_mpq._tvm import Schedule, te, tirx
+from tvm_mpq._tvm import Schedule, target_features, te, tirx
 from tvm_mpq.kernels.bitserial import OUTPUTS, act_code, epilogue
 from tvm_mpq.kernels.spec import ConvSpec, DenseSpec, ceil_div
 from tvm_mpq.kernels.x86 import divisors, find_block, tile_loops
@@ -341,9 +341,15 @@ def bitserial_x86_dense(data, w_prepared, bias_q, out_scale, dead_bias, *, spec:
 # --------------------------------------------------------------------------------------------
 # schedule
 
-#: Accumulators per register tile (of 32 vector registers). Larger tiles measured slower: the
-#: epilogue of a tile grows and LLVM starts to spill.
+#: Accumulators per register tile with AVX-512 (32 zmm registers, one accumulator each). Larger
+#: tiles measured slower: the epilogue of a tile grows and LLVM starts to spill.
 TILE_ACCUMULATORS = 16
+#: With AVX2 only (16 ymm registers) an 8-lane int64 accumulator takes two registers, and the
+#: vpshufb popcount needs three constants (nibble mask, lookup table, zero) and two temporaries:
+#: 4 accumulators (8 registers) fit. Measured on Zen 3, 1 thread, W1A2 3x3 layers of the digits
+#: ResNet: 4 channels x 1 vector took 0.42 / 0.45 / 0.46 / 0.47 ms at 64@32 / 128@16 / 256@8 /
+#: 512@4 against 0.46 / 0.64 / 0.52 / 0.47 ms for the AVX-512 tile (16 accumulators, spilled).
+AVX2_TILE_ACCUMULATORS = 4
 
 
 @dataclass(frozen=True)
@@ -357,20 +363,29 @@ class BitserialKnobs:
     to_dict = asdict
 
 
-def default_bitserial_knobs(out_channels: int, row_vectors: int) -> BitserialKnobs:
-    """``TILE_ACCUMULATORS`` accumulators if the shape allows; ties: two pixel vectors (8 channels x 16 pixels).
+def tile_accumulators(target) -> int:
+    """Accumulators a register tile may hold on ``target``: :data:`TILE_ACCUMULATORS` with
+    AVX-512, :data:`AVX2_TILE_ACCUMULATORS` without."""
+    return TILE_ACCUMULATORS if target_features(target)["avx512f"] else AVX2_TILE_ACCUMULATORS
 
+
+def default_bitserial_knobs(out_channels: int, row_vectors: int, accumulators: int = TILE_ACCUMULATORS) -> BitserialKnobs:
+    """The largest tile of at most ``accumulators`` accumulators the shape allows.
+
+    Ties: with the AVX-512 tile, two pixel vectors (8 channels x 16 pixels measured fastest);
+    with a smaller (AVX2) tile, more channels (4 x 1 beat 2 x 2 on every layer measured).
     ``out_channels`` is the accumulator's (padded to 8) channel count, ``row_vectors`` the pixel
-    vectors per output row.
+    vectors per output row. :func:`tile_accumulators` gives ``accumulators`` for a target.
     """
+    wide = accumulators >= TILE_ACCUMULATORS
     best = max(
         (
             (o, x)
-            for o in divisors(out_channels, TILE_ACCUMULATORS)
+            for o in divisors(out_channels, accumulators)
             for x in divisors(row_vectors, 2)
-            if o * x <= TILE_ACCUMULATORS
+            if o * x <= accumulators
         ),
-        key=lambda ox: (ox[0] * ox[1], ox[1]),
+        key=lambda ox: (ox[0] * ox[1], ox[1] if wide else ox[0]),
     )
     return BitserialKnobs(*best)
 
@@ -396,7 +411,8 @@ def schedule_bitserial_conv(sch: Schedule, knobs: BitserialKnobs | None = None) 
 
     The output (epilogue) loop nest is tiled and the accumulator tile computed inside it:
     ``oc_block`` channels x ``ow_vectors`` vectors of pixels, reduction loops outside, channels and
-    vectors unrolled, the pixel lanes vectorized.
+    vectors unrolled, the pixel lanes vectorized. ``knobs`` None: the AVX-512 default; callers that
+    know the target pass its default (``tvm_mpq.tuning.space.default_knobs``).
     """
     acc = find_block(sch, ACC_BLOCK)
     out = find_block(sch, OUT_BLOCK)

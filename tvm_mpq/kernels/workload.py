@@ -81,6 +81,10 @@ def build_layer_kernel(spec, w_bits: int, a_bits: int, kernel: str = "auto", tar
         kind = "dense" if dense else "conv2d"
         impl = resolve_kernel(kernel, kind, w_bits, a_bits, tgt, in_channels=spec.in_features if dense else spec.in_channels)
         kernel = impl.name
+        if knobs is None:
+            from tvm_mpq.tuning.space import default_knobs
+
+            knobs = default_knobs(spec, kernel, tgt)  # the target's, as a compiled model runs it
         w_arg = impl.prepare(wq, 0, spec.out_channels, w_bits, kind)
         wt = te.placeholder(w_arg.shape, str(w_arg.dtype), name="w")
         y = (impl.dense if dense else impl.conv2d)(xt, wt, *consts, spec=spec, aq=aq, w_bits=w_bits)

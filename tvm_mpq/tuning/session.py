@@ -102,7 +102,7 @@ def candidates(tasks: Iterable[TuneTask], target: str, budget: int, db: TuningDa
     for task in tasks:
         wl = workload_dict(task.spec)
         for p in task.menu:
-            space = knob_space(task.spec, p.kernel)[:budget]
+            space = knob_space(task.spec, p.kernel, target)[:budget]
             for knobs in space:
                 if db.has(candidate_key(wl, p.kernel, p.w_bits, p.a_bits, knobs, target, device)):
                     skipped += 1

@@ -77,8 +77,9 @@ def _out_width(spec) -> int:
     return spec.batch if isinstance(spec, DenseSpec) else spec.out_width
 
 
-def knob_space(spec: "ConvSpec | DenseSpec", kernel: str) -> list[dict[str, Any]]:
-    """Knob settings of ``kernel``'s schedule for ``spec``, the default first; ``[{}]`` = no knobs."""
+def knob_space(spec: "ConvSpec | DenseSpec", kernel: str, target=None) -> list[dict[str, Any]]:
+    """Knob settings of ``kernel``'s schedule for ``spec`` on ``target`` (None: this machine), the
+    default first; ``[{}]`` = no knobs."""
     dense = isinstance(spec, DenseSpec)
     if kernel in ("int8", "int8_avx2") or (kernel == "amx" and dense):
         lanes = int8.AVX2 if kernel == "int8_avx2" else int8.VNNI
@@ -91,11 +92,10 @@ def knob_space(spec: "ConvSpec | DenseSpec", kernel: str) -> list[dict[str, Any]
         ow = _out_width(spec)
         o_pad = ceil_div(spec.out_channels, bitserial_x86.OC_GROUP) * bitserial_x86.OC_GROUP
         xv_n = ceil_div(ow, bitserial_x86.pixel_lanes(ow))
-        default = bitserial_x86.default_bitserial_knobs(o_pad, xv_n)
-        tiles = [
-            (o, x) for o in x86.divisors(o_pad, bitserial_x86.TILE_ACCUMULATORS) for x in x86.divisors(xv_n, 4)
-            if o * x <= bitserial_x86.TILE_ACCUMULATORS and o >= 4
-        ]
+        accumulators = bitserial_x86.tile_accumulators(parse_target(target))
+        default = bitserial_x86.default_bitserial_knobs(o_pad, xv_n, accumulators)
+        limit = max(accumulators, 2 * bitserial_x86.AVX2_TILE_ACCUMULATORS)  # AVX2: up to 8 (some spill)
+        tiles = [(o, x) for o in x86.divisors(o_pad, limit) for x in x86.divisors(xv_n, 4) if o * x <= limit and o >= 4]
         space = [bitserial_x86.BitserialKnobs(o, x, outer) for (o, x), outer in product(tiles, (True, False))]
     elif kernel == "amx":
         ocb = ceil_div(spec.out_channels, amx.OC_BLOCK)
@@ -106,6 +106,13 @@ def knob_space(spec: "ConvSpec | DenseSpec", kernel: str) -> list[dict[str, Any]
     # bigger register tiles first (they were the faster ones measured so far)
     ordered = [default] + sorted((k for k in space if k != default), key=lambda k: -tile_size(k.to_dict()))
     return [k.to_dict() for k in ordered]
+
+
+def default_knobs(spec: "ConvSpec | DenseSpec", kernel: str, target=None):
+    """The knob object ``kernel``'s schedule takes by default for ``spec`` on ``target`` (None:
+    this machine; None back for kernels without knobs): what a compiled model runs and what a
+    tuning session measures first."""
+    return make_knobs(kernel, spec, knob_space(spec, kernel, target)[0])
 
 
 def tile_size(knobs: dict) -> int:
