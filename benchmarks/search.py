@@ -210,7 +210,7 @@ def time_all(setups: dict, state: State, args) -> dict:
     ``{target: {key: [ms per round]}}``."""
     import tvm_mpq
     from tvm_mpq.deploy import time_exported
-    from tvm_mpq.search.run import build_kernel
+    from tvm_mpq.search.run import build_options
 
     timings = {}
     for name, setup in setups.items():
@@ -221,7 +221,7 @@ def time_all(setups: dict, state: State, args) -> dict:
             paths = {}
             for i, (key, item) in enumerate(sorted(items.items())):
                 policy = tvm_mpq.QuantPolicy.from_dict(item["policy"])
-                compiled = tvm_mpq.build(setup.net, policy, setup.cal, target, kernel=build_kernel(setup.provider))
+                compiled = tvm_mpq.build(setup.net, policy, setup.cal, target, **build_options(setup.provider))
                 paths[key] = compiled.export(os.path.join(tmp, f"{i}.so"))
             t0 = time.perf_counter()
             times = time_exported(paths, x, rounds=args.rounds, number=args.number)

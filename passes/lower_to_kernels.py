@@ -14,7 +14,9 @@ For each outlined layer function (attribute ``mpq.layer``):
 
 Each conv2d/dense kernel is one of :mod:`tvm_mpq.kernels.registry` (``kernel="auto"`` picks by
 target and bits; a name or a callable ``(layer, kind, w_bits, a_bits, target) -> name`` overrides)
-and is scheduled for the target right here. A float layer (``w_bits = a_bits = 32``, outlined by
+and is scheduled for the target right here: with the knobs of the fastest tuning record for its
+shape, kernel, bits and target when ``records`` (a ``TuningDatabase`` or the path of one, from
+``tvm-mpq tune``) has one, else the target's default register tile. A float layer (``w_bits = a_bits = 32``, outlined by
 ``AnnotateBitwidth(..., float_layers=True)``) runs on the float32 kernel of
 :mod:`tvm_mpq.kernels.fp32` with the same fused epilogue (bias, residual, ReLU/ReLU6); scheduled kernels are marked opaque so that later
 fusion passes leave them alone. The outlined function is then removed; everything else is left to
@@ -24,11 +26,12 @@ TVM's pipeline.
 from __future__ import annotations
 
 import logging
+import os
 from functools import partial
 
 import numpy as np
 
-from tvm_mpq._tvm import Constant, Target, parse_target, relax, tvm
+from tvm_mpq._tvm import Constant, Target, parse_target, relax, target_to_str, tvm
 from tvm_mpq.kernels import bitserial, fp32, x86
 from tvm_mpq.kernels.registry import KERNELS, apply_schedule, resolve_kernel, schedule_kernel
 from tvm_mpq.kernels.spec import DenseSpec, group_spec
@@ -36,7 +39,7 @@ from tvm_mpq.frontend import conv_spec, is_op
 from tvm_mpq.passes.annotate_bitwidth import A_BITS_ATTR, GROUPS_ATTR, KIND_ATTR, LAYER_ATTR, activation_kind
 from tvm_mpq.quant.calibrate import Calibration
 from tvm_mpq.quant.qparams import Epilogue, check_reduction, make_epilogue, quantize_weight
-from tvm_mpq.tuning.space import default_knobs
+from tvm_mpq.tuning.space import canonical_bits, default_knobs, make_knobs
 
 logger = logging.getLogger(__name__)
 
@@ -76,15 +79,27 @@ def _consts(ep: Epilogue):
 
 @relax.expr_functor.mutator
 class _Lowerer(relax.PyExprMutator):
-    def __init__(self, mod, calibration: Calibration, target: Target, kernel):
+    def __init__(self, mod, calibration: Calibration, target: Target, kernel, records=None):
         super().__init__(mod)
         self.mod_ = mod
         self.calibration = calibration
         self.target = target
         self.kernel = kernel
+        self.records = records
         self.lowered: list[str] = []
         self.schedules: dict[str, object] = {}  # PrimFunc name -> (PrimFunc -> scheduled PrimFunc)
         self.choices: dict[str, list[str]] = {}  # layer -> kernel per channel group
+        self.tuned: dict[str, list[dict]] = {}  # layer -> knobs taken from the records, per channel group
+
+    def _knobs(self, name: str, spec, kernel: str, w_bits: int, a_bits: int):
+        """The fastest record's knobs for this kernel (the records', for this target), else the target's default."""
+        if self.records is not None:
+            w, a = canonical_bits(kernel, w_bits, a_bits)
+            record = self.records.best(spec, kernel, w, a, target=target_to_str(self.target))
+            if record is not None and record.knobs:
+                self.tuned.setdefault(name, []).append(dict(record.knobs))
+                return make_knobs(kernel, spec, record.knobs)
+        return default_knobs(spec, kernel, self.target)
 
     def visit_call_(self, call):
         call = super().visit_call_(call)
@@ -144,7 +159,7 @@ class _Lowerer(relax.PyExprMutator):
                 primfunc_name_hint=f"{fname}_{impl.name}_w{bits}{tag}", primfunc_attrs={**meta, "mpq.w_bits": bits, "mpq.kernel": impl.name},
             )
             if impl.schedule is not None:
-                knobs = default_knobs(gspec, impl.name, self.target)  # the target's register tile (AVX2: smaller)
+                knobs = self._knobs(name, gspec, impl.name, bits, a_bits)
                 self.schedules[call.args[0].name_hint] = partial(schedule_kernel, impl, knobs=knobs)
             parts.append(self.builder_.emit(call))
         self.lowered.append(name)
@@ -186,9 +201,14 @@ class _Lowerer(relax.PyExprMutator):
 
 @tvm.transform.module_pass(opt_level=0, name="tvm_mpq.LowerToKernels")
 class LowerToKernels:
-    """Lower every layer annotated by :class:`AnnotateBitwidth` to integer TVM kernels."""
+    """Lower every layer annotated by :class:`AnnotateBitwidth` to integer TVM kernels.
 
-    def __init__(self, calibration: Calibration, target=None, kernel="auto"):
+    ``records``: tuning records (``TuningDatabase`` or path) whose fastest knobs the kernels take
+    (the target's defaults where there is none). After the pass, ``choices`` maps each layer to
+    its kernel per channel group and ``tuned`` to the record knobs it took.
+    """
+
+    def __init__(self, calibration: Calibration, target=None, kernel="auto", records=None):
         if not isinstance(calibration, Calibration):
             raise TypeError(
                 f"LowerToKernels needs a tvm_mpq Calibration (from tvm_mpq.calibrate), got {type(calibration).__name__}"
@@ -198,14 +218,16 @@ class LowerToKernels:
         self.calibration = calibration
         self.target = target
         self.kernel = kernel
+        self.records = _records(records)
         self.choices: dict[str, list[str]] = {}
+        self.tuned: dict[str, list[dict]] = {}
 
     def transform_module(self, mod, ctx):
         annotated = [gv for gv, f in mod.functions.items() if isinstance(f, relax.Function) and f.attrs and LAYER_ATTR in f.attrs]
         if not annotated:
             return mod
         target = parse_target(self.target) if self.target is not None else (Target.current(allow_none=True) or parse_target(None))
-        lowerer = _Lowerer(mod, self.calibration, target, self.kernel)
+        lowerer = _Lowerer(mod, self.calibration, target, self.kernel, self.records)
         for gv, func in list(mod.functions.items()):
             if isinstance(func, relax.Function) and gv not in annotated:
                 lowerer.builder_.update_func(gv, lowerer.visit_expr(func))
@@ -214,8 +236,21 @@ class LowerToKernels:
             result = _remove(result, gv)
         result = _schedule(result, lowerer.schedules)
         self.choices = dict(lowerer.choices)
-        logger.info("lowered %d layers to kernels", len(lowerer.lowered))
+        self.tuned = dict(lowerer.tuned)
+        logger.info("lowered %d layers to kernels (%d with tuned knobs)", len(lowerer.lowered), len(lowerer.tuned))
         return result
+
+
+def _records(records):
+    """A tuning database, or a path to one (JSON lines); None stays None."""
+    if records is None or hasattr(records, "best"):
+        return records
+    path = os.fspath(records)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"no tuning records at {path}: write them with `tvm-mpq tune MODEL --db {path}`")
+    from tvm_mpq.tuning import TuningDatabase
+
+    return TuningDatabase(path)
 
 
 def _schedule(mod, schedules: dict):

@@ -17,19 +17,21 @@ from tvm_mpq.quant.calibrate import Calibration
 logger = logging.getLogger(__name__)
 
 
-def quantize_module(net: Network, policy: QuantPolicy, calibration: Calibration, target=None, kernel="auto", *, strict: bool = False):
+def quantize_module(net: Network, policy: QuantPolicy, calibration: Calibration, target=None, kernel="auto", *, strict: bool = False,
+                    records=None):
     """The tvm-mpq phase of the pipeline: annotate, then lower to integer kernels (Relax -> Relax).
 
     ``strict``: refuse a model with convolutions / matmuls no integer kernel implements instead of
-    running them in float with a warning (see :class:`AnnotateBitwidth`)."""
-    return _quantize(net, policy, calibration, target, kernel, strict)[0]
+    running them in float with a warning (see :class:`AnnotateBitwidth`). ``records``: tuning
+    records whose knobs the kernels take (see :class:`LowerToKernels`)."""
+    return _quantize(net, policy, calibration, target, kernel, strict, records)[0]
 
 
-def _quantize(net, policy, calibration, target, kernel, strict=False):
-    lower = LowerToKernels(calibration=calibration, target=target, kernel=kernel)
+def _quantize(net, policy, calibration, target, kernel, strict=False, records=None):
+    lower = LowerToKernels(calibration=calibration, target=target, kernel=kernel, records=records)
     annotate = AnnotateBitwidth(policy, strict=strict, float_layers=True)  # float conv/dense: the fp32 kernel
     seq = tvm.transform.Sequential([annotate, lower], name="tvm_mpq.Quantize")
-    return seq(net.mod), lower.choices
+    return seq(net.mod), lower.choices, lower.tuned
 
 
 def cpu_pipeline(target):
@@ -57,6 +59,7 @@ class CompiledModel:
         self.target = target
         self.device = device or tvm.cpu(0)
         self.kernels: dict[str, list[str]] = {}
+        self.tuned: dict[str, list[dict]] = {}  # layer -> schedule knobs taken from tuning records
         self._vm = None
 
     @property
@@ -100,7 +103,7 @@ def _flatten(out) -> list[np.ndarray]:
 
 def build(
     net: Network, policy: QuantPolicy, calibration: Calibration, target=None, *, pipeline: str = "mpq", kernel="predicted",
-    strict: bool = False,
+    strict: bool = False, records=None,
 ) -> CompiledModel:
     """Annotate + lower + ``tvm.compile``. ``target``: ``"llvm -mcpu=znver5"``, a dict, a Target or None (host).
 
@@ -112,9 +115,12 @@ def build(
     for a float conv2d/dense layer, ``"float"`` for layers left to TVM's generic float path, such
     as grouped convs kept in float). Convolutions / matmuls without an
     integer kernel run in float with a warning listing them; ``strict=True`` makes that an error.
+    ``records``: tuning records (a ``TuningDatabase`` or a path, from ``tvm-mpq tune``): each
+    kernel takes the schedule knobs of the fastest record for its shape, bits and target, the
+    target's default tile where there is none; ``tuned`` on the returned model lists them.
     """
     tgt = parse_target(target)
-    mod, choices = _quantize(net, policy, calibration, tgt, kernel, strict)
+    mod, choices, tuned = _quantize(net, policy, calibration, tgt, kernel, strict, records)
     relax_pipeline = cpu_pipeline(tgt) if pipeline == "mpq" else pipeline
     ex = tvm.compile(mod, target=tgt, relax_pipeline=relax_pipeline)
     kernels = {layer.name: choices.get(layer.name, ["float"]) for layer in net.layers}
@@ -123,6 +129,7 @@ def build(
         logger.info("layers on TVM's generic float path (no tuned kernel): %s", ", ".join(float_layers))
     model = CompiledModel(ex, tgt)
     model.kernels = kernels
+    model.tuned = tuned
     return model
 
 

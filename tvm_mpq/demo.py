@@ -120,7 +120,7 @@ def main(argv=None) -> int:
     print(f"[3/4] uniform W4A4 / W2A2 (8-bit ends, {'no QAT in --quick' if args.quick else 'same QAT'}) for comparison; "
           "compile all; check the policy against the torch simulation", flush=True)
     float_policy = tvm_mpq.QuantPolicy({}, default=tvm_mpq.LayerBits(32, 32))
-    kernel = srun.build_kernel(setup.provider)
+    options = srun.build_options(setup.provider)
     models = {"float": ("float (TVM)", net, float_policy, setup.float_accuracy),
               "int8": ("uniform W8A8 (TVM)", net, srun.int8_policy(net), None)}
     for w, a in UNIFORM_LOW:
@@ -129,7 +129,7 @@ def main(argv=None) -> int:
     tuned = result["network_obj"]  # the QAT-finetuned weights the reported accuracy belongs to
     models["policy"] = (f"ILP policy @ {args.budget}x", tuned, policy, result["accuracy"])
     models = {k: (label, n, p, acc if acc is not None else srun.policy_accuracy(setup, p, n)) for k, (label, n, p, acc) in models.items()}
-    compiled = {k: tvm_mpq.build(n, p, setup.cal, target, kernel=kernel) for k, (_, n, p, _) in models.items()}
+    compiled = {k: tvm_mpq.build(n, p, setup.cal, target, **options) for k, (_, n, p, _) in models.items()}
     x = setup.test.images[:1]
     with torch.no_grad():
         sim = tvm_mpq.simulate(tuned, policy, setup.cal)(x).numpy()

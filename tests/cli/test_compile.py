@@ -67,6 +67,33 @@ def test_text_output(compiled, capsys):
     assert all(name in text for name in prepared.net.layer_names) and str(out) in text and out.exists()
 
 
+def test_tuning_records_give_the_kernels_their_knobs(compiled, tmp_path):
+    """--db: a kernel with a record for this target takes its knobs; the summary lists the layer."""
+    from tvm_mpq._tvm import parse_target, target_to_str
+    from tvm_mpq.tuning import TuningDatabase, canonical_bits, knob_space
+    from tvm_mpq.tuning.database import Record, workload_dict
+
+    tmp, prepared, policy, summary = compiled
+    kinds = {l.name: l.kind for l in prepared.net.layers}
+    row = next(r for r in summary["layers"] if kinds[r["name"]] == "conv2d" and isinstance(r["w_bits"], int) and r["a_bits"] < 32)
+    layer = next(l for l in prepared.net.layers if l.name == row["name"])
+    (kernel,) = row["kernels"]
+    w, a = canonical_bits(kernel, row["w_bits"], row["a_bits"])
+    db = TuningDatabase(tmp_path / "records.jsonl")
+    db.append(Record(workload=workload_dict(layer.spec), kernel=kernel, w_bits=w, a_bits=a, knobs=knob_space(layer.spec, kernel)[-1],
+                     target=target_to_str(parse_target(None)), status="ok",
+                     latency_ms={"mean": 1.0, "median": 1.0, "min": 1.0, "std": 0.0, "n": 3}))
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        rc = main(["compile", "digits_cnn", "--policy", str(tmp / "policy.json"), "-o", str(tmp_path / "m.so"), "--json",
+                   "--db", str(tmp_path / "records.jsonl"), *RANDOM])
+    assert rc == EXIT_OK
+    tuned = json.loads(out.getvalue())
+    assert tuned["tuned_layers"] == [layer.name] and summary["tuned_layers"] == []
+    x = prepared.example[0].numpy()
+    np.testing.assert_array_equal(tvm_mpq.load_compiled(tuned["output"]).run(x), tvm_mpq.load_compiled(summary["output"]).run(x))
+
+
 def test_bad_input_exits_2(tmp_path, capsys, compiled):
     policy = str(compiled[0] / "policy.json")
     bad_json = tmp_path / "bad.json"
@@ -81,6 +108,7 @@ def test_bad_input_exits_2(tmp_path, capsys, compiled):
         (["--policy", policy, "-o", out, "--target", "llvm -mcpu=pentium9000"], "unknown CPU"),
         (["--policy", policy, "-o", out, "--target", "cuda"], "not supported"),
         (["--policy", policy, "-o", str(tmp_path / "no" / "dir" / "m.so")], "does not exist"),
+        (["--policy", policy, "-o", out, "--db", str(tmp_path / "none.jsonl")], "tvm-mpq tune MODEL --db"),
     ]
     for extra, message in cases:
         assert main(["compile", "digits_cnn", *extra, *RANDOM]) == EXIT_USAGE, extra

@@ -139,3 +139,35 @@ def test_float_layers_lower_to_the_fp32_kernel_with_their_fusion():
     assert "relax.nn.conv2d" not in main_ops and "relax.nn.relu" not in main_ops
     untouched = AnnotateBitwidth(policy)(net.mod)
     tvm.ir.assert_structural_equal(untouched, net.mod)
+
+
+def test_kernels_take_the_knobs_of_the_fastest_tuning_record(digits_net, tmp_path):
+    """``records``: each kernel takes its fastest record's knobs for this target (others: the default tile)."""
+    from tvm_mpq._tvm import target_to_str
+    from tvm_mpq.tuning import TuningDatabase
+    from tvm_mpq.tuning.database import Record, workload_dict
+
+    _, inputs, net = digits_net
+    cal = tvm_mpq.calibrate(net, random_batches(inputs))
+    policy = tvm_mpq.QuantPolicy.uniform(net, w_bits=1, a_bits=2)
+    layer = next(l for l in net.layers if l.kind == "conv2d" and l.spec.in_channels > 1)
+    here = target_to_str(parse_target(None))
+
+    def record(ms, knobs, target=here):
+        return Record(workload=workload_dict(layer.spec), kernel="bitserial", w_bits=1, a_bits=2, knobs=knobs, target=target,
+                      status="ok", latency_ms={"mean": ms, "median": ms, "min": ms, "std": 0.0, "n": 3})
+
+    fastest = {"oc_block": 8, "ow_vectors": 1, "kernel_outer": False}
+    db = TuningDatabase(tmp_path / "records.jsonl")
+    db.append(record(2.0, {"oc_block": 4, "ow_vectors": 1, "kernel_outer": True}))
+    db.append(record(1.0, fastest))
+    db.append(record(0.1, {"oc_block": 16, "ow_vectors": 1, "kernel_outer": True}, target="llvm -mcpu=other"))
+    x = random_batches(inputs, n=1, seed=3)[0][0].numpy()
+    default = tvm_mpq.build(net, policy, cal, kernel="bitserial")
+    assert default.tuned == {}
+    for records in (db, str(tmp_path / "records.jsonl")):
+        tuned = tvm_mpq.build(net, policy, cal, kernel="bitserial", records=records)
+        assert tuned.tuned == {layer.name: [fastest]}
+        np.testing.assert_array_equal(tuned.run(x), default.run(x))  # another schedule, the same integers
+    with pytest.raises(FileNotFoundError, match="tvm-mpq tune"):
+        LowerToKernels(calibration=cal, records=tmp_path / "missing.jsonl")

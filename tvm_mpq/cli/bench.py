@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass
 
 from tvm_mpq.cli.common import (
     EXIT_OK, Failure, ModelArgs, UsageError, calibrate_model, calibration_batches, check_policy, import_model, load_torch,
-    parse_target_arg, positive_int, read_policy, threads_list,
+    parse_target_arg, positive_int, read_policy, read_records, threads_list,
 )
 from tvm_mpq.cli.compile import KERNEL_MODES, add_model_flags, model_args
 
@@ -37,6 +37,7 @@ class BenchArgs:
     threads: tuple[int, ...] = (1,)
     rounds: int = 3
     progress: bool = False  # one line per stage on stderr
+    db: str | None = None  # tuning records whose knobs the kernels take
 
 
 def bench(args: BenchArgs) -> dict:
@@ -60,6 +61,7 @@ def bench(args: BenchArgs) -> dict:
     except ValueError as err:
         raise UsageError(str(err)) from None
     policy = read_policy(args.policy)
+    records = read_records(args.db)
     say = (lambda text: print(text, file=sys.stderr, flush=True)) if args.progress else (lambda text: None)
     net, inputs = import_model(args.model)
     check_policy(policy, net, args.policy, args.model.model)
@@ -71,7 +73,7 @@ def bench(args: BenchArgs) -> dict:
         for key, pol in (("measured", policy), ("uniform_int8", uniform)):
             say(f"compiling {args.model.model} under {'the policy' if key == 'measured' else 'uniform W8A8'}")
             try:
-                compiled = tvm_mpq.build(net, pol, prepared.calibration, target, kernel=args.kernel)
+                compiled = tvm_mpq.build(net, pol, prepared.calibration, target, kernel=args.kernel, records=records)
                 paths[key] = compiled.export(os.path.join(tmp, f"{key}.so"))
             except Exception as err:  # TVM's own error types too
                 raise Failure(f"compiling {key} failed: {err}") from None
@@ -144,7 +146,7 @@ def time_rounds(job: dict) -> dict:
 
 
 def cmd(args) -> int:
-    summary = bench(BenchArgs(model_args(args), args.policy, args.target, args.kernel, args.threads, args.rounds, progress=not args.json))
+    summary = bench(BenchArgs(model_args(args), args.policy, args.target, args.kernel, args.threads, args.rounds, progress=not args.json, db=args.db))
     if args.json:
         print(json.dumps(summary))
         return EXIT_OK

@@ -211,6 +211,18 @@ def read_policy(path: str):
         raise UsageError(str(err)) from None
 
 
+def read_records(path: str | None):
+    """``--db`` -> a :class:`~tvm_mpq.tuning.TuningDatabase` (None stays None); a path that is
+    not there is a :class:`UsageError` naming how to write one."""
+    if path is None:
+        return None
+    if not os.path.isfile(path):
+        raise UsageError(f"no tuning database at {path}: create one with `tvm-mpq tune MODEL --db {path}`")
+    from tvm_mpq.tuning import TuningDatabase
+
+    return TuningDatabase(path)
+
+
 def check_policy(policy, net, path: str, model: str) -> dict:
     """The policy's bits for every layer of ``net`` (``QuantPolicy.validate``); a mismatch is a :class:`UsageError`."""
     try:

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from tvm_mpq.cli.common import (
     DIGITS_MODELS, EXIT_OK, Failure, ModelArgs, UsageError, calibrate_model, check_output_path, check_policy, import_model,
-    parse_target_arg, positive_int, read_policy,
+    parse_target_arg, positive_int, read_policy, read_records,
 )
 
 KERNEL_MODES = ("predicted", "auto")
@@ -24,6 +24,7 @@ class CompileArgs:
     out: str = "model.so"
     kernel: str = "predicted"
     progress: bool = False  # one line per stage on stderr
+    db: str | None = None  # tuning records whose knobs the kernels take
 
 
 def layer_rows(net, bits: dict, kernels: dict | None = None) -> list[dict]:
@@ -59,6 +60,7 @@ def compile_model(args: CompileArgs) -> dict:
     check_output_path(args.out, "the compiled model")
     target = parse_target_arg(args.target)
     policy = read_policy(args.policy)
+    records = read_records(args.db)
     say = (lambda text: print(text, file=sys.stderr, flush=True)) if args.progress else (lambda text: None)
     if args.model.trained:
         say(f"loading {args.model.model} trained on digits ({args.model.train_epochs} epochs; the first run trains it, "
@@ -69,7 +71,7 @@ def compile_model(args: CompileArgs) -> dict:
     say(f"compiling {args.model.model} for {target_to_str(target)} (kernels: {args.kernel})")
     t0 = time.perf_counter()
     try:
-        compiled = tvm_mpq.build(prepared.net, policy, prepared.calibration, target, kernel=args.kernel)
+        compiled = tvm_mpq.build(prepared.net, policy, prepared.calibration, target, kernel=args.kernel, records=records)
     except (ValueError, RuntimeError) as err:
         raise Failure(f"compiling {args.model.model} under {args.policy} failed: {err}") from None
     compile_s = time.perf_counter() - t0
@@ -82,6 +84,7 @@ def compile_model(args: CompileArgs) -> dict:
         "size_bytes": os.path.getsize(args.out), "policy": os.path.abspath(args.policy), "kernel": args.kernel,
         "weights": args.model.weights, "calibration": args.model.calibration,
         "layers": layer_rows(prepared.net, bits, compiled.kernels),
+        "db": os.path.abspath(args.db) if args.db else None, "tuned_layers": sorted(compiled.tuned),
     }
 
 
@@ -95,7 +98,7 @@ def model_args(args) -> ModelArgs:
 
 
 def cmd(args) -> int:
-    summary = compile_model(CompileArgs(model_args(args), args.policy, args.target, args.out, args.kernel, progress=not args.json))
+    summary = compile_model(CompileArgs(model_args(args), args.policy, args.target, args.out, args.kernel, progress=not args.json, db=args.db))
     if args.json:
         print(json.dumps(summary))
         return EXIT_OK
@@ -114,6 +117,9 @@ def add_model_flags(p) -> None:
     p.add_argument("--kernel", choices=KERNEL_MODES, default="predicted",
                    help="per-layer kernel choice: 'predicted' (default) runs each layer on the kernel the shipped cost model "
                         "predicts fastest; 'auto' uses the fixed rule")
+    p.add_argument("--db", metavar="RECORDS.jsonl",
+                   help="tuning records (`tvm-mpq tune --db`): each kernel takes the schedule knobs of its fastest record for "
+                        "this target (default: the target's default register tiles)")
     p.add_argument("--input-size", type=positive_int, metavar="N", help="spatial input size (H = W) for built-in models")
     p.add_argument("--calibration", choices=("minmax", "percentile", "kl"), default="percentile",
                    help="activation range estimate: the 99.9th percentile (default; what tvm-mpq search uses), minmax, or kl "

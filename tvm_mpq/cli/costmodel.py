@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 
-from tvm_mpq.cli.common import EXIT_OK, UsageError
+from tvm_mpq.cli.common import EXIT_OK, UsageError, read_records
 
 
 @dataclass(frozen=True)
@@ -30,11 +29,7 @@ class EvalArgs:
 
 
 def _records(path: str):
-    from tvm_mpq.tuning import TuningDatabase
-
-    if not os.path.exists(path):
-        raise UsageError(f"no tuning database at {path}: create one with `tvm-mpq tune MODEL --db {path}`")
-    records = [r for r in TuningDatabase(path).records if r.ok]
+    records = [r for r in read_records(path).records if r.ok]
     if len(records) < 2:
         raise UsageError(f"{path} has {len(records)} successful measurements; the cost model needs more (run `tvm-mpq tune`)")
     return records

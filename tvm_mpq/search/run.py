@@ -155,10 +155,11 @@ def finetune(setup: Setup, policy, epochs: int, seed: int = 0, distill: float = 
     return qat(setup.net, policy, setup.cal, setup.train, Recipe(epochs=epochs, lr=FINETUNE_LR, seed=seed), distill=distill)
 
 
-def build_kernel(provider):
-    """The kernel choice to compile with: the CPU provider's own (what it priced is what runs);
-    the shipped cost model's for an accelerator simulator."""
-    return getattr(provider, "kernel", "predicted")
+def build_options(provider) -> dict:
+    """``tvm_mpq.build`` keywords that compile what ``provider`` priced: its kernel choice (the
+    shipped cost model's for an accelerator simulator) and, for measured latency, the knobs of its
+    tuning records."""
+    return {"kernel": getattr(provider, "kernel", "predicted"), "records": getattr(provider, "db", None)}
 
 
 def int8_policy(net):
@@ -233,7 +234,7 @@ def measure(setup: Setup, policies: dict, target, rounds: int, per_round: bool =
     for label, policy in policies.items():
         key = json.dumps(policy.to_dict(), sort_keys=True)
         if key not in setup.compiled:
-            setup.compiled[key] = tvm_mpq.build(setup.net, policy, setup.cal, target, kernel=build_kernel(setup.provider))
+            setup.compiled[key] = tvm_mpq.build(setup.net, policy, setup.cal, target, **build_options(setup.provider))
         compiled[label] = setup.compiled[key]
     with tempfile.TemporaryDirectory() as tmp:
         paths = {label: c.export(os.path.join(tmp, f"{i}.so")) for i, (label, c) in enumerate(compiled.items())}
