@@ -8,13 +8,14 @@ still fail are recorded as failures and the session goes on.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from itertools import product
 from typing import Any
 
 import numpy as np
 
-from tvm_mpq._tvm import Target, parse_target
+from tvm_mpq._tvm import Target, parse_target, target_to_str
 from tvm_mpq.kernels import amx, bitserial_x86, int8, x86
 from tvm_mpq.kernels.registry import KERNELS, offered
 from tvm_mpq.kernels.spec import ConvSpec, DenseSpec, ceil_div
@@ -92,7 +93,7 @@ def knob_space(spec: "ConvSpec | DenseSpec", kernel: str, target=None) -> list[d
         ow = _out_width(spec)
         o_pad = ceil_div(spec.out_channels, bitserial_x86.OC_GROUP) * bitserial_x86.OC_GROUP
         xv_n = ceil_div(ow, bitserial_x86.pixel_lanes(ow))
-        accumulators = bitserial_x86.tile_accumulators(parse_target(target))
+        accumulators = _tile_accumulators(target if target is None or isinstance(target, str) else target_to_str(parse_target(target)))
         default = bitserial_x86.default_bitserial_knobs(o_pad, xv_n, accumulators)
         limit = max(accumulators, 2 * bitserial_x86.AVX2_TILE_ACCUMULATORS)  # AVX2: up to 8 (some spill)
         tiles = [(o, x) for o in x86.divisors(o_pad, limit) for x in x86.divisors(xv_n, 4) if o * x <= limit and o >= 4]
@@ -106,6 +107,13 @@ def knob_space(spec: "ConvSpec | DenseSpec", kernel: str, target=None) -> list[d
     # bigger register tiles first (they were the faster ones measured so far)
     ordered = [default] + sorted((k for k in space if k != default), key=lambda k: -tile_size(k.to_dict()))
     return [k.to_dict() for k in ordered]
+
+
+@functools.lru_cache(maxsize=None)
+def _tile_accumulators(target: str | None) -> int:
+    """:func:`~tvm_mpq.kernels.bitserial_x86.tile_accumulators` by target string (parsing a target
+    and asking LLVM for its features costs a millisecond; the search prices thousands of points)."""
+    return bitserial_x86.tile_accumulators(parse_target(target))
 
 
 def default_knobs(spec: "ConvSpec | DenseSpec", kernel: str, target=None):
