@@ -149,3 +149,26 @@ def test_rl_policy_lowered_to_a_tighter_budget(setup):
         assert (new[name].w_bits, new[name].a_bits) == bits
     with pytest.raises(InfeasibleBudget):
         srun.lower_policy(net, provider, found, 1e-3 * before, setup.fixed, BitRange(1, 8), BitRange(2, 8))
+
+
+def test_priced_infeasible_but_measured_within_the_budget(setup, sensitivity, monkeypatch):
+    """The provider prices even the least-latency policy over the budget, but the compiled network
+    measures 20% faster than priced: the least-latency policy is measured, and the provider's budget
+    is rescaled by that measurement so the ILP answers (and the answer measures within the aim)."""
+    int8_s = hardware.network_latency(setup.provider, setup.net, srun.int8_policy(setup.net))
+    solve = ilp_tighten(setup, sensitivity)
+    with pytest.raises(InfeasibleBudget) as info:
+        solve(0.0)
+    least = info.value.minimum["latency"]
+    args = srun.SearchArgs(model="digits_cnn", latency_budget=0.95 * least / int8_s, budget_rounds=3)
+    calls = fake_timer(monkeypatch, setup, miss=0.8)
+    budget, entry = srun.loosen_to_measurement(setup, args, info.value, solve)
+    assert len(calls) == 1 and entry["least_latency"] and entry["ratio"] == pytest.approx(0.8 * least / int8_s, rel=1e-6)
+    aim = args.latency_budget * (1 - args.budget_margin)
+    assert budget == pytest.approx(least * (1 + 1e-6) * aim / entry["ratio"] * 0.99) and budget > least
+    policy = solve(budget)
+    assert 0.8 * hardware.network_latency(setup.provider, setup.net, policy) <= aim * int8_s * (1 + 1e-9)
+    # measured no faster than priced: infeasible, saying what the least-latency policy measured
+    fake_timer(monkeypatch, setup, miss=1.0)
+    with pytest.raises(InfeasibleBudget, match="least-latency policy measured .* over the budget too"):
+        srun.loosen_to_measurement(setup, args, info.value, solve)
