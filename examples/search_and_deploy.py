@@ -104,7 +104,7 @@ def main() -> int:
               f"{100 * result['accuracy']:.2f}% after QAT", flush=True)
     else:
         print(f"      test accuracy of the policy: {100 * result['accuracy_before_finetune']:.2f}% (no QAT)", flush=True)
-    compiled = tvm_mpq.build(tuned, policy, setup.cal, args.target, kernel=srun.build_kernel(setup.provider))
+    compiled = tvm_mpq.build(tuned, policy, setup.cal, args.target, **srun.build_options(setup.provider))
     x = setup.test.images[:1]
     y_python = compiled.run(x.numpy())
     with torch.no_grad():
