@@ -69,13 +69,13 @@ def _worker_tvm(rows: list[dict], number: int, repeat: int) -> list[dict]:
     import numpy as np
 
     from tvm_mpq._tvm import parse_target
-    from tvm_mpq.kernels.registry import BYTE_KERNELS, KERNELS
+    from tvm_mpq.kernels.registry import BYTE_KERNELS, KERNELS, offered
     from tvm_mpq.kernels.workload import build_layer_kernel
 
     target = parse_target(None)
     has_serial = "bitserial" in KERNELS and KERNELS["bitserial"].available(target)
     has_amx = "amx" in KERNELS and KERNELS["amx"].available(target)
-    byte = next(name for name in BYTE_KERNELS if KERNELS[name].available(target))  # VNNI, else AVX2
+    byte = offered("conv2d", target, BYTE_KERNELS)[0]  # VNNI, else AVX2
     results = []
     for row in rows:
         spec = _conv_spec(row)

@@ -168,6 +168,23 @@ def int8_policy(net):
     return tvm_mpq.QuantPolicy.uniform(net, w_bits=8, a_bits=8)
 
 
+def measured_round(setup: Setup, args: SearchArgs, policy, budget_s: float) -> dict:
+    """``policy`` compiled and timed against uniform W8A8 (:func:`measure_pair`), as one entry of a
+    search's ``budget_rounds``: the provider's budget it was found under, ms, int8 ms, ratio."""
+    int8_ms, ms, ratio = measure_pair(setup, policy, args.target, args.rounds)
+    return {"predicted_budget_ms": 1e3 * budget_s, "measured_ms": ms, "int8_ms": int8_ms, "ratio": ratio}
+
+
+def measured_aim(args: SearchArgs) -> float:
+    """The fraction of the int8 latency the measured loop aims at: the budget less the margin."""
+    return args.latency_budget * (1.0 - args.budget_margin)
+
+
+def rescaled_budget(budget_s: float, aim: float, ratio: float) -> float:
+    """The provider's budget scaled by how far the measured ``ratio`` is from ``aim``, and 1% more."""
+    return budget_s * aim / ratio * 0.99
+
+
 def meet_measured_budget(setup: Setup, args: SearchArgs, policy, budget_s: float, tighten) -> tuple[object, list[dict]]:
     """Close the loop on measurement: compile ``policy`` and time it against uniform W8A8 (in turn,
     ``args.rounds`` each); while it is slower than ``latency_budget x int8`` less the
@@ -185,11 +202,11 @@ def meet_measured_budget(setup: Setup, args: SearchArgs, policy, budget_s: float
     policy met the budget."""
     from tvm_mpq.search.ilp import InfeasibleBudget
 
-    aim = args.latency_budget * (1.0 - args.budget_margin)
+    aim = measured_aim(args)
     rounds, met, error, least_tried = [], None, None, False
     for i in range(args.budget_rounds + 1):
-        int8_ms, ms, ratio = measure_pair(setup, policy, args.target, args.rounds)
-        rounds.append({"predicted_budget_ms": 1e3 * budget_s, "measured_ms": ms, "int8_ms": int8_ms, "ratio": ratio})
+        rounds.append(measured_round(setup, args, policy, budget_s))
+        ms, ratio = rounds[-1]["measured_ms"], rounds[-1]["ratio"]
         logger.info("budget round %d: measured %.3f ms = %.3f x int8 (budget %.2f, aiming at %.3f)", i, ms, ratio,
                     args.latency_budget, aim)
         if ratio <= aim:
@@ -198,7 +215,7 @@ def meet_measured_budget(setup: Setup, args: SearchArgs, policy, budget_s: float
             met = (policy, list(rounds))
         if i == args.budget_rounds:
             break
-        budget_s *= aim / ratio * 0.99  # the measured miss, and 1% more
+        budget_s = rescaled_budget(budget_s, aim, ratio)
         try:
             policy = tighten(budget_s)
         except InfeasibleBudget as err:
@@ -233,13 +250,12 @@ def loosen_to_measurement(setup: Setup, args: SearchArgs, err, solve) -> tuple[f
     if least is None:
         raise err
     least_s = least * (1 + 1e-6)
-    int8_ms, ms, ratio = measure_pair(setup, solve(least_s), args.target, args.rounds)
-    entry = {"predicted_budget_ms": 1e3 * least_s, "measured_ms": ms, "int8_ms": int8_ms, "ratio": ratio, "least_latency": True}
+    entry = {**measured_round(setup, args, solve(least_s), least_s), "least_latency": True}
+    ratio = entry["ratio"]
     if ratio > args.latency_budget:
         raise InfeasibleBudget(f"{err}; the least-latency policy measured {ratio:.3f} x int8, over the budget too", err.minimum)
-    aim = args.latency_budget * (1.0 - args.budget_margin)
     logger.info("priced over the budget, but the least-latency policy measured %.3f x int8: budget rescaled by the measurement", ratio)
-    return max(least_s, least_s * aim / ratio * 0.99), entry
+    return max(least_s, rescaled_budget(least_s, measured_aim(args), ratio)), entry
 
 
 def measure(setup: Setup, policies: dict, target, rounds: int, per_round: bool = False) -> dict:
@@ -335,12 +351,15 @@ def search(args: SearchArgs, setup: Setup) -> dict:
             def solve(budget: float):
                 return ilp_search(net, provider, sensitivity, latency_budget_s=budget, w_bits=args.w_bits, a_bits=args.a_bits, fixed=setup.fixed)
 
+            def ilp_policy(budget: float):
+                return solve(budget).policy
+
             try:
                 found = solve(budget_s)
             except InfeasibleBudget as err:
                 if not measuring:
                     raise
-                budget_s, result["least_latency_round"] = loosen_to_measurement(setup, args, err, lambda b: solve(b).policy)
+                budget_s, result["least_latency_round"] = loosen_to_measurement(setup, args, err, ilp_policy)
                 found = solve(budget_s)
             # what the ILP itself costs (pricing every layer x bits, then HiGHS), apart from the sensitivity
             # estimate (0 when an earlier search of this setup made it) and the compile-and-measure rounds
@@ -361,8 +380,7 @@ def search(args: SearchArgs, setup: Setup) -> dict:
             info = {"episodes": len(found.history), "best_reward": found.best_reward, "search_accuracy": found.best_info["metrics"].get("accuracy")}
         if measuring:
             if args.method == "ilp":
-                def tighten(budget: float):
-                    return solve(budget).policy
+                tighten = ilp_policy
             else:
                 def tighten(budget: float):
                     return lower_policy(net, provider, policy, budget, setup.fixed, w_range, a_range)
