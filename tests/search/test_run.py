@@ -172,3 +172,37 @@ def test_priced_infeasible_but_measured_within_the_budget(setup, sensitivity, mo
     fake_timer(monkeypatch, setup, miss=1.0)
     with pytest.raises(InfeasibleBudget, match="least-latency policy measured .* over the budget too"):
         srun.loosen_to_measurement(setup, args, info.value, solve)
+
+
+def test_sensitivity_estimated_once_and_kept_on_disk(trained_digits, tmp_path, monkeypatch):
+    """The ILP's KL sensitivity is computed once per model and settings: a second setup (a later
+    run) reads it from the cache, equal term for term; other weights or another seed are new entries."""
+    from tvm_mpq.quant import sensitivity as sens
+
+    net, train, _, cal = trained_digits
+    monkeypatch.setenv("TVM_MPQ_CACHE", str(tmp_path))
+    calls = []
+    real = sens.kl_sensitivity
+    monkeypatch.setattr(sens, "kl_sensitivity", lambda *a, **k: calls.append(1) or real(*a, **k))
+    args = srun.SearchArgs(model="digits_cnn", w_bits=(1, 8), a_bits=(2, 8), measure=False)
+
+    def fresh_setup(n):
+        return SimpleNamespace(net=n, cal=cal, train=train, sensitivities={})
+
+    first = srun.estimate_sensitivity(fresh_setup(net), args)
+    assert len(calls) == 1 and srun.sensitivity_cache_path(fresh_setup(net), args).exists()
+    again = srun.estimate_sensitivity(fresh_setup(net), args)
+    assert len(calls) == 1 and again.weight == first.weight and again.act == first.act
+    assert set(first.weight) == {l.name for l in net.layers if l.supported}
+
+    srun.estimate_sensitivity(fresh_setup(net), srun.SearchArgs(model="digits_cnn", w_bits=(1, 8), a_bits=(2, 8), seed=1, measure=False))
+    assert len(calls) == 2
+    import copy
+
+    import torch
+
+    model = copy.deepcopy(net.model)
+    with torch.no_grad():
+        next(model.parameters()).mul_(1.01)
+    other = net.with_weights(model)
+    assert srun.sensitivity_cache_path(fresh_setup(other), args) != srun.sensitivity_cache_path(fresh_setup(net), args)

@@ -315,10 +315,57 @@ def lower_policy(net, provider, policy, budget_s: float, fixed: dict, w_range, a
     return table.policy(a_bits, w_bits, fixed)
 
 
+SENSITIVITY_BATCHES = (2, 128)  # training batches x images the ILP's sensitivity is estimated on
+
+
+def sensitivity_cache_path(setup: Setup, args: SearchArgs):
+    """Where :func:`estimate_sensitivity` keeps its result: the model cache, under a key of the float
+    weights' bytes and everything else the estimate depends on (method, bits, seed, calibration)."""
+    import hashlib
+
+    from tvm_mpq.quant.finetune import cache_dir
+
+    h = hashlib.sha256()
+    for name, value in sorted(setup.net.model.state_dict().items()):
+        h.update(name.encode())
+        h.update(value.detach().cpu().contiguous().numpy().tobytes())
+    h.update(json.dumps([args.model, args.sensitivity, list(args.w_bits), list(args.a_bits), args.seed, args.calibration,
+                         SENSITIVITY_BATCHES, list(setup.train.images.shape[1:])], default=str).encode())
+    return cache_dir() / f"sensitivity-{args.model}-{args.sensitivity}-{h.hexdigest()[:12]}.json"
+
+
+def estimate_sensitivity(setup: Setup, args: SearchArgs):
+    """The ILP's per-layer error terms (``--sensitivity``), estimated once per model and settings:
+    kept in ``setup`` for the other budgets and on disk for later runs (KL on the digits ResNet
+    takes minutes on 2 cores; a changed weight, bit menu, seed or calibration is a new entry)."""
+    from tvm_mpq.quant.sensitivity import Sensitivity, hessian_sensitivity, kl_sensitivity
+
+    key = (args.sensitivity, tuple(args.w_bits), tuple(args.a_bits), args.seed)
+    if key in setup.sensitivities:
+        return setup.sensitivities[key]
+    path = sensitivity_cache_path(setup, args)
+    if path.exists():
+        sensitivity = Sensitivity.from_dict(json.loads(path.read_text()))
+        logger.info("sensitivity (%s) from the cache %s", args.sensitivity, path)
+    else:
+        n, size = SENSITIVITY_BATCHES
+        batches = [(x, y) for x, y in setup.train.batches(size, shuffle=True, seed=args.seed)][:n]
+        if args.sensitivity == "kl":
+            sensitivity = kl_sensitivity(setup.net, setup.cal, [x for x, _ in batches], w_bits=args.w_bits, a_bits=args.a_bits)
+        else:
+            sensitivity = hessian_sensitivity(setup.net, setup.cal, batches, w_bits=args.w_bits, a_bits=args.a_bits)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = f"{path}.{os.getpid()}.tmp"  # whole or not at all, as the model cache
+        with open(tmp, "w") as f:
+            json.dump(sensitivity.to_dict(), f)
+        os.replace(tmp, path)
+    setup.sensitivities[key] = sensitivity
+    return sensitivity
+
+
 def search(args: SearchArgs, setup: Setup) -> dict:
     """Run ``args.method`` under the budget; finetune, compile and measure the result."""
     from tvm_mpq import hardware
-    from tvm_mpq.quant.sensitivity import hessian_sensitivity, kl_sensitivity
     from tvm_mpq.search.autoq import AutoQSearch
     from tvm_mpq.search.ddpg import DDPGConfig, haq_search
     from tvm_mpq.search.env import BitRange, QuantEnv
@@ -337,15 +384,8 @@ def search(args: SearchArgs, setup: Setup) -> dict:
     measuring = bool(args.measure and args.budget_rounds and args.provider in ("predicted", "measured"))
     try:
         if args.method == "ilp":
-            key = (args.sensitivity, tuple(args.w_bits), tuple(args.a_bits), args.seed)
-            sensitivity, t_sens = setup.sensitivities.get(key), time.perf_counter()
-            if sensitivity is None:
-                batches = [(x, y) for x, y in setup.train.batches(128, shuffle=True, seed=args.seed)][:2]
-                if args.sensitivity == "kl":
-                    sensitivity = kl_sensitivity(net, setup.cal, [x for x, _ in batches], w_bits=args.w_bits, a_bits=args.a_bits)
-                else:
-                    sensitivity = hessian_sensitivity(net, setup.cal, batches, w_bits=args.w_bits, a_bits=args.a_bits)
-                setup.sensitivities[key] = sensitivity
+            t_sens = time.perf_counter()
+            sensitivity = estimate_sensitivity(setup, args)
             t_solve = time.perf_counter()
 
             def solve(budget: float):
