@@ -206,3 +206,35 @@ def test_sensitivity_estimated_once_and_kept_on_disk(trained_digits, tmp_path, m
         next(model.parameters()).mul_(1.01)
     other = net.with_weights(model)
     assert srun.sensitivity_cache_path(fresh_setup(other), args) != srun.sensitivity_cache_path(fresh_setup(net), args)
+
+
+def test_least_latency_policy_is_the_fastest_the_rl_methods_can_reach(setup):
+    """What the RL methods are pre-checked against: priced as the provider prices the network, no
+    bit change makes it faster, and it is at most the ILP's least on a sub-menu of its ranges."""
+    net, provider = setup.net, setup.provider
+    w_range, a_range = BitRange(1, 8), BitRange(2, 8)
+    least_s, policy = srun.least_latency_policy(net, provider, setup.fixed, w_range, a_range)
+    assert hardware.network_latency(provider, net, policy) == pytest.approx(least_s, rel=1e-9)
+    with pytest.raises(InfeasibleBudget):
+        srun.lower_policy(net, provider, policy, least_s * (1 - 1e-6), setup.fixed, w_range, a_range)
+    lowered = srun.lower_policy(net, provider, srun.int8_policy(net), least_s * (1 + 1e-6), setup.fixed, w_range, a_range)
+    assert hardware.network_latency(provider, net, lowered) <= least_s * (1 + 1e-6)
+    with pytest.raises(InfeasibleBudget) as info:
+        ilp_search(net, provider, Sensitivity({n: {b: 1.0 for b in W_BITS} for n in policy.layers},
+                                              {n: {b: 1.0 for b in A_BITS} for n in policy.layers}, "toy"),
+                   latency_budget_s=0.0, w_bits=W_BITS, a_bits=A_BITS, fixed=setup.fixed)
+    assert least_s <= info.value.minimum["latency"] * (1 + 1e-9)
+    for name, bits in setup.fixed.items():
+        assert (policy.layers[name].w_bits, policy.layers[name].a_bits) == bits
+
+
+@pytest.mark.parametrize("method", ["haq", "autoq"])
+def test_rl_budget_under_the_least_latency_is_infeasible_before_any_episode(setup, method):
+    """An RL search under a budget that not even the fastest bits meet says so, with the least
+    latency, instead of running every episode to 'no episode met the budget'."""
+    least_s, _ = srun.least_latency_policy(setup.net, setup.provider, setup.fixed, BitRange(1, 8), BitRange(2, 8))
+    int8_s = hardware.network_latency(setup.provider, setup.net, srun.int8_policy(setup.net))
+    args = srun.SearchArgs(model="digits_cnn", method=method, provider="bitfusion", latency_budget=0.9 * least_s / int8_s, measure=False)
+    result = srun.search(args, SimpleNamespace(**vars(setup), float_accuracy=0.9))
+    assert not result["feasible"] and "least achievable" in result["error"]
+    assert result["least_fraction"] == pytest.approx(least_s / int8_s, rel=1e-6)

@@ -315,6 +315,20 @@ def lower_policy(net, provider, policy, budget_s: float, fixed: dict, w_range, a
     return table.policy(a_bits, w_bits, fixed)
 
 
+def least_latency_policy(net, provider, fixed: dict, w_range, a_range) -> tuple[float, object]:
+    """The provider's fastest policy over the bit ranges (each searchable layer, whole, at its
+    fastest ``(w, a)``; ``fixed`` layers as given) and its price in seconds, pooling included."""
+    from tvm_mpq.search.env import LatencyTable, fixed_seconds, searchable_layers
+
+    layers = searchable_layers(net, fixed)
+    table = LatencyTable(provider, layers, {l.name: [(0, l.out_channels)] for l in layers}, w_range, a_range,
+                         fixed_seconds(net, provider, fixed))
+    pairs = [(w, a) for w in range(w_range.low, w_range.high + 1) for a in range(a_range.low, a_range.high + 1)]
+    fastest = {l.name: min(pairs, key=lambda p, n=l.name: (table.layer(n, p[1], [p[0]]), -p[0] - p[1])) for l in layers}
+    a_bits, w_bits = {n: a for n, (_, a) in fastest.items()}, {n: [w] for n, (w, _) in fastest.items()}
+    return table.total(a_bits, w_bits), table.policy(a_bits, w_bits, fixed)
+
+
 SENSITIVITY_BATCHES = (2, 128)  # training batches x images the ILP's sensitivity is estimated on
 
 
@@ -406,6 +420,14 @@ def search(args: SearchArgs, setup: Setup) -> dict:
             policy, info = found.policy, {"objective": found.objective, **found.info, "sensitivity_s": t_solve - t_sens,
                                           "solve_s": time.perf_counter() - t_solve}
         else:
+            least_s, least = least_latency_policy(net, provider, setup.fixed, w_range, a_range)
+            if least_s > budget_s:  # no episode could meet it: say so now, or measure the fastest policy first
+                err = InfeasibleBudget(f"no bit assignment meets the latency budget: the least achievable is {1e3 * least_s:.3f} ms "
+                                       f"({getattr(provider, 'name', type(provider).__name__)} latency), the budget "
+                                       f"{1e3 * budget_s:.3f} ms; raise the budget or offer lower bits", {"latency": least_s})
+                if not measuring:
+                    raise err
+                budget_s, result["least_latency_round"] = loosen_to_measurement(setup, args, err, lambda _: least)
             reward = AccuracyReward(net, setup.cal, setup.train, val_subset(setup.val, args.reward_images), steps=args.reward_steps, seed=args.seed)
             cfg = DDPGConfig(episodes=args.episodes, warmup=min(args.warmup, args.episodes), seed=args.seed)
             if args.method == "haq":
