@@ -39,7 +39,7 @@ import numpy as np
 
 from tvm_mpq.cost_models.features import FEATURE_NAMES, PRIOR_TERMS, analytic_ms, family, featurize, isa_flags, prior_terms
 from tvm_mpq.tuning.database import label_ms, probe_reference  # noqa: F401  (re-exported: the labels the model learns)
-from tvm_mpq.tuning.space import canonical_bits, knob_space
+from tvm_mpq.tuning.space import canonical_bits, default_knob_dict
 
 logger = logging.getLogger(__name__)
 
@@ -97,9 +97,6 @@ def prior_key(spec, kernel: str) -> str:
     return kernel if spec.kind == "conv2d" else f"{kernel}:{spec.kind}"
 
 
-def default_knobs(spec, kernel: str, target=None) -> dict[str, Any]:
-    """The knobs a compiled model runs ``kernel`` with on ``target`` (as a record's dict)."""
-    return knob_space(spec, kernel, target)[0]
 
 
 class XGBCostModel:
@@ -222,7 +219,7 @@ class XGBCostModel:
         target = target if target is not None else self.meta.get("target")
         threads = int(threads or self.meta.get("threads") or _default_threads())
         isa = isa_flags(target)
-        full = [(spec, kernel, *canonical_bits(kernel, w, a), default_knobs(spec, kernel, target) if knobs is None else knobs, isa, threads)
+        full = [(spec, kernel, *canonical_bits(kernel, w, a), default_knob_dict(spec, kernel, target) if knobs is None else knobs, isa, threads)
                 for spec, kernel, w, a, knobs in points]
         if not full:
             return np.zeros(0)

@@ -146,8 +146,15 @@ _CPUINFO_FEATURES = {"amx_tile": "amx-tile", "amx_int8": "amx-int8"}
 
 
 def target_features(target: Target) -> dict[str, bool]:
-    """ISA flags that matter to our kernels (AVX-512 VPOPCNTDQ, VNNI, AVX2, AMX), from ``-mcpu`` and ``-mattr``."""
-    return {name: bool(codegen.llvm_cpu_has_features([name], target)) for name in FEATURES}
+    """ISA flags that matter to our kernels (AVX-512 VPOPCNTDQ, VNNI, AVX2, AMX), from ``-mcpu`` and ``-mattr``.
+    Asked of LLVM once per target (~0.4 ms a flag; pricing a search's table asks for every point)."""
+    key = str(target)  # every attribute, -mattr included
+    if key not in _FEATURE_CACHE:
+        _FEATURE_CACHE[key] = {name: bool(codegen.llvm_cpu_has_features([name], target)) for name in FEATURES}
+    return dict(_FEATURE_CACHE[key])
+
+
+_FEATURE_CACHE: dict[str, dict[str, bool]] = {}
 
 
 def missing_host_features(target: "Target | str | Mapping[str, Any] | None") -> list[str]:

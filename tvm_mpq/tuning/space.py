@@ -81,32 +81,41 @@ def _out_width(spec) -> int:
 def knob_space(spec: "ConvSpec | DenseSpec", kernel: str, target=None) -> list[dict[str, Any]]:
     """Knob settings of ``kernel``'s schedule for ``spec`` on ``target`` (None: this machine), the
     default first; ``[{}]`` = no knobs."""
+    default, space = _knobs(spec, kernel, target, space=True)
+    if default is None:
+        return [{}]
+    # bigger register tiles first (they were the faster ones measured so far)
+    ordered = [default] + sorted((k for k in space if k != default), key=lambda k: -tile_size(k.to_dict()))
+    return [k.to_dict() for k in ordered]
+
+
+def _knobs(spec, kernel: str, target, space: bool) -> tuple[Any, list]:
+    """``(default knob object or None, the whole space if space else [])``: the default alone is
+    cheap, and the search prices every point with it."""
     dense = isinstance(spec, DenseSpec)
     if kernel in ("int8", "int8_avx2") or (kernel == "amx" and dense):
         lanes = int8.AVX2 if kernel == "int8_avx2" else int8.VNNI
         ow = 1 if dense else spec.out_width
         ocb = ceil_div(spec.out_channels, lanes.oc)
         default = x86.default_int8_knobs(ow, ocb, lanes)
-        tiles = x86.int8_tiles(ow, ocb, lanes)
-        space = [x86.Int8Knobs(x, o, outer) for (x, o), outer in product(tiles, (False, True))]
-    elif kernel == "bitserial":
+        tiles = x86.int8_tiles(ow, ocb, lanes) if space else []
+        return default, [x86.Int8Knobs(x, o, outer) for (x, o), outer in product(tiles, (False, True))]
+    if kernel == "bitserial":
         ow = _out_width(spec)
         o_pad = ceil_div(spec.out_channels, bitserial_x86.OC_GROUP) * bitserial_x86.OC_GROUP
         xv_n = ceil_div(ow, bitserial_x86.pixel_lanes(ow))
         accumulators = _tile_accumulators(target if target is None or isinstance(target, str) else target_to_str(parse_target(target)))
         default = bitserial_x86.default_bitserial_knobs(o_pad, xv_n, accumulators)
+        if not space:
+            return default, []
         limit = max(accumulators, 2 * bitserial_x86.AVX2_TILE_ACCUMULATORS)  # AVX2: up to 8 (some spill)
         tiles = [(o, x) for o in x86.divisors(o_pad, limit) for x in x86.divisors(xv_n, 4) if o * x <= limit and o >= 4]
-        space = [bitserial_x86.BitserialKnobs(o, x, outer) for (o, x), outer in product(tiles, (True, False))]
-    elif kernel == "amx":
+        return default, [bitserial_x86.BitserialKnobs(o, x, outer) for (o, x), outer in product(tiles, (True, False))]
+    if kernel == "amx":
         ocb = ceil_div(spec.out_channels, amx.OC_BLOCK)
         default = amx.default_amx_knobs(ocb, int(np.prod(amx.weight_shape(spec))))
-        space = [amx.AmxKnobs(mt, nt, outer) for mt, nt, outer in product((1, 2), (1, 2), (False, True)) if ocb % nt == 0]
-    else:
-        return [{}]
-    # bigger register tiles first (they were the faster ones measured so far)
-    ordered = [default] + sorted((k for k in space if k != default), key=lambda k: -tile_size(k.to_dict()))
-    return [k.to_dict() for k in ordered]
+        return default, [amx.AmxKnobs(mt, nt, outer) for mt, nt, outer in product((1, 2), (1, 2), (False, True)) if ocb % nt == 0]
+    return None, []
 
 
 @functools.lru_cache(maxsize=None)
@@ -120,7 +129,13 @@ def default_knobs(spec: "ConvSpec | DenseSpec", kernel: str, target=None):
     """The knob object ``kernel``'s schedule takes by default for ``spec`` on ``target`` (None:
     this machine; None back for kernels without knobs): what a compiled model runs and what a
     tuning session measures first."""
-    return make_knobs(kernel, spec, knob_space(spec, kernel, target)[0])
+    return _knobs(spec, kernel, target, space=False)[0]
+
+
+def default_knob_dict(spec: "ConvSpec | DenseSpec", kernel: str, target=None) -> dict[str, Any]:
+    """:func:`default_knobs` as a record's dict (``{}``: no knobs), i.e. ``knob_space(...)[0]``."""
+    default = default_knobs(spec, kernel, target)
+    return {} if default is None else default.to_dict()
 
 
 def tile_size(knobs: dict) -> int:
