@@ -97,8 +97,6 @@ def prior_key(spec, kernel: str) -> str:
     return kernel if spec.kind == "conv2d" else f"{kernel}:{spec.kind}"
 
 
-
-
 class XGBCostModel:
     """Latency model for one target (and thread count), trained on tuning records."""
 
