@@ -3,9 +3,11 @@ the compiled policy meets the budget (ILP: solved again; RL: the found policy's 
 says so when a tightened budget has no solution. Timing is replaced by a deterministic stand-in
 (the provider's price times a fixed miss), so what is tested is the loop, not this machine's speed."""
 
+import copy
 from types import SimpleNamespace
 
 import pytest
+import torch
 
 import tvm_mpq
 from tvm_mpq import hardware
@@ -197,10 +199,6 @@ def test_sensitivity_estimated_once_and_kept_on_disk(trained_digits, tmp_path, m
 
     srun.estimate_sensitivity(fresh_setup(net), srun.SearchArgs(model="digits_cnn", w_bits=(1, 8), a_bits=(2, 8), seed=1, measure=False))
     assert len(calls) == 2
-    import copy
-
-    import torch
-
     model = copy.deepcopy(net.model)
     with torch.no_grad():
         next(model.parameters()).mul_(1.01)

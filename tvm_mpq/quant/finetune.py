@@ -168,10 +168,15 @@ def pretrained(name: str = "digits_resnet", recipe: Recipe = Recipe(), *, retrai
 
 
 def _save_atomic(obj, path) -> None:
-    """``torch.save`` through a temp file of this process, renamed over ``path``: a reader never sees
-    half a file, and two processes writing the same entry each write their own."""
+    """``torch.save`` through :func:`write_atomic`."""
+    write_atomic(path, lambda tmp: torch.save(obj, tmp))
+
+
+def write_atomic(path, write) -> None:
+    """``write(tmp)`` to a temp file of this process, renamed over ``path``: a reader of the cache
+    never sees half a file, and two processes writing the same entry each write their own."""
     tmp = f"{os.fspath(path)}.{os.getpid()}.tmp"
-    torch.save(obj, tmp)
+    write(tmp)
     os.replace(tmp, path)
 
 

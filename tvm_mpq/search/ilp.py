@@ -32,6 +32,13 @@ class InfeasibleBudget(ValueError):
         self.minimum = dict(minimum)
 
 
+def latency_infeasible(provider, minimum: Mapping[str, float], budget_s: float) -> InfeasibleBudget:
+    """The error for a latency budget under ``minimum["latency"]``, the least the provider prices."""
+    return InfeasibleBudget(f"no bit assignment meets the latency budget: the least achievable is {1e3 * minimum['latency']:.3f} ms "
+                            f"({getattr(provider, 'name', type(provider).__name__)} latency), the budget "
+                            f"{1e3 * budget_s:.3f} ms; raise the budget or offer lower bits", minimum)
+
+
 @dataclass
 class Problem:
     """Per-layer option tables (all lists are ``[layer][option]``)."""
@@ -189,9 +196,7 @@ def ilp_search(net, provider, sensitivity, *, latency_budget_s: float | None = N
         if "latency" in minimum:  # in the caller's units: the whole network, pooling included
             minimum["latency"] += fixed_s
         if latency_budget_s is not None and minimum.get("latency", 0.0) > latency_budget_s:
-            raise InfeasibleBudget(f"no bit assignment meets the latency budget: the least achievable is {1e3 * minimum['latency']:.3f} ms "
-                                   f"({getattr(provider, 'name', type(provider).__name__)} latency), the budget "
-                                   f"{1e3 * latency_budget_s:.3f} ms; raise the budget or offer lower bits", minimum) from None
+            raise latency_infeasible(provider, minimum, latency_budget_s) from None
         raise InfeasibleBudget(str(err), minimum) from None
     policy = QuantPolicy({n: LayerBits(w, a) for n, (w, a) in solution.choice.items()})
     return SearchResult(policy, "ilp", solution.totals["latency"] + fixed_s, solution.objective,

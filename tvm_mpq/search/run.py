@@ -352,6 +352,9 @@ def estimate_sensitivity(setup: Setup, args: SearchArgs):
     """The ILP's per-layer error terms (``--sensitivity``), estimated once per model and settings:
     kept in ``setup`` for the other budgets and on disk for later runs (KL on the digits ResNet
     takes minutes on 2 cores; a changed weight, bit menu, seed or calibration is a new entry)."""
+    from pathlib import Path
+
+    from tvm_mpq.quant.finetune import write_atomic
     from tvm_mpq.quant.sensitivity import Sensitivity, hessian_sensitivity, kl_sensitivity
 
     key = (args.sensitivity, tuple(args.w_bits), tuple(args.a_bits), args.seed)
@@ -368,11 +371,7 @@ def estimate_sensitivity(setup: Setup, args: SearchArgs):
             sensitivity = kl_sensitivity(setup.net, setup.cal, [x for x, _ in batches], w_bits=args.w_bits, a_bits=args.a_bits)
         else:
             sensitivity = hessian_sensitivity(setup.net, setup.cal, batches, w_bits=args.w_bits, a_bits=args.a_bits)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = f"{path}.{os.getpid()}.tmp"  # whole or not at all, as the model cache
-        with open(tmp, "w") as f:
-            json.dump(sensitivity.to_dict(), f)
-        os.replace(tmp, path)
+        write_atomic(path, lambda tmp: Path(tmp).write_text(json.dumps(sensitivity.to_dict())))
     setup.sensitivities[key] = sensitivity
     return sensitivity
 
@@ -383,7 +382,7 @@ def search(args: SearchArgs, setup: Setup) -> dict:
     from tvm_mpq.search.autoq import AutoQSearch
     from tvm_mpq.search.ddpg import DDPGConfig, haq_search
     from tvm_mpq.search.env import BitRange, QuantEnv
-    from tvm_mpq.search.ilp import InfeasibleBudget, ilp_search
+    from tvm_mpq.search.ilp import InfeasibleBudget, ilp_search, latency_infeasible
     from tvm_mpq.search.reward import AccuracyReward
 
     t0 = time.perf_counter()
@@ -422,9 +421,7 @@ def search(args: SearchArgs, setup: Setup) -> dict:
         else:
             least_s, least = least_latency_policy(net, provider, setup.fixed, w_range, a_range)
             if least_s > budget_s:  # no episode could meet it: say so now, or measure the fastest policy first
-                err = InfeasibleBudget(f"no bit assignment meets the latency budget: the least achievable is {1e3 * least_s:.3f} ms "
-                                       f"({getattr(provider, 'name', type(provider).__name__)} latency), the budget "
-                                       f"{1e3 * budget_s:.3f} ms; raise the budget or offer lower bits", {"latency": least_s})
+                err = latency_infeasible(provider, {"latency": least_s}, budget_s)
                 if not measuring:
                     raise err
                 budget_s, result["least_latency_round"] = loosen_to_measurement(setup, args, err, lambda _: least)
