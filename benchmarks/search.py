@@ -40,14 +40,10 @@ import time
 
 import numpy as np
 
+from tvm_mpq.cli.common import bits_list
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 UNIFORM = ("W8A8", "W4A4", "W2A2", "W1A2", "W1A1")
-
-
-def srun_default(field: str):
-    from tvm_mpq.search.run import SearchArgs
-
-    return getattr(SearchArgs, field)
 
 
 def target_of(name: str) -> str:
@@ -155,7 +151,8 @@ def setup_target(target: str, args):
     base = srun.SearchArgs(model=args.model, target=target, provider="predicted" if predicted else "measured",
                            db=None if predicted else str(cache_dir() / f"search-{name}.jsonl"),
                            episodes=args.episodes, warmup=args.warmup, reward_images=args.reward_images,
-                           finetune_epochs=args.finetune_epochs, distill=args.distill, seed=args.seed, a_bits=args.a_bits,
+                           finetune_epochs=args.finetune_epochs, distill=args.distill, seed=args.seed,
+                           a_bits=args.a_bits or srun.SearchArgs.a_bits,
                            # each search compiles its policy and tightens the provider's budget while the measurement misses it
                            measure=not args.no_timing, budget_rounds=args.budget_rounds, budget_margin=args.budget_margin,
                            rounds=5)
@@ -385,8 +382,7 @@ def main(argv=None) -> int:
     ap.add_argument("--rounds", type=int, default=21, help="interleaved timing rounds (the Zen 3 VM: at 7 the same policy read 0.61 and, at 21, 0.49 x int8 minutes apart)")
     ap.add_argument("--number", type=int, default=20)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--a-bits", type=lambda v: tuple(int(b) for b in v.split(",")), default=srun_default("a_bits"),
-                    help="activation bits the searches offer (default: tvm-mpq search's)")
+    ap.add_argument("--a-bits", type=bits_list, help="activation bits the searches offer, e.g. 1,2,3,4,8 (default: tvm-mpq search's)")
     ap.add_argument("--rl-targets", default="znver5", help="targets that also get the HAQ/AutoQ searches (ILP runs on all)")
     ap.add_argument("--predicted", default="znver5", help="targets priced by the shipped cost model (others: measured)")
     ap.add_argument("--no-timing", action="store_true", help="search and finetune only (timing needs a quiet machine)")

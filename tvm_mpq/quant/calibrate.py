@@ -203,9 +203,10 @@ def calibrate(net_or_model, batches: Iterable, *, method: str = "minmax", percen
     ``method``: ``minmax`` (the observed extremes), ``percentile`` (the ``percentile``-th and its
     mirror, per batch, widest over batches; at 1 bit that range x :data:`PERCENTILE_ONE_BIT`),
     ``kl`` (min/max observed, then for every bit width 1..8 the clipping of that range whose
-    quantized histogram is closest in KL divergence, :func:`kl_range`). ``percentile`` is the one to use on the digits ResNet: before any finetune,
-    kl scored W8A8 96.8% / W4A4 83.2% / W8A2 18.8% where percentile scored 98.6 / 97.8 / 97.1%
-    (KL matches the shape of the distribution, not the size of the error, and clips hard).
+    quantized histogram is closest in KL divergence, :func:`kl_range`). ``percentile`` is the one
+    to use on the digits ResNet: before any finetune, kl scored W8A8 96.8% / W4A4 83.2% / W8A2
+    18.8% where percentile scored 98.6 / 97.8 / 97.1% (KL matches the shape of the distribution,
+    not the size of the error, and clips hard).
     """
     if method not in METHODS:
         raise ValueError(f"unknown calibration method {method!r}: choose one of {', '.join(METHODS)}")
