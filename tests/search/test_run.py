@@ -76,6 +76,44 @@ def test_a_policy_that_meets_the_budget_is_kept(setup, sensitivity, monkeypatch)
     assert policy is first and len(rounds) == 1
 
 
+def test_ilp_budget_loosened_when_the_measurement_is_far_under_it(setup, sensitivity, monkeypatch):
+    """The compiled policy measures 30% faster than priced (more than LOOSEN_GAP under the aim): the
+    ILP solves again at a budget scaled up by the miss, and its answer (more budget spent, a lower
+    error) is kept because it measures within the aim too. Without ``loosen`` (the RL methods) the
+    first policy is the answer."""
+    calls = fake_timer(monkeypatch, setup, miss=0.7)
+    args = srun.SearchArgs(model="digits_cnn", latency_budget=0.8, budget_rounds=3)
+    int8_s = hardware.network_latency(setup.provider, setup.net, srun.int8_policy(setup.net))
+    solve = ilp_tighten(setup, sensitivity)
+    first = solve(0.8 * int8_s)
+    policy, rounds = srun.meet_measured_budget(setup, args, first, 0.8 * int8_s, solve, loosen=True)
+    aim = 0.8 * (1 - args.budget_margin)
+    assert rounds[0]["ratio"] < aim * (1 - srun.LOOSEN_GAP) and len(rounds) >= 2 and len(calls) == len(rounds)
+    assert rounds[1]["predicted_budget_ms"] == pytest.approx(rounds[0]["predicted_budget_ms"] * aim / rounds[0]["ratio"] * 0.99)
+    assert rounds[-1]["ratio"] <= aim and policy is calls[-1] and policy != first
+    price = lambda p: hardware.network_latency(setup.provider, setup.net, p)
+    def error(p):
+        bits = p.resolve(list(sensitivity.weight))
+        return sum(sensitivity.error(n, b.w_bits, b.a_bits) for n, b in bits.items())
+
+    assert price(policy) > price(first) and error(policy) < error(first)
+    kept, rounds = srun.meet_measured_budget(setup, args, first, 0.8 * int8_s, lambda b: pytest.fail("loosened for an RL method"))
+    assert kept is first and len(rounds) == 1
+
+
+def test_a_loosened_policy_over_the_aim_gives_back_the_one_within(setup, sensitivity, monkeypatch):
+    """Loosening is a try: the looser policy measures over the aim, so the policy measured within
+    it before is the answer (one round spent, no tightening from there)."""
+    solve = ilp_tighten(setup, sensitivity)
+    int8_s = hardware.network_latency(setup.provider, setup.net, srun.int8_policy(setup.net))
+    first = solve(0.8 * int8_s)
+    calls = fake_timer(monkeypatch, setup, miss=lambda p: 0.7 if p is first else 1.3)
+    args = srun.SearchArgs(model="digits_cnn", latency_budget=0.8, budget_rounds=3)
+    policy, rounds = srun.meet_measured_budget(setup, args, first, 0.8 * int8_s, solve, loosen=True)
+    assert policy is first and len(rounds) == 1 and len(calls) == 2
+    assert rounds[0]["ratio"] == pytest.approx(0.7 * hardware.network_latency(setup.provider, setup.net, first) / int8_s)
+
+
 def test_within_the_budget_but_not_the_margin_is_kept_when_tightening_has_no_answer(setup, sensitivity, monkeypatch):
     """Priced exactly at the budget and measured at it: the loop aims 3% lower, finds no tighter
     assignment, measures the least-latency one (slower in this stand-in) and keeps the policy that
