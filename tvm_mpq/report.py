@@ -101,8 +101,9 @@ def search_lines(summary: dict, png: list[str] | None = None) -> list[str]:
         lines.append(f"latency: predicted {summary['predicted_ms']:.3f} ms (budget {summary.get('budget_predicted_ms', float('nan')):.3f} ms); "
                      f"not measured")
     if summary.get("budget_rounds") and len(summary["budget_rounds"]) > 1:
-        lines.append("measured budget rounds: " + ", ".join(f"{r['ratio']:.3f}" for r in summary["budget_rounds"])
-                     + " x int8 (the provider's budget tightened by each miss)")
+        lines.append("measured budget rounds: " + ", ".join(f"{r['ratio']:.3f}" + (" (kept)" if r.get("kept") else "")
+                                                            for r in summary["budget_rounds"])
+                     + " x int8 (the provider's budget rescaled by each miss)")
     where = [f"policy -> {summary['policy']}"] if summary.get("policy") else []
     if summary.get("weights"):
         where.append(f"finetuned weights -> {summary['weights']} (`tvm-mpq compile ... --weights` compiles them)")

@@ -63,6 +63,7 @@ def test_ilp_budget_tightened_until_the_measurement_meets_it(setup, sensitivity,
     assert rounds[0]["ratio"] > 0.8  # priced within the budget, "measured" 20% over it
     aim = 0.8 * (1 - args.budget_margin)
     assert rounds[-1]["ratio"] <= aim and len(rounds) >= 2 and len(calls) == len(rounds)
+    assert [r.get("kept", False) for r in rounds] == [False] * (len(rounds) - 1) + [True]
     assert rounds[1]["predicted_budget_ms"] < rounds[0]["predicted_budget_ms"]
     assert hardware.network_latency(setup.provider, setup.net, policy) * 1.2 <= aim * int8_s * (1 + 1e-9)
 
@@ -73,7 +74,7 @@ def test_a_policy_that_meets_the_budget_is_kept(setup, sensitivity, monkeypatch)
     int8_s = hardware.network_latency(setup.provider, setup.net, srun.int8_policy(setup.net))
     first = ilp_tighten(setup, sensitivity)(0.8 * int8_s)
     policy, rounds = srun.meet_measured_budget(setup, args, first, 0.8 * int8_s, lambda b: pytest.fail("tightened a policy that fits"))
-    assert policy is first and len(rounds) == 1
+    assert policy is first and len(rounds) == 1 and rounds[0]["kept"]
 
 
 def test_ilp_budget_loosened_when_the_measurement_is_far_under_it(setup, sensitivity, monkeypatch):
@@ -90,7 +91,7 @@ def test_ilp_budget_loosened_when_the_measurement_is_far_under_it(setup, sensiti
     aim = 0.8 * (1 - args.budget_margin)
     assert rounds[0]["ratio"] < aim * (1 - srun.LOOSEN_GAP) and len(rounds) >= 2 and len(calls) == len(rounds)
     assert rounds[1]["predicted_budget_ms"] == pytest.approx(rounds[0]["predicted_budget_ms"] * aim / rounds[0]["ratio"] * 0.99)
-    assert rounds[-1]["ratio"] <= aim and policy is calls[-1] and policy != first
+    assert rounds[-1]["ratio"] <= aim and rounds[-1]["kept"] and policy is calls[-1] and policy != first
     price = lambda p: hardware.network_latency(setup.provider, setup.net, p)
     def error(p):
         bits = p.resolve(list(sensitivity.weight))
@@ -103,15 +104,16 @@ def test_ilp_budget_loosened_when_the_measurement_is_far_under_it(setup, sensiti
 
 def test_a_loosened_policy_over_the_aim_gives_back_the_one_within(setup, sensitivity, monkeypatch):
     """Loosening is a try: the looser policy measures over the aim, so the policy measured within
-    it before is the answer (one round spent, no tightening from there)."""
+    it before is the answer (one round spent, no tightening from there; both rounds recorded)."""
     solve = ilp_tighten(setup, sensitivity)
     int8_s = hardware.network_latency(setup.provider, setup.net, srun.int8_policy(setup.net))
     first = solve(0.8 * int8_s)
     calls = fake_timer(monkeypatch, setup, miss=lambda p: 0.7 if p is first else 1.3)
     args = srun.SearchArgs(model="digits_cnn", latency_budget=0.8, budget_rounds=3)
     policy, rounds = srun.meet_measured_budget(setup, args, first, 0.8 * int8_s, solve, loosen=True)
-    assert policy is first and len(rounds) == 1 and len(calls) == 2
+    assert policy is first and len(rounds) == len(calls) == 2 and rounds[0]["kept"] and "kept" not in rounds[1]
     assert rounds[0]["ratio"] == pytest.approx(0.7 * hardware.network_latency(setup.provider, setup.net, first) / int8_s)
+    assert rounds[1]["ratio"] > 0.8 * (1 - args.budget_margin) and rounds[1]["predicted_budget_ms"] > rounds[0]["predicted_budget_ms"]
 
 
 def test_within_the_budget_but_not_the_margin_is_kept_when_tightening_has_no_answer(setup, sensitivity, monkeypatch):
@@ -127,8 +129,9 @@ def test_within_the_budget_but_not_the_margin_is_kept_when_tightening_has_no_ans
     fraction = budget / int8_s
     args = srun.SearchArgs(model="digits_cnn", latency_budget=fraction, budget_rounds=3)
     policy, rounds = srun.meet_measured_budget(setup, args, first, budget, ilp_tighten(setup, sensitivity))
-    assert policy is first and rounds[-1]["ratio"] == pytest.approx(hardware.network_latency(setup.provider, setup.net, first) / int8_s)
-    assert len(calls) == 2  # the first policy, then the least-latency one
+    assert policy is first and rounds[0]["ratio"] == pytest.approx(hardware.network_latency(setup.provider, setup.net, first) / int8_s)
+    assert len(calls) == len(rounds) == 2  # the first policy, then the least-latency one; both recorded, the first kept
+    assert rounds[0]["kept"] and "kept" not in rounds[1]
     assert hardware.network_latency(setup.provider, setup.net, calls[1]) <= hardware.network_latency(setup.provider, setup.net, first)
 
 

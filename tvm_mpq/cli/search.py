@@ -74,7 +74,7 @@ def add_parser(sub) -> None:
     p.add_argument("--budget-rounds", type=int, default=3,
                    help="compile-measure-tighten rounds: while the compiled policy measures slower than the budget, the "
                         "provider's budget is scaled by the miss and the search answers again; the ILP also solves again at a looser budget "
-                        "when its policy measures more than 10%% under the aim (default 3; 0: trust the provider)")
+                        "when its policy measures more than 5%% under the aim (default 3; 0: trust the provider)")
     p.add_argument("--budget-margin", type=float, default=0.03,
                    help="the measured loop aims this fraction under the budget, so the policy still fits when timed again "
                         "(timings drift by a few percent between sessions; a policy within the budget but not the margin is "

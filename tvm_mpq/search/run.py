@@ -180,7 +180,7 @@ def measured_aim(args: SearchArgs) -> float:
     return args.latency_budget * (1.0 - args.budget_margin)
 
 
-LOOSEN_GAP = 0.1  # a measured policy this fraction under the aim has the ILP solve again at a looser budget
+LOOSEN_GAP = 0.05  # a measured policy this fraction under the aim has the ILP solve again at a looser budget
 
 
 def rescaled_budget(budget_s: float, aim: float, ratio: float) -> float:
@@ -205,37 +205,45 @@ def meet_measured_budget(setup: Setup, args: SearchArgs, policy, budget_s: float
 
     With ``loosen`` (the ILP, whose ``tighten`` solves again at any budget), a policy that
     measures more than ``LOOSEN_GAP`` under the aim is not the end either: the provider's budget is
-    scaled *up* by the measured ratio and solved again, since an unused tenth of the budget is
+    scaled *up* by the measured ratio and solved again, since budget left unused is
     accuracy given away (the measured Zen 3 database priced 1-bit networks at 0.50 x int8 that
     compiled to 0.40 x). The last policy measured within the aim is the answer, so a loosened
-    policy that overshoots costs one round, not the budget. Returns the policy and one entry per
-    round; ``InfeasibleBudget`` when no measured policy met the budget."""
+    policy that overshoots costs one round, not the budget.
+
+    Returns the policy and one entry per measured round, every round kept (a round that was tried
+    and given back included); the answer's entry says ``"kept": True``. ``InfeasibleBudget`` when
+    no measured policy met the budget."""
     from tvm_mpq.search.ilp import InfeasibleBudget
 
     aim = measured_aim(args)
-    rounds, met, error, least_tried, within = [], None, None, False, None
+    rounds, met, error, least_tried, within = [], None, None, False, None  # met / within: (policy, index of its round)
+
+    def answer(kept):
+        rounds[kept[1]]["kept"] = True
+        return kept[0], rounds
+
     for i in range(args.budget_rounds + 1):
         rounds.append(measured_round(setup, args, policy, budget_s))
         ms, ratio = rounds[-1]["measured_ms"], rounds[-1]["ratio"]
         logger.info("budget round %d: measured %.3f ms = %.3f x int8 (budget %.2f, aiming at %.3f)", i, ms, ratio,
                     args.latency_budget, aim)
         if ratio <= aim:
-            within = (policy, list(rounds))
+            within = (policy, i)
             if not loosen or ratio >= aim * (1 - LOOSEN_GAP) or i == args.budget_rounds:
-                return within
+                return answer(within)
             budget_s = rescaled_budget(budget_s, aim, ratio)
             looser = tighten(budget_s)
             if looser == policy:
-                return within
+                return answer(within)
             logger.info("measured %.3f x int8, more than %.0f%% under the aim: solving again at %.3f ms", ratio,
                         100 * LOOSEN_GAP, 1e3 * budget_s)
             policy = looser
             continue
         if within is not None:  # loosened past the aim: the last policy within it
-            logger.info("the loosened policy measured %.3f x int8, over the aim: keeping the one at %.3f", ratio, within[1][-1]["ratio"])
-            return within
+            logger.info("the loosened policy measured %.3f x int8, over the aim: keeping the one at %.3f", ratio, rounds[within[1]]["ratio"])
+            return answer(within)
         if ratio <= args.latency_budget and met is None:
-            met = (policy, list(rounds))
+            met = (policy, i)
         if i == args.budget_rounds:
             break
         budget_s = rescaled_budget(budget_s, aim, ratio)
@@ -250,8 +258,8 @@ def meet_measured_budget(setup: Setup, args: SearchArgs, policy, budget_s: float
             least_tried, budget_s = True, least * (1 + 1e-6)
             policy = tighten(budget_s)  # the least-latency assignment: measure it too
     if met is not None:
-        logger.info("kept a policy at %.3f x int8: within the budget %.2f, not the margin", met[1][-1]["ratio"], args.latency_budget)
-        return met
+        logger.info("kept a policy at %.3f x int8: within the budget %.2f, not the margin", rounds[met[1]]["ratio"], args.latency_budget)
+        return answer(met)
     if error is not None:
         raise InfeasibleBudget(f"{error}; the least-latency policy measured {rounds[-1]['ratio']:.3f} x int8" if least_tried else error, {})
     raise InfeasibleBudget(f"after {args.budget_rounds} tightening rounds the measured latency is still {rounds[-1]['ratio']:.3f} x int8 "
@@ -477,8 +485,8 @@ def search(args: SearchArgs, setup: Setup) -> dict:
     result["accuracy"] = policy_accuracy(setup, policy, tuned)
     result["search_wall_s"] = time.perf_counter() - t0
     if args.measure:
-        if result.get("budget_rounds"):  # the last round timed this policy against int8
-            last = result["budget_rounds"][-1]
+        if result.get("budget_rounds"):  # the kept round timed this policy against int8
+            last = next(r for r in result["budget_rounds"] if r.get("kept"))
             result["int8_latency_ms"], result["latency_ms"], result["latency_ratio"] = last["int8_ms"], last["measured_ms"], last["ratio"]
         else:
             result["int8_latency_ms"], result["latency_ms"], result["latency_ratio"] = measure_pair(setup, policy, args.target, args.rounds)
