@@ -20,7 +20,8 @@ which runs here too):
    compiled and measured on both targets.
 
 Searches and finetunes are cached in ``<out>.json`` as they finish (an interrupted run resumes;
-``--fresh`` starts over); timing always runs anew. Prints the tables, writes ``<out>.json``,
+``--fresh`` starts over; a file made with other settings, e.g. ``--a-bits`` or
+``--finetune-epochs``, is refused rather than mixed in); timing always runs anew. Prints the tables, writes ``<out>.json``,
 ``<out>.txt`` and one accuracy-latency PNG per target.
 
     python benchmarks/search.py                                  # the whole study (~1.5 h on 2 cores)
@@ -75,15 +76,40 @@ def bits_summary(policy, net) -> str:
     return " ".join(cells)
 
 
-class State:
-    """``<out>.json``: finished searches and finetunes, saved after each one."""
+# the options a cached search depends on beyond its key (target|method|budget); a uniform finetune on the first four
+UNIFORM_SETTINGS = ("model", "finetune_epochs", "distill", "seed")
+CACHED_SETTINGS = UNIFORM_SETTINGS + ("a_bits", "episodes", "warmup", "reward_images", "budget_rounds", "budget_margin", "rounds",
+                                      "number", "tune_budget")
 
-    def __init__(self, path: str, fresh: bool):
-        self.path = path
-        self.data = {}
+
+def cache_settings(args) -> dict:
+    from tvm_mpq.search import run as srun
+
+    settings = {k: getattr(args, k) for k in CACHED_SETTINGS}
+    settings["a_bits"] = list(args.a_bits or srun.SearchArgs.a_bits)
+    return settings
+
+
+class State:
+    """``<out>.json``: finished searches and finetunes, saved after each one, with the
+    ``settings`` they were made under; a file whose items depend on other settings is refused
+    (not mixed): any setting for a search, ``UNIFORM_SETTINGS`` for a uniform finetune."""
+
+    def __init__(self, path: str, fresh: bool, settings: dict | None = None):
+        self.path, self.settings, self.data = path, settings or {}, {}
         if os.path.exists(path) and not fresh:
             with open(path) as f:
-                self.data = json.load(f).get("items", {})
+                saved = json.load(f)
+            self.data = saved.get("items", {})
+            old = dict(saved.get("settings") or saved.get("args") or {})  # files before settings were kept: the final args
+            if "a_bits" in old and old["a_bits"] is None:  # an args record of the default menu
+                old["a_bits"] = self.settings.get("a_bits")
+            differ = {k: (old[k], v) for k, v in self.settings.items() if k in old and old[k] != v}
+            stale = [k for k in self.data if "|uniform|" not in k or set(differ) & set(UNIFORM_SETTINGS)]
+            if differ and stale:
+                raise SystemExit(f"{path} holds {len(stale)} searches/finetunes made with other settings ("
+                                 + ", ".join(f"{k}: {a!r} there, {b!r} now" for k, (a, b) in differ.items())
+                                 + "): pass --fresh to start over, or another --out")
 
     def get(self, key):
         return self.data.get(key)
@@ -95,7 +121,7 @@ class State:
     def save(self, extra=None):
         tmp = self.path + ".tmp"
         with open(tmp, "w") as f:
-            json.dump({"items": self.data, **(extra or {})}, f, indent=1, default=str)
+            json.dump({"items": self.data, "settings": self.settings, **(extra or {})}, f, indent=1, default=str)
         os.replace(tmp, self.path)
 
 
@@ -410,7 +436,7 @@ def main(argv=None) -> int:
             raise SystemExit("no target left that this host can time")
 
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    state = State(args.out + ".json", args.fresh)
+    state = State(args.out + ".json", args.fresh, cache_settings(args))
     t0 = time.perf_counter()
     setups = {}
     for t in targets:  # uniform points and ILP for every target first, then the RL searches
