@@ -64,7 +64,7 @@ def add_parser(sub) -> None:
                    help="score each RL episode on this many held-out val images (an even stride; 0: all 864)")
     p.add_argument("--groups", type=int, default=4, help="AutoQ channel groups per layer")
     p.add_argument("--w-bits", type=bits_list, default=(1, 2, 3, 4, 8), help="weight bits offered (default 1,2,3,4,8)")
-    p.add_argument("--a-bits", type=bits_list, default=(2, 3, 4, 8), help="activation bits offered (default 2,3,4,8)")
+    p.add_argument("--a-bits", type=bits_list, default=(1, 2, 3, 4, 8), help="activation bits offered (default 1,2,3,4,8)")
     p.add_argument("--finetune-epochs", type=int, default=4, help="QAT epochs for the chosen policy (0: none)")
     p.add_argument("--distill", type=float, default=0.5,
                    help="weight of distillation from the float model in the QAT loss (default 0.5; 0: labels only)")

@@ -107,7 +107,7 @@ def _kl(ref_logp: torch.Tensor, logits: torch.Tensor) -> float:
 
 @torch.no_grad()
 def kl_sensitivity(model_or_net, calibration: Calibration, batches: Iterable, *, w_bits: Sequence[int] = (1, 2, 3, 4, 8),
-                   a_bits: Sequence[int] = (2, 3, 4, 8), layers: Sequence[str] | None = None) -> Sensitivity:
+                   a_bits: Sequence[int] = (1, 2, 3, 4, 8), layers: Sequence[str] | None = None) -> Sensitivity:
     """OHQ-style: KL(float || one layer quantized) on ``batches`` (tensors or ``(x, y)`` pairs)."""
     model = _model_of(model_or_net, calibration)
     xs = [b[0] if isinstance(b, (tuple, list)) else b for b in batches]
@@ -129,7 +129,7 @@ def kl_sensitivity(model_or_net, calibration: Calibration, batches: Iterable, *,
 
 
 def hessian_sensitivity(model_or_net, calibration: Calibration, batches: Iterable, *, w_bits: Sequence[int] = (1, 2, 3, 4, 8),
-                        a_bits: Sequence[int] = (2, 3, 4, 8), layers: Sequence[str] | None = None, samples: int = 16,
+                        a_bits: Sequence[int] = (1, 2, 3, 4, 8), layers: Sequence[str] | None = None, samples: int = 16,
                         seed: int = 0) -> Sensitivity:
     """HAWQ-style: mean Hessian trace (Hutchinson, ``samples`` probes per batch) x ``||dW||^2``.
 
