@@ -111,7 +111,7 @@ def main(argv=None) -> int:
     policy.save(sargs.out)
     for i, r in enumerate(result.get("budget_rounds", [])):
         print(f"      round {i}: priced within {r['predicted_budget_ms']:.3f} ms, measured {r['measured_ms']:.3f} ms = "
-              f"{r['ratio']:.2f} x int8 ({r['int8_ms']:.3f} ms)", flush=True)
+              f"{r['ratio']:.2f} x int8 ({r['int8_ms']:.3f} ms)" + (", kept" if r.get("kept") else ""), flush=True)
     print(f"      policy {sargs.out}: predicted {result['predicted_ms']:.3f} ms vs int8 {result['int8_predicted_ms']:.3f} ms; "
           f"accuracy {100 * result['accuracy_before_finetune']:.2f}% -> {100 * result['accuracy']:.2f}% after QAT", flush=True)
 
