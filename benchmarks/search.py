@@ -21,8 +21,8 @@ which runs here too):
 
 Searches and finetunes are cached in ``<out>.json`` as they finish (an interrupted run resumes;
 ``--fresh`` starts over; a file made with other settings, e.g. ``--a-bits`` or
-``--finetune-epochs``, is refused rather than mixed in); timing always runs anew. Prints the tables, writes ``<out>.json``,
-``<out>.txt`` and one accuracy-latency PNG per target.
+``--finetune-epochs``, is refused rather than mixed in); timing always runs anew. Prints the
+tables, writes ``<out>.json``, ``<out>.txt`` and one accuracy-latency PNG per target.
 
     python benchmarks/search.py                                  # the whole study (~1.5 h on 2 cores)
     python benchmarks/search.py --targets znver5 --methods ilp   # one target, ILP only (minutes)
@@ -76,7 +76,7 @@ def bits_summary(policy, net) -> str:
     return " ".join(cells)
 
 
-# the options a cached search depends on beyond its key (target|method|budget); a uniform finetune on the first four
+# the options a cached search depends on beyond its key (target|method|budget); a uniform finetune depends on the first four
 UNIFORM_SETTINGS = ("model", "finetune_epochs", "distill", "seed")
 CACHED_SETTINGS = UNIFORM_SETTINGS + ("a_bits", "episodes", "warmup", "reward_images", "budget_rounds", "budget_margin", "rounds",
                                       "number", "tune_budget")
