@@ -42,6 +42,7 @@ import time
 import numpy as np
 
 from tvm_mpq.cli.common import bits_list
+from tvm_mpq.policy import SEARCH_BITS
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 UNIFORM = ("W8A8", "W4A4", "W2A2", "W1A2", "W1A1")
@@ -83,11 +84,7 @@ CACHED_SETTINGS = UNIFORM_SETTINGS + ("a_bits", "episodes", "warmup", "reward_im
 
 
 def cache_settings(args) -> dict:
-    from tvm_mpq.search import run as srun
-
-    settings = {k: getattr(args, k) for k in CACHED_SETTINGS}
-    settings["a_bits"] = list(args.a_bits or srun.SearchArgs.a_bits)
-    return settings
+    return {**{k: getattr(args, k) for k in CACHED_SETTINGS}, "a_bits": list(args.a_bits)}
 
 
 class State:
@@ -178,7 +175,7 @@ def setup_target(target: str, args):
                            db=None if predicted else str(cache_dir() / f"search-{name}.jsonl"),
                            episodes=args.episodes, warmup=args.warmup, reward_images=args.reward_images,
                            finetune_epochs=args.finetune_epochs, distill=args.distill, seed=args.seed,
-                           a_bits=args.a_bits or srun.SearchArgs.a_bits,
+                           a_bits=args.a_bits,
                            # each search compiles its policy and tightens the provider's budget while the measurement misses it
                            measure=not args.no_timing, budget_rounds=args.budget_rounds, budget_margin=args.budget_margin,
                            rounds=5)
@@ -408,7 +405,8 @@ def main(argv=None) -> int:
     ap.add_argument("--rounds", type=int, default=21, help="interleaved timing rounds (the Zen 3 VM: at 7 the same policy read 0.61 and, at 21, 0.49 x int8 minutes apart)")
     ap.add_argument("--number", type=int, default=20)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--a-bits", type=bits_list, help="activation bits the searches offer, e.g. 1,2,3,4,8 (default: tvm-mpq search's)")
+    ap.add_argument("--a-bits", type=bits_list, default=SEARCH_BITS,
+                    help="activation bits the searches offer, e.g. 2,3,4,8 (default: tvm-mpq search's, 1,2,3,4,8)")
     ap.add_argument("--rl-targets", default="znver5", help="targets that also get the HAQ/AutoQ searches (ILP runs on all)")
     ap.add_argument("--predicted", default="znver5", help="targets priced by the shipped cost model (others: measured)")
     ap.add_argument("--no-timing", action="store_true", help="search and finetune only (timing needs a quiet machine)")

@@ -50,6 +50,9 @@ logger = logging.getLogger(__name__)
 FLOAT_BITS = 32
 POLICY_VERSION = 1
 MAX_QUANT_BITS = 8
+#: The bit widths a search offers by default, for weights and activations alike (1-bit activations
+#: since percentile calibration gives them 0.35 of the range: ``calibrate.PERCENTILE_ONE_BIT``).
+SEARCH_BITS = (1, 2, 3, 4, 8)
 
 _DEFAULT_KEY = "_default"
 _LAYER_KEYS = frozenset({"w_bits", "a_bits", "groups"})

@@ -6,6 +6,7 @@ import json
 import sys
 
 from tvm_mpq.cli.common import EXIT_OK, UsageError, bits_list
+from tvm_mpq.policy import SEARCH_BITS
 
 
 def cmd(args) -> int:
@@ -63,8 +64,9 @@ def add_parser(sub) -> None:
     p.add_argument("--reward-images", type=int, default=0,
                    help="score each RL episode on this many held-out val images (an even stride; 0: all 864)")
     p.add_argument("--groups", type=int, default=4, help="AutoQ channel groups per layer")
-    p.add_argument("--w-bits", type=bits_list, default=(1, 2, 3, 4, 8), help="weight bits offered (default 1,2,3,4,8)")
-    p.add_argument("--a-bits", type=bits_list, default=(1, 2, 3, 4, 8), help="activation bits offered (default 1,2,3,4,8)")
+    menu = ",".join(map(str, SEARCH_BITS))
+    p.add_argument("--w-bits", type=bits_list, default=SEARCH_BITS, help=f"weight bits offered (default {menu})")
+    p.add_argument("--a-bits", type=bits_list, default=SEARCH_BITS, help=f"activation bits offered (default {menu})")
     p.add_argument("--finetune-epochs", type=int, default=4, help="QAT epochs for the chosen policy (0: none)")
     p.add_argument("--distill", type=float, default=0.5,
                    help="weight of distillation from the float model in the QAT loss (default 0.5; 0: labels only)")

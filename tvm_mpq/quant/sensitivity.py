@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tvm_mpq.policy import SEARCH_BITS
 from tvm_mpq.quant.calibrate import Calibration, quantizable_modules
 from tvm_mpq.quant.qparams import ActQuant, quantize_weight
 from tvm_mpq.quant.simulate import float_copy, module_supported
@@ -106,8 +107,8 @@ def _kl(ref_logp: torch.Tensor, logits: torch.Tensor) -> float:
 
 
 @torch.no_grad()
-def kl_sensitivity(model_or_net, calibration: Calibration, batches: Iterable, *, w_bits: Sequence[int] = (1, 2, 3, 4, 8),
-                   a_bits: Sequence[int] = (1, 2, 3, 4, 8), layers: Sequence[str] | None = None) -> Sensitivity:
+def kl_sensitivity(model_or_net, calibration: Calibration, batches: Iterable, *, w_bits: Sequence[int] = SEARCH_BITS,
+                   a_bits: Sequence[int] = SEARCH_BITS, layers: Sequence[str] | None = None) -> Sensitivity:
     """OHQ-style: KL(float || one layer quantized) on ``batches`` (tensors or ``(x, y)`` pairs)."""
     model = _model_of(model_or_net, calibration)
     xs = [b[0] if isinstance(b, (tuple, list)) else b for b in batches]
@@ -128,8 +129,8 @@ def kl_sensitivity(model_or_net, calibration: Calibration, batches: Iterable, *,
     return Sensitivity(weight, act, "kl", {"batches": len(xs)})
 
 
-def hessian_sensitivity(model_or_net, calibration: Calibration, batches: Iterable, *, w_bits: Sequence[int] = (1, 2, 3, 4, 8),
-                        a_bits: Sequence[int] = (1, 2, 3, 4, 8), layers: Sequence[str] | None = None, samples: int = 16,
+def hessian_sensitivity(model_or_net, calibration: Calibration, batches: Iterable, *, w_bits: Sequence[int] = SEARCH_BITS,
+                        a_bits: Sequence[int] = SEARCH_BITS, layers: Sequence[str] | None = None, samples: int = 16,
                         seed: int = 0) -> Sensitivity:
     """HAWQ-style: mean Hessian trace (Hutchinson, ``samples`` probes per batch) x ``||dW||^2``.
 

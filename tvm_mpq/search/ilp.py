@@ -23,6 +23,8 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from tvm_mpq.policy import SEARCH_BITS
+
 
 class InfeasibleBudget(ValueError):
     """No assignment meets the budgets; ``minimum`` holds the least achievable value of each."""
@@ -154,7 +156,7 @@ class SearchResult:
 
 
 def ilp_search(net, provider, sensitivity, *, latency_budget_s: float | None = None, size_budget_bytes: float | None = None,
-               energy_budget_j: float | None = None, w_bits: Sequence[int] = (1, 2, 3, 4, 8), a_bits: Sequence[int] = (1, 2, 3, 4, 8),
+               energy_budget_j: float | None = None, w_bits: Sequence[int] = SEARCH_BITS, a_bits: Sequence[int] = SEARCH_BITS,
                fixed: Mapping[str, tuple[int, int]] | None = None, ties: Sequence[Sequence[str]] = (),
                time_limit: float = 60.0) -> SearchResult:
     """The bits per layer of ``net`` minimizing the summed ``sensitivity`` error under the budgets.

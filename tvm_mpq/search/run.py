@@ -16,6 +16,8 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from tvm_mpq.policy import SEARCH_BITS
+
 logger = logging.getLogger(__name__)
 
 METHODS = ("ilp", "haq", "autoq")
@@ -39,8 +41,8 @@ class SearchArgs:
     reward_steps: int = 0
     reward_images: int = 0  # score episodes on this many val images (an even stride through it; 0: all)
     groups: int = 4
-    w_bits: tuple = (1, 2, 3, 4, 8)
-    a_bits: tuple = (1, 2, 3, 4, 8)  # 1: since percentile calibration gives 1-bit activations 0.35 of the range (5877b03)
+    w_bits: tuple = SEARCH_BITS
+    a_bits: tuple = SEARCH_BITS
     finetune_epochs: int = 4
     distill: float = 0.5  # weight of distillation from the float model in every finetune (0: labels only)
     train_epochs: int = 15
@@ -232,11 +234,11 @@ def meet_measured_budget(setup: Setup, args: SearchArgs, policy, budget_s: float
             if not loosen or ratio >= aim * (1 - LOOSEN_GAP) or i == args.budget_rounds:
                 return answer(within)
             budget_s = rescaled_budget(budget_s, aim, ratio)
+            logger.info("measured %.3f x int8, more than %.0f%% under the aim: solving again at %.3f ms", ratio,
+                        100 * LOOSEN_GAP, 1e3 * budget_s)
             looser = tighten(budget_s)
             if looser == policy:
                 return answer(within)
-            logger.info("measured %.3f x int8, more than %.0f%% under the aim: solving again at %.3f ms", ratio,
-                        100 * LOOSEN_GAP, 1e3 * budget_s)
             policy = looser
             continue
         if within is not None:  # loosened past the aim: the last policy within it
