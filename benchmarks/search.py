@@ -6,7 +6,9 @@ which runs here too):
 1. the latency provider: the shipped cost model for ``--predicted`` targets (znver5: the CPU class
    it was trained on; kernels chosen by the model), measurement for the others (haswell: the
    model's workloads are tuned first, ``MeasuredLatency``, each layer on its fastest measured
-   kernel); the compiled models run the kernels the provider priced;
+   kernel; ``--hybrid`` targets: the same, but shapes outside the model's layers, AutoQ's channel
+   groups, are predicted and scaled by their layer's measurement, ``HybridLatency``, not tuned);
+   the compiled models run the kernels the provider priced;
 2. uniform policies (8-bit first and last layer) finetuned with QAT: the points to beat;
 3. ILP (OHQ-style KL sensitivity) on every target, HAQ (DDPG) and AutoQ (hierarchical, per
    channel group) on ``--rl-targets``, at
@@ -171,7 +173,8 @@ def setup_target(target: str, args):
 
     name = short(target)
     predicted = name in args.predicted
-    base = srun.SearchArgs(model=args.model, target=target, provider="predicted" if predicted else "measured",
+    provider = "predicted" if predicted else "hybrid" if name in args.hybrid else "measured"
+    base = srun.SearchArgs(model=args.model, target=target, provider=provider,
                            db=None if predicted else str(cache_dir() / f"search-{name}.jsonl"),
                            episodes=args.episodes, warmup=args.warmup, reward_images=args.reward_images,
                            finetune_epochs=args.finetune_epochs, distill=args.distill, seed=args.seed,
@@ -409,6 +412,8 @@ def main(argv=None) -> int:
                     help="activation bits the searches offer, e.g. 2,3,4,8 (default: tvm-mpq search's, 1,2,3,4,8)")
     ap.add_argument("--rl-targets", default="znver5", help="targets that also get the HAQ/AutoQ searches (ILP runs on all)")
     ap.add_argument("--predicted", default="znver5", help="targets priced by the shipped cost model (others: measured)")
+    ap.add_argument("--hybrid", default="", help="measured targets whose shapes outside the model's layers (AutoQ's channel "
+                                                "groups) are predicted, scaled by their layer's measurement, not tuned")
     ap.add_argument("--no-timing", action="store_true", help="search and finetune only (timing needs a quiet machine)")
     ap.add_argument("--cached-only", action="store_true", help="no new searches: time and report what <out>.json holds")
     ap.add_argument("--fresh", action="store_true", help="ignore the cached searches in <out>.json")
@@ -420,6 +425,7 @@ def main(argv=None) -> int:
     args.uniform = [u for u in args.uniform.split(",") if u]
     args.rl_targets = [short(target_of(t)) for t in args.rl_targets.split(",") if t]
     args.predicted = [short(target_of(t)) for t in args.predicted.split(",") if t]
+    args.hybrid = [short(target_of(t)) for t in args.hybrid.split(",") if t]
     targets = [target_of(t) for t in args.targets.split(",") if t]
     if not args.no_timing:  # every point is timed here: a target this CPU cannot run is skipped, not crashed on
         from tvm_mpq._tvm import host_cpu, missing_host_features

@@ -277,3 +277,16 @@ def test_rl_budget_under_the_least_latency_is_infeasible_before_any_episode(setu
     result = srun.search(args, SimpleNamespace(**vars(setup), float_accuracy=0.9))
     assert not result["feasible"] and "least achievable" in result["error"]
     assert result["least_fraction"] == pytest.approx(least_s / int8_s, rel=1e-6)
+
+
+def test_hybrid_provider_measures_the_networks_layers_and_predicts_the_rest(digits_net, tmp_path):
+    """``provider="hybrid"``: needs a database; the network's own layers are the measured workloads."""
+    from tvm_mpq import hardware
+
+    with pytest.raises(ValueError, match="--provider hybrid needs --db"):
+        srun.SearchArgs(provider="hybrid")
+    _, _, net = digits_net
+    args = srun.SearchArgs(provider="hybrid", db=str(tmp_path / "r.jsonl"), target="llvm -mcpu=znver5")
+    hw = srun.make_provider(args, net)
+    assert isinstance(hw, hardware.HybridLatency)
+    assert hw.measure_specs == {layer.spec for layer in net.layers if layer.supported}

@@ -43,6 +43,8 @@ def cmd(args) -> int:
 
 
 def add_parser(sub) -> None:
+    from tvm_mpq.search.run import PROVIDERS
+
     p = sub.add_parser("search", help="choose per-layer bits under a latency budget (ILP, HAQ or AutoQ) on the digits task",
                        description="Trains (once, cached) the model on scikit-learn's digits, searches a policy whose latency is at most "
                                    "LATENCY_BUDGET x the uniform W8A8 latency, finetunes it (QAT), compiles and measures it.")
@@ -50,10 +52,12 @@ def add_parser(sub) -> None:
     p.add_argument("--method", choices=("ilp", "haq", "autoq"), default="ilp")
     p.add_argument("--latency-budget", type=float, default=0.8, help="fraction of the W8A8 latency (default 0.8)")
     p.add_argument("--target", help="'llvm -mcpu=znver5' or a JSON dict; default: this machine")
-    p.add_argument("--provider", choices=("predicted", "measured", "bitfusion", "bismo"), default="predicted",
-                   help="latency source: the cost model (default), measurements (--db), or a simulated accelerator")
-    p.add_argument("--db", help="tuning records for --provider measured (missing points are measured and appended)")
-    p.add_argument("--cost-model", default="default", help="cost model file for --provider predicted (default: the shipped one)")
+    p.add_argument("--provider", choices=PROVIDERS, default="predicted",
+                   help="latency source: the cost model (default), measurements (--db), hybrid (the model's layers measured "
+                        "into --db, other shapes, e.g. AutoQ's channel groups, predicted and scaled by their layer's "
+                        "measurement), or a simulated accelerator")
+    p.add_argument("--db", help="tuning records for --provider measured/hybrid (missing points are measured and appended)")
+    p.add_argument("--cost-model", default="default", help="cost model file for --provider predicted/hybrid (default: the shipped one)")
     p.add_argument("--sensitivity", choices=("kl", "hessian"), default="kl", help="ILP error term (default kl)")
     p.add_argument("--calibration", choices=("minmax", "percentile", "kl"), default="percentile",
                    help="activation ranges: the 99.9th percentile (default), minmax (one outlier then sets a 2-bit step) or "

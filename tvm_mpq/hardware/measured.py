@@ -44,7 +44,13 @@ class MeasuredLatency:
         if key in self._cache:
             return self._cache[key]
         record = self.db.best(spec, kernel, w, a, target=self.target_str)
-        if record is None and self.measure:
+        self._cache[key] = self._label_ms(record) / 1e3 if record is not None else self._unmeasured(spec, kernel, w, a)
+        return self._cache[key]
+
+    def _unmeasured(self, spec, kernel: str, w: int, a: int) -> float:
+        """Seconds for a point the database does not hold: tuned now (``measure``) or an error."""
+        record = None
+        if self.measure:
             from tvm_mpq.tuning import Precision, TuneTask, tune
 
             logger.info("measuring %s %s W%dA%d", spec, kernel, w, a)
@@ -55,8 +61,7 @@ class MeasuredLatency:
             failed = [r for r in self.db.records if r.kernel == kernel and r.w_bits == w and r.a_bits == a and r.spec == spec]
             why = f": {failed[-1].status}: {failed[-1].error}" if failed else " (measure=False and the database has no record)"
             raise RuntimeError(f"no measurement of {kernel} W{w}A{a} for {spec}{why}")
-        self._cache[key] = self._label_ms(record) / 1e3
-        return self._cache[key]
+        return self._label_ms(record) / 1e3
 
     def _label_ms(self, record) -> float:
         """The record's latency with the machine's drift divided out (its probe ratio x the database's

@@ -21,7 +21,7 @@ from tvm_mpq.policy import SEARCH_BITS
 logger = logging.getLogger(__name__)
 
 METHODS = ("ilp", "haq", "autoq")
-PROVIDERS = ("predicted", "measured", "bitfusion", "bismo")
+PROVIDERS = ("predicted", "measured", "hybrid", "bitfusion", "bismo")
 
 
 @dataclass(frozen=True)
@@ -32,7 +32,7 @@ class SearchArgs:
     latency_budget: float = 0.8  # fraction of the uniform W8A8 latency
     target: object = None
     provider: str = "predicted"
-    db: str | None = None  # tuning records for provider="measured"
+    db: str | None = None  # tuning records for provider="measured" or "hybrid"
     cost_model: str = "default"
     sensitivity: str = "kl"
     calibration: str = "percentile"  # activation ranges: at 2-bit activations minmax lets one outlier set the step
@@ -61,8 +61,8 @@ class SearchArgs:
             raise ValueError(f"--provider must be one of {PROVIDERS}, got {self.provider!r}")
         if not 0 < self.latency_budget <= 1.5:
             raise ValueError(f"--latency-budget is a fraction of the int8 latency in (0, 1.5], got {self.latency_budget}")
-        if self.provider == "measured" and not self.db:
-            raise ValueError("--provider measured needs --db (tuning records; new points are measured and appended)")
+        if self.provider in ("measured", "hybrid") and not self.db:
+            raise ValueError(f"--provider {self.provider} needs --db (tuning records; new points are measured and appended)")
         from tvm_mpq.quant.calibrate import METHODS as CALIBRATIONS
 
         if self.calibration not in CALIBRATIONS:
@@ -93,7 +93,9 @@ class Setup:
     sensitivities: dict = field(default_factory=dict)  # per (method, bits, seed): the same for every budget
 
 
-def make_provider(args: SearchArgs):
+def make_provider(args: SearchArgs, net=None):
+    """The latency provider ``args`` names; ``hybrid`` measures ``net``'s own layers (tuned on the
+    spot where the database lacks them) and predicts the rest (AutoQ's channel groups)."""
     from tvm_mpq import hardware
     from tvm_mpq.tuning import TuningDatabase
 
@@ -101,6 +103,9 @@ def make_provider(args: SearchArgs):
         return hardware.PredictedLatency(args.cost_model, target=args.target)
     if args.provider == "measured":
         return hardware.MeasuredLatency(TuningDatabase(args.db), target=args.target)
+    if args.provider == "hybrid":
+        layers = [] if net is None else [layer for layer in net.layers if layer.supported]
+        return hardware.HybridLatency(TuningDatabase(args.db), args.cost_model, target=args.target, measure=layers)
     return hardware.simulator(args.provider)
 
 
@@ -121,7 +126,7 @@ def prepare(args: SearchArgs) -> Setup:
     cal = tvm_mpq.calibrate(net, [(x,) for x, _ in train.batches(256)][:4], method=args.calibration)
     names = [l.name for l in net.layers if l.supported]
     fixed = {names[0]: (8, 8), names[-1]: (8, 8)}
-    return Setup(net, cal, train, val, test, make_provider(args), accuracy(net.model, test), fixed)
+    return Setup(net, cal, train, val, test, make_provider(args, net), accuracy(net.model, test), fixed)
 
 
 def val_subset(val, n: int):

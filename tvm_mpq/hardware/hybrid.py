@@ -1,0 +1,89 @@
+"""Measured where the database knows the point, the cost model anchored to measurement elsewhere."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from tvm_mpq.hardware.measured import MeasuredLatency
+
+
+class HybridLatency(MeasuredLatency):
+    """:class:`~tvm_mpq.hardware.base.LatencyProvider` for searches that ask about more shapes than
+    were tuned: AutoQ's channel groups make a new conv for every run of equal-width groups, and
+    tuning each of them on the spot (``MeasuredLatency``) costs seconds per point, minutes per episode.
+
+    A point with an ``ok`` record in ``db`` answers its measurement (as ``MeasuredLatency`` with
+    ``measure=False``); any other is the cost model's prediction scaled by measurement/prediction
+    of its *anchor*: the measured record of the same kernel and bits whose workload differs only in
+    the output channels (the whole layer of a channel group), nearest in channel count; without
+    one, the median of that ratio over the kernel's records, and 1 when the kernel has none. So the
+    model answers only the relative question (this many channels of the layer vs the layer), which
+    it learned across shapes, while the scale comes from this machine. ``measured_points`` and
+    ``predicted_points`` count the answers of each kind (each point once). ``measure``: workloads
+    (layers or specs, e.g. a network's own layers) that are tuned on the spot when the database
+    lacks them (``runner``, ``budget`` as for ``MeasuredLatency``) rather than predicted.
+
+    The compiled model runs what was priced: kernels by :class:`MeasuredChooser` over these
+    answers, knobs from the records where a workload has them (the default knobs elsewhere, as
+    predicted). The search's budget loop measures the final policy either way.
+    """
+
+    name = "hybrid"
+
+    def __init__(self, db, model="default", *, target=None, threads: int | None = None, kernel="measured",
+                 measure=(), runner=None, budget: int = 1):
+        from tvm_mpq.hardware.base import spec_of
+        from tvm_mpq.hardware.predicted import PredictedLatency
+
+        super().__init__(db, target=target, runner=runner, budget=budget, kernel=kernel)
+        self.measure_specs = frozenset(spec_of(layer) for layer in measure)
+        self.predictor = PredictedLatency(model, target=self.target, threads=threads, kernel="auto")
+        self.measured_points = 0
+        self.predicted_points = 0
+        self._median_ratio: dict[tuple, float] = {}
+
+    def _seconds(self, spec, kernel: str, w: int, a: int) -> float:
+        from tvm_mpq.tuning.space import canonical_bits
+
+        if (spec, kernel, *canonical_bits(kernel, w, a)) not in self._cache:
+            self.measured_points += 1  # undone by _unmeasured for a predicted point
+        return super()._seconds(spec, kernel, w, a)
+
+    def _predict_ms(self, points) -> np.ndarray:
+        return self.predictor.model.predict_points(points, target=self.target, threads=self.predictor.threads)
+
+    def _records(self, kernel: str, w: int, a: int) -> list:
+        return [r for r in self.db.ok() if r.kernel == kernel and r.w_bits == w and r.a_bits == a and r.target == self.target_str]
+
+    def anchor(self, spec, kernel: str, w: int, a: int):
+        """The record that scales the prediction for ``spec`` (see the class docstring), or None."""
+        channels = "out_features" if hasattr(spec, "out_features") else "out_channels"
+        mine = getattr(spec, channels)
+        same = [r for r in self._records(kernel, w, a)
+                if type(r.spec) is type(spec) and dataclasses.replace(r.spec, **{channels: mine}) == spec]
+        if not same:
+            return None
+        # the nearest channel count; of equals, the larger layer (a group's own layer), then the fastest
+        return min(same, key=lambda r: (abs(getattr(r.spec, channels) - mine), -getattr(r.spec, channels), self._label_ms(r)))
+
+    def _ratio(self, records) -> np.ndarray:
+        predicted = self._predict_ms([(r.spec, r.kernel, r.w_bits, r.a_bits, r.knobs or None) for r in records])
+        return np.array([self._label_ms(r) for r in records]) / predicted
+
+    def _unmeasured(self, spec, kernel: str, w: int, a: int) -> float:
+        if spec in self.measure_specs:  # tuned now, as MeasuredLatency does
+            return super()._unmeasured(spec, kernel, w, a)
+        self.measured_points -= 1
+        self.predicted_points += 1
+        record = self.anchor(spec, kernel, w, a)
+        if record is not None:
+            ratio = float(self._ratio([record])[0])
+        else:
+            key = (kernel, w, a)
+            if key not in self._median_ratio:
+                records = self._records(kernel, w, a) or [r for r in self.db.ok() if r.kernel == kernel and r.target == self.target_str]
+                self._median_ratio[key] = float(np.median(self._ratio(records))) if records else 1.0
+            ratio = self._median_ratio[key]
+        return ratio * float(self._predict_ms([(spec, kernel, w, a, None)])[0]) / 1e3
