@@ -290,3 +290,7 @@ def test_hybrid_provider_measures_the_networks_layers_and_predicts_the_rest(digi
     hw = srun.make_provider(args, net)
     assert isinstance(hw, hardware.HybridLatency)
     assert hw.measure_specs == {layer.spec for layer in net.layers if layer.supported}
+    # its policies are compiled and timed like the other CPU providers' (a simulator's are not)
+    assert srun.measures_budget(args) and srun.measures_budget(srun.SearchArgs(provider="measured", db="r.jsonl"))
+    assert not srun.measures_budget(srun.SearchArgs(provider="bitfusion"))
+    assert not srun.measures_budget(srun.SearchArgs(provider="hybrid", db="r.jsonl", budget_rounds=0))

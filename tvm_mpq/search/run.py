@@ -21,7 +21,8 @@ from tvm_mpq.policy import SEARCH_BITS
 logger = logging.getLogger(__name__)
 
 METHODS = ("ilp", "haq", "autoq")
-PROVIDERS = ("predicted", "measured", "hybrid", "bitfusion", "bismo")
+CPU_PROVIDERS = ("predicted", "measured", "hybrid")  # CPU time: the found policy is compiled and timed here
+PROVIDERS = CPU_PROVIDERS + ("bitfusion", "bismo")
 
 
 @dataclass(frozen=True)
@@ -414,6 +415,12 @@ def estimate_sensitivity(setup: Setup, args: SearchArgs):
     return sensitivity
 
 
+def measures_budget(args: SearchArgs) -> bool:
+    """Whether the search compiles, times and corrects the provider's budget: CPU providers only
+    (a simulated accelerator's budget is not CPU time), and only with rounds to spend."""
+    return bool(args.measure and args.budget_rounds and args.provider in CPU_PROVIDERS)
+
+
 def search(args: SearchArgs, setup: Setup) -> dict:
     """Run ``args.method`` under the budget; finetune, compile and measure the result."""
     from tvm_mpq import hardware
@@ -431,8 +438,7 @@ def search(args: SearchArgs, setup: Setup) -> dict:
               "accuracy_float": setup.float_accuracy, "int8_predicted_ms": 1e3 * int8_pred_s, "budget_predicted_ms": 1e3 * budget_s}
     sensitivity = None
     w_range, a_range = BitRange(min(args.w_bits), max(args.w_bits)), BitRange(min(args.a_bits), max(args.a_bits))
-    # compile, time and correct the provider's budget (a simulator's budget is not CPU time)
-    measuring = bool(args.measure and args.budget_rounds and args.provider in ("predicted", "measured"))
+    measuring = measures_budget(args)
     try:
         if args.method == "ilp":
             t_sens = time.perf_counter()
