@@ -6,7 +6,7 @@ import time
 import numpy as np
 import pytest
 
-from tvm_mpq.search.ilp import InfeasibleBudget, Problem, solve
+from tvm_mpq.search.ilp import InfeasibleBudget, Problem, solve, solve_best
 
 
 def random_problem(n_layers=5, n_opts=4, seed=0, ties=()):
@@ -51,6 +51,25 @@ def test_matches_brute_force(seed):
         assert sol.totals["latency"] <= budget + 1e-9
         if p.ties:
             assert sol.index["l1"] == sol.index["l3"]
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_the_k_best_are_brute_forces_k_best_in_order(seed):
+    """No-good cuts enumerate the next best assignments: the k lowest objectives within the
+    budget, each assignment once (ties respected), and fewer when fewer exist."""
+    p = random_problem(n_layers=4, n_opts=3, seed=seed, ties=[("l0", "l2")] if seed == 1 else ())
+    budget = sum(min(r) for r in p.latency) + 0.5 * (sum(max(r) for r in p.latency) - sum(min(r) for r in p.latency))
+    feasible = sorted(
+        sum(p.error[l][j] for l, j in enumerate(pick))
+        for pick in itertools.product(*[range(len(o)) for o in p.options])
+        if sum(p.latency[l][j] for l, j in enumerate(pick)) <= budget
+        and all(len({pick[p.layers.index(n)] for n in group}) == 1 for group in p.ties))
+    found = solve_best(p, 6, latency_budget=budget)
+    assert [s.objective for s in found] == pytest.approx(feasible[:6])
+    assert len({tuple(sorted(s.index.items())) for s in found}) == len(found)
+    assert all(s.totals["latency"] <= budget + 1e-9 for s in found)
+    everything = solve_best(p, 1000, latency_budget=budget)
+    assert len(everything) == len(feasible)
 
 
 def test_infeasible_budget_names_the_least_achievable():

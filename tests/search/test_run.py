@@ -294,3 +294,28 @@ def test_hybrid_provider_measures_the_networks_layers_and_predicts_the_rest(digi
     assert srun.measures_budget(args) and srun.measures_budget(srun.SearchArgs(provider="measured", db="r.jsonl"))
     assert not srun.measures_budget(srun.SearchArgs(provider="bitfusion"))
     assert not srun.measures_budget(srun.SearchArgs(provider="hybrid", db="r.jsonl", budget_rounds=0))
+
+
+def test_ilp_candidates_ranked_by_the_judge(setup, sensitivity):
+    """``ilp_candidates``: the ILP's k best assignments (objective order, all within the budget);
+    the one the reward scores highest is kept, every candidate's objective and score on record."""
+    int8_s = hardware.network_latency(setup.provider, setup.net, srun.int8_policy(setup.net))
+    found = ilp_search(setup.net, setup.provider, sensitivity, latency_budget_s=0.7 * int8_s, w_bits=W_BITS, a_bits=A_BITS,
+                       fixed=setup.fixed, candidates=5)
+    candidates = found.info["candidates"]
+    assert candidates[0] is found and len(candidates) == 5
+    assert [c.objective for c in candidates] == sorted(c.objective for c in candidates)
+    assert all(c.predicted_latency_s <= 0.7 * int8_s * (1 + 1e-9) for c in candidates)
+    assert len({str(c.policy.to_dict()) for c in candidates}) == 5
+
+    def judge(policy):  # prefers more weight bits in total: not what the objective ranks first
+        bits = policy.resolve(setup.net.layer_names)
+        return 0.0, {"accuracy": sum(b.w_bits for b in bits.values())}
+
+    chosen = srun.rank_candidates(found, judge)
+    scores = [judge(c.policy)[1]["accuracy"] for c in candidates]
+    assert chosen is candidates[scores.index(max(scores))]
+    assert [c["val_accuracy"] for c in chosen.info["candidates"]] == scores
+    assert chosen.info["chosen_candidate"] == scores.index(max(scores))
+    with pytest.raises(ValueError, match="--ilp-candidates must be >= 1"):
+        srun.SearchArgs(ilp_candidates=0)

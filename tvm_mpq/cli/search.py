@@ -19,7 +19,8 @@ def cmd(args) -> int:
         sargs = SearchArgs(
             model=args.model, method=args.method, latency_budget=args.latency_budget, target=target, provider=args.provider,
             db=args.db, cost_model=args.cost_model, sensitivity=args.sensitivity, calibration=args.calibration, episodes=args.episodes, warmup=args.warmup,
-            reward_steps=args.reward_steps, reward_images=args.reward_images, groups=args.groups, w_bits=args.w_bits, a_bits=args.a_bits,
+            reward_steps=args.reward_steps, reward_images=args.reward_images, groups=args.groups,
+            ilp_candidates=args.ilp_candidates, w_bits=args.w_bits, a_bits=args.a_bits,
             finetune_epochs=args.finetune_epochs, distill=args.distill, train_epochs=args.train_epochs, seed=args.seed, rounds=args.rounds,
             budget_rounds=args.budget_rounds, budget_margin=args.budget_margin, out=args.out,
             png_dir=args.png_dir, measure=not args.no_measure,
@@ -68,6 +69,9 @@ def add_parser(sub) -> None:
     p.add_argument("--reward-images", type=int, default=0,
                    help="score each RL episode on this many held-out val images (an even stride; 0: all 864)")
     p.add_argument("--groups", type=int, default=4, help="AutoQ channel groups per layer")
+    p.add_argument("--ilp-candidates", type=int, default=1,
+                   help="ILP: solve for the K best assignments of the sensitivity objective and keep the one the val "
+                        "reward (as HAQ's episodes are scored) ranks first (default 1: the optimum)")
     menu = ",".join(map(str, SEARCH_BITS))
     p.add_argument("--w-bits", type=bits_list, default=SEARCH_BITS, help=f"weight bits offered (default {menu})")
     p.add_argument("--a-bits", type=bits_list, default=SEARCH_BITS, help=f"activation bits offered (default {menu})")

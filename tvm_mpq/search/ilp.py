@@ -87,8 +87,9 @@ class Solution:
 
 
 def solve(problem: Problem, *, latency_budget: float | None = None, size_budget: float | None = None,
-          energy_budget: float | None = None, time_limit: float = 60.0) -> Solution:
-    """The optimal assignment of ``problem`` under the given budgets (None: unconstrained)."""
+          energy_budget: float | None = None, time_limit: float = 60.0, exclude: Sequence[Mapping[str, int]] = ()) -> Solution:
+    """The optimal assignment of ``problem`` under the given budgets (None: unconstrained), other
+    than the assignments in ``exclude`` (``Solution.index`` of earlier answers: the next best)."""
     from scipy.optimize import Bounds, LinearConstraint, milp
 
     index = [(l, j) for l, opts in enumerate(problem.options) for j in range(len(opts))]
@@ -117,6 +118,11 @@ def solve(problem: Problem, *, latency_budget: float | None = None, size_budget:
                 row = np.zeros(nvar)
                 row[col[(first, j)]], row[col[(m, j)]] = 1.0, -1.0
                 rows.append(row), lo.append(0.0), hi.append(0.0)
+    for previous in exclude:  # a no-good cut: at most all-but-one of its choices again
+        row = np.zeros(nvar)
+        for name, j in previous.items():
+            row[col[(problem.layers.index(name), j)]] = 1.0
+        rows.append(row), lo.append(-np.inf), hi.append(len(previous) - 1.0)
     result = milp(cost, constraints=LinearConstraint(np.array(rows), lo, hi), integrality=np.ones(nvar),
                   bounds=Bounds(0, 1), options={"time_limit": time_limit})
     if result.status == 2 or result.x is None:
@@ -139,6 +145,18 @@ def solve(problem: Problem, *, latency_budget: float | None = None, size_budget:
     )
 
 
+def solve_best(problem: Problem, k: int, **budgets) -> list[Solution]:
+    """The ``k`` best assignments in objective order (fewer when fewer exist); the first is
+    :func:`solve`'s, whose :class:`InfeasibleBudget` it raises."""
+    found = [solve(problem, **budgets)]
+    while len(found) < k:
+        try:
+            found.append(solve(problem, exclude=[s.index for s in found], **budgets))
+        except InfeasibleBudget:
+            break
+    return found
+
+
 def _least_total(problem: Problem, table: Sequence[Sequence[float]]) -> float:
     """The least achievable sum of ``table`` (ties ignored: a lower bound)."""
     return float(sum(min(row) for row in table))
@@ -158,12 +176,14 @@ class SearchResult:
 def ilp_search(net, provider, sensitivity, *, latency_budget_s: float | None = None, size_budget_bytes: float | None = None,
                energy_budget_j: float | None = None, w_bits: Sequence[int] = SEARCH_BITS, a_bits: Sequence[int] = SEARCH_BITS,
                fixed: Mapping[str, tuple[int, int]] | None = None, ties: Sequence[Sequence[str]] = (),
-               time_limit: float = 60.0) -> SearchResult:
+               time_limit: float = 60.0, candidates: int = 1) -> SearchResult:
     """The bits per layer of ``net`` minimizing the summed ``sensitivity`` error under the budgets.
 
     ``provider``: a :class:`~tvm_mpq.hardware.LatencyProvider` (its ``pooling(net)``, if any, is
     taken off the latency budget); ``fixed``: layers held at given ``(w, a)`` (e.g. the first and
-    last at 8/8); ``ties``: groups of layers that must share their bits.
+    last at 8/8); ``ties``: groups of layers that must share their bits. ``candidates`` > 1: the
+    next best assignments too, in objective order, as ``info["candidates"]`` (SearchResults, the
+    optimum first), for a caller that ranks them by a better judge than the additive error.
     """
     from tvm_mpq.hardware.base import layer_table
     from tvm_mpq.policy import LayerBits, QuantPolicy
@@ -192,7 +212,8 @@ def ilp_search(net, provider, sensitivity, *, latency_budget_s: float | None = N
     problem = Problem(names, options, error, latency, size=size, energy=energy if has_energy else None, ties=[list(t) for t in ties])
     budget = None if latency_budget_s is None else latency_budget_s - fixed_s
     try:
-        solution = solve(problem, latency_budget=budget, size_budget=size_budget_bytes, energy_budget=energy_budget_j, time_limit=time_limit)
+        solutions = solve_best(problem, max(1, candidates), latency_budget=budget, size_budget=size_budget_bytes,
+                               energy_budget=energy_budget_j, time_limit=time_limit)
     except InfeasibleBudget as err:
         minimum = dict(err.minimum)
         if "latency" in minimum:  # in the caller's units: the whole network, pooling included
@@ -200,8 +221,15 @@ def ilp_search(net, provider, sensitivity, *, latency_budget_s: float | None = N
         if latency_budget_s is not None and minimum.get("latency", 0.0) > latency_budget_s:
             raise latency_infeasible(provider, minimum, latency_budget_s) from None
         raise InfeasibleBudget(str(err), minimum) from None
-    policy = QuantPolicy({n: LayerBits(w, a) for n, (w, a) in solution.choice.items()})
-    return SearchResult(policy, "ilp", solution.totals["latency"] + fixed_s, solution.objective,
-                        {"status": solution.status, "size_bytes": solution.totals.get("size"), "energy_j": solution.totals.get("energy"),
-                         "pooling_s": fixed_s, "provider": getattr(provider, "name", type(provider).__name__),
-                         "sensitivity": getattr(sensitivity, "method", "?")})
+
+    def result(solution: Solution) -> SearchResult:
+        policy = QuantPolicy({n: LayerBits(w, a) for n, (w, a) in solution.choice.items()})
+        return SearchResult(policy, "ilp", solution.totals["latency"] + fixed_s, solution.objective,
+                            {"status": solution.status, "size_bytes": solution.totals.get("size"), "energy_j": solution.totals.get("energy"),
+                             "pooling_s": fixed_s, "provider": getattr(provider, "name", type(provider).__name__),
+                             "sensitivity": getattr(sensitivity, "method", "?")})
+
+    best = result(solutions[0])
+    if candidates > 1:
+        best.info["candidates"] = [best] + [result(s) for s in solutions[1:]]
+    return best

@@ -42,6 +42,7 @@ class SearchArgs:
     reward_steps: int = 0
     reward_images: int = 0  # score episodes on this many val images (an even stride through it; 0: all)
     groups: int = 4
+    ilp_candidates: int = 1  # > 1: the ILP's k best assignments, the one scoring best on val (the RL reward) kept
     w_bits: tuple = SEARCH_BITS
     a_bits: tuple = SEARCH_BITS
     finetune_epochs: int = 4
@@ -74,6 +75,8 @@ class SearchArgs:
             raise ValueError(f"--budget-rounds must be >= 0 (0: trust the provider's latency), got {self.budget_rounds}")
         if not 0.0 <= self.distill <= 1.0:
             raise ValueError(f"--distill is a weight in [0, 1] (0: no distillation), got {self.distill}")
+        if self.ilp_candidates < 1:
+            raise ValueError(f"--ilp-candidates must be >= 1 (1: the ILP's optimum as it is), got {self.ilp_candidates}")
         if self.sensitivity not in ("kl", "hessian"):
             raise ValueError(f"--sensitivity must be 'kl' or 'hessian', got {self.sensitivity!r}")
 
@@ -92,6 +95,7 @@ class Setup:
     fixed: dict
     compiled: dict = field(default_factory=dict)  # builds by policy content (see measure): int8 is timed in every round
     sensitivities: dict = field(default_factory=dict)  # per (method, bits, seed): the same for every budget
+    rewards: dict = field(default_factory=dict)  # AccuracyReward per (images, steps, seed), its cache shared by the searches
 
 
 def make_provider(args: SearchArgs, net=None):
@@ -415,6 +419,33 @@ def estimate_sensitivity(setup: Setup, args: SearchArgs):
     return sensitivity
 
 
+def reward(setup: Setup, args: SearchArgs):
+    """The accuracy reward the RL searches learn from (and ILP candidates are ranked by): the
+    renormalized QAT model on ``args.reward_images`` val images; one per setup and settings."""
+    from tvm_mpq.search.reward import AccuracyReward
+
+    key = (args.reward_images, args.reward_steps, args.seed)
+    rewards = setup.__dict__.setdefault("rewards", {})
+    if key not in rewards:
+        rewards[key] = AccuracyReward(setup.net, setup.cal, setup.train, val_subset(setup.val, args.reward_images),
+                                      steps=args.reward_steps, seed=args.seed)
+    return rewards[key]
+
+
+def rank_candidates(found, judge):
+    """Of the ILP's k best assignments (``found.info["candidates"]``), the one ``judge`` (a reward:
+    ``policy -> (reward, {"accuracy": ...})``) scores highest, the lower objective on a tie; every
+    candidate's objective, price and score kept in its ``info["candidates"]``."""
+    candidates = found.info["candidates"]
+    scores = [judge(c.policy)[1]["accuracy"] for c in candidates]
+    best = max(range(len(candidates)), key=lambda i: (scores[i], -i))
+    chosen = candidates[best]
+    chosen.info = {**found.info, "candidates": [
+        {"objective": c.objective, "predicted_ms": 1e3 * c.predicted_latency_s, "val_accuracy": acc}
+        for c, acc in zip(candidates, scores)], "chosen_candidate": best}
+    return chosen
+
+
 def measures_budget(args: SearchArgs) -> bool:
     """Whether the search compiles, times and corrects the provider's budget: CPU providers only
     (a simulated accelerator's budget is not CPU time), and only with rounds to spend."""
@@ -428,7 +459,6 @@ def search(args: SearchArgs, setup: Setup) -> dict:
     from tvm_mpq.search.ddpg import DDPGConfig, haq_search
     from tvm_mpq.search.env import BitRange, QuantEnv
     from tvm_mpq.search.ilp import InfeasibleBudget, ilp_search, latency_infeasible
-    from tvm_mpq.search.reward import AccuracyReward
 
     t0 = time.perf_counter()
     net, provider = setup.net, setup.provider
@@ -446,7 +476,9 @@ def search(args: SearchArgs, setup: Setup) -> dict:
             t_solve = time.perf_counter()
 
             def solve(budget: float):
-                return ilp_search(net, provider, sensitivity, latency_budget_s=budget, w_bits=args.w_bits, a_bits=args.a_bits, fixed=setup.fixed)
+                found = ilp_search(net, provider, sensitivity, latency_budget_s=budget, w_bits=args.w_bits, a_bits=args.a_bits,
+                                   fixed=setup.fixed, candidates=args.ilp_candidates)
+                return rank_candidates(found, reward(setup, args)) if args.ilp_candidates > 1 else found
 
             def ilp_policy(budget: float):
                 return solve(budget).policy
@@ -469,13 +501,12 @@ def search(args: SearchArgs, setup: Setup) -> dict:
                 if not measuring:
                     raise err
                 budget_s, result["least_latency_round"] = loosen_to_measurement(setup, args, err, lambda _: least)
-            reward = AccuracyReward(net, setup.cal, setup.train, val_subset(setup.val, args.reward_images), steps=args.reward_steps, seed=args.seed)
             cfg = DDPGConfig(episodes=args.episodes, warmup=min(args.warmup, args.episodes), seed=args.seed)
             if args.method == "haq":
-                env = QuantEnv(net, provider, reward, latency_budget_s=budget_s, w_range=w_range, a_range=a_range, fixed=setup.fixed)
+                env = QuantEnv(net, provider, reward(setup, args), latency_budget_s=budget_s, w_range=w_range, a_range=a_range, fixed=setup.fixed)
                 found = haq_search(env, cfg)
             else:
-                found = AutoQSearch(net, provider, reward, latency_budget_s=budget_s, groups=args.groups, w_range=w_range,
+                found = AutoQSearch(net, provider, reward(setup, args), latency_budget_s=budget_s, groups=args.groups, w_range=w_range,
                                     a_range=a_range, fixed=setup.fixed, config=cfg).run()
             if found.best_policy is None:
                 raise InfeasibleBudget(f"no episode of {args.episodes} met the budget", {})
