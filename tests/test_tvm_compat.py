@@ -37,3 +37,19 @@ def test_local_tuning_and_search_refuse_a_target_the_host_cannot_run(haswell_hos
     assert not (tmp_path / "db.jsonl").exists() or not list(db)  # nothing measured, nothing recorded
     with pytest.raises(ValueError, match=r"measuring the found policy needs a CPU with avx512f.*--no-measure"):
         prepare(SearchArgs(target="llvm -mcpu=znver5"))
+
+
+def test_codegen_target_compiles_out_amd_only_sse4a():
+    """``-mcpu=znver5`` implies SSE4a, whose ``insertq`` LLVM picked in a bit-serial kernel's
+    packing (SIGILL on an Intel AVX-512 host); the compiled target turns it off and keeps the rest."""
+    zen = _tvm.parse_target("llvm -mcpu=znver5")
+    compiled = _tvm.codegen_target(zen)
+    has = lambda feat, tgt: bool(_tvm.codegen.llvm_cpu_has_features([feat], tgt))  # noqa: E731
+    assert has("sse4a", zen) and not has("sse4a", compiled)
+    assert _tvm.target_features(compiled) == _tvm.target_features(zen)
+    assert "-sse4a" in [str(a) for a in compiled.attrs["mattr"]]
+    # targets without it are left alone, and an explicit choice is the user's
+    haswell = _tvm.parse_target("llvm -mcpu=haswell")
+    assert _tvm.codegen_target(haswell) is haswell
+    explicit = _tvm.parse_target("llvm -mcpu=znver5 -mattr=+sse4a")
+    assert has("sse4a", _tvm.codegen_target(explicit))

@@ -39,6 +39,7 @@ __all__ = [
     "Constant",
     "from_exported_program",
     "parse_target",
+    "codegen_target",
     "target_to_str",
     "target_features",
     "missing_host_features",
@@ -155,6 +156,30 @@ def target_features(target: Target) -> dict[str, bool]:
 
 
 _FEATURE_CACHE: dict[str, dict[str, bool]] = {}
+
+
+#: LLVM features that only one vendor's CPUs have and that LLVM's code generator uses on its own
+#: initiative: AMD's SSE4a (``insertq``/``extrq``, picked for some byte shuffles, e.g. in a
+#: bit-serial kernel's activation packing for ``-mcpu=znver5``). Code with them dies with SIGILL on
+#: an Intel CPU that has every feature the kernels ask for, so they are compiled out.
+VENDOR_ONLY_FEATURES = ("sse4a",)
+
+
+def codegen_target(target: "str | Mapping[str, Any] | Target | None") -> Target:
+    """``target`` as it is compiled: :data:`VENDOR_ONLY_FEATURES` turned off (``-mattr=-sse4a``), so
+    that ``-mcpu=znver5`` code runs on any CPU with the ISA our kernels use (e.g. measured on an
+    Intel AVX-512 host), at no cost on AMD. Records, logs and file names keep the target as given;
+    a feature the user set explicitly in ``-mattr`` is left as set."""
+    tgt = parse_target(target)
+    spec = dict(tgt.export())
+    mattr = [str(a) for a in spec.get("mattr", [])]
+    named = {a.lstrip("+-") for a in mattr}
+    off = [f"-{feat}" for feat in VENDOR_ONLY_FEATURES
+           if feat not in named and codegen.llvm_cpu_has_features([feat], tgt)]
+    if not off:
+        return tgt
+    spec["mattr"] = [*mattr, *off]
+    return Target(spec)
 
 
 def missing_host_features(target: "Target | str | Mapping[str, Any] | None") -> list[str]:

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from tvm_mpq._tvm import cpu_generic, export_library, parse_target, relax, tensor, tvm
+from tvm_mpq._tvm import codegen_target, cpu_generic, export_library, parse_target, relax, tensor, tvm
 from tvm_mpq.frontend import Network
 from tvm_mpq.passes import AnnotateBitwidth, LowerToKernels, ScheduleGeneric
 from tvm_mpq.policy import QuantPolicy
@@ -122,7 +122,7 @@ def build(
     tgt = parse_target(target)
     mod, choices, tuned = _quantize(net, policy, calibration, tgt, kernel, strict, records)
     relax_pipeline = cpu_pipeline(tgt) if pipeline == "mpq" else pipeline
-    ex = tvm.compile(mod, target=tgt, relax_pipeline=relax_pipeline)
+    ex = tvm.compile(mod, target=codegen_target(tgt), relax_pipeline=relax_pipeline)
     kernels = {layer.name: choices.get(layer.name, ["float"]) for layer in net.layers}
     float_layers = [name for name, k in kernels.items() if k == ["float"]]
     if float_layers:

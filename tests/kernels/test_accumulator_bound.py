@@ -10,7 +10,7 @@ or saturation inside a kernel shows up as a wrong integer output.
 import numpy as np
 import pytest
 
-from tvm_mpq._tvm import parse_target, te, tensor, tvm
+from tvm_mpq._tvm import codegen_target, parse_target, te, tensor, tvm
 from tvm_mpq.kernels import reference
 from tvm_mpq.kernels.registry import KERNELS, get_kernel, schedule_kernel
 from tvm_mpq.kernels.spec import ConvSpec, DenseSpec
@@ -70,7 +70,7 @@ def test_exact_at_the_longest_reduction(kernel, shape, act):
     compute = impl.dense if dense else impl.conv2d
     y = compute(xt, wt, *consts, spec=spec, aq=aq, w_bits=8, out="int")
     func = schedule_kernel(impl, te.create_prim_func([xt, wt, *consts, y]))
-    lib = tvm.compile(tvm.IRModule({"main": func}), target=target)
+    lib = tvm.compile(tvm.IRModule({"main": func}), target=codegen_target(target))
     out = tensor(np.zeros(spec.out_shape, np.int64))
     lib(tensor(x), tensor(w_arg), tensor(ep.kernel_bias.astype(np.int64)), tensor(ep.out_scale), tensor(ep.dead_bias), out)
     bias_shape = (1, -1) if dense else (1, -1, 1, 1)

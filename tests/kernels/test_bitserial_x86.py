@@ -18,7 +18,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tvm_mpq._tvm import Schedule, parse_target, target_features, te, tensor, tvm
+from tvm_mpq._tvm import Schedule, codegen_target, missing_host_features, parse_target, target_features, te, tensor, tvm
 from tvm_mpq.kernels import bitserial_x86 as bx
 from tvm_mpq.kernels import reference
 from tvm_mpq.kernels.spec import ConvSpec, DenseSpec
@@ -66,7 +66,7 @@ def _compile(kind, spec, aq, w_bits, out, knobs=None, target=None):
     assert str(y.dtype) == ("int64" if out == "int" else "float32")
     sch = Schedule(te.create_prim_func([x, w, b, s, d, y]))
     used = bx.schedule_bitserial_conv(sch, knobs)
-    func = tvm.compile(sch.mod, target=_target(target))
+    func = tvm.compile(sch.mod, target=codegen_target(_target(target)))
     _CACHE[key] = (func, used)
     return _CACHE[key]
 
@@ -372,3 +372,11 @@ def test_one_bit_codes_at_rounding_ties(lo, hi):
     ep = make_epilogue(wq, aq, None)
     y = _run("dense", spec, aq, 1, "int", x[:, None], bx.prepare_weights(wq.codes, 1), ep)
     np.testing.assert_array_equal(y[:, 0], codes - aq.zero_point)
+
+
+@pytest.mark.skipif(bool(missing_host_features("llvm -mcpu=znver5")), reason="needs the AVX-512 features of znver5 on the host")
+def test_znver5_code_runs_on_any_host_with_its_isa():
+    """512 -> 512 channels at A4: the activation packing LLVM compiled with SSE4a ``insertq`` for
+    ``-mcpu=znver5`` (an illegal instruction on Intel AVX-512 hosts) until ``codegen_target``."""
+    spec = ConvSpec(1, 512, 4, 4, 512, (3, 3), padding=(1, 1, 1, 1))
+    _check("conv", spec, 2, 4, np.random.default_rng(0), act_kind=0, target="llvm -mcpu=znver5", outs=("int",))

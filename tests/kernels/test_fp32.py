@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 import tvm_mpq
-from tvm_mpq._tvm import parse_target, te, tensor, tvm
+from tvm_mpq._tvm import codegen_target, parse_target, te, tensor, tvm
 from tvm_mpq.kernels import fp32
 from tvm_mpq.kernels.registry import apply_schedule
 from tvm_mpq.kernels.spec import ConvSpec, DenseSpec
@@ -29,7 +29,7 @@ def _run(te_func, spec, x, w, bias, residual=None, out="float", target=HOST, kno
     extra = [] if residual is None else [te.placeholder(residual.shape, "float32", name="residual")]
     y = te_func(xt, wt, bt, *extra, spec=spec, out=out, lanes=lanes)
     func = apply_schedule(te.create_prim_func([xt, wt, bt, *extra, y]), fp32.schedule_fp32, knobs)
-    lib = tvm.compile(tvm.IRModule({"main": func}), target=target)
+    lib = tvm.compile(tvm.IRModule({"main": func}), target=codegen_target(target))
     values = [x, wp, bias] + ([] if residual is None else [residual]) + [np.zeros(spec.out_shape, np.float32)]
     args = [tensor(np.ascontiguousarray(v)) for v in values]
     lib(*args)

@@ -18,7 +18,7 @@ from kernels.test_bitserial import (
     _random_input,
     _random_weight,
 )
-from tvm_mpq._tvm import Schedule, parse_target, te, tensor, tvm
+from tvm_mpq._tvm import Schedule, codegen_target, parse_target, te, tensor, tvm
 from tvm_mpq.kernels import int8, reference, x86
 from tvm_mpq.kernels.spec import ConvSpec, DenseSpec
 from tvm_mpq.quant.qparams import MAX_BITS, act_qparams
@@ -45,7 +45,7 @@ def _compile(kind, spec, aq, w_bits, out, knobs=None, lanes=int8.VNNI):
     y = fn(x, w, b, s, d, spec=spec, aq=aq, w_bits=w_bits, out=out, lanes=lanes)
     sch = Schedule(te.create_prim_func([x, w, b, s, d, y]))
     x86.schedule_int8_conv(sch, knobs, lanes)
-    return tvm.compile(sch.mod, target=TARGETS[lanes]), str(y.dtype)
+    return tvm.compile(sch.mod, target=codegen_target(TARGETS[lanes])), str(y.dtype)
 
 
 def _check(kind, spec, w_bits, a_bits, x, wf, bias, lo, hi, knobs=None, lanes=int8.VNNI):

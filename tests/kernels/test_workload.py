@@ -66,7 +66,7 @@ def test_residual_epilogue_is_exact(kernel):
     reference output plus the shortcut, then ReLU (the float ops the model does after the layer)."""
     import numpy as np
 
-    from tvm_mpq._tvm import te, tensor, tvm
+    from tvm_mpq._tvm import codegen_target, te, tensor, tvm
     from tvm_mpq.kernels import bitserial, reference
     from tvm_mpq.kernels.registry import apply_schedule, schedule_kernel
 
@@ -94,7 +94,7 @@ def test_residual_epilogue_is_exact(kernel):
         y = impl.conv2d(xt, wt, *consts, rt, spec=spec, aq=ref.aq, w_bits=3, out="relu")
         func = te.create_prim_func([xt, wt, *consts, rt, y])
         func = schedule_kernel(impl, func) if impl.schedule is not None else func
-    lib = tvm.compile(tvm.IRModule({"main": func}), target=target)
+    lib = tvm.compile(tvm.IRModule({"main": func}), target=codegen_target(target))
     out = tensor(np.zeros(spec.out_shape, np.float32))
     ep = ref.ep
     lib(tensor(x), tensor(np.ascontiguousarray(w_arg)), tensor(ep.kernel_bias.astype(np.int64)), tensor(ep.out_scale), tensor(ep.dead_bias), tensor(shortcut), out)

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from tvm_mpq._tvm import parse_target, te, tensor, topi, tvm
+from tvm_mpq._tvm import codegen_target, parse_target, te, tensor, topi, tvm
 from tvm_mpq.kernels import bitserial, fp32, reference, x86
 from tvm_mpq.kernels.registry import apply_schedule, resolve_kernel, schedule_kernel
 from tvm_mpq.kernels.spec import DenseSpec
@@ -89,7 +89,7 @@ def build_layer_kernel(spec, w_bits: int, a_bits: int, kernel: str = "auto", tar
         wt = te.placeholder(w_arg.shape, str(w_arg.dtype), name="w")
         y = (impl.dense if dense else impl.conv2d)(xt, wt, *consts, spec=spec, aq=aq, w_bits=w_bits)
         func = schedule_kernel(impl, te.create_prim_func([xt, wt, *consts, y]), knobs)
-    func = tvm.compile(tvm.IRModule({"main": func}), target=tgt)
+    func = tvm.compile(tvm.IRModule({"main": func}), target=codegen_target(tgt))
     args = [tensor(x), tensor(np.ascontiguousarray(w_arg)), tensor(ep.kernel_bias.astype(np.int64)), tensor(ep.out_scale), tensor(ep.dead_bias)]
     args.append(tensor(np.zeros(spec.out_shape, np.float32)))
     return LayerKernel(spec, kernel, w_bits, a_bits, func, args, ref.float_output())
@@ -123,7 +123,7 @@ def build_float_layer(spec, target=None, seed: int = 0, knobs=None) -> LayerKern
         y = topi.nn.group_conv2d_nchw(xt, wt, spec.strides, spec.padding, spec.dilation, spec.groups)
         out = te.compute(spec.out_shape, lambda b, o, i, j: y[b, o, i, j] + bt[o], name="bias_add")
         func = schedule_function(te.create_prim_func([xt, wt, bt, out]))
-    func = tvm.compile(tvm.IRModule({"main": func}), target=tgt)
+    func = tvm.compile(tvm.IRModule({"main": func}), target=codegen_target(tgt))
     args = [tensor(x), tensor(w_arg), tensor(bias), tensor(np.zeros(spec.out_shape, np.float32))]
     return LayerKernel(spec, "fp32", 32, 32, func, args, expected.astype(np.float32))
 
