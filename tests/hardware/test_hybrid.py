@@ -103,3 +103,13 @@ def test_the_networks_own_layers_are_measured_when_missing(tmp_path, model, monk
     assert hw.latency(group_spec(OTHER, 16), Precision("int8", 8, 8)) > 0
     assert tuned == [(OTHER, "int8")]  # the group was predicted, not tuned
     assert measured.MeasuredLatency  # the base class still measures everything it is asked
+
+
+def test_a_failed_point_is_unavailable_not_predicted(tmp_path, model):
+    db = TuningDatabase(tmp_path / "r.jsonl")
+    half = group_spec(LAYER, 32)
+    db.append(record(LAYER, "bitserial", 1, 4, 0.3))
+    db.append(Record(workload=workload_dict(half), kernel="bitserial", w_bits=1, a_bits=4, knobs={}, target=TARGET,
+                     status="build_error", error="LLVM ERROR"))
+    hw = HybridLatency(db, model, target=TARGET)
+    assert hw.latency(half, Precision("bitserial", 1, 4)) == float("inf")

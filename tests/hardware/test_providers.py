@@ -76,3 +76,21 @@ def test_measured_provider_answers_probe_relative_latencies(tmp_path):
     assert hw.latency(SPEC, Precision("int8", 8, 8)) == pytest.approx(2.0 * reference * 1e-3)
     # raw medians call the two nearly even (0.9 vs 1.0 ms); with the drift divided out bit-serial is 2x faster
     assert hw.latency(SPEC, Precision("bitserial", 1, 1)) == pytest.approx(1.0 * reference * 1e-3)
+
+
+def test_a_kernel_that_failed_is_priced_unavailable_and_not_tried_again(tmp_path, monkeypatch):
+    """A point whose kernel failed to build or run (here: an illegal instruction in the worker) is
+    ``inf``: the chooser takes another kernel, the search never those bits, and a provider that
+    measures does not tune it again."""
+    from tvm_mpq.tuning.database import Record, workload_dict
+
+    zen = parse_target("llvm -mcpu=znver5")
+    db = TuningDatabase(tmp_path / "r.jsonl")
+    db.append(Record(workload=workload_dict(SPEC), kernel="bitserial", w_bits=2, a_bits=4, knobs={}, target=TARGET,
+                     status="run_error", error="ChildProcessError: the worker process died"))
+    db.append(Record(workload=workload_dict(SPEC), kernel="int8", w_bits=4, a_bits=4, knobs={}, target=TARGET, status="ok",
+                     latency_ms={"median": 0.2, "mean": 0.2, "min": 0.2, "std": 0.0, "n": 1}))
+    monkeypatch.setattr("tvm_mpq.tuning.tune", lambda *a, **k: pytest.fail("tuned a point that failed before"))
+    hw = MeasuredLatency(db, target=TARGET)
+    assert hw.latency(SPEC, Precision("bitserial", 2, 4)) == float("inf")
+    assert hw.kernel.choose(SPEC, 2, 4, zen) == "int8" and hw.latency(SPEC, (2, 4)) == pytest.approx(0.2e-3)

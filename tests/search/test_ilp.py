@@ -129,3 +129,29 @@ def test_network_search_meets_the_budget(digits_net):
     assert r.info["energy_j"] <= 0.5 * network_energy(hw, net, {n: (8, 8) for n in net.layer_names}) + 1e-15
     with pytest.raises(InfeasibleBudget):
         ilp_search(net, hw, sens, latency_budget_s=1e-9, w_bits=(1, 2, 4, 8), a_bits=(2, 4, 8))
+
+
+def test_bits_no_kernel_runs_are_left_out(digits_net):
+    """A provider's ``inf`` (the kernel failed at those bits) removes the option; a layer left
+    with none is named."""
+    from types import SimpleNamespace
+
+    from tvm_mpq.hardware import simulator
+    from tvm_mpq.quant.sensitivity import Sensitivity
+    from tvm_mpq.search.ilp import ilp_search
+
+    _, _, net = digits_net
+    names = [l.name for l in net.layers if l.supported]
+    sens = Sensitivity({n: {b: 1.0 / b for b in (1, 2, 4, 8)} for n in names}, {n: {b: 1.0 / b for b in (2, 4, 8)} for n in names}, "toy")
+    sim = simulator("bitfusion")
+    broken = names[1]
+
+    def latency(layer, bits):
+        return float("inf") if getattr(layer, "name", None) == broken and tuple(bits)[0] < 8 else sim.latency(layer, bits)
+
+    hw = SimpleNamespace(name="flaky", latency=latency, energy=sim.energy)
+    found = ilp_search(net, hw, sens, latency_budget_s=None, w_bits=(1, 2, 4, 8), a_bits=(2, 4, 8))
+    assert found.policy.resolve(net.layer_names)[broken].w_bits == 8  # the only weight width that runs
+    dead = SimpleNamespace(name="flaky", latency=lambda layer, bits: float("inf") if layer.name == broken else 1e-3, energy=sim.energy)
+    with pytest.raises(ValueError, match=f"layer '{broken}': no kernel built and ran"):
+        ilp_search(net, dead, sens, latency_budget_s=None, w_bits=(1, 2, 4, 8), a_bits=(2, 4, 8))

@@ -73,7 +73,7 @@ class HybridLatency(MeasuredLatency):
         return np.array([self._label_ms(r) for r in records]) / predicted
 
     def _unmeasured(self, spec, kernel: str, w: int, a: int) -> float:
-        if spec in self.measure_specs:  # tuned now, as MeasuredLatency does
+        if spec in self.measure_specs or self.failures(spec, kernel, w, a):  # tuned now, or failed: as MeasuredLatency
             return super()._unmeasured(spec, kernel, w, a)
         self.measured_points -= 1
         self.predicted_points += 1

@@ -17,7 +17,8 @@ class MeasuredLatency:
     :class:`~tvm_mpq.tuning.TuningDatabase`); a point not in it is tuned on the spot (``budget``
     knob settings, through ``runner``: local by default, or a
     :class:`~tvm_mpq.tuning.RPCRunner` for boards) and appended to ``db``, so a search pays each
-    measurement once, across runs. ``measure=False`` answers only from the database. A record
+    measurement once, across runs. ``measure=False`` answers only from the database. A point whose
+    kernel failed to build or run is priced ``inf`` (never chosen; the search skips those bits). A record
     timed against the probe kernel answers its probe ratio x the database's median probe time, so
     that points measured at different moments of a drifting machine compare (see ``_label_ms``).
 
@@ -48,9 +49,10 @@ class MeasuredLatency:
         return self._cache[key]
 
     def _unmeasured(self, spec, kernel: str, w: int, a: int) -> float:
-        """Seconds for a point the database does not hold: tuned now (``measure``) or an error."""
+        """Seconds for a point the database holds no ``ok`` record of: tuned now (``measure``), ``inf``
+        where its kernel failed (now or before: not tried again), else an error."""
         record = None
-        if self.measure:
+        if self.measure and not self.failures(spec, kernel, w, a):
             from tvm_mpq.tuning import Precision, TuneTask, tune
 
             logger.info("measuring %s %s W%dA%d", spec, kernel, w, a)
@@ -58,10 +60,18 @@ class MeasuredLatency:
                  runner=self.runner, progress=False)
             record = self.db.best(spec, kernel, w, a, target=self.target_str)
         if record is None:
-            failed = [r for r in self.db.records if r.kernel == kernel and r.w_bits == w and r.a_bits == a and r.spec == spec]
-            why = f": {failed[-1].status}: {failed[-1].error}" if failed else " (measure=False and the database has no record)"
-            raise RuntimeError(f"no measurement of {kernel} W{w}A{a} for {spec}{why}")
+            failed = self.failures(spec, kernel, w, a)
+            if failed:  # the kernel does not build or run at these bits: never the answer
+                logger.warning("%s W%dA%d for %s failed (%s: %s): priced as unavailable", kernel, w, a, spec,
+                               failed[-1].status, (failed[-1].error or "")[:200])
+                return float("inf")
+            raise RuntimeError(f"no measurement of {kernel} W{w}A{a} for {spec} (measure=False and the database has no record)")
         return self._label_ms(record) / 1e3
+
+    def failures(self, spec, kernel: str, w: int, a: int) -> list:
+        """The database's failed records (build error, run error, timeout) of this point."""
+        return [r for r in self.db.records if not r.ok and r.kernel == kernel and r.w_bits == w and r.a_bits == a
+                and r.spec == spec and r.target == self.target_str]
 
     def _label_ms(self, record) -> float:
         """The record's latency with the machine's drift divided out (its probe ratio x the database's

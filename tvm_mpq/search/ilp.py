@@ -200,9 +200,15 @@ def ilp_search(net, provider, sensitivity, *, latency_budget_s: float | None = N
     seconds = layer_table(provider, flat_layers, flat_bits)
     latency, error, size, energy, k = [], [], [], [], 0
     has_energy = energy_budget_j is not None
-    for layer, opts in zip(layers, options):
-        latency.append(seconds[k:k + len(opts)])
+    for i, (layer, opts) in enumerate(zip(layers, options)):
+        priced = seconds[k:k + len(opts)]
         k += len(opts)
+        usable = [j for j, s in enumerate(priced) if np.isfinite(s)]  # inf: no kernel builds and runs at those bits
+        if not usable:
+            raise ValueError(f"layer {layer.name!r}: no kernel built and ran at any of its bits {opts} "
+                             f"({getattr(provider, 'name', 'provider')} latency); see the tuning records' errors")
+        options[i] = opts = [opts[j] for j in usable]
+        latency.append([priced[j] for j in usable])
         error.append([sensitivity.error(layer.name, w, a) for w, a in opts])
         size.append([float(np.prod(layer.weight_shape)) * w / 8.0 for w, _ in opts])
         if has_energy:
