@@ -18,7 +18,7 @@ which runs here too):
    order, ``--rounds``): ms are medians over rounds, "x int8" the median over rounds of the
    policy's time over uniform W8A8's in the same round, so "within budget" compares
    measurements of the same minutes;
-5. the cross-target table: the ILP policy found for each target at ``--cross-budget``,
+5. the cross-target table: the policy ``--cross-method`` (ILP) found for each target at ``--cross-budget``,
    compiled and measured on both targets.
 
 Searches and finetunes are cached in ``<out>.json`` as they finish (an interrupted run resumes;
@@ -260,7 +260,7 @@ def time_all(setups: dict, state: State, args) -> dict:
 
 
 def cross_keys(setups, args) -> list[str]:
-    return [f"{name}|ilp|{args.cross_budget}" for name in setups] if len(setups) > 1 else []
+    return [f"{name}|{args.cross_method}|{args.cross_budget}" for name in setups] if len(setups) > 1 else []
 
 
 def report(setups: dict, state: State, timings: dict, args) -> tuple[str, dict]:
@@ -319,7 +319,7 @@ def report(setups: dict, state: State, timings: dict, args) -> tuple[str, dict]:
         summary["targets"][name] = {"float_accuracy": float_acc, "int8_ms": int8_ms, "rows": rows}
     keys = cross_keys(setups, args)
     if keys and all(k in state.data and state.data[k].get("policy") for k in keys):
-        lines.append(f"\n== cross-target: ILP policy at {args.cross_budget} x int8, compiled and measured on each target ==")
+        lines.append(f"\n== cross-target: {args.cross_method.upper()} policy at {args.cross_budget} x int8, compiled and measured on each target ==")
         lines.append(f"{'policy searched for':20s} {'acc %':>7s} " + " ".join(f"{'on ' + n + ' ms (x int8)':>24s}" for n in setups))
         cross = {}
         for key in keys:
@@ -403,7 +403,9 @@ def main(argv=None) -> int:
     ap.add_argument("--distill", type=float, default=0.5, help="distillation weight of every finetune (0: labels only)")
     ap.add_argument("--tune-budget", type=int, default=1)
     ap.add_argument("--ilp-candidates", type=int, default=1, help="the ILP's K best assignments ranked by the val reward (1: the optimum)")
-    ap.add_argument("--cross-budget", type=float, default=0.8, help="budget of the ILP policies compiled on every target")
+    ap.add_argument("--cross-budget", type=float, default=0.8, help="budget of the policies compiled on every target")
+    ap.add_argument("--cross-method", default="ilp", choices=("ilp", "haq", "autoq"),
+                    help="whose policies the cross-target table compiles (a method searched on every target at --cross-budget)")
     ap.add_argument("--budget-rounds", type=int, default=3, help="compile-measure-tighten rounds per search (0: trust the provider)")
     ap.add_argument("--budget-margin", type=float, default=0.03, help="the loop aims this fraction under each budget")
     ap.add_argument("--rounds", type=int, default=21, help="interleaved timing rounds (the Zen 3 VM: at 7 the same policy read 0.61 and, at 21, 0.49 x int8 minutes apart)")
