@@ -6,7 +6,7 @@ import time
 import numpy as np
 import pytest
 
-from tvm_mpq.search.ilp import InfeasibleBudget, Problem, solve, solve_best
+from tvm_mpq.search.ilp import InfeasibleBudget, Problem, solve, solve_best, undominated
 
 
 def random_problem(n_layers=5, n_opts=4, seed=0, ties=()):
@@ -155,3 +155,19 @@ def test_bits_no_kernel_runs_are_left_out(digits_net):
     dead = SimpleNamespace(name="flaky", latency=lambda layer, bits: float("inf") if layer.name == broken else 1e-3, energy=sim.energy)
     with pytest.raises(ValueError, match=f"layer '{broken}': no kernel built and ran"):
         ilp_search(net, dead, sens, latency_budget_s=None, w_bits=(1, 2, 4, 8), a_bits=(2, 4, 8))
+
+
+def test_dominated_options_are_dropped_and_the_optimum_kept():
+    """An option with no less error, latency and size than another of its layer cannot be in a
+    better answer: dropping it keeps the optimum and makes the runners-up real alternatives."""
+    p = Problem(["a", "b"], [[(8, 8), (4, 8), (3, 8), (1, 1)], [(8, 8), (1, 1)]],
+                error=[[0.0, 0.1, 0.2, 1.0], [0.0, 1.0]], latency=[[2.0, 1.0, 1.0, 0.5], [2.0, 0.5]],
+                size=[[8.0, 4.0, 4.0, 1.0], [8.0, 1.0]])  # (3, 8): the latency and size of (4, 8), more error
+    q = undominated(p)
+    assert q.options == [[(8, 8), (4, 8), (1, 1)], [(8, 8), (1, 1)]]
+    for budget in (1.6, 2.6, 4.0):
+        assert solve(q, latency_budget=budget).objective == pytest.approx(solve(p, latency_budget=budget).objective)
+    for seed in range(3):
+        r = random_problem(seed=seed)
+        budget = 0.5 * (sum(min(x) for x in r.latency) + sum(max(x) for x in r.latency))
+        assert solve(undominated(r), latency_budget=budget).objective == pytest.approx(solve(r, latency_budget=budget).objective)

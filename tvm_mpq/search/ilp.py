@@ -157,6 +157,28 @@ def solve_best(problem: Problem, k: int, **budgets) -> list[Solution]:
     return found
 
 
+def undominated(problem: Problem) -> Problem:
+    """``problem`` without the options another option of the same layer dominates (no more error,
+    latency, size or energy, and not the same option's twin listed later). The optimum is the same;
+    what changes is the next best: on a byte-lane kernel every width below 8 costs the same, so
+    without this the runners-up of an optimum with W4A8 are W3A8, W4A4, ... at equal latency and
+    an error 1e-6 higher, the same policy for any judge."""
+    tables = [t for t in (problem.error, problem.latency, problem.size, problem.energy) if t is not None]
+    keep_opts, keep = [], {name: [] for name in ("error", "latency", "size", "energy")}
+    for l, opts in enumerate(problem.options):
+        values = np.array([[t[l][j] for t in tables] for j in range(len(opts))])
+        alive = [j for j in range(len(opts))
+                 if not any(np.all(values[i] <= values[j]) and (np.any(values[i] < values[j]) or i < j)
+                            for i in range(len(opts)) if i != j)]
+        keep_opts.append([opts[j] for j in alive])
+        for name in keep:
+            table = getattr(problem, name)
+            if table is not None:
+                keep[name].append([table[l][j] for j in alive])
+    return Problem(problem.layers, keep_opts, keep["error"], keep["latency"], size=keep["size"] if problem.size is not None else None,
+                   energy=keep["energy"] if problem.energy is not None else None)
+
+
 def _least_total(problem: Problem, table: Sequence[Sequence[float]]) -> float:
     """The least achievable sum of ``table`` (ties ignored: a lower bound)."""
     return float(sum(min(row) for row in table))
@@ -216,6 +238,8 @@ def ilp_search(net, provider, sensitivity, *, latency_budget_s: float | None = N
     pooling = getattr(provider, "pooling", None)
     fixed_s = pooling(net) if pooling is not None else 0.0
     problem = Problem(names, options, error, latency, size=size, energy=energy if has_energy else None, ties=[list(t) for t in ties])
+    if candidates > 1 and not ties:
+        problem = undominated(problem)
     budget = None if latency_budget_s is None else latency_budget_s - fixed_s
     try:
         solutions = solve_best(problem, max(1, candidates), latency_budget=budget, size_budget=size_budget_bytes,
