@@ -59,6 +59,11 @@ def test_a_point_with_no_anchor_takes_the_kernels_median_ratio(tmp_path, model):
     assert hw.latency(unseen, Precision("int8", 8, 8)) == pytest.approx(3.0 * predicted_ms(model, unseen, "int8", 8, 8) * 1e-3)
     # no record of the kernel at all: the model alone
     assert hw.latency(unseen, Precision("amx", 8, 8)) == pytest.approx(predicted_ms(model, unseen, "amx", 8, 8) * 1e-3)
+    # a layer measured during the search moves the median (2, 4, 10 -> 4) for points asked later
+    third = ConvSpec(batch=1, in_channels=16, height=28, width=28, out_channels=16, kernel=(3, 3), padding=(1, 1, 1, 1))
+    db.append(record(third, "int8", 8, 8, 10.0 * predicted_ms(model, third, "int8", 8, 8, {})))
+    later = ConvSpec(batch=1, in_channels=96, height=7, width=7, out_channels=96, kernel=(1, 1))
+    assert hw.latency(later, Precision("int8", 8, 8)) == pytest.approx(4.0 * predicted_ms(model, later, "int8", 8, 8) * 1e-3)
 
 
 def test_channel_groups_are_priced_per_run_and_kernels_chosen_over_the_answers(tmp_path, model):

@@ -81,7 +81,7 @@ class HybridLatency(MeasuredLatency):
         if record is not None:
             ratio = float(self._ratio([record])[0])
         else:
-            key = (kernel, w, a)
+            key = (kernel, w, a, len(self.db.records))  # anew as the measured layers fill the database
             if key not in self._median_ratio:
                 records = self._records(kernel, w, a) or [r for r in self.db.ok() if r.kernel == kernel and r.target == self.target_str]
                 self._median_ratio[key] = float(np.median(self._ratio(records))) if records else 1.0
