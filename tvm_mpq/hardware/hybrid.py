@@ -40,22 +40,21 @@ class HybridLatency(MeasuredLatency):
         super().__init__(db, target=target, runner=runner, budget=budget, kernel=kernel)
         self.measure_specs = frozenset(spec_of(layer) for layer in measure)
         self.predictor = PredictedLatency(model, target=self.target, threads=threads, kernel="auto")
-        self.measured_points = 0
         self.predicted_points = 0
         self._median_ratio: dict[tuple, float] = {}
 
-    def _seconds(self, spec, kernel: str, w: int, a: int) -> float:
-        from tvm_mpq.tuning.space import canonical_bits
-
-        if (spec, kernel, *canonical_bits(kernel, w, a)) not in self._cache:
-            self.measured_points += 1  # undone by _unmeasured for a predicted point
-        return super()._seconds(spec, kernel, w, a)
+    @property
+    def measured_points(self) -> int:
+        """Points answered from the database (or priced ``inf`` as failed): every priced point but the predicted."""
+        return len(self._cache) - self.predicted_points
 
     def _predict_ms(self, points) -> np.ndarray:
         return self.predictor.model.predict_points(points, target=self.target, threads=self.predictor.threads)
 
-    def _records(self, kernel: str, w: int, a: int) -> list:
-        return [r for r in self.db.ok() if r.kernel == kernel and r.w_bits == w and r.a_bits == a and r.target == self.target_str]
+    def _records(self, kernel: str, w: int | None = None, a: int | None = None) -> list:
+        """This target's ``ok`` records of ``kernel`` (at ``w``/``a`` where given)."""
+        return [r for r in self.db.ok() if r.kernel == kernel and r.target == self.target_str
+                and (w is None or r.w_bits == w) and (a is None or r.a_bits == a)]
 
     def anchor(self, spec, kernel: str, w: int, a: int):
         """The record that scales the prediction for ``spec`` (see the class docstring), or None."""
@@ -75,7 +74,6 @@ class HybridLatency(MeasuredLatency):
     def _unmeasured(self, spec, kernel: str, w: int, a: int) -> float:
         if spec in self.measure_specs or self.failures(spec, kernel, w, a):  # tuned now, or failed: as MeasuredLatency
             return super()._unmeasured(spec, kernel, w, a)
-        self.measured_points -= 1
         self.predicted_points += 1
         record = self.anchor(spec, kernel, w, a)
         if record is not None:
@@ -83,7 +81,7 @@ class HybridLatency(MeasuredLatency):
         else:
             key = (kernel, w, a, len(self.db.records))  # anew as the measured layers fill the database
             if key not in self._median_ratio:
-                records = self._records(kernel, w, a) or [r for r in self.db.ok() if r.kernel == kernel and r.target == self.target_str]
+                records = self._records(kernel, w, a) or self._records(kernel)
                 self._median_ratio[key] = float(np.median(self._ratio(records))) if records else 1.0
             ratio = self._median_ratio[key]
         return ratio * float(self._predict_ms([(spec, kernel, w, a, None)])[0]) / 1e3

@@ -163,20 +163,16 @@ def undominated(problem: Problem) -> Problem:
     what changes is the next best: on a byte-lane kernel every width below 8 costs the same, so
     without this the runners-up of an optimum with W4A8 are W3A8, W4A4, ... at equal latency and
     an error 1e-6 higher, the same policy for any judge."""
-    tables = [t for t in (problem.error, problem.latency, problem.size, problem.energy) if t is not None]
-    keep_opts, keep = [], {name: [] for name in ("error", "latency", "size", "energy")}
+    tables = {name: getattr(problem, name) for name in ("options", "error", "latency", "size", "energy") if getattr(problem, name) is not None}
+    kept = {name: [] for name in tables}
     for l, opts in enumerate(problem.options):
-        values = np.array([[t[l][j] for t in tables] for j in range(len(opts))])
+        values = np.array([[tables[name][l][j] for name in tables if name != "options"] for j in range(len(opts))])
         alive = [j for j in range(len(opts))
                  if not any(np.all(values[i] <= values[j]) and (np.any(values[i] < values[j]) or i < j)
                             for i in range(len(opts)) if i != j)]
-        keep_opts.append([opts[j] for j in alive])
-        for name in keep:
-            table = getattr(problem, name)
-            if table is not None:
-                keep[name].append([table[l][j] for j in alive])
-    return Problem(problem.layers, keep_opts, keep["error"], keep["latency"], size=keep["size"] if problem.size is not None else None,
-                   energy=keep["energy"] if problem.energy is not None else None)
+        for name, table in tables.items():
+            kept[name].append([table[l][j] for j in alive])
+    return Problem(problem.layers, **kept)
 
 
 def _least_total(problem: Problem, table: Sequence[Sequence[float]]) -> float:

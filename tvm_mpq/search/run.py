@@ -425,11 +425,10 @@ def reward(setup: Setup, args: SearchArgs):
     from tvm_mpq.search.reward import AccuracyReward
 
     key = (args.reward_images, args.reward_steps, args.seed)
-    rewards = setup.__dict__.setdefault("rewards", {})
-    if key not in rewards:
-        rewards[key] = AccuracyReward(setup.net, setup.cal, setup.train, val_subset(setup.val, args.reward_images),
-                                      steps=args.reward_steps, seed=args.seed)
-    return rewards[key]
+    if key not in setup.rewards:
+        setup.rewards[key] = AccuracyReward(setup.net, setup.cal, setup.train, val_subset(setup.val, args.reward_images),
+                                            steps=args.reward_steps, seed=args.seed)
+    return setup.rewards[key]
 
 
 def rank_candidates(found, judge):
