@@ -1,6 +1,6 @@
 """Whole-network latency: cost-model prediction vs measurement of the compiled model.
 
-For ResNet-18 and MobileNetV2 (224x224, batch 1, this machine's default threads) and several
+For ResNet-18 and MobileNetV2 (224x224, batch 1, on the threads the model's records were timed on) and several
 policies (uniform, 8-bit ends with low bits inside, a seeded random mix per layer, a mix with
 channel groups), in one run:
 
@@ -91,7 +91,8 @@ def main() -> None:
     shipped = hardware.PredictedLatency(default_model())
     measured_layers = hardware.MeasuredLatency(db, target=shipped.target, measure=False, kernel="predicted")
     target = measured_layers.target_str
-    reference = shipped.model.meta["probe_ms"][probe_key(target, local_threads(), probe_kernel_name(target))]
+    threads = int(shipped.model.meta.get("threads") or local_threads())  # the networks run on the threads the records did
+    reference = shipped.model.meta["probe_ms"][probe_key(target, threads, probe_kernel_name(target))]
     rows, probes = [], []
     for model_name in args.models:
         model, inputs = tvm_mpq.models.get(model_name, input_size=224)
@@ -106,7 +107,7 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             paths = {label: tvm_mpq.build(net, policy, cal).export(os.path.join(tmp, f"{i}.so"))
                      for i, (label, policy) in enumerate(policies(net).items())}
-            times = time_exported_probed(paths, x, target, rounds=args.rounds)
+            times = time_exported_probed(paths, x, target, rounds=args.rounds, threads=threads)
         probes += times["probe_ms"]
         session_probe_ms = float(np.median(times["probe_ms"]))
         for label, policy in policies(net).items():
@@ -121,7 +122,7 @@ def main() -> None:
             except RuntimeError:
                 row["layer_records_ms"] = float("nan")
             rows.append(row)
-    print(f"probe units: the model's probe reference {reference:.3f} ms; probe during the timing: "
+    print(f"{threads} TVM thread(s), as the model's records; probe units: the model's probe reference {reference:.3f} ms; probe during the timing: "
           f"median {np.median(probes):.3f} ms (range {min(probes):.3f}-{max(probes):.3f})")
     print(f"{'model':13s} {'policy':24s} {'raw':>9s} {'measured':>9s} {'held-out':>9s} {'err':>7s} {'shipped':>9s} {'err':>7s} {'layer recs':>10s} {'err':>7s}")
     for r in rows:

@@ -124,10 +124,26 @@ def parse_target(target: "str | Mapping[str, Any] | Target | None" = None, *, nu
         raise ValueError(f"TVM rejected target {spec}: {err}") from err
 
 
-def default_cores() -> int:
+def _cores_now() -> int:
     import os
 
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+#: The cores this process may use, taken at import: TVM's runtime pins the calling thread to one core
+#: when its pool has a single thread, after which ``sched_getaffinity`` answers 1.
+_CORES = _cores_now()
+
+
+def default_cores() -> int:
+    return _CORES
+
+
+def runtime_threads() -> int:
+    """Threads TVM's runtime thread pool runs kernels on in this process. Without ``TVM_NUM_THREADS``
+    that is half the logical CPUs on x86 (TVM assumes hyper-threading): 1 on a 2-vCPU VM, whatever
+    its cores, so a process that means to use every core sets the variable first."""
+    return int(tvm.get_global_func("runtime.NumThreads")())
 
 
 def target_to_str(target: Target) -> str:

@@ -4,11 +4,11 @@ import io
 
 import pytest
 
-from tvm_mpq._tvm import missing_host_features, parse_target, target_to_str
+from tvm_mpq._tvm import missing_host_features, parse_target, runtime_threads, target_to_str
 from tvm_mpq.kernels import bitserial_x86, x86
 from tvm_mpq.kernels.spec import ConvSpec, DenseSpec
 from tvm_mpq.tuning import LocalRunner, TuningDatabase, knob_space, plan, precision_menu, tune
-from tvm_mpq.tuning.measure import Candidate, _failure, build_and_run_local
+from tvm_mpq.tuning.measure import Candidate, _failure, build_and_run_local, local_threads
 from tvm_mpq.tuning.database import Record, candidate_key, workload_dict
 from tvm_mpq.tuning.session import candidates
 from tvm_mpq.tuning.space import default_knobs
@@ -99,6 +99,20 @@ def test_local_cold_timing_is_relative_to_the_probe():
     assert record.relative == probe["ratio"] and record.probe_key() == f"{c.target}|{result.extra['threads']}|int8_avx2"
     plain = build_and_run_local(c, probe=False)
     assert plain.status == "ok" and "probe" not in plain.extra and plain.latency_ms["n"] == COLD_REPEAT
+
+
+@pytest.mark.parametrize("threads", sorted({1, local_threads()}))
+def test_local_runner_measures_on_the_threads_it_records(threads):
+    """The worker's TVM runtime runs the kernel on the runner's threads, and the record says so.
+    (TVM alone takes half the logical CPUs on x86: a 2-vCPU VM tuned on 1 thread while the records
+    said 2 and the deployed model ran on 2.)"""
+    runner = LocalRunner(threads=threads)
+    try:
+        assert runner._pool.run(runtime_threads) == threads  # asked in the worker process
+        result = runner.measure(Candidate(workload_dict(SMALL), "fp32", 32, 32, {}, "llvm -mcpu=haswell"))
+    finally:
+        runner.close()
+    assert result.status == "ok" and result.extra["threads"] == threads
 
 
 def test_build_failure_and_timeout_are_recorded_and_the_session_goes_on(tmp_path):

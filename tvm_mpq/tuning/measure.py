@@ -164,9 +164,9 @@ def build_and_run_local(c: Candidate, repeat: int = REPEAT, min_repeat_ms: int =
     try:
         if not layer.check():
             return Result("wrong_result", error="output differs from the NumPy reference", build_s=build_s)
-        from tvm_mpq._tvm import tvm
+        from tvm_mpq._tvm import runtime_threads, tvm
 
-        extra = {"threads": local_threads(), "cache": "cold" if cold else "warm"}
+        extra = {"threads": runtime_threads(), "cache": "cold" if cold else "warm"}
         if cold and probe:
             seconds, extra["probe"] = time_with_probe(layer.func.jit(), layer.args, c.target, tvm.cpu(0))
         else:
@@ -189,11 +189,17 @@ def build_and_export(c: Candidate, directory: str) -> dict[str, Any]:
     return {"status": "built", "lib": lib_path, "build_s": time.perf_counter() - t0, "float": layer.kernel == "fp32"}
 
 
-class _Pool:
-    """A PopenPoolExecutor that is created lazily and replaced after a crash."""
+def _set_threads(threads: int) -> None:
+    """Worker initializer: TVM's thread pool (created at the first kernel run) takes ``threads``."""
+    os.environ["TVM_NUM_THREADS"] = str(threads)
 
-    def __init__(self, workers: int, timeout: float):
-        self.workers, self.timeout = workers, timeout
+
+class _Pool:
+    """A PopenPoolExecutor that is created lazily and replaced after a crash. ``threads``: what
+    the workers' TVM runtime runs kernels on (None: TVM's own default)."""
+
+    def __init__(self, workers: int, timeout: float, threads: int | None = None):
+        self.workers, self.timeout, self.threads = workers, timeout, threads
         self._pool = None
         self._lock = threading.Lock()
 
@@ -202,7 +208,8 @@ class _Pool:
 
         with self._lock:
             if self._pool is None:
-                self._pool = PopenPoolExecutor(max_workers=self.workers, timeout=self.timeout)
+                init = {} if self.threads is None else {"initializer": _set_threads, "initargs": (self.threads,)}
+                self._pool = PopenPoolExecutor(max_workers=self.workers, timeout=self.timeout, **init)
             pool = self._pool
         future = pool.submit(fn, *args)
         try:
@@ -228,14 +235,17 @@ def _failure(value: BaseException) -> Result:
 
 
 class LocalRunner:
-    """Measure on this machine, one candidate at a time (timings must not share the cores)."""
+    """Measure on this machine, one candidate at a time (timings must not share the cores), on
+    ``threads`` TVM threads (default :func:`local_threads`: every core, as deployed models run;
+    each record says what the runtime used)."""
 
     device = "local"
 
     def __init__(self, timeout: float = 120.0, repeat: int = REPEAT, min_repeat_ms: int = MIN_REPEAT_MS, cold: bool = True,
-                 probe: bool = True):
+                 probe: bool = True, threads: int | None = None):
         self.timeout, self.repeat, self.min_repeat_ms, self.cold, self.probe = timeout, repeat, min_repeat_ms, cold, probe
-        self._pool = _Pool(1, timeout)
+        self.threads = threads or local_threads()
+        self._pool = _Pool(1, timeout, self.threads)
         self.parallel = 1
 
     def measure(self, candidate: Candidate) -> Result:
