@@ -39,6 +39,11 @@ def test_append_reload_and_lookup(tmp_path):
     first = again.records[0]
     assert again.has(first.key) and again.trials(first.cell) == 2
     assert path.read_text().count("\n") == 3  # one line per record, appended
+    other = ConvSpec(batch=1, in_channels=16, height=8, width=8, out_channels=64, kernel=(3, 3), strides=(2, 2), padding=(1, 1, 1, 1))
+    again.append(_record(0.5, spec=other))
+    assert again.best(SPEC).latency == 1.0 and again.best(other).latency == 0.5  # by workload, not the fastest of all
+    assert [r.kernel for r in again.matching(SPEC, ok=False)] == ["bitserial"]
+    assert [r.latency for r in again.matching(SPEC, kernel="int8")] == [2.0, 1.0] and again.matching(SPEC, target="llvm") == []
 
 
 def test_line_cut_by_a_kill_is_skipped(tmp_path, caplog):

@@ -79,7 +79,7 @@ class HybridLatency(MeasuredLatency):
         if record is not None:
             ratio = float(self._ratio([record])[0])
         else:
-            key = (kernel, w, a, len(self.db.records))  # anew as the measured layers fill the database
+            key = (kernel, w, a, len(self.db))  # anew as the measured layers fill the database
             if key not in self._median_ratio:
                 records = self._records(kernel, w, a) or self._records(kernel)
                 self._median_ratio[key] = float(np.median(self._ratio(records))) if records else 1.0

@@ -70,8 +70,7 @@ class MeasuredLatency:
 
     def failures(self, spec, kernel: str, w: int, a: int) -> list:
         """The database's failed records (build error, run error, timeout) of this point."""
-        return [r for r in self.db.records if not r.ok and r.kernel == kernel and r.w_bits == w and r.a_bits == a
-                and r.spec == spec and r.target == self.target_str]
+        return self.db.matching(spec, kernel, w, a, self.target_str, ok=False)
 
     def _label_ms(self, record) -> float:
         """The record's latency with the machine's drift divided out (its probe ratio x the database's

@@ -170,6 +170,7 @@ class TuningDatabase:
         self._records: list[Record] = []
         self._keys: set[str] = set()
         self._cells: dict[str, int] = {}
+        self._by_workload: dict[str, list[Record]] = {}  # workload_key -> its records: best() is asked per point
         self.skipped_lines = 0
         if self.path and os.path.exists(self.path):
             for record in self._read(self.path):
@@ -190,6 +191,7 @@ class TuningDatabase:
         self._records.append(record)
         self._keys.add(record.key)
         self._cells[record.cell] = self._cells.get(record.cell, 0) + 1
+        self._by_workload.setdefault(workload_key(record.workload), []).append(record)
 
     def append(self, record: Record) -> None:
         """Write one record to the end of the file and sync it to disk before returning."""
@@ -229,19 +231,22 @@ class TuningDatabase:
     def ok(self) -> list[Record]:
         return [r for r in self._records if r.ok]
 
+    def matching(self, spec, kernel: str | None = None, w_bits: int | None = None, a_bits: int | None = None,
+                 target: str | None = None, ok: bool | None = None) -> list[Record]:
+        """The records of ``spec``'s workload with the given fields (None: any), in database order;
+        ``ok``: successful (True) or failed (False) ones only."""
+        return [r for r in self._by_workload.get(workload_key(spec), ())
+                if (ok is None or r.ok == ok)
+                and (kernel is None or r.kernel == kernel)
+                and (w_bits is None or r.w_bits == w_bits)
+                and (a_bits is None or r.a_bits == a_bits)
+                and (target is None or r.target == target)]
+
     def best(self, spec, kernel: str | None = None, w_bits: int | None = None, a_bits: int | None = None,
              target: str | None = None) -> Record | None:
         """The fastest successful record matching the given fields (None if there is none); by probe
         ratio (:attr:`Record.relative`) where every match has one, else by median latency."""
-        wl = workload_key(spec)
-        found = [
-            r for r in self._records
-            if r.ok and workload_key(r.workload) == wl
-            and (kernel is None or r.kernel == kernel)
-            and (w_bits is None or r.w_bits == w_bits)
-            and (a_bits is None or r.a_bits == a_bits)
-            and (target is None or r.target == target)
-        ]
+        found = self.matching(spec, kernel, w_bits, a_bits, target, ok=True)
         if found and all(r.relative is not None for r in found):  # compared with the drift divided out
             return min(found, key=lambda r: r.relative)
         return min(found, key=lambda r: r.latency, default=None)
