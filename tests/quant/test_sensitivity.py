@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 import tvm_mpq
-from tvm_mpq.quant.sensitivity import Sensitivity, hessian_sensitivity, kl_sensitivity
+from tvm_mpq.quant.sensitivity import Sensitivity, hessian_sensitivity, kl_sensitivity, renorm_kl_sensitivity
 
 
 class Tiny(nn.Module):
@@ -55,7 +55,8 @@ def test_fewer_bits_hurt_more(digits_setup):
     kl = kl_sensitivity(net, cal, xs, w_bits=(1, 2, 8), a_bits=(2, 8))
     labelled = [(x, torch.arange(len(x)) % 10) for x in xs]
     hess = hessian_sensitivity(net, cal, labelled, w_bits=(1, 2, 8), a_bits=(2, 8), samples=4)
-    for sens in (kl, hess):
+    renorm = renorm_kl_sensitivity(net, cal, xs, w_bits=(1, 2, 8), a_bits=(2, 8))
+    for sens in (kl, hess, renorm):
         assert set(sens.weight) == set(net.layer_names)
         for layer in net.layer_names:
             assert sens.weight[layer][1] >= sens.weight[layer][8] >= 0
@@ -70,3 +71,23 @@ def test_fewer_bits_hurt_more(digits_setup):
         kl_sensitivity(net, cal, xs, layers=["conv99"])
     with pytest.raises(ValueError, match="labelled batches"):
         hessian_sensitivity(net, cal, xs)
+
+
+def test_renormalized_kl_measures_precision_not_the_statistics_shift(trained_digits):
+    """On a trained network, 1-bit weights in one conv mostly shift its channels' statistics (the
+    downstream ranges stop fitting): the plain KL sees that collapse, the renormalized KL (the
+    network a finetune starts from) is far smaller; at 8 bits both are about nothing. Its act term
+    is relative to W8A8 (the 8-bit entry 0) and the total at W8A8 is the W8A8 divergence."""
+    net, train, _, cal = trained_digits
+    xs = [x for x, _ in train.batches(128, shuffle=True, seed=3)][:2]
+    convs = [l.name for l in net.layers if l.supported and l.kind == "conv2d"]
+    plain = kl_sensitivity(net, cal, xs, w_bits=(1, 8), a_bits=(2, 8), layers=convs)
+    renorm = renorm_kl_sensitivity(net, cal, xs, w_bits=(1, 8), a_bits=(2, 8), layers=convs)
+    assert renorm.method == "kl-renorm" and set(renorm.weight) == set(convs)
+    assert sum(renorm.weight[l][1] for l in convs) < 0.5 * sum(plain.weight[l][1] for l in convs)
+    for layer in convs:
+        assert renorm.weight[layer][8] < 0.05 * renorm.weight[layer][1]
+        assert renorm.act[layer][8] == 0.0 and renorm.act[layer][2] >= 0.0
+        assert renorm.error(layer, 8, 8) == renorm.weight[layer][8]
+    with pytest.raises(ValueError, match="unknown or unsupported layer"):
+        renorm_kl_sensitivity(net, cal, xs, layers=["conv99"])

@@ -44,7 +44,7 @@ def cmd(args) -> int:
 
 
 def add_parser(sub) -> None:
-    from tvm_mpq.search.run import PROVIDERS
+    from tvm_mpq.search.run import PROVIDERS, SENSITIVITIES
 
     p = sub.add_parser("search", help="choose per-layer bits under a latency budget (ILP, HAQ or AutoQ) on the digits task",
                        description="Trains (once, cached) the model on scikit-learn's digits, searches a policy whose latency is at most "
@@ -59,7 +59,9 @@ def add_parser(sub) -> None:
                         "measurement), or a simulated accelerator")
     p.add_argument("--db", help="tuning records for --provider measured/hybrid (missing points are measured and appended)")
     p.add_argument("--cost-model", default="default", help="cost model file for --provider predicted/hybrid (default: the shipped one)")
-    p.add_argument("--sensitivity", choices=("kl", "hessian"), default="kl", help="ILP error term (default kl)")
+    p.add_argument("--sensitivity", choices=SENSITIVITIES, default="kl",
+                   help="ILP error term: kl (OHQ: one layer quantized, KL of the outputs; default), kl-renorm (the same with "
+                        "that layer's output statistics re-estimated, as the finetune starts from) or hessian (HAWQ trace)")
     p.add_argument("--calibration", choices=("minmax", "percentile", "kl"), default="percentile",
                    help="activation ranges: the 99.9th percentile (default), minmax (one outlier then sets a 2-bit step) or "
                         "kl (a range per bit width, TensorRT-style entropy calibration)")

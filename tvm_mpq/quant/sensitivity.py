@@ -10,6 +10,8 @@ Two estimators, both separable into a weight part and an activation part per lay
 * :func:`kl_sensitivity` (OHQ's mask-guided estimate): quantize one layer at a time (its weights
   at ``w`` bits, or its input at ``a`` bits, everything else float) and measure the KL divergence of
   the network's output distribution from the float one on a few batches.
+* :func:`renorm_kl_sensitivity`: the same KL of the network a finetune starts from, the quantized
+  layer's output statistics re-estimated (what the QAT model and the RL reward do).
 
 Quantization is the project's own (:mod:`tvm_mpq.quant.qparams`): per-channel weight codes and
 the calibrated activation quantizer, dequantized to float32 (what the integer kernels compute, up
@@ -127,6 +129,44 @@ def kl_sensitivity(model_or_net, calibration: Calibration, batches: Iterable, *,
             act[name][b] = float(np.mean([_kl(r, model(x)) for r, x in zip(refs, xs)]))
             handle.remove()
     return Sensitivity(weight, act, "kl", {"batches": len(xs)})
+
+
+@torch.no_grad()
+def renorm_kl_sensitivity(net, calibration: Calibration, batches: Iterable, *, w_bits: Sequence[int] = SEARCH_BITS,
+                          a_bits: Sequence[int] = SEARCH_BITS, layers: Sequence[str] | None = None,
+                          renorm_inputs: Sequence[torch.Tensor] | None = None, base_bits: int = 8) -> Sensitivity:
+    """:func:`kl_sensitivity` of the network the finetune starts from: one layer quantized, its
+    output channels' statistics re-estimated (:func:`~tvm_mpq.quant.finetune.renormalized`, the
+    BatchNorm the QAT model and the RL searches' reward put after every quantized conv).
+
+    Why: without it a conv with 1-bit weights shifts every channel's statistics, the calibrated
+    ranges downstream stop fitting and the KL measures that collapse, which a finetune undoes in a
+    few steps, not the precision the layer really loses; the ILP then spends its bits on the
+    wrong layers. The weight term is KL at ``(w, base_bits)``, the activation term KL at
+    ``(base_bits, a)`` less KL at ``(base_bits, base_bits)`` (counted once, in the weight term):
+    the QAT layer quantizes both, there is no float-activation mode. ``net``: the
+    :class:`~tvm_mpq.frontend.Network`; ``renorm_inputs``: the batches the statistics are taken on
+    (default ``batches``)."""
+    from tvm_mpq.policy import LayerBits, QuantPolicy
+    from tvm_mpq.quant.finetune import output_stats, renormalized
+
+    xs = [b[0] if isinstance(b, (tuple, list)) else b for b in batches]
+    renorm_xs = list(renorm_inputs) if renorm_inputs is not None else xs
+    reference = _model_of(net, calibration)
+    refs = [F.log_softmax(reference(x), 1) for x in xs]
+    names = list(_layers(reference, layers))
+    stats = output_stats(net.model, names, renorm_xs)
+
+    def divergence(name: str, w: int, a: int) -> float:
+        model = renormalized(net, QuantPolicy({name: LayerBits(w, a)}), calibration, renorm_xs, stats)[0]
+        return float(np.mean([_kl(r, model(x)) for r, x in zip(refs, xs)]))
+
+    weight, act = {}, {}
+    for name in names:
+        weight[name] = {b: divergence(name, b, base_bits) for b in w_bits}
+        base = weight[name][base_bits] if base_bits in weight[name] else divergence(name, base_bits, base_bits)
+        act[name] = {b: max(0.0, divergence(name, base_bits, b) - base) if b != base_bits else 0.0 for b in a_bits}
+    return Sensitivity(weight, act, "kl-renorm", {"batches": len(xs), "renorm_batches": len(renorm_xs), "base_bits": base_bits})
 
 
 def hessian_sensitivity(model_or_net, calibration: Calibration, batches: Iterable, *, w_bits: Sequence[int] = SEARCH_BITS,

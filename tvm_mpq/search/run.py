@@ -23,6 +23,7 @@ logger = logging.getLogger(__name__)
 METHODS = ("ilp", "haq", "autoq")
 CPU_PROVIDERS = ("predicted", "measured", "hybrid")  # CPU time: the found policy is compiled and timed here
 PROVIDERS = CPU_PROVIDERS + ("bitfusion", "bismo")
+SENSITIVITIES = ("kl", "kl-renorm", "hessian")  # the ILP's error terms (tvm_mpq.quant.sensitivity)
 
 
 @dataclass(frozen=True)
@@ -77,8 +78,8 @@ class SearchArgs:
             raise ValueError(f"--distill is a weight in [0, 1] (0: no distillation), got {self.distill}")
         if self.ilp_candidates < 1:
             raise ValueError(f"--ilp-candidates must be >= 1 (1: the ILP's optimum as it is), got {self.ilp_candidates}")
-        if self.sensitivity not in ("kl", "hessian"):
-            raise ValueError(f"--sensitivity must be 'kl' or 'hessian', got {self.sensitivity!r}")
+        if self.sensitivity not in SENSITIVITIES:
+            raise ValueError(f"--sensitivity must be one of {SENSITIVITIES}, got {self.sensitivity!r}")
 
 
 @dataclass
@@ -398,7 +399,8 @@ def estimate_sensitivity(setup: Setup, args: SearchArgs):
     from pathlib import Path
 
     from tvm_mpq.quant.finetune import write_atomic
-    from tvm_mpq.quant.sensitivity import Sensitivity, hessian_sensitivity, kl_sensitivity
+    from tvm_mpq.quant.finetune import renorm_batches
+    from tvm_mpq.quant.sensitivity import Sensitivity, hessian_sensitivity, kl_sensitivity, renorm_kl_sensitivity
 
     key = (args.sensitivity, tuple(args.w_bits), tuple(args.a_bits), args.seed)
     if key in setup.sensitivities:
@@ -412,6 +414,9 @@ def estimate_sensitivity(setup: Setup, args: SearchArgs):
         batches = [(x, y) for x, y in setup.train.batches(size, shuffle=True, seed=args.seed)][:n]
         if args.sensitivity == "kl":
             sensitivity = kl_sensitivity(setup.net, setup.cal, [x for x, _ in batches], w_bits=args.w_bits, a_bits=args.a_bits)
+        elif args.sensitivity == "kl-renorm":  # statistics on the batches the reward renormalizes on
+            sensitivity = renorm_kl_sensitivity(setup.net, setup.cal, [x for x, _ in batches], w_bits=args.w_bits, a_bits=args.a_bits,
+                                                renorm_inputs=renorm_batches(setup.train, batches=2, seed=args.seed))
         else:
             sensitivity = hessian_sensitivity(setup.net, setup.cal, batches, w_bits=args.w_bits, a_bits=args.a_bits)
         write_atomic(path, lambda tmp: Path(tmp).write_text(json.dumps(sensitivity.to_dict())))
