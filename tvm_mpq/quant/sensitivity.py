@@ -141,8 +141,9 @@ def renorm_kl_sensitivity(net, calibration: Calibration, batches: Iterable, *, w
 
     Why: without it a conv with 1-bit weights shifts every channel's statistics, the calibrated
     ranges downstream stop fitting and the KL measures that collapse, which a finetune undoes in a
-    few steps, not the precision the layer really loses; the ILP then spends its bits on the
-    wrong layers. The weight term is KL at ``(w, base_bits)``, the activation term KL at
+    few steps, rather than the precision the layer loses. (On the digits ResNet the ILP's policies
+    after finetune were no better for it overall: -0.3/-0.4 points on znver5, +0.1/+0.6 on haswell,
+    ``benchmarks/results/2026-11-30-ilp-sensitivity-renorm.txt``.) The weight term is KL at ``(w, base_bits)``, the activation term KL at
     ``(base_bits, a)`` less KL at ``(base_bits, base_bits)`` (counted once, in the weight term):
     the QAT layer quantizes both, there is no float-activation mode. ``net``: the
     :class:`~tvm_mpq.frontend.Network`; ``renorm_inputs``: the batches the statistics are taken on

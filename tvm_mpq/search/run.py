@@ -398,8 +398,7 @@ def estimate_sensitivity(setup: Setup, args: SearchArgs):
     takes minutes on 2 cores; a changed weight, bit menu, seed or calibration is a new entry)."""
     from pathlib import Path
 
-    from tvm_mpq.quant.finetune import write_atomic
-    from tvm_mpq.quant.finetune import renorm_batches
+    from tvm_mpq.quant.finetune import renorm_batches, write_atomic
     from tvm_mpq.quant.sensitivity import Sensitivity, hessian_sensitivity, kl_sensitivity, renorm_kl_sensitivity
 
     key = (args.sensitivity, tuple(args.w_bits), tuple(args.a_bits), args.seed)
