@@ -45,6 +45,7 @@ import numpy as np
 
 from tvm_mpq.cli.common import bits_list
 from tvm_mpq.policy import SEARCH_BITS
+from tvm_mpq.search.run import METHODS, SENSITIVITIES
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 UNIFORM = ("W8A8", "W4A4", "W2A2", "W1A2", "W1A1")
@@ -403,9 +404,9 @@ def main(argv=None) -> int:
     ap.add_argument("--distill", type=float, default=0.5, help="distillation weight of every finetune (0: labels only)")
     ap.add_argument("--tune-budget", type=int, default=1)
     ap.add_argument("--ilp-candidates", type=int, default=1, help="the ILP's K best assignments ranked by the val reward (1: the optimum)")
-    ap.add_argument("--sensitivity", default="kl", choices=("kl", "kl-renorm", "hessian"), help="the ILP's error terms (tvm-mpq search --sensitivity)")
+    ap.add_argument("--sensitivity", default="kl", choices=SENSITIVITIES, help="the ILP's error terms (tvm-mpq search --sensitivity)")
     ap.add_argument("--cross-budget", type=float, default=0.8, help="budget of the policies compiled on every target")
-    ap.add_argument("--cross-method", default="ilp", choices=("ilp", "haq", "autoq"),
+    ap.add_argument("--cross-method", default="ilp", choices=METHODS,
                     help="whose policies the cross-target table compiles (a method searched on every target at --cross-budget)")
     ap.add_argument("--budget-rounds", type=int, default=3, help="compile-measure-tighten rounds per search (0: trust the provider)")
     ap.add_argument("--budget-margin", type=float, default=0.03, help="the loop aims this fraction under each budget")

@@ -19,6 +19,12 @@ import torch.nn.functional as F
 from tvm_mpq.quant.finetune import QAT_CLIP_NORM, accuracy, output_stats, qat_model, renorm_batches, renormalized
 
 
+def renorm_inputs(train_split, seed: int = 0) -> list[torch.Tensor]:
+    """The training batches a policy's BatchNorm statistics are re-estimated on before it is scored:
+    two batches (256 images), enough for the statistics to settle while an episode stays seconds."""
+    return renorm_batches(train_split, batches=2, seed=seed)
+
+
 class AccuracyReward:
     """``reward(policy) -> (reward, {"accuracy": ...})``; ``steps`` finetune steps per episode."""
 
@@ -34,8 +40,7 @@ class AccuracyReward:
         if not self.renorm:
             return qat_model(self.net, policy, self.cal)[0]
         if self._renorm_inputs is None:
-            # two batches (256 images): the statistics settle, and an episode stays a few seconds
-            xs = renorm_batches(self.train, batches=2, seed=self.seed)
+            xs = renorm_inputs(self.train, self.seed)
             self._renorm_inputs = (xs, output_stats(self.net.model, self.net.layer_names, xs))
         return renormalized(self.net, policy, self.cal, *self._renorm_inputs)[0]
 

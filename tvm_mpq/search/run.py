@@ -398,8 +398,9 @@ def estimate_sensitivity(setup: Setup, args: SearchArgs):
     takes minutes on 2 cores; a changed weight, bit menu, seed or calibration is a new entry)."""
     from pathlib import Path
 
-    from tvm_mpq.quant.finetune import renorm_batches, write_atomic
+    from tvm_mpq.quant.finetune import write_atomic
     from tvm_mpq.quant.sensitivity import Sensitivity, hessian_sensitivity, kl_sensitivity, renorm_kl_sensitivity
+    from tvm_mpq.search.reward import renorm_inputs
 
     key = (args.sensitivity, tuple(args.w_bits), tuple(args.a_bits), args.seed)
     if key in setup.sensitivities:
@@ -415,7 +416,7 @@ def estimate_sensitivity(setup: Setup, args: SearchArgs):
             sensitivity = kl_sensitivity(setup.net, setup.cal, [x for x, _ in batches], w_bits=args.w_bits, a_bits=args.a_bits)
         elif args.sensitivity == "kl-renorm":  # statistics on the batches the reward renormalizes on
             sensitivity = renorm_kl_sensitivity(setup.net, setup.cal, [x for x, _ in batches], w_bits=args.w_bits, a_bits=args.a_bits,
-                                                renorm_inputs=renorm_batches(setup.train, batches=2, seed=args.seed))
+                                                renorm_inputs=renorm_inputs(setup.train, args.seed))
         else:
             sensitivity = hessian_sensitivity(setup.net, setup.cal, batches, w_bits=args.w_bits, a_bits=args.a_bits)
         write_atomic(path, lambda tmp: Path(tmp).write_text(json.dumps(sensitivity.to_dict())))
