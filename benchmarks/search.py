@@ -83,7 +83,7 @@ def bits_summary(policy, net) -> str:
 # the options a cached search depends on beyond its key (target|method|budget); a uniform finetune depends on the first four
 UNIFORM_SETTINGS = ("model", "finetune_epochs", "distill", "seed")
 CACHED_SETTINGS = UNIFORM_SETTINGS + ("a_bits", "episodes", "warmup", "reward_images", "budget_rounds", "budget_margin", "rounds",
-                                      "number", "tune_budget", "ilp_candidates", "sensitivity")
+                                      "number", "tune_budget", "ilp_candidates", "sensitivity", "act_weight")
 
 
 def cache_settings(args) -> dict:
@@ -179,7 +179,7 @@ def setup_target(target: str, args):
                            db=None if predicted else str(cache_dir() / f"search-{name}.jsonl"),
                            episodes=args.episodes, warmup=args.warmup, reward_images=args.reward_images,
                            finetune_epochs=args.finetune_epochs, distill=args.distill, seed=args.seed,
-                           a_bits=args.a_bits, ilp_candidates=args.ilp_candidates, sensitivity=args.sensitivity,
+                           a_bits=args.a_bits, ilp_candidates=args.ilp_candidates, sensitivity=args.sensitivity, act_weight=args.act_weight,
                            # each search compiles its policy and tightens the provider's budget while the measurement misses it
                            measure=not args.no_timing, budget_rounds=args.budget_rounds, budget_margin=args.budget_margin,
                            rounds=5)
@@ -405,6 +405,7 @@ def main(argv=None) -> int:
     ap.add_argument("--tune-budget", type=int, default=1)
     ap.add_argument("--ilp-candidates", type=int, default=1, help="the ILP's K best assignments ranked by the val reward (1: the optimum)")
     ap.add_argument("--sensitivity", default="kl", choices=SENSITIVITIES, help="the ILP's error terms (tvm-mpq search --sensitivity)")
+    ap.add_argument("--act-weight", type=float, default=1.0, help="the ILP's activation error terms x this (tvm-mpq search --act-weight)")
     ap.add_argument("--cross-budget", type=float, default=0.8, help="budget of the policies compiled on every target")
     ap.add_argument("--cross-method", default="ilp", choices=METHODS,
                     help="whose policies the cross-target table compiles (a method searched on every target at --cross-budget)")

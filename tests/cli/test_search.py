@@ -72,3 +72,5 @@ def test_bad_input(cache, capsys):
     assert "--budget-rounds must be >= 0" in capsys.readouterr().err
     assert main(["search", "digits_cnn", "--provider", "measured"]) == EXIT_USAGE
     assert "--db" in capsys.readouterr().err
+    assert main(["search", "digits_cnn", "--act-weight", "0"]) == EXIT_USAGE
+    assert "--act-weight" in capsys.readouterr().err

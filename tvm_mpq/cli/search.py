@@ -18,7 +18,7 @@ def cmd(args) -> int:
         target = parse_target(args.target)
         sargs = SearchArgs(
             model=args.model, method=args.method, latency_budget=args.latency_budget, target=target, provider=args.provider,
-            db=args.db, cost_model=args.cost_model, sensitivity=args.sensitivity, calibration=args.calibration, episodes=args.episodes, warmup=args.warmup,
+            db=args.db, cost_model=args.cost_model, sensitivity=args.sensitivity, act_weight=args.act_weight, calibration=args.calibration, episodes=args.episodes, warmup=args.warmup,
             reward_steps=args.reward_steps, reward_images=args.reward_images, groups=args.groups,
             ilp_candidates=args.ilp_candidates, w_bits=args.w_bits, a_bits=args.a_bits,
             finetune_epochs=args.finetune_epochs, distill=args.distill, train_epochs=args.train_epochs, seed=args.seed, rounds=args.rounds,
@@ -62,6 +62,9 @@ def add_parser(sub) -> None:
     p.add_argument("--sensitivity", choices=SENSITIVITIES, default="kl",
                    help="ILP error term: kl (OHQ: one layer quantized, KL of the outputs; default), kl-renorm (the same with "
                         "that layer's output statistics re-estimated, as the finetune starts from) or hessian (HAWQ trace)")
+    p.add_argument("--act-weight", type=float, default=1.0,
+                   help="ILP: the activation error terms count this many times in the objective (a one-layer estimate "
+                        "misses how low-bit activations compound; default 1)")
     p.add_argument("--calibration", choices=("minmax", "percentile", "kl"), default="percentile",
                    help="activation ranges: the 99.9th percentile (default), minmax (one outlier then sets a 2-bit step) or "
                         "kl (a range per bit width, TensorRT-style entropy calibration)")

@@ -50,6 +50,15 @@ class Sensitivity:
             raise ValueError(f"no sensitivity for layer {layer!r} at W{w_bits}A{a_bits}: "
                              f"estimated bits are w {sorted(self.weight.get(layer, {}))}, a {sorted(self.act.get(layer, {}))}") from None
 
+    def weighted(self, act: float = 1.0) -> "Sensitivity":
+        """The same terms with every activation term times ``act`` (the ILP's ``--act-weight``): a
+        one-layer estimate misses that low-bit activations compound through the layers after them
+        and that the finetune recovers weight error more than activation error."""
+        if act == 1.0:
+            return self
+        return Sensitivity(self.weight, {l: {b: act * v for b, v in d.items()} for l, d in self.act.items()}, self.method,
+                           {**self.meta, "act_weight": act})
+
     def to_dict(self) -> dict:
         return {"method": self.method, "meta": self.meta,
                 "weight": {l: {str(b): v for b, v in d.items()} for l, d in self.weight.items()},

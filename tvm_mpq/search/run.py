@@ -37,6 +37,7 @@ class SearchArgs:
     db: str | None = None  # tuning records for provider="measured" or "hybrid"
     cost_model: str = "default"
     sensitivity: str = "kl"
+    act_weight: float = 1.0  # ILP: the activation error terms count this many times (Sensitivity.weighted)
     calibration: str = "percentile"  # activation ranges: at 2-bit activations minmax lets one outlier set the step
     episodes: int = 60
     warmup: int = 15
@@ -78,6 +79,8 @@ class SearchArgs:
             raise ValueError(f"--distill is a weight in [0, 1] (0: no distillation), got {self.distill}")
         if self.ilp_candidates < 1:
             raise ValueError(f"--ilp-candidates must be >= 1 (1: the ILP's optimum as it is), got {self.ilp_candidates}")
+        if not self.act_weight > 0:
+            raise ValueError(f"--act-weight multiplies the ILP's activation error terms: a number > 0, got {self.act_weight}")
         if self.sensitivity not in SENSITIVITIES:
             raise ValueError(f"--sensitivity must be one of {SENSITIVITIES}, got {self.sensitivity!r}")
 
@@ -97,6 +100,7 @@ class Setup:
     compiled: dict = field(default_factory=dict)  # builds by policy content (see measure): int8 is timed in every round
     sensitivities: dict = field(default_factory=dict)  # per (method, bits, seed): the same for every budget
     rewards: dict = field(default_factory=dict)  # AccuracyReward per (images, steps, seed), its cache shared by the searches
+    int8_ms: dict = field(default_factory=dict)  # per target: every uniform W8A8 time measure_pair took (its check)
 
 
 def make_provider(args: SearchArgs, net=None):
@@ -333,11 +337,36 @@ def round_ratio(times: dict, label: str, base: str) -> float:
     return float(np.median(np.asarray(times[label]) / np.asarray(times[base])))
 
 
+INT8_AGREE = 0.15  # a pair whose int8 time is this far from the search's other int8 times is timed again
+PAIR_ATTEMPTS = 3
+
+
 def measure_pair(setup: Setup, policy, target, rounds: int) -> tuple[float, float, float]:
     """Median ms of uniform W8A8 and of ``policy``, timed in turn (see :func:`measure`), and the
-    median per-round ratio of the two."""
-    times = measure(setup, {"int8": int8_policy(setup.net), "policy": policy}, target, rounds, per_round=True)
-    return float(np.median(times["int8"])), float(np.median(times["policy"])), round_ratio(times, "policy", "int8")
+    median per-round ratio of the two.
+
+    Uniform W8A8 is the same compiled model in every pair of a setup and target, so its time is a
+    check on the measurement: a pair is kept when its int8 median is within ``INT8_AGREE`` of the
+    median of every int8 time this setup took on the target, its own included (the first pair is
+    timed twice, to have two); otherwise it is timed again, up to ``PAIR_ATTEMPTS`` times, and the
+    pair whose int8 time is nearest that median kept. Interleaving does not cancel every disturbance:
+    a slow spell once timed int8 at 9.19 ms against its usual 5.2-5.9 and the policy 1.3x slow,
+    not 1.7x, so the ratio read 0.66 for a policy that measured 0.82 when timed again, and the
+    loop kept it for a 0.8 budget."""
+    history = setup.int8_ms.setdefault(json.dumps(target, sort_keys=True, default=str), [])
+    pairs = []
+    for attempt in range(PAIR_ATTEMPTS):
+        times = measure(setup, {"int8": int8_policy(setup.net), "policy": policy}, target, rounds, per_round=True)
+        pair = (float(np.median(times["int8"])), float(np.median(times["policy"])), round_ratio(times, "policy", "int8"))
+        history.append(pair[0])
+        pairs.append(pair)
+        reference = float(np.median(history))
+        if len(history) >= 2 and abs(pair[0] / reference - 1) <= INT8_AGREE:
+            return pair
+        if len(history) >= 2:
+            logger.warning("uniform W8A8 timed %.3f ms against the median %.3f ms of this setup's int8 timings: a slow spell? "
+                           "(try %d of %d)", pair[0], reference, attempt + 1, PAIR_ATTEMPTS)
+    return min(pairs, key=lambda p: abs(p[0] / reference - 1))
 
 
 def lower_policy(net, provider, policy, budget_s: float, fixed: dict, w_range, a_range):
@@ -479,8 +508,10 @@ def search(args: SearchArgs, setup: Setup) -> dict:
             sensitivity = estimate_sensitivity(setup, args)
             t_solve = time.perf_counter()
 
+            objective = sensitivity.weighted(act=args.act_weight)
+
             def solve(budget: float):
-                found = ilp_search(net, provider, sensitivity, latency_budget_s=budget, w_bits=args.w_bits, a_bits=args.a_bits,
+                found = ilp_search(net, provider, objective, latency_budget_s=budget, w_bits=args.w_bits, a_bits=args.a_bits,
                                    fixed=setup.fixed, candidates=args.ilp_candidates)
                 return rank_candidates(found, reward(setup, args)) if args.ilp_candidates > 1 else found
 
