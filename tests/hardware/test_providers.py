@@ -94,3 +94,25 @@ def test_a_kernel_that_failed_is_priced_unavailable_and_not_tried_again(tmp_path
     hw = MeasuredLatency(db, target=TARGET)
     assert hw.latency(SPEC, Precision("bitserial", 2, 4)) == float("inf")
     assert hw.kernel.choose(SPEC, 2, 4, zen) == "int8" and hw.latency(SPEC, (2, 4)) == pytest.approx(0.2e-3)
+
+
+def test_measured_provider_prices_records_of_its_own_thread_count(tmp_path, caplog):
+    """A database holding 1- and 2-thread timings of a point answers the ones on the provider's
+    threads, not the faster; a point timed only on another count answers that, with one warning."""
+    from tvm_mpq.tuning.database import Record, workload_dict
+
+    db = TuningDatabase(tmp_path / "r.jsonl")
+    for w, threads, ms in [(8, 1, 0.5), (8, 2, 0.3), (1, 1, 0.1), (2, 1, 0.2)]:  # bit-serial only on 1 thread
+        db.append(Record(workload=workload_dict(SPEC), kernel="int8" if w == 8 else "bitserial", w_bits=w, a_bits=w, knobs={},
+                         target=TARGET, status="ok", latency_ms={"median": ms, "mean": ms, "min": ms, "std": 0.0, "n": 1},
+                         extra={"threads": threads}))
+    one = MeasuredLatency(db, target=TARGET, measure=False, threads=1)
+    two = MeasuredLatency(db, target=TARGET, measure=False, threads=2)
+    assert one.latency(SPEC, Precision("int8", 8, 8)) == pytest.approx(0.5e-3)
+    assert two.latency(SPEC, Precision("int8", 8, 8)) == pytest.approx(0.3e-3)
+    assert db.best(SPEC, "int8", 8, 8, target=TARGET).extra["threads"] == 2  # no preference: the fastest
+    with caplog.at_level("WARNING", logger="tvm_mpq.hardware.measured"):
+        assert two.latency(SPEC, Precision("bitserial", 1, 1)) == pytest.approx(0.1e-3)
+        assert two.latency(SPEC, Precision("bitserial", 2, 2)) == pytest.approx(0.2e-3)
+    warned = [r for r in caplog.records if "thread" in r.getMessage()]
+    assert len(warned) == 1 and "timed on 1 thread(s) and none on the 2" in warned[0].getMessage()

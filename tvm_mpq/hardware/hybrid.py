@@ -37,7 +37,7 @@ class HybridLatency(MeasuredLatency):
         from tvm_mpq.hardware.base import spec_of
         from tvm_mpq.hardware.predicted import PredictedLatency
 
-        super().__init__(db, target=target, runner=runner, budget=budget, kernel=kernel)
+        super().__init__(db, target=target, runner=runner, budget=budget, kernel=kernel, threads=threads)
         self.measure_specs = frozenset(spec_of(layer) for layer in measure)
         self.predictor = PredictedLatency(model, target=self.target, threads=threads, kernel="auto")
         self.predicted_points = 0

@@ -22,6 +22,10 @@ class MeasuredLatency:
     timed against the probe kernel answers its probe ratio x the database's median probe time, so
     that points measured at different moments of a drifting machine compare (see ``_label_ms``).
 
+    ``threads``: the thread count priced (default: the local runner's, every core; an RPC runner's
+    is unknown, so no preference): of a point's records those timed on it answer where there are
+    any, otherwise the others, with one warning (a database tuned on another thread count).
+
     ``kernel="measured"`` (the default) runs each layer on the kernel measured fastest for it
     (:class:`MeasuredChooser`, ``self.kernel``; build the model with the same ``kernel=`` so that
     what was priced is what runs); any other value is resolved as ``LowerToKernels`` does.
@@ -29,8 +33,14 @@ class MeasuredLatency:
 
     name = "measured"
 
-    def __init__(self, db, *, target=None, runner=None, budget: int = 1, measure: bool = True, kernel="measured"):
+    def __init__(self, db, *, target=None, runner=None, budget: int = 1, measure: bool = True, kernel="measured",
+                 threads: int | None = None):
+        from tvm_mpq.tuning.measure import local_threads
+
         self.db, self.runner, self.budget, self.measure = db, runner, budget, measure
+        # the threads priced: records timed on them are preferred (a local runner tunes on every core)
+        self.threads = threads if threads is not None else local_threads() if runner is None else getattr(runner, "threads", None)
+        self._other_threads_warned = False
         self.kernel = MeasuredChooser(self) if kernel == "measured" else kernel
         self.target = parse_target(target)
         self.target_str = target_to_str(self.target)
@@ -44,9 +54,21 @@ class MeasuredLatency:
         key = (spec, kernel, w, a)
         if key in self._cache:
             return self._cache[key]
-        record = self.db.best(spec, kernel, w, a, target=self.target_str)
+        record = self._best(spec, kernel, w, a)
         self._cache[key] = self._label_ms(record) / 1e3 if record is not None else self._unmeasured(spec, kernel, w, a)
         return self._cache[key]
+
+    def _best(self, spec, kernel: str, w: int, a: int):
+        """The database's fastest ``ok`` record of the point, on ``self.threads`` where it has one."""
+        record = self.db.best(spec, kernel, w, a, target=self.target_str, threads=self.threads)
+        ran = None if record is None else record.extra.get("threads")
+        if ran is not None and self.threads is not None and ran != self.threads and not self._other_threads_warned:
+            self._other_threads_warned = True
+            logger.warning("%s holds %s timed on %d thread(s) and none on the %d this provider prices: such points are "
+                           "priced at the other thread count (tune the model again with `tvm-mpq tune --db %s` on %d "
+                           "threads, or price at threads=%d)", getattr(self.db, "path", "the database"), spec, ran,
+                           self.threads, getattr(self.db, "path", "..."), self.threads, ran)
+        return record
 
     def _unmeasured(self, spec, kernel: str, w: int, a: int) -> float:
         """Seconds for a point the database holds no ``ok`` record of: tuned now (``measure``), ``inf``
@@ -58,7 +80,7 @@ class MeasuredLatency:
             logger.info("measuring %s %s W%dA%d", spec, kernel, w, a)
             tune([TuneTask(spec, ["?"], [Precision(kernel, w, a)])], self.db, target=self.target, budget=self.budget,
                  runner=self.runner, progress=False)
-            record = self.db.best(spec, kernel, w, a, target=self.target_str)
+            record = self._best(spec, kernel, w, a)
         if record is None:
             failed = self.failures(spec, kernel, w, a)
             if failed:  # the kernel does not build or run at these bits: never the answer

@@ -243,10 +243,14 @@ class TuningDatabase:
                 and (target is None or r.target == target)]
 
     def best(self, spec, kernel: str | None = None, w_bits: int | None = None, a_bits: int | None = None,
-             target: str | None = None) -> Record | None:
+             target: str | None = None, threads: int | None = None) -> Record | None:
         """The fastest successful record matching the given fields (None if there is none); by probe
-        ratio (:attr:`Record.relative`) where every match has one, else by median latency."""
+        ratio (:attr:`Record.relative`) where every match has one, else by median latency.
+        ``threads``: of the matches, those timed on that many threads (or not saying) where there are
+        any, so a database holding 1- and 2-thread timings of a point does not answer the faster."""
         found = self.matching(spec, kernel, w_bits, a_bits, target, ok=True)
+        if threads is not None:
+            found = [r for r in found if r.extra.get("threads") in (None, threads)] or found
         if found and all(r.relative is not None for r in found):  # compared with the drift divided out
             return min(found, key=lambda r: r.relative)
         return min(found, key=lambda r: r.latency, default=None)
