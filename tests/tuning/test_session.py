@@ -205,7 +205,9 @@ def test_session_killed_with_sigkill_resumes_without_loss_or_duplicates(tmp_path
     path = tmp_path / "records.jsonl"
     script = tmp_path / "session.py"
     script.write_text(_SESSION)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    # both runs on 1 thread: a resumed session measures again what was timed on another count (and a
+    # child of this process may inherit a CPU affinity that TVM narrowed, so its default can differ)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "TVM_NUM_THREADS": "1"}
     proc = subprocess.Popen([sys.executable, str(script), str(path)], env=env, start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
@@ -225,9 +227,38 @@ def test_session_killed_with_sigkill_resumes_without_loss_or_duplicates(tmp_path
     expected = {candidate_key(c.workload, c.kernel, c.w_bits, c.a_bits, c.knobs, c.target, "local") for _, _, c in todo}
     on_disk = len(first)
     assert 1 <= on_disk < len(expected) == 4  # killed mid-run (a line cut by the kill is skipped on reading)
-    summary = tune(tasks, first, target=target, budget=3, progress=False)
+    runner = LocalRunner(threads=1)
+    try:
+        summary = tune(tasks, first, target=target, budget=3, progress=False, runner=runner)
+    finally:
+        runner.close()
     assert summary.skipped == on_disk and summary.measured == len(expected) - on_disk
     db = TuningDatabase(path)
     assert db.skipped_lines == first.skipped_lines  # a cut line stays alone: the next record did not glue onto it
     assert len(db) == len(expected) and {r.key for r in db} == expected  # nothing lost, nothing twice
     assert all(r.ok for r in db), [r.error for r in db]
+
+
+def test_resume_skips_what_was_measured_on_the_same_threads_and_retries_failures_on_request():
+    """A candidate recorded on another thread count is measured again (its timing is not this
+    runner's); a failed one is skipped on resume unless ``retry_failed``, and a failure followed by
+    an ``ok`` record is done either way."""
+    target = target_to_str(parse_target("llvm -mcpu=haswell"))
+    tasks = plan([SMALL], target, serial_bits=(1,), kernels=["bitserial"])
+    todo, _ = candidates(tasks, target, 2, TuningDatabase(None), "local")
+    (_, _, a), (_, _, b) = todo
+
+    def rec(c, status, threads):
+        ok = status == "ok"
+        return Record(workload=c.workload, kernel=c.kernel, w_bits=c.w_bits, a_bits=c.a_bits, knobs=c.knobs, target=c.target,
+                      status=status, latency_ms={"median": 0.1, "mean": 0.1, "min": 0.1, "std": 0.0, "n": 1} if ok else None,
+                      error=None if ok else "timed out", extra={"threads": threads})
+
+    db = TuningDatabase(None)
+    db.append(rec(a, "ok", 1))
+    db.append(rec(b, "timeout", 2))
+    left = lambda **kw: [c.knobs for _, _, c in candidates(tasks, target, 2, db, "local", **kw)[0]]  # noqa: E731
+    assert left() == [] and left(threads=1) == [b.knobs] and left(threads=2) == [a.knobs]
+    assert left(retry_failed=True) == [b.knobs] and left(threads=2, retry_failed=True) == [a.knobs, b.knobs]
+    db.append(rec(b, "ok", 2))  # the retried failure measured
+    assert left(threads=2, retry_failed=True) == [a.knobs]

@@ -78,7 +78,8 @@ def cmd_tune(args) -> int:
         print(f"tuning {args.model}: {len(tasks)} workloads x their precisions = {cells} cells, budget {args.budget}, "
               f"target {target_to_str(target)}, device {runner.device}, {len(db)} records in {args.db}", file=sys.stderr)
     try:
-        summary = tuning.tune(tasks, db, target=target, budget=args.budget, runner=runner, progress=not args.no_progress)
+        summary = tuning.tune(tasks, db, target=target, budget=args.budget, runner=runner, progress=not args.no_progress,
+                              retry_failed=args.retry_failed)
     finally:
         runner.close()
     result = {"db": args.db, "workloads": len(tasks), "cells": cells, "target": target_to_str(target), "device": runner.device, **summary.to_dict()}
@@ -116,6 +117,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rpc-tracker", help="host:port of a TVM RPC tracker: measure on its boards instead of here")
     p.add_argument("--rpc-key", help="the key the boards registered with the tracker")
     p.add_argument("--timeout", type=float, default=120.0, help="seconds per build + measurement before it counts as a timeout")
+    p.add_argument("--retry-failed", action="store_true",
+                   help="measure again the candidates whose records are failures (build/run error, timeout); "
+                        "by default a resumed session skips them")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="print one JSON summary object")
     p.set_defaults(func=cmd_tune)

@@ -168,7 +168,7 @@ class TuningDatabase:
     def __init__(self, path: "str | os.PathLike[str] | None"):
         self.path = os.fspath(path) if path is not None else None
         self._records: list[Record] = []
-        self._keys: set[str] = set()
+        self._by_key: dict[str, list[Record]] = {}  # candidate key -> its records (a failure retried has two)
         self._cells: dict[str, int] = {}
         self._by_workload: dict[str, list[Record]] = {}  # workload_key -> its records: best() is asked per point
         self.skipped_lines = 0
@@ -189,7 +189,7 @@ class TuningDatabase:
 
     def _index(self, record: Record) -> None:
         self._records.append(record)
-        self._keys.add(record.key)
+        self._by_key.setdefault(record.key, []).append(record)
         self._cells[record.cell] = self._cells.get(record.cell, 0) + 1
         self._by_workload.setdefault(workload_key(record.workload), []).append(record)
 
@@ -213,7 +213,13 @@ class TuningDatabase:
             self.append(record)
 
     def has(self, key: str) -> bool:
-        return key in self._keys
+        return key in self._by_key
+
+    def done(self, key: str, *, threads: int | None = None, retry_failed: bool = False) -> bool:
+        """Whether candidate ``key`` needs no new measurement: it has a record timed on ``threads``
+        (None: any; a record that does not say counts), an ``ok`` one with ``retry_failed``."""
+        return any((threads is None or r.extra.get("threads") in (None, threads)) and (r.ok or not retry_failed)
+                   for r in self._by_key.get(key, ()))
 
     def trials(self, cell: str) -> int:
         return self._cells.get(cell, 0)

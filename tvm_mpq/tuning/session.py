@@ -96,15 +96,18 @@ def _fmt(seconds: float) -> str:
     return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
 
 
-def candidates(tasks: Iterable[TuneTask], target: str, budget: int, db: TuningDatabase, device: str):
-    """(task, precision, Candidate) still to measure: up to ``budget`` per cell, minus what ``db`` has."""
+def candidates(tasks: Iterable[TuneTask], target: str, budget: int, db: TuningDatabase, device: str,
+               threads: int | None = None, retry_failed: bool = False):
+    """(task, precision, Candidate) still to measure: up to ``budget`` per cell, minus what ``db`` has
+    (on ``threads``, where the runner says; only ``ok`` records count with ``retry_failed``)."""
     todo, skipped = [], 0
     for task in tasks:
         wl = workload_dict(task.spec)
         for p in task.menu:
             space = knob_space(task.spec, p.kernel, target)[:budget]
             for knobs in space:
-                if db.has(candidate_key(wl, p.kernel, p.w_bits, p.a_bits, knobs, target, device)):
+                if db.done(candidate_key(wl, p.kernel, p.w_bits, p.a_bits, knobs, target, device), threads=threads,
+                           retry_failed=retry_failed):
                     skipped += 1
                     continue
                 todo.append((task, p, Candidate(wl, p.kernel, p.w_bits, p.a_bits, knobs, target)))
@@ -112,10 +115,14 @@ def candidates(tasks: Iterable[TuneTask], target: str, budget: int, db: TuningDa
 
 
 def tune(tasks: list[TuneTask], db: TuningDatabase, *, target=None, budget: int = 4, runner=None,
-         progress: bool = True, stream: TextIO | None = None, limit: int | None = None) -> TuneSummary:
+         progress: bool = True, stream: TextIO | None = None, limit: int | None = None,
+         retry_failed: bool = False) -> TuneSummary:
     """Measure every cell of ``tasks`` (see the module docstring); records go to ``db`` as they come.
 
-    ``limit`` stops after that many new measurements (a session in slices).
+    ``limit`` stops after that many new measurements (a session in slices). A candidate recorded
+    on another thread count than the runner's (a local runner's ``threads``) is measured again;
+    one that failed (build error, run error, timeout) is skipped unless ``retry_failed`` (a
+    timeout on a loaded machine, a board that was rebooting): its new record goes next to the old.
     """
     if budget < 1:
         raise ValueError(f"budget must be >= 1 candidate per cell, got {budget}")
@@ -126,7 +133,7 @@ def tune(tasks: list[TuneTask], db: TuningDatabase, *, target=None, budget: int 
     own_runner = runner is None
     runner = runner or LocalRunner()
     t0 = time.perf_counter()
-    todo, skipped = candidates(tasks, tgt, budget, db, runner.device)
+    todo, skipped = candidates(tasks, tgt, budget, db, runner.device, getattr(runner, "threads", None), retry_failed)
     if limit is not None:
         todo = todo[:limit]
     summary = TuneSummary(skipped=skipped)
