@@ -116,3 +116,22 @@ def test_measured_provider_prices_records_of_its_own_thread_count(tmp_path, capl
         assert two.latency(SPEC, Precision("bitserial", 2, 2)) == pytest.approx(0.2e-3)
     warned = [r for r in caplog.records if "thread" in r.getMessage()]
     assert len(warned) == 1 and "timed on 1 thread(s) and none on the 2" in warned[0].getMessage()
+
+
+def test_a_measuring_provider_measures_a_point_timed_only_on_other_threads(tmp_path, monkeypatch):
+    """With ``measure`` a point whose records are all on another thread count is tuned again on the
+    provider's (not answered from the other count's timing); the new record answers."""
+    from tvm_mpq.tuning.database import Record, workload_dict
+
+    db = TuningDatabase(tmp_path / "r.jsonl")
+
+    def rec(threads, ms):
+        return Record(workload=workload_dict(SPEC), kernel="int8", w_bits=8, a_bits=8, knobs={}, target=TARGET, status="ok",
+                      latency_ms={"median": ms, "mean": ms, "min": ms, "std": 0.0, "n": 1}, extra={"threads": threads})
+
+    db.append(rec(1, 0.5))
+    tuned = []
+    monkeypatch.setattr("tvm_mpq.tuning.tune", lambda tasks, d, **kw: tuned.append(tasks) or d.append(rec(2, 0.3)))
+    hw = MeasuredLatency(db, target=TARGET, threads=2)
+    assert hw.latency(SPEC, Precision("int8", 8, 8)) == pytest.approx(0.3e-3) and len(tuned) == 1
+    assert MeasuredLatency(db, target=TARGET, threads=1).latency(SPEC, Precision("int8", 8, 8)) == pytest.approx(0.5e-3)

@@ -71,6 +71,9 @@ class HybridLatency(MeasuredLatency):
         predicted = self._predict_ms([(r.spec, r.kernel, r.w_bits, r.a_bits, r.knobs or None) for r in records])
         return np.array([self._label_ms(r) for r in records]) / predicted
 
+    def _measures(self, spec) -> bool:
+        return spec in self.measure_specs
+
     def _unmeasured(self, spec, kernel: str, w: int, a: int) -> float:
         if spec in self.measure_specs or self.failures(spec, kernel, w, a):  # tuned now, or failed: as MeasuredLatency
             return super()._unmeasured(spec, kernel, w, a)

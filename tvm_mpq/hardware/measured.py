@@ -23,8 +23,9 @@ class MeasuredLatency:
     that points measured at different moments of a drifting machine compare (see ``_label_ms``).
 
     ``threads``: the thread count priced (default: the local runner's, every core; an RPC runner's
-    is unknown, so no preference): of a point's records those timed on it answer where there are
-    any, otherwise the others, with one warning (a database tuned on another thread count).
+    is unknown, so no preference): of a point's records those timed on it answer; a point timed only
+    on another count is measured again (``measure``), else answered from those records with one
+    warning (a database tuned on another thread count).
 
     ``kernel="measured"`` (the default) runs each layer on the kernel measured fastest for it
     (:class:`MeasuredChooser`, ``self.kernel``; build the model with the same ``kernel=`` so that
@@ -54,15 +55,24 @@ class MeasuredLatency:
         key = (spec, kernel, w, a)
         if key in self._cache:
             return self._cache[key]
-        record = self._best(spec, kernel, w, a)
+        record = self._best(spec, kernel, w, a, other_threads=not self._measures(spec))
         self._cache[key] = self._label_ms(record) / 1e3 if record is not None else self._unmeasured(spec, kernel, w, a)
         return self._cache[key]
 
-    def _best(self, spec, kernel: str, w: int, a: int):
-        """The database's fastest ``ok`` record of the point, on ``self.threads`` where it has one."""
+    def _measures(self, spec) -> bool:
+        """Whether a point of ``spec`` missing from the database is measured (else an error or a prediction)."""
+        return self.measure
+
+    def _best(self, spec, kernel: str, w: int, a: int, other_threads: bool = True):
+        """The database's fastest ``ok`` record of the point on ``self.threads``; without one, the
+        fastest on another count (``other_threads``, with one warning) or None (to be measured)."""
         record = self.db.best(spec, kernel, w, a, target=self.target_str, threads=self.threads)
         ran = None if record is None else record.extra.get("threads")
-        if ran is not None and self.threads is not None and ran != self.threads and not self._other_threads_warned:
+        if ran is not None and self.threads is not None and ran != self.threads:
+            if not other_threads:
+                return None
+            if self._other_threads_warned:
+                return record
             self._other_threads_warned = True
             logger.warning("%s holds %s timed on %d thread(s) and none on the %d this provider prices: such points are "
                            "priced at the other thread count (tune the model again with `tvm-mpq tune --db %s` on %d "
