@@ -89,9 +89,9 @@ def main() -> None:
     db = TuningDatabase(args.db)
     records = [r for r in db.records if r.ok]
     shipped = hardware.PredictedLatency(default_model())
-    measured_layers = hardware.MeasuredLatency(db, target=shipped.target, measure=False, kernel="predicted")
-    target = measured_layers.target_str
     threads = int(shipped.model.meta.get("threads") or local_threads())  # the networks run on the threads the records did
+    measured_layers = hardware.MeasuredLatency(db, target=shipped.target, measure=False, kernel="predicted", threads=threads)
+    target = measured_layers.target_str
     reference = shipped.model.meta["probe_ms"][probe_key(target, threads, probe_kernel_name(target))]
     rows, probes = [], []
     for model_name in args.models:
