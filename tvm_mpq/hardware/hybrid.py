@@ -42,6 +42,7 @@ class HybridLatency(MeasuredLatency):
         self.predictor = PredictedLatency(model, target=self.target, threads=threads, kernel="auto")
         self.predicted_points = 0
         self._median_ratio: dict[tuple, float] = {}
+        self._indexed, self._by_kernel, self._by_shape = -1, {}, {}
 
     @property
     def measured_points(self) -> int:
@@ -51,21 +52,35 @@ class HybridLatency(MeasuredLatency):
     def _predict_ms(self, points) -> np.ndarray:
         return self.predictor.model.predict_points(points, target=self.target, threads=self.predictor.threads)
 
+    def _index(self) -> dict:
+        """This target's ``ok`` records by kernel, and by (kernel, bits, shape but its output
+        channels) for the anchors; rebuilt when the database has grown (a provider is asked
+        thousands of points, and rebuilding a record's spec per question cost ~4 ms a point)."""
+        if self._indexed != len(self.db):
+            by_kernel: dict[str, list] = {}
+            by_shape: dict[tuple, list] = {}
+            for r in self.db.ok():
+                if r.target != self.target_str:
+                    continue
+                by_kernel.setdefault(r.kernel, []).append(r)
+                spec = r.spec
+                by_shape.setdefault((r.kernel, r.w_bits, r.a_bits, _without_channels(spec)), []).append((spec, r))
+            self._by_kernel, self._by_shape, self._indexed = by_kernel, by_shape, len(self.db)
+        return self._by_kernel
+
     def _records(self, kernel: str, w: int | None = None, a: int | None = None) -> list:
         """This target's ``ok`` records of ``kernel`` (at ``w``/``a`` where given)."""
-        return [r for r in self.db.ok() if r.kernel == kernel and r.target == self.target_str
-                and (w is None or r.w_bits == w) and (a is None or r.a_bits == a)]
+        return [r for r in self._index().get(kernel, ()) if (w is None or r.w_bits == w) and (a is None or r.a_bits == a)]
 
     def anchor(self, spec, kernel: str, w: int, a: int):
         """The record that scales the prediction for ``spec`` (see the class docstring), or None."""
-        channels = "out_features" if hasattr(spec, "out_features") else "out_channels"
-        mine = getattr(spec, channels)
-        same = [r for r in self._records(kernel, w, a)
-                if type(r.spec) is type(spec) and dataclasses.replace(r.spec, **{channels: mine}) == spec]
+        self._index()
+        same = self._by_shape.get((kernel, w, a, _without_channels(spec)))
         if not same:
             return None
+        mine = _channels(spec)
         # the nearest channel count; of equals, the larger layer (a group's own layer), then the fastest
-        return min(same, key=lambda r: (abs(getattr(r.spec, channels) - mine), -getattr(r.spec, channels), self._label_ms(r)))
+        return min(same, key=lambda sr: (abs(_channels(sr[0]) - mine), -_channels(sr[0]), self._label_ms(sr[1])))[1]
 
     def _ratio(self, records) -> np.ndarray:
         predicted = self._predict_ms([(r.spec, r.kernel, r.w_bits, r.a_bits, r.knobs or None) for r in records])
@@ -88,3 +103,12 @@ class HybridLatency(MeasuredLatency):
                 self._median_ratio[key] = float(np.median(self._ratio(records))) if records else 1.0
             ratio = self._median_ratio[key]
         return ratio * float(self._predict_ms([(spec, kernel, w, a, None)])[0]) / 1e3
+
+
+def _channels(spec) -> int:
+    return spec.out_features if hasattr(spec, "out_features") else spec.out_channels
+
+
+def _without_channels(spec):
+    """``spec`` with its output channels set to 0: what a channel group shares with its layer."""
+    return dataclasses.replace(spec, **{"out_features" if hasattr(spec, "out_features") else "out_channels": 0})
