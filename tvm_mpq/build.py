@@ -81,7 +81,10 @@ class CompiledModel:
     __call__ = run
 
     def time(self, *inputs: Any, number: int = 10, repeat: int = 3, min_repeat_ms: int = 0) -> np.ndarray:
-        """Seconds per run, one entry per repeat (TVM's time_evaluator)."""
+        """Seconds per run, one entry per repeat (TVM's time_evaluator), on this process's TVM
+        thread pool: ``TVM_NUM_THREADS`` if it was set before the first kernel ran, else TVM's default
+        of half the logical CPUs on x86 (1 on a 2-vCPU VM). To time on a chosen thread count, export
+        the model and use :func:`tvm_mpq.deploy.time_exported` (a fresh process), as the benchmarks do."""
         timer = self.vm.time_evaluator("main", self.device, number=number, repeat=repeat, min_repeat_ms=min_repeat_ms)
         return np.array(timer(*self._args(inputs)).results)
 
