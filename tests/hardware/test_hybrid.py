@@ -118,3 +118,21 @@ def test_a_failed_point_is_unavailable_not_predicted(tmp_path, model):
                      status="build_error", error="LLVM ERROR"))
     hw = HybridLatency(db, model, target=TARGET)
     assert hw.latency(half, Precision("bitserial", 1, 4)) == float("inf")
+
+
+def test_a_group_is_anchored_on_its_layer_timed_on_the_providers_threads(tmp_path, model):
+    """A database holding the layer on 1 and on 2 threads: each provider scales its channel groups
+    by the record on its own thread count (not the faster one), and indexes a record appended later."""
+    db = TuningDatabase(tmp_path / "r.jsonl")
+    for threads, ms in ((1, 0.60), (2, 0.30)):
+        db.append(dataclasses.replace(record(LAYER, "bitserial", 1, 1, ms), extra={"threads": threads}))
+    half = group_spec(LAYER, 32)
+    for threads, ms in ((1, 0.60), (2, 0.30)):
+        hw = HybridLatency(db, model, target=TARGET, threads=threads)
+        assert hw.anchor(half, "bitserial", 1, 1).extra["threads"] == threads
+        expected = ms / predicted_ms(model, LAYER, "bitserial", 1, 1, {}) * predicted_ms(model, half, "bitserial", 1, 1) * 1e-3
+        assert hw.latency(half, Precision("bitserial", 1, 1)) == pytest.approx(expected, rel=1e-6)
+    hw = HybridLatency(db, model, target=TARGET, threads=2)
+    assert hw.anchor(half, "int8", 4, 4) is None
+    db.append(dataclasses.replace(record(LAYER, "int8", 4, 4, 0.2), extra={"threads": 2}))
+    assert hw.anchor(half, "int8", 4, 4).kernel == "int8"
