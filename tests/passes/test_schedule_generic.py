@@ -51,3 +51,19 @@ def test_scheduled_kernels_are_left_alone():
     once = ScheduleGeneric()(mod)
     twice = ScheduleGeneric()(once)
     tvm.ir.assert_structural_equal(once, twice)
+
+
+def test_a_strided_pool_is_left_to_llvms_vectorizer():
+    """A stride-2 max pool gets its parallel loop but no explicit row vector (which would read every
+    other input element lane by lane); the stride-1 pool of the same input keeps its row vector."""
+    from tvm_mpq._tvm import te, topi
+    from tvm_mpq.passes.schedule_generic import schedule_function
+
+    x = te.placeholder((1, 8, 24, 24), "float32", name="x")
+    texts = {}
+    for stride in (1, 2):
+        y = topi.nn.pool2d(x, kernel=(3, 3), stride=(stride, stride), dilation=(1, 1), padding=(1, 1, 1, 1), pool_type="max",
+                           layout="NCHW")
+        texts[stride] = schedule_function(te.create_prim_func([x, y])).script()
+    assert "T.parallel(" in texts[2] and "T.vectorized(" not in texts[2]
+    assert "T.parallel(" in texts[1] and "T.vectorized(" in texts[1]
