@@ -37,7 +37,7 @@ def test_append_reload_and_lookup(tmp_path):
     assert len(again) == 3 and [r.to_json() for r in again] == [r.to_json() for r in db]
     assert again.best(SPEC).latency == 1.0 and again.best(SPEC, kernel="bitserial") is None
     first = again.records[0]
-    assert again.has(first.key) and again.trials(first.cell) == 2
+    assert again.done(first.key) and again.trials(first.cell) == 2
     assert path.read_text().count("\n") == 3  # one line per record, appended
     other = ConvSpec(batch=1, in_channels=16, height=8, width=8, out_channels=64, kernel=(3, 3), strides=(2, 2), padding=(1, 1, 1, 1))
     again.append(_record(0.5, spec=other))

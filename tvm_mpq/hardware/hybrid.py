@@ -72,10 +72,7 @@ class HybridLatency(MeasuredLatency):
         """This target's ``ok`` records of ``kernel`` (at ``w``/``a`` where given), those on the
         provider's threads where there are any."""
         found = [r for r in self._index().get(kernel, ()) if (w is None or r.w_bits == w) and (a is None or r.a_bits == a)]
-        return [r for r in found if self._own_threads(r)] or found
-
-    def _own_threads(self, record) -> bool:
-        return self.threads is None or record.extra.get("threads") in (None, self.threads)
+        return [r for r in found if r.timed_on(self.threads)] or found
 
     def anchor(self, spec, kernel: str, w: int, a: int):
         """The record that scales the prediction for ``spec`` (see the class docstring), or None."""
@@ -83,7 +80,7 @@ class HybridLatency(MeasuredLatency):
         same = self._by_shape.get((kernel, w, a, _without_channels(spec)))
         if not same:
             return None
-        same = [sr for sr in same if self._own_threads(sr[1])] or same
+        same = [sr for sr in same if sr[1].timed_on(self.threads)] or same
         mine = _channels(spec)
         # the nearest channel count; of equals, the larger layer (a group's own layer), then the fastest
         return min(same, key=lambda sr: (abs(_channels(sr[0]) - mine), -_channels(sr[0]), self._label_ms(sr[1])))[1]

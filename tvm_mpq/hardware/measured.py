@@ -67,17 +67,16 @@ class MeasuredLatency:
         """The database's fastest ``ok`` record of the point on ``self.threads``; without one, the
         fastest on another count (``other_threads``, with one warning) or None (to be measured)."""
         record = self.db.best(spec, kernel, w, a, target=self.target_str, threads=self.threads)
-        ran = None if record is None else record.extra.get("threads")
-        if ran is not None and self.threads is not None and ran != self.threads:
-            if not other_threads:
-                return None
-            if self._other_threads_warned:
-                return record
+        if record is None or record.timed_on(self.threads):
+            return record
+        if not other_threads:
+            return None
+        if not self._other_threads_warned:
             self._other_threads_warned = True
+            path, ran = getattr(self.db, "path", None) or "the database", record.extra["threads"]
             logger.warning("%s holds %s timed on %d thread(s) and none on the %d this provider prices: such points are "
                            "priced at the other thread count (tune the model again with `tvm-mpq tune --db %s` on %d "
-                           "threads, or price at threads=%d)", getattr(self.db, "path", "the database"), spec, ran,
-                           self.threads, getattr(self.db, "path", "..."), self.threads, ran)
+                           "threads, or price at threads=%d)", path, spec, ran, self.threads, path, self.threads, ran)
         return record
 
     def _unmeasured(self, spec, kernel: str, w: int, a: int) -> float:

@@ -94,6 +94,11 @@ class Record:
         """Median latency in milliseconds (inf when the measurement failed)."""
         return float(self.latency_ms["median"]) if self.ok else float("inf")
 
+    def timed_on(self, threads: int | None) -> bool:
+        """Whether the record stands for a timing on ``threads`` TVM threads: any record for None,
+        and a record that does not say (RPC boards, older files) for any count."""
+        return threads is None or self.extra.get("threads") in (None, threads)
+
     def _probe(self) -> dict:
         """``extra["probe"]`` of an ok record (``{}`` when there is none)."""
         probe = self.extra.get("probe") if self.ok else None
@@ -212,14 +217,10 @@ class TuningDatabase:
         for record in records:
             self.append(record)
 
-    def has(self, key: str) -> bool:
-        return key in self._by_key
-
     def done(self, key: str, *, threads: int | None = None, retry_failed: bool = False) -> bool:
         """Whether candidate ``key`` needs no new measurement: it has a record timed on ``threads``
         (None: any; a record that does not say counts), an ``ok`` one with ``retry_failed``."""
-        return any((threads is None or r.extra.get("threads") in (None, threads)) and (r.ok or not retry_failed)
-                   for r in self._by_key.get(key, ()))
+        return any(r.timed_on(threads) and (r.ok or not retry_failed) for r in self._by_key.get(key, ()))
 
     def trials(self, cell: str) -> int:
         return self._cells.get(cell, 0)
@@ -255,8 +256,7 @@ class TuningDatabase:
         ``threads``: of the matches, those timed on that many threads (or not saying) where there are
         any, so a database holding 1- and 2-thread timings of a point does not answer the faster."""
         found = self.matching(spec, kernel, w_bits, a_bits, target, ok=True)
-        if threads is not None:
-            found = [r for r in found if r.extra.get("threads") in (None, threads)] or found
+        found = [r for r in found if r.timed_on(threads)] or found
         if found and all(r.relative is not None for r in found):  # compared with the drift divided out
             return min(found, key=lambda r: r.relative)
         return min(found, key=lambda r: r.latency, default=None)
