@@ -71,3 +71,27 @@ def supplement_workloads(n_conv: int = 60, n_depthwise: int = 8, n_dense: int = 
             seen.add(spec)
             specs.append(spec)
     return specs + [s for s in synthetic_workloads(n_conv=n_conv, n_depthwise=0, n_dense=0, seed=seed + 1) if s not in seen]
+
+
+#: Input channels of the narrow set: where one 64-byte AMX tile row is an eighth to seven eighths full.
+NARROW_IN = (8, 16, 24, 32, 40, 48, 56)
+NARROW_OUT = (16, 24, 32, 48, 64, 96, 128, 144, 192, 256, 384)
+NARROW_SIZES = (14, 20, 28, 40, 56, 80, 112)
+
+
+def narrow_workloads(n_conv: int = 40, seed: int = 3) -> list:
+    """``n_conv`` convolutions with 8-56 input channels (1x1, 3x3 and 5x5, strides 1 and 2, 14x14 to
+    112x112): where the AVX-512 class's kernel choice missed most (VNNI vs AMX on 16-48 input
+    channels, ``benchmarks/results/2026-11-30-costmodel-choice-misses.txt``), and where MobileNetV2
+    and most detection backbones put their early pointwise convs."""
+    rng = np.random.default_rng(seed)
+    specs: list = []
+    while len(specs) < n_conv:
+        k = int(rng.choice([1, 1, 3, 3, 5]))
+        stride = int(rng.choice([1, 1, 2]))
+        size = int(rng.choice(NARROW_SIZES))
+        spec = ConvSpec(1, int(rng.choice(NARROW_IN)), size, size, int(rng.choice(NARROW_OUT)), (k, k), (stride, stride),
+                        (k // 2,) * 4)
+        if spec.macs <= MAX_MACS and spec not in specs:
+            specs.append(spec)
+    return specs
