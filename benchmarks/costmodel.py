@@ -1,25 +1,34 @@
 """Whole-network latency: cost-model prediction vs measurement of the compiled model.
 
-For ResNet-18 and MobileNetV2 (224x224, batch 1, on the threads the model's records were timed on) and several
-policies (uniform, 8-bit ends with low bits inside, a seeded random mix per layer, a mix with
-channel groups), in one run:
+For ResNet-18 and MobileNetV2 (224x224, batch 1, on the threads the model's records were timed on) and
+the policies of :func:`tvm_mpq.cost_models.network.policies` (uniform, 8-bit ends with low bits
+inside, a seeded random mix per layer, a mix with channel groups), in one run
+(:func:`tvm_mpq.cost_models.network.profile_networks`, one child process per network):
 
 * measured: the model compiled by our pipeline, timed (median over ``--rounds`` interleaved rounds),
   each model's runs right after the probe kernel the records were timed against. ``raw``: seconds
   as they came, which on a shared VM drift up to 2x against the records. ``measured``: in the
   units the model predicts, the network's median x the model's probe reference / the probe's
   median over this network's timing session (the machine's state divided out at the level of the
-  session). Per-round ratios (``--per-round``) divide each round by the probe just before it, as
-  the records are; for whole networks that adds noise instead of removing it: over 150 rounds
-  (``2026-11-29-costmodel-wholenet-znver3-drift.txt``) the warm networks moved with about the 0.1-0.3
-  power of the cold probe, and MobileNetV2's round-to-round cv rose from 16% raw to 21% per-round;
-* predicted, leave-one-model-out: a cost model fitted on the records of every workload *not* in
-  this network (the other network and the synthetic shapes), so no layer of it was seen;
-* predicted, shipped model (trained on all records, this network's layers included);
-* the sum of the measured per-layer records (what a perfect layer model would give).
+  session; per round it adds noise instead: warm networks move with about the 0.1-0.3 power of
+  the cold probe, ``2026-11-29-costmodel-wholenet-znver3-drift.txt``). Every network is also
+  profiled call by call (``--profile-runs``): its layers' in-network times;
+* held-out: a cost model fitted on the records of every workload *not* in this network (the other
+  network and the synthetic shapes), so no layer of it was seen; its layers alone summed
+  (``held-out``), and through the layer-in-network map (:class:`~tvm_mpq.cost_models.network.NetworkCalibration`:
+  one scale on the layers, pooling at its measured rate) fitted on the *other* network's profiles
+  from this run (``h-o in-net``): nothing of this network seen;
+* shipped: the shipped model (trained on all records, this network's layers included), alone
+  (``shipped``), with its own map (``shp in-net``: fitted at rebuild on profiles of both networks,
+  what ``PredictedLatency`` answers by default), and through a map fitted on this network's profiles
+  from this run under the *other* three
+  policies (``own map``: W8A8, W2A2 and the mix for W4A4, W1A1 and the grouped mix, and the other
+  way round): what ``tvm-mpq costmodel profile`` + ``fit --profiles`` give a user who profiles the
+  network a search is about;
+* the sum of the measured per-layer records (what a perfect model of layers alone would give).
 
-Each prediction is the sum of its layers' latencies on the kernels the pipeline picks plus the
-pooling ops (:func:`tvm_mpq.hardware.base.pooling_seconds`).
+Each prediction is its layers' latencies on the kernels the pipeline picks plus the pooling ops
+(:func:`tvm_mpq.hardware.base.pooling_seconds`).
 
 Usage: ``python benchmarks/costmodel.py [--db cost_models/data/znver3_records.jsonl] [--rounds 3] [--json out.json]``
 """
@@ -29,37 +38,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import tempfile
 
 import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-
-
-def policies(net, seed: int = 0):
-    from tvm_mpq.policy import ChannelGroup, LayerBits, QuantPolicy
-
-    rng = np.random.default_rng(seed)
-    names = net.layer_names
-    ends = {names[0]: LayerBits(8, 8), names[-1]: LayerBits(8, 8)}
-    out = {
-        "W8A8": QuantPolicy.uniform(net, w_bits=8, a_bits=8),
-        "W4A4": QuantPolicy.uniform(net, w_bits=4, a_bits=4),
-        "W2A2 (8-bit ends)": QuantPolicy.uniform(net, w_bits=2, a_bits=2, keep_first_last=8),
-        "W1A1 (8-bit ends)": QuantPolicy.uniform(net, w_bits=1, a_bits=1, keep_first_last=8),
-    }
-    choices = [1, 2, 3, 4, 8]
-    mixed = {n: LayerBits(int(rng.choice(choices)), int(rng.choice(choices))) for n in names[1:-1]}
-    out["mixed per layer"] = QuantPolicy({**ends, **mixed})
-    grouped = dict(mixed)
-    for layer in net.layers[1:-1]:
-        if layer.kind == "conv2d" and rng.random() < 0.3:
-            split = layer.out_channels // 2
-            grouped[layer.name] = LayerBits(a_bits=mixed[layer.name].a_bits, groups=(
-                ChannelGroup(0, split, 1), ChannelGroup(split, layer.out_channels, 4)))
-    out["mixed + channel groups"] = QuantPolicy({**ends, **grouped})
-    return out
 
 
 def main() -> None:
@@ -69,16 +52,14 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=["resnet18", "mobilenet_v2"])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--json", help="also write the rows here")
-    parser.add_argument("--per-round", action="store_true", help="measured = median of per-round ratios to the probe "
-                        "(as the records) instead of the network's median / the session's probe median")
+    parser.add_argument("--profile-runs", type=int, default=20, help="profiled runs per network (per-layer in-network times)")
+    parser.add_argument("--save-profiles", help="also write the profiles here (cost_models.network.save_profiles)")
     args = parser.parse_args()
-
-    import torch
 
     import tvm_mpq
     from tvm_mpq import hardware
     from tvm_mpq.cost_models import XGBCostModel, default_model, shipped_model_path
-    from tvm_mpq.deploy import time_exported_probed
+    from tvm_mpq.cost_models.network import NetworkCalibration, policies, profile_networks
     from tvm_mpq.tuning import TuningDatabase
     from tvm_mpq.tuning.database import probe_key, workload_key
     from tvm_mpq.tuning.measure import local_threads, probe_kernel_name
@@ -88,50 +69,70 @@ def main() -> None:
         args.db = os.path.join(ROOT, "cost_models", "data", f"{name}_records.jsonl")
     db = TuningDatabase(args.db)
     records = [r for r in db.records if r.ok]
-    shipped = hardware.PredictedLatency(default_model())
-    threads = int(shipped.model.meta.get("threads") or local_threads())  # the networks run on the threads the records did
+    shipped_model = default_model()
+    threads = int(shipped_model.meta.get("threads") or local_threads())  # the networks run on the threads the records did
+    shipped = hardware.PredictedLatency(shipped_model, in_network=False)
+    shipped_in = hardware.PredictedLatency(shipped_model) if "network" in shipped_model.meta else None
     measured_layers = hardware.MeasuredLatency(db, target=shipped.target, measure=False, kernel="predicted", threads=threads)
     target = measured_layers.target_str
-    reference = shipped.model.meta["probe_ms"][probe_key(target, threads, probe_kernel_name(target))]
+    reference = shipped_model.meta["probe_ms"][probe_key(target, threads, probe_kernel_name(target))]
+    # every network compiled under every policy, timed and profiled layer by layer in one child per model
+    profiles = profile_networks(args.models, target=target, threads=threads, rounds=args.rounds, runs=args.profile_runs)
+    if args.save_profiles:
+        from tvm_mpq.cost_models.network import save_profiles
+
+        save_profiles(profiles, args.save_profiles)
     rows, probes = [], []
     for model_name in args.models:
         model, inputs = tvm_mpq.models.get(model_name, input_size=224)
         net = tvm_mpq.import_torch(model, inputs)
         own = {workload_key(l.spec) for l in net.layers}
-        others = [r for r in records if workload_key(r.workload) not in own]
-        held_out = hardware.PredictedLatency(XGBCostModel().fit(others), target=shipped.target)
-        gen = torch.Generator().manual_seed(0)
-        batches = [torch.relu(torch.randn(inputs[0].shape, generator=gen)) for _ in range(2)]
-        cal = tvm_mpq.calibrate(net, batches)
-        x = batches[0].numpy()
-        with tempfile.TemporaryDirectory() as tmp:
-            paths = {label: tvm_mpq.build(net, policy, cal).export(os.path.join(tmp, f"{i}.so"))
-                     for i, (label, policy) in enumerate(policies(net).items())}
-            times = time_exported_probed(paths, x, target, rounds=args.rounds, threads=threads)
-        probes += times["probe_ms"]
-        session_probe_ms = float(np.median(times["probe_ms"]))
+        held_model = XGBCostModel().fit([r for r in records if workload_key(r.workload) not in own])
+        held_out = hardware.PredictedLatency(held_model, target=shipped.target, in_network=False)
+        others = [p for p in profiles if p["model"] != model_name]
+        held_in = None
+        if others:  # the in-network map fitted on the other networks' profiles only
+            held_model.meta["network"] = NetworkCalibration.fit(held_model, others).to_dict()
+            held_in = hardware.PredictedLatency(held_model, target=shipped.target)
+        mine = {p["policy"]: p for p in profiles if p["model"] == model_name}
+        probes.append(next(iter(mine.values()))["probe_ms"])
+        labels = list(policies(net))
+        halves = (labels[0::2], labels[1::2])  # W8A8, W2A2, mixed | W4A4, W1A1, mixed + groups
+        own_maps = {}
+        for fit_on, test_on in (halves, halves[::-1]):  # the map fitted on the network's other policies
+            m = XGBCostModel.load(shipped_model_path())
+            m.meta["network"] = NetworkCalibration.fit(m, [mine[label] for label in fit_on]).to_dict()
+            own_maps.update({label: hardware.PredictedLatency(m) for label in test_on})
         for label, policy in policies(net).items():
-            raw_ms = 1e3 * float(np.median(times[label]["seconds"]))
-            row = {"model": model_name, "policy": label, "raw_ms": raw_ms, "probe_ms": session_probe_ms,
-                   "measured_ms": reference * float(np.median(times[label]["ratio"])) if args.per_round
-                   else reference * raw_ms / session_probe_ms,
+            prof = mine[label]
+            raw_ms = 1e3 * float(np.median(prof["rounds_s"]))
+            row = {"model": model_name, "policy": label, "raw_ms": raw_ms, "probe_ms": prof["probe_ms"],
+                   "measured_ms": reference * raw_ms / prof["probe_ms"],
                    "held_out_ms": 1e3 * hardware.network_latency(held_out, net, policy),
-                   "shipped_ms": 1e3 * hardware.network_latency(shipped, net, policy)}
+                   "held_out_in_ms": 1e3 * hardware.network_latency(held_in, net, policy) if held_in else float("nan"),
+                   "shipped_ms": 1e3 * hardware.network_latency(shipped, net, policy),
+                   "shipped_in_ms": 1e3 * hardware.network_latency(shipped_in, net, policy) if shipped_in else float("nan"),
+                   "own_map_ms": 1e3 * hardware.network_latency(own_maps[label], net, policy)}
             try:
                 row["layer_records_ms"] = 1e3 * hardware.network_latency(measured_layers, net, policy)
             except RuntimeError:
                 row["layer_records_ms"] = float("nan")
             rows.append(row)
-    print(f"{threads} TVM thread(s), as the model's records; probe units: the model's probe reference {reference:.3f} ms; probe during the timing: "
-          f"median {np.median(probes):.3f} ms (range {min(probes):.3f}-{max(probes):.3f})")
-    print(f"{'model':13s} {'policy':24s} {'raw':>9s} {'measured':>9s} {'held-out':>9s} {'err':>7s} {'shipped':>9s} {'err':>7s} {'layer recs':>10s} {'err':>7s}")
+    print(f"{threads} TVM thread(s), as the model's records; probe units: the model's probe reference {reference:.3f} ms; "
+          f"probe during the timing: {', '.join(f'{p:.3f}' for p in probes)} ms (one session per model)")
+    cols = [("held_out_ms", "held-out"), ("held_out_in_ms", "h-o in-net"), ("shipped_ms", "shipped"), ("shipped_in_ms", "shp in-net"),
+            ("own_map_ms", "own map"), ("layer_records_ms", "layer recs")]
+    print(f"{'model':13s} {'policy':24s} {'raw':>9s} {'measured':>9s} " + " ".join(f"{title:>10s} {'err':>7s}" for _, title in cols))
     for r in rows:
         m = r["measured_ms"]
-        print(f"{r['model']:13s} {r['policy']:24s} {r['raw_ms']:8.2f}ms {m:8.2f}ms {r['held_out_ms']:8.2f}ms {100 * (r['held_out_ms'] / m - 1):+6.1f}% "
-              f"{r['shipped_ms']:8.2f}ms {100 * (r['shipped_ms'] / m - 1):+6.1f}% {r['layer_records_ms']:9.2f}ms "
-              f"{100 * (r['layer_records_ms'] / m - 1):+6.1f}%")
-    errs = np.array([abs(r["held_out_ms"] / r["measured_ms"] - 1) for r in rows])
-    print(f"held-out whole-network error: mean {100 * errs.mean():.1f}%, max {100 * errs.max():.1f}% over {len(rows)} (model, policy)")
+        print(f"{r['model']:13s} {r['policy']:24s} {r['raw_ms']:8.2f}ms {m:8.2f}ms "
+              + " ".join(f"{r[key]:8.2f}ms {100 * (r[key] / m - 1):+6.1f}%" for key, _ in cols))
+    for key, title in cols:
+        errs = np.array([abs(r[key] / r["measured_ms"] - 1) for r in rows])
+        if np.isfinite(errs).any():
+            errs = errs[np.isfinite(errs)]
+            print(f"{title:>10s}: whole-network error mean {100 * errs.mean():.1f}%, max {100 * errs.max():.1f}%, "
+                  f"within 10%: {int((errs <= 0.10).sum())}/{len(errs)}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=1)

@@ -2,7 +2,7 @@
 
 The whole-network targets of the kernels issue hinge on the ops between quantized layers (pooling,
 adds, copies, layout changes, the VM's own calls) not dominating. This runs a model compiled under a
-policy with a VM instrument that times each call (``time.perf_counter`` before and after, median
+policy with a VM instrument that times each call (:meth:`tvm_mpq.build.CompiledModel.profile`, median
 over ``--runs``), and prints the calls by time, the share of the layer kernels (every kernel the
 lowering scheduled: its symbol carries the layer's name) and of everything else, and the sum of
 the calls next to the plain ``time_evaluator`` latency (the difference: the instrument's and the
@@ -15,10 +15,8 @@ Usage: ``python benchmarks/profile_layers.py [--model resnet18] [--policy W8A8|W
 from __future__ import annotations
 
 import argparse
-import collections
 import os
 import sys
-import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
@@ -29,36 +27,10 @@ from resnet18 import POLICIES as RESNET18_POLICIES  # noqa: E402  (the end-to-en
 POLICIES = {label.split()[0]: kw for label, kw in RESNET18_POLICIES.items()}
 
 
-def profile(compiled, x, runs: int) -> dict[str, list[float]]:
-    """``{call symbol: [seconds per run]}`` (calls to the same symbol within a run are summed)."""
-    vm = compiled.vm
-    per_run: list[collections.Counter] = []
-    state = {"t": 0.0, "run": None}
+def is_layer_kernel(symbol: str, net) -> bool:
+    from tvm_mpq.cost_models.network import layer_of, layer_symbols
 
-    def instrument(func, symbol, before, ret, *args):
-        now = time.perf_counter()
-        if before:
-            state["t"] = now
-        else:
-            state["run"][str(symbol)] += now - state["t"]
-        return 0  # VMInstrumentReturnKind.kNoOp
-
-    args = compiled._args([x])
-    compiled.run(x)  # warm (first-call allocations)
-    vm.set_instrument(instrument)
-    try:
-        for _ in range(runs):
-            state["run"] = collections.Counter()
-            vm["main"](*args)
-            per_run.append(state["run"])
-    finally:
-        vm.set_instrument(None)
-    symbols = set().union(*per_run)
-    return {s: [float(r.get(s, 0.0)) for r in per_run] for s in symbols} if per_run else {}
-
-
-def is_layer_kernel(symbol: str, layer_names) -> bool:
-    return any(name.replace(".", "_") in symbol for name in layer_names)
+    return layer_of(symbol, layer_symbols(net)) is not None
 
 
 def main(argv=None) -> int:
@@ -87,10 +59,9 @@ def main(argv=None) -> int:
     compiled = tvm_mpq.build(net, policy, cal)
     x = batch.numpy()
     latency = float(np.median(compiled.time(x, number=20, repeat=5)))
-    calls = profile(compiled, x, args.runs)
+    calls = compiled.profile(x, runs=args.runs)
     med = {s: float(np.median(v)) for s, v in calls.items()}
-    names = [l.name for l in net.layers]
-    kernels = sum(t for s, t in med.items() if is_layer_kernel(s, names))
+    kernels = sum(t for s, t in med.items() if is_layer_kernel(s, net))
     total = sum(med.values())
     print(f"{args.model} {args.input_size}x{args.input_size} {args.policy}, {args.threads} thread(s): "
           f"time_evaluator {1e3 * latency:.3f} ms; sum of {len(med)} call symbols {1e3 * total:.3f} ms")
@@ -98,7 +69,7 @@ def main(argv=None) -> int:
           f"everything else {1e3 * (total - kernels):.3f} ms ({100 * (total - kernels) / total:.1f}%)")
     print(f"  {'ms':>8s} {'%':>5s}  call (* = layer kernel)")
     for s, t in sorted(med.items(), key=lambda kv: -kv[1])[: args.top]:
-        print(f"  {1e3 * t:8.3f} {100 * t / total:5.1f}  {'*' if is_layer_kernel(s, names) else ' '} {s}")
+        print(f"  {1e3 * t:8.3f} {100 * t / total:5.1f}  {'*' if is_layer_kernel(s, net) else ' '} {s}")
     return 0
 
 

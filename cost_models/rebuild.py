@@ -6,10 +6,14 @@
         --db cost_models/data/znver3_records.jsonl --out cost_models/znver3.json   # the AVX2 class, on a Zen 3
 
 1. A tuning session (``tvm_mpq.tuning``) over ResNet-18, MobileNetV2 and the synthetic shapes of
-   :mod:`tvm_mpq.cost_models.synthetic` (and its supplement of depthwise and dense layers), every precision this target offers, ``--budget`` knob
+   :mod:`tvm_mpq.cost_models.synthetic` (its supplement of depthwise and dense layers, its narrow-channel convs), every precision this target offers, ``--budget`` knob
    settings per cell; records go to ``--db`` (append-only: a killed rebuild resumes).
 2. Held-out evaluation (:func:`tvm_mpq.cost_models.evaluate`), grouped by workload.
 3. Fit on every record, save ``--out`` with the evaluation embedded in its metadata.
+4. The layer-in-network map (:mod:`tvm_mpq.cost_models.network`): ResNet-18 and MobileNetV2
+   compiled under six policies, timed and profiled call by call on the records' threads (when
+   tuning, with ``--profile``, or when ``--profiles`` does not exist yet; else that file is reused),
+   the map fitted on them with the new model and kept in its ``meta["network"]``.
 """
 
 from __future__ import annotations
@@ -31,12 +35,12 @@ def tune_corpus(db_path: str, budget: int, target=None, serial_bits=(1, 2, 3, 4)
     """Tune the training corpus into ``db_path``; returns wall time and trials per source."""
     import tvm_mpq
     from tvm_mpq import tuning
-    from tvm_mpq.cost_models.synthetic import supplement_workloads, synthetic_workloads
+    from tvm_mpq.cost_models.synthetic import narrow_workloads, supplement_workloads, synthetic_workloads
 
     db = tuning.TuningDatabase(db_path)
     report = {}
     sources = [(name, lambda name=name: tvm_mpq.import_torch(*tvm_mpq.models.get(name))) for name in MODELS]
-    sources += [("synthetic", synthetic_workloads), ("supplement", supplement_workloads)]
+    sources += [("synthetic", synthetic_workloads), ("supplement", supplement_workloads), ("narrow", narrow_workloads)]
     for name, load in sources:
         tasks = tuning.plan(load(), target, serial_bits=serial_bits)
         summary = tuning.tune(tasks, db, target=target, budget=budget, progress=progress)
@@ -54,10 +58,15 @@ def main(argv=None) -> int:
     parser.add_argument("--skip-tune", action="store_true", help="fit from the records already in --db")
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--tuning-report", help="with --skip-tune: the JSON report of the session that tuned --db, kept in the model")
+    parser.add_argument("--profiles", help="network profiles for the layer-in-network map (default: next to --db, <out name>_network.json)")
+    parser.add_argument("--profile", action="store_true", help="profile the networks again even with --skip-tune")
     args = parser.parse_args(argv)
+    if args.profiles is None:
+        stem = os.path.splitext(os.path.basename(args.out))[0]
+        args.profiles = os.path.join(os.path.dirname(os.path.abspath(args.db)), f"{stem}_network.json")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
-    from tvm_mpq.cost_models import XGBCostModel, evaluate
+    from tvm_mpq.cost_models import XGBCostModel, evaluate, network
     from tvm_mpq.tuning import TuningDatabase
 
     tuning_report = None
@@ -75,6 +84,11 @@ def main(argv=None) -> int:
     model.meta["held_out"] = report
     if tuning_report is not None:
         model.meta["tuning"] = tuning_report
+    if args.profile or not args.skip_tune or not os.path.exists(args.profiles):
+        threads = int(model.meta.get("threads") or 0) or None  # the records' threads
+        logging.getLogger(__name__).info("profiling %s on %s thread(s) -> %s", ", ".join(network.PROFILE_MODELS), threads, args.profiles)
+        network.save_profiles(network.profile_networks(target=args.target, threads=threads), args.profiles)
+    model.meta["network"] = network.NetworkCalibration.fit(model, network.load_profiles(args.profiles)).to_dict()
     model.save(args.out)
     json.dump(report, sys.stdout, indent=2)
     print()

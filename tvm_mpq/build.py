@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import collections
 import logging
 import os
+import time
 from typing import Any
 
 import numpy as np
@@ -87,6 +89,36 @@ class CompiledModel:
         the model and use :func:`tvm_mpq.deploy.time_exported` (a fresh process), as the benchmarks do."""
         timer = self.vm.time_evaluator("main", self.device, number=number, repeat=repeat, min_repeat_ms=min_repeat_ms)
         return np.array(timer(*self._args(inputs)).results)
+
+    def profile(self, *inputs: Any, runs: int = 20) -> dict[str, list[float]]:
+        """Every call the VM makes, timed: ``{call symbol: [seconds, one per run]}`` (calls to the
+        same symbol within a run summed), ``runs`` runs after one warm-up. A VM instrument takes
+        ``time.perf_counter`` before and after each call, so each call also carries a few
+        microseconds of the instrument's own; the sum of the calls exceeds :meth:`time` by that.
+        Layer kernels are the symbols ``mpq_<kind>_<layer>_...`` (:func:`tvm_mpq.cost_models.network.layer_of`)."""
+        state: dict[str, Any] = {"t": 0.0, "run": None}
+
+        def instrument(func, symbol, before, ret, *args):
+            now = time.perf_counter()
+            if before:
+                state["t"] = now
+            else:
+                state["run"][str(symbol)] += now - state["t"]
+            return 0  # VMInstrumentReturnKind.kNoOp
+
+        args = self._args(inputs)
+        self.vm["main"](*args)  # warm (first-call allocations)
+        per_run: list[collections.Counter] = []
+        self.vm.set_instrument(instrument)
+        try:
+            for _ in range(runs):
+                state["run"] = collections.Counter()
+                self.vm["main"](*args)
+                per_run.append(state["run"])
+        finally:
+            self.vm.set_instrument(None)
+        symbols = set().union(*per_run) if per_run else set()
+        return {s: [float(r.get(s, 0.0)) for r in per_run] for s in symbols}
 
     def export(self, path: "str | os.PathLike[str]") -> str:
         """Write a shared library loadable with :func:`load_compiled` (or the C++ ``mpq_run``)."""

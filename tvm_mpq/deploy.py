@@ -100,6 +100,7 @@ def run_runner(
 _TIME_CHILD = """
 import json, sys, numpy as np, tvm_mpq
 paths, x_path, rounds, number, probe_target = json.loads(sys.argv[1]), sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
+profile_runs = int(sys.argv[6])
 models = {k: tvm_mpq.load_compiled(p) for k, p in paths.items()}
 x = np.load(x_path)
 order = list(models)
@@ -118,7 +119,12 @@ for r in range(rounds):
         if p:
             ratios[k].append(t / p)
             probe_ms.append(1e3 * p)
-print(json.dumps({"times": times, "ratios": ratios, "probe_ms": probe_ms}))
+profiles = {}
+for k in order if profile_runs else ():
+    p = float(np.median(run_probe())) if probe_target else None
+    calls = models[k].profile(x, runs=profile_runs)
+    profiles[k] = {"calls": {s: float(np.median(v)) for s, v in calls.items()}, "probe_ms": 1e3 * p if p else None}
+print(json.dumps({"times": times, "ratios": ratios, "probe_ms": probe_ms, "profiles": profiles}))
 """
 
 
@@ -130,11 +136,11 @@ def time_exported(paths: "dict[str, str]", x: np.ndarray, *, rounds: int = 5, nu
     makes ratios between the models trustworthy on a machine whose speed drifts. ``threads``: TVM
     threads (None: every core this process may use; TVM's own default ran the digits ResNet at
     0.92 ms here against 0.62 ms on 1 thread and 0.44 ms on 2)."""
-    return _time_child(paths, x, rounds, number, threads, None)["times"]
+    return _time_child(paths, x, rounds, number, threads, None, 0)["times"]
 
 
 def time_exported_probed(paths: "dict[str, str]", x: np.ndarray, target, *, rounds: int = 5, number: int = 5,
-                         threads: int | None = None) -> dict:
+                         threads: int | None = None, profile_runs: int = 0) -> dict:
     """:func:`time_exported` with each model's runs right after 3 runs of ``target``'s probe kernel
     (:func:`tvm_mpq.tuning.measure.probe_kernel`, the one tuning records are timed against):
     ``{label: {"seconds": [per round], "ratio": [model / probe, per round]}}``, and under
@@ -142,16 +148,21 @@ def time_exported_probed(paths: "dict[str, str]", x: np.ndarray, target, *, roun
     x ``median(seconds) / median(probe_ms)`` is the network's latency in the units the model
     predicts, the machine's state divided out over the session. ``median(ratio)`` divides round by
     round, as the records are; a warm network follows a cold probe only weakly (about its 0.1-0.3
-    power here, ``benchmarks/network_drift.py``), so per round that adds noise to a network."""
+    power here, ``benchmarks/network_drift.py``), so per round that adds noise to a network. ``profile_runs``: after the
+    rounds, each model's calls are also profiled (:meth:`~tvm_mpq.build.CompiledModel.profile`,
+    that many runs, right after the probe), under ``result[label]["profile"]``: ``{"calls":
+    {symbol: median seconds}, "probe_ms": the probe's median just before}``."""
     from tvm_mpq._tvm import parse_target, target_to_str
 
-    out = _time_child(paths, x, rounds, number, threads, target_to_str(parse_target(target)))
+    out = _time_child(paths, x, rounds, number, threads, target_to_str(parse_target(target)), profile_runs)
     result: dict = {k: {"seconds": out["times"][k], "ratio": out["ratios"][k]} for k in paths}
+    for k, prof in out["profiles"].items():
+        result[k]["profile"] = prof
     result["probe_ms"] = out["probe_ms"]
     return result
 
 
-def _time_child(paths, x, rounds: int, number: int, threads: int | None, probe_target: str | None) -> dict:
+def _time_child(paths, x, rounds: int, number: int, threads: int | None, probe_target: str | None, profile_runs: int) -> dict:
     from tvm_mpq._tvm import default_cores
 
     env = dict(os.environ, TVM_NUM_THREADS=str(threads if threads is not None else default_cores()))
@@ -159,7 +170,7 @@ def _time_child(paths, x, rounds: int, number: int, threads: int | None, probe_t
         x_path = os.path.join(tmp, "x.npy")
         np.save(x_path, np.ascontiguousarray(x))
         out = subprocess.run([sys.executable, "-c", _TIME_CHILD, json.dumps({k: os.fspath(p) for k, p in paths.items()}), x_path,
-                              str(rounds), str(number), probe_target or ""], capture_output=True, text=True, env=env)
+                              str(rounds), str(number), probe_target or "", str(profile_runs)], capture_output=True, text=True, env=env)
     if out.returncode != 0:
         raise RuntimeError(f"timing the exported models failed: {out.stderr.strip()[-2000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])

@@ -49,3 +49,25 @@ def test_bad_input_exits_2(tmp_path, capsys):
     assert main(["costmodel", "eval", "--db", str(db), "--model", str(tmp_path / "nope.json")]) == EXIT_USAGE
     assert "costmodel fit" in capsys.readouterr().err
     assert main(["costmodel", "eval", "--db", str(db), "--folds", "1"]) == EXIT_USAGE
+
+
+def test_fit_with_network_profiles(tmp_path, capsys):
+    """fit --profiles attaches the layer-in-network map; a file that is not a profile file is a usage error naming the fix."""
+    from tests.cost_models.test_network import _synthetic_profiles
+    from tvm_mpq.cost_models import XGBCostModel
+    from tvm_mpq.cost_models.network import NetworkCalibration, save_profiles
+
+    records = fake_records(12)
+    db = tmp_path / "records.jsonl"
+    TuningDatabase(db).extend(records)
+    truth = NetworkCalibration(scale=0.9)
+    profiles = tmp_path / "profiles.json"
+    save_profiles(_synthetic_profiles(XGBCostModel().fit(records), truth), str(profiles))
+    model = tmp_path / "model.json"
+    assert main(["costmodel", "fit", "--db", str(db), "-o", str(model), "--profiles", str(profiles), "--json"]) == EXIT_OK
+    network = json.loads(capsys.readouterr().out)["network"]
+    assert network["layers"] == 36 and json.loads(model.read_text())["meta"]["network"]["scale"] == network["scale"]
+    assert main(["costmodel", "fit", "--db", str(db), "-o", str(model), "--profiles", str(db)]) == EXIT_USAGE
+    assert "costmodel profile" in capsys.readouterr().err
+    assert main(["costmodel", "profile", "--models", "no_such_net"]) == EXIT_USAGE
+    assert "unknown model" in capsys.readouterr().err

@@ -1,4 +1,5 @@
-"""``tvm-mpq costmodel fit|eval``: train the XGBoost latency model on tuning records, report held-out error."""
+"""``tvm-mpq costmodel fit|eval|profile``: train the XGBoost latency model on tuning records, report
+held-out error, profile compiled networks for its layer-in-network map (``fit --profiles``)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,16 @@ class FitArgs:
     learning_rate: float
     json: bool
     raw_labels: bool = False
+    profiles: str | None = None
+
+
+@dataclass(frozen=True)
+class ProfileArgs:
+    out: str
+    models: tuple
+    target: str | None
+    threads: int | None
+    runs: int
 
 
 @dataclass(frozen=True)
@@ -45,12 +56,24 @@ def fit(args: FitArgs) -> int:
         raise UsageError(str(err)) from None
     records = _records(args.db)
     model = XGBCostModel(config=config).fit(records)
+    if args.profiles:
+        from tvm_mpq.cost_models.network import NetworkCalibration, load_profiles
+
+        try:
+            model.meta["network"] = NetworkCalibration.fit(model, load_profiles(args.profiles)).to_dict()
+        except (OSError, ValueError, KeyError) as err:
+            raise UsageError(f"--profiles {args.profiles}: {err}; write one with `tvm-mpq costmodel profile -o {args.profiles}`") from None
     model.save(args.out)
     summary = {"model": args.out, "records": model.meta["records"], "workloads": len(model.meta["trained_workloads"]),
                "kernels": model.meta["kernels"], "target": model.meta["target"], "threads": model.meta["threads"]}
+    if "network" in model.meta:
+        summary["network"] = {k: v for k, v in model.meta["network"].items() if k != "fitted_on"}
     if args.json:
         print(json.dumps(summary))
     else:
+        if "network" in summary:
+            n = summary["network"]
+            print(f"layer-in-network map from {n['layers']} profiled layers: layers x {n['scale']:.3f}")
         print(f"fitted on {summary['records']} measurements of {summary['workloads']} workloads ({', '.join(summary['kernels'])}), "
               f"target {summary['target']}, {summary['threads']} threads -> {args.out}")
     return EXIT_OK
@@ -89,9 +112,28 @@ def evaluate(args: EvalArgs) -> int:
     return EXIT_OK
 
 
+def profile(args: ProfileArgs) -> int:
+    from tvm_mpq.cost_models.network import profile_networks, save_profiles
+    from tvm_mpq.models import available
+
+    unknown = [m for m in args.models if m not in available()]
+    if unknown:
+        raise UsageError(f"unknown model(s) {', '.join(unknown)}; choose from {', '.join(available())}")
+    if args.runs < 1 or (args.threads is not None and args.threads < 1):
+        raise UsageError("--runs and --threads must be >= 1")
+    profiles = profile_networks(args.models, target=args.target, threads=args.threads, runs=args.runs)
+    save_profiles(profiles, args.out)
+    print(f"profiled {len(profiles)} compiled networks ({', '.join(args.models)}) -> {args.out}; "
+          f"attach the map to a model with `tvm-mpq costmodel fit --db DB --profiles {args.out}`")
+    return EXIT_OK
+
+
 def cmd(args) -> int:
     if args.action == "fit":
-        return fit(FitArgs(args.db, args.out, args.n_estimators, args.max_depth, args.learning_rate, args.json, args.raw_labels))
+        return fit(FitArgs(args.db, args.out, args.n_estimators, args.max_depth, args.learning_rate, args.json, args.raw_labels,
+                           args.profiles))
+    if args.action == "profile":
+        return profile(ProfileArgs(args.out, tuple(args.models), args.target, args.threads, args.runs))
     return evaluate(EvalArgs(args.db, args.model, args.folds, args.json, args.raw_labels))
 
 
@@ -106,6 +148,13 @@ def add_parser(sub) -> None:
     f.add_argument("--learning-rate", type=float, default=0.05, help="shrinkage")
     f.add_argument("--json", action="store_true", help="print one JSON summary object")
     f.add_argument("--raw-labels", action="store_true", help="learn raw median latencies, not probe-relative ones (see README: timing on a shared machine)")
+    f.add_argument("--profiles", help="network profiles (`tvm-mpq costmodel profile`): fit the layer-in-network map on them too")
+    pr = actions.add_parser("profile", help="compile networks under six policies, time and profile them layer by layer (for fit --profiles)")
+    pr.add_argument("-o", "--out", default="profiles.json", help="profile file to write (default profiles.json)")
+    pr.add_argument("--models", nargs="+", default=["resnet18", "mobilenet_v2"], help="built-in models to profile")
+    pr.add_argument("--target", default=None, help="target (default: this machine)")
+    pr.add_argument("--threads", type=int, default=None, help="TVM threads (default: every core, as tuning)")
+    pr.add_argument("--runs", type=int, default=20, help="profiled runs per network")
     e = actions.add_parser("eval", help="held-out error: MAPE, Spearman, kernel-choice agreement",
                            description="Without --model: grouped k-fold cross-validation by workload on --db. With --model "
                                        "(a file or 'default', the shipped one): its error on the workloads of --db it was not trained on.")

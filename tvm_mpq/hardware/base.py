@@ -84,9 +84,11 @@ def kernel_points(layer, bits, target, kernel="auto") -> list[tuple]:
     return points
 
 
-#: Bytes per second through TVM's (ScheduleGeneric) pooling ops on this CPU class: a 3x3/2 max
-#: pool of 64x112x112 float (3.2 MB in, 0.8 MB out) measured 0.54-0.83 ms in ResNet-18 profiles.
-POOL_BYTES_PER_S = 6e9
+#: Bytes per second through TVM's (ScheduleGeneric) pooling ops: ResNet-18's pools (a 3x3/2 max
+#: pool of 64x112x112 float, 3.2 MB in and 0.8 MB out, and the global average pool) took 0.23-0.24 ms
+#: in 12 profiles on the AVX-512 host on 2026-11-30 (17 GB/s raw, 15.7 in the shipped model's probe
+#: units), since ScheduleGeneric leaves a strided pool to LLVM's vectorizer; 0.54-0.83 ms (6 GB/s) before.
+POOL_BYTES_PER_S = 16e9
 
 
 def pooling_seconds(net, bytes_per_s: float = POOL_BYTES_PER_S) -> float:

@@ -39,7 +39,8 @@ class HybridLatency(MeasuredLatency):
 
         super().__init__(db, target=target, runner=runner, budget=budget, kernel=kernel, threads=threads)
         self.measure_specs = frozenset(spec_of(layer) for layer in measure)
-        self.predictor = PredictedLatency(model, target=self.target, threads=threads, kernel="auto")
+        # layers alone, as its records: the anchors scale the model to them
+        self.predictor = PredictedLatency(model, target=self.target, threads=threads, kernel="auto", in_network=False)
         self.predicted_points = 0
         self._median_ratio: dict[tuple, float] = {}
         self._indexed, self._by_kernel, self._by_shape = -1, {}, {}

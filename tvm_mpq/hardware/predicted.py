@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Sequence
 
+import numpy as np
+
 from tvm_mpq._tvm import parse_target
 from tvm_mpq.hardware.base import kernel_points, pooling_seconds
 
@@ -15,12 +17,18 @@ class PredictedLatency:
     shipped one for ``target``'s CPU class). ``target``/``threads`` default to what the model was trained on. ``kernel`` is
     what ``tvm_mpq.build`` is given ("predicted" by default, "auto" or a registry name), so a
     ``(w, a)`` pair is priced on the kernel the compiled model will run.
+
+    ``in_network``: price each layer as it runs inside a compiled network, through the model's
+    :class:`~tvm_mpq.cost_models.network.NetworkCalibration` (``meta["network"]``: kernels timed alone
+    and cold cost more than between the network's other layers); None: where the model has one. False: the layer alone, as the tuning records time it.
     """
 
     name = "predicted"
 
-    def __init__(self, model="default", *, target=None, threads: int | None = None, kernel="predicted"):
+    def __init__(self, model="default", *, target=None, threads: int | None = None, kernel="predicted",
+                 in_network: bool | None = None):
         from tvm_mpq.cost_models import XGBCostModel, load_model
+        from tvm_mpq.cost_models.network import NetworkCalibration
 
         self.model = model if isinstance(model, XGBCostModel) else load_model(str(model), target)
         self.target = parse_target(target if target is not None else self.model.meta.get("target"))
@@ -30,6 +38,11 @@ class PredictedLatency:
 
             kernel = KernelChooser(self.model)
         self.kernel = kernel
+        calibration = self.model.meta.get("network")
+        if in_network and calibration is None:
+            raise ValueError("in_network=True needs a cost model with a network calibration (meta['network']): "
+                             "rebuild it with `python -m tvm_mpq.cost_models.rebuild --profile`")
+        self.network = NetworkCalibration.from_dict(calibration) if calibration is not None and in_network is not False else None
 
     def latencies(self, layers: Sequence, bits: Sequence) -> list[float]:
         """Seconds for each (layer, bits), in one model call."""
@@ -39,10 +52,10 @@ class PredictedLatency:
                 points.append((*point, None))
                 owner.append(i)
         ms = self.model.predict_points(points, target=self.target, threads=self.threads)
-        out = [0.0] * len(layers)
-        for i, value in zip(owner, ms):
-            out[i] += float(value) / 1e3
-        return out
+        out = np.bincount(owner, weights=ms, minlength=len(layers)) if points else np.zeros(len(layers))
+        if self.network is not None:
+            out = self.network.apply(out)
+        return [float(v) / 1e3 for v in out]
 
     def latency(self, layer, bits) -> float:
         return self.latencies([layer], [bits])[0]

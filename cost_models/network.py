@@ -1,0 +1,245 @@
+"""A layer's latency inside a compiled network, from its latency alone.
+
+Tuning records time each kernel alone and cold (every argument flushed from the caches), and the
+cost model learns those. Inside a network a layer's input was just written by the layer before it,
+and the VM runs small layers back to back: on the AVX-512 host ResNet-18's 0.03-0.15 ms layers run
+1.2-2x faster in the network than their records, the 0.2-0.8 ms ones 0-15% faster, while the ops
+between layers add ~10% (``benchmarks/results/2026-11-30-costmodel-wholenet-avx512.txt``). A sum of
+records therefore over-predicts a network, most where layers are small (MobileNetV2, W1A1).
+
+:class:`NetworkCalibration` scales what the cost model says for a layer alone to what it costs in a
+network (``scale``: the profiled layer kernels' time in the network over the model's time for the
+same kernels alone, summed over every profiled network and policy). Pooling stays priced by
+:func:`~tvm_mpq.hardware.base.pooling_seconds` (its rate measured in these profiles). Fitted on
+per-layer profiles of compiled networks (:func:`profile_networks`: every VM call timed,
+:meth:`~tvm_mpq.build.CompiledModel.profile`). Richer maps did not carry over from one network to
+the other on the AVX-512 host (2026-11-30, ``benchmarks/results/2026-11-30-costmodel-wholenet-map.txt``):
+a per-call constant fitted on ResNet-18 priced MobileNetV2 15-23% low, a weights-in-cache term
+(records flush the weights; a network finds them in the last-level cache) and per-kernel scales
+7-15% off, where the one scale (0.90-0.99 across sessions and networks) kept 10-11 of 12 within
+10%. The other calls (the VM's builtins and allocations, concats: ~5 us per layer) are measured
+(``other``) but not priced. A model carries the map in ``meta["network"]`` (``python -m
+tvm_mpq.cost_models.rebuild``; ``tvm-mpq costmodel profile`` + ``fit --profiles`` for a user's own
+network), and :class:`~tvm_mpq.hardware.PredictedLatency` then prices layers as in a network.
+
+Profiles are stored in the model's units: the network's and each layer's time x the model's probe
+reference / the probe timed just before (as ``benchmarks/costmodel.py`` measures networks).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass
+from typing import Sequence
+
+import numpy as np
+
+#: The models whose profiles the shipped calibration is fitted on (and the benchmark measures).
+PROFILE_MODELS = ("resnet18", "mobilenet_v2")
+
+
+def layer_symbols(net) -> dict[str, str]:
+    """``{symbol prefix: layer name}`` of the kernels ``LowerToKernels`` emits for ``net``'s layers."""
+    return {f"mpq_{layer.kind}_{layer.name.replace('.', '_')}_": layer.name for layer in net.layers}
+
+
+def layer_of(symbol: str, prefixes: dict[str, str]) -> str | None:
+    """The layer a VM call symbol belongs to (the longest matching prefix: ``conv1`` is not ``layer1_0_conv1``), or None."""
+    best = None
+    for prefix, name in prefixes.items():
+        if symbol.startswith(prefix) and (best is None or len(prefix) > len(best[0])):
+            best = (prefix, name)
+    return best[1] if best else None
+
+
+def policies(net, seed: int = 0) -> dict:
+    """The policies networks are profiled and judged under: uniform W8A8 and W4A4, W2A2 and W1A1 with
+    8-bit ends, a seeded random mix per layer, and that mix with some convs split into channel groups."""
+    from tvm_mpq.policy import ChannelGroup, LayerBits, QuantPolicy
+
+    rng = np.random.default_rng(seed)
+    names = net.layer_names
+    ends = {names[0]: LayerBits(8, 8), names[-1]: LayerBits(8, 8)}
+    out = {
+        "W8A8": QuantPolicy.uniform(net, w_bits=8, a_bits=8),
+        "W4A4": QuantPolicy.uniform(net, w_bits=4, a_bits=4),
+        "W2A2 (8-bit ends)": QuantPolicy.uniform(net, w_bits=2, a_bits=2, keep_first_last=8),
+        "W1A1 (8-bit ends)": QuantPolicy.uniform(net, w_bits=1, a_bits=1, keep_first_last=8),
+    }
+    choices = [1, 2, 3, 4, 8]
+    mixed = {n: LayerBits(int(rng.choice(choices)), int(rng.choice(choices))) for n in names[1:-1]}
+    out["mixed per layer"] = QuantPolicy({**ends, **mixed})
+    grouped = dict(mixed)
+    for layer in net.layers[1:-1]:
+        if layer.kind == "conv2d" and rng.random() < 0.3:
+            split = layer.out_channels // 2
+            grouped[layer.name] = LayerBits(a_bits=mixed[layer.name].a_bits, groups=(
+                ChannelGroup(0, split, 1), ChannelGroup(split, layer.out_channels, 4)))
+    out["mixed + channel groups"] = QuantPolicy({**ends, **grouped})
+    return out
+
+
+def network_profile(net, policy, kernels: dict[str, list[str]], calls: dict[str, float], total_s: float) -> dict:
+    """One profile (raw seconds as timed): per layer, the kernel points that ran (``[workload, kernel,
+    w_bits, a_bits]``, one per channel group) and its calls' time in the network; every other call
+    (``other``: pooling, concats, the VM's allocations); the network's time (``total_s``,
+    uninstrumented) and pooling bytes. Each call's share of the instrument's
+    own overhead (the calls' sum minus ``total_s``, per call) is taken off."""
+    from tvm_mpq.hardware.base import parts
+    from tvm_mpq.tuning.database import workload_dict
+
+    bits = policy.resolve(net.layer_names)
+    overhead = max(0.0, (sum(calls.values()) - total_s) / max(1, len(calls)))
+    prefixes = layer_symbols(net)
+    in_net: dict[str, float] = {}
+    other: dict[str, float] = {}
+    for symbol, seconds in calls.items():
+        name = layer_of(symbol, prefixes)
+        if name is not None:
+            in_net[name] = in_net.get(name, 0.0) + max(0.0, seconds - overhead)
+        else:
+            other[symbol] = max(0.0, seconds - overhead)
+    layers = []
+    for layer in net.layers:
+        if layer.name not in in_net or layer.name not in kernels:
+            raise RuntimeError(f"layer {layer.name!r} ran no kernel of its own in the profile (symbols: {sorted(calls)[:5]}...)")
+        runs = parts(layer, bits[layer.name])
+        names = kernels[layer.name]
+        if len(names) != len(runs):
+            raise RuntimeError(f"layer {layer.name!r}: {len(runs)} kernel runs in the policy, {len(names)} lowered")
+        points = [[workload_dict(spec), kernel, int(w), int(a)] for (spec, w, a), kernel in zip(runs, names)]
+        layers.append({"name": layer.name, "points": points, "seconds": in_net[layer.name]})
+    return {"total_s": total_s, "pool_bytes": float(sum(i + o for _, i, o in net.pooling_ops())),
+            "instrument_s": overhead, "layers": layers, "other": other}
+
+
+def profile_networks(models: Sequence[str] = PROFILE_MODELS, *, target=None, threads: int | None = None, rounds: int = 3,
+                     runs: int = 20, input_size: int = 224, only: Sequence[str] | None = None,
+                     build_kwargs: dict | None = None) -> list[dict]:
+    """Compile each model under each of :func:`policies`, time the networks (``rounds`` interleaved
+    rounds after the probe, :func:`tvm_mpq.deploy.time_exported_probed`) and profile them (``runs``
+    runs) on ``threads`` TVM threads in one child process: a list of :func:`network_profile` dicts,
+    each with ``model``, ``policy``, ``target``, ``threads``, ``probe_ms`` (the probe's median over
+    the session) and ``rounds_s`` (the network's per-round medians). ``only``: these policy labels."""
+    import torch
+
+    import tvm_mpq
+    from tvm_mpq._tvm import parse_target, target_to_str
+    from tvm_mpq.deploy import time_exported_probed
+    from tvm_mpq.tuning.measure import local_threads
+
+    threads = threads or local_threads()
+    tgt = target_to_str(parse_target(target))
+    out = []
+    for model_name in models:
+        model, inputs = tvm_mpq.models.get(model_name, input_size=input_size)
+        net = tvm_mpq.import_torch(model, inputs)
+        gen = torch.Generator().manual_seed(0)
+        batches = [torch.relu(torch.randn(inputs[0].shape, generator=gen)) for _ in range(2)]
+        cal = tvm_mpq.calibrate(net, batches)
+        x = batches[0].numpy()
+        pols = {label: p for label, p in policies(net).items() if only is None or label in only}
+        with tempfile.TemporaryDirectory() as tmp:
+            built = {label: tvm_mpq.build(net, policy, cal, target=target, **(build_kwargs or {})) for label, policy in pols.items()}
+            paths = {label: c.export(os.path.join(tmp, f"{i}.so")) for i, (label, c) in enumerate(built.items())}
+            times = time_exported_probed(paths, x, target, rounds=rounds, threads=threads, profile_runs=runs)
+        probe_ms = float(np.median(times["probe_ms"])) if times["probe_ms"] else None
+        for label, policy in pols.items():
+            t = times[label]
+            prof = network_profile(net, policy, built[label].kernels, t["profile"]["calls"], float(np.median(t["seconds"])))
+            out.append({"model": model_name, "policy": label, "input_size": input_size, "target": tgt, "threads": threads,
+                        "probe_ms": probe_ms, "profile_probe_ms": t["profile"]["probe_ms"], "rounds_s": t["seconds"], **prof})
+    return out
+
+
+def save_profiles(profiles: list[dict], path: str) -> None:
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w") as f:
+        json.dump({"format": "tvm-mpq-network-profiles", "version": 1, "profiles": profiles}, f, indent=1)
+    os.replace(tmp, path)
+
+
+def load_profiles(path: str) -> list[dict]:
+    with open(path) as f:
+        doc = json.load(f)
+    if not isinstance(doc, dict) or doc.get("format") != "tvm-mpq-network-profiles":
+        raise ValueError(f"{path} is not a tvm-mpq network profile file (write one with cost_models.network.save_profiles)")
+    return doc["profiles"]
+
+
+def _units(profile: dict, model) -> float:
+    """Factor from a profile's raw milliseconds to ``model``'s units: its probe reference / the probe
+    timed just before the profiled runs (else the session's)."""
+    from tvm_mpq.tuning.database import probe_key
+    from tvm_mpq.tuning.measure import probe_kernel_name
+
+    probe = profile.get("profile_probe_ms") or profile.get("probe_ms")
+    if not model.config.probe_normalized or not probe:
+        return 1.0
+    key = probe_key(profile["target"], profile["threads"], probe_kernel_name(profile["target"]))
+    reference = model.meta.get("probe_ms", {}).get(key)
+    return reference / probe if reference else 1.0
+
+
+def alone_ms(model, profile: dict) -> np.ndarray:
+    """``model``'s latency (ms) of each profiled layer alone: its kernel points at default knobs, as
+    :class:`~tvm_mpq.hardware.PredictedLatency` asks."""
+    from tvm_mpq.tuning.database import workload_spec
+
+    points = [(workload_spec(workload), kernel, w, a, None) for layer in profile["layers"] for workload, kernel, w, a in layer["points"]]
+    owner = [i for i, layer in enumerate(profile["layers"]) for _ in layer["points"]]
+    ms = model.predict_points(points, target=profile["target"], threads=profile["threads"])
+    return np.bincount(owner, weights=ms, minlength=len(profile["layers"]))
+
+
+#: What the pooling ops of :data:`tvm_mpq.frontend.POOLING_OPS` are called once compiled (an adaptive
+#: average pool to 1x1 becomes ``mean``), with TVM's fusion and numbering suffixes.
+POOL_SYMBOLS = ("pool", "mean")
+
+
+def pool_ms(profile: dict) -> float:
+    """Raw milliseconds of a profile's pooling calls."""
+    return 1e3 * sum(s for symbol, s in profile.get("other", {}).items() if any(p in symbol for p in POOL_SYMBOLS))
+
+
+def measured_ms(model, profile: dict) -> tuple[np.ndarray, float]:
+    """A profile in ``model``'s units: each layer's in-network ms and the pooling calls' ms, from the
+    same profiled runs (the network's separately timed ``total_s`` drifts against them)."""
+    u = 1e3 * _units(profile, model)
+    return np.array([layer["seconds"] for layer in profile["layers"]]) * u, pool_ms(profile) / 1e3 * u
+
+
+@dataclass(frozen=True)
+class NetworkCalibration:
+    """Layers in a network at ``scale`` x their latency alone; see the module docstring."""
+
+    scale: float = 1.0
+    #: What it was fitted on: ``[model, policy]`` pairs and the layer count.
+    fitted_on: tuple = ()
+    layers: int = 0
+
+    def apply(self, t_ms):
+        return self.scale * np.asarray(t_ms, dtype=float)
+
+    @classmethod
+    def fit(cls, model, profiles: Sequence[dict]) -> "NetworkCalibration":
+        """Fitted on ``profiles`` (:func:`profile_networks`) with ``model``'s alone predictions."""
+        if not profiles:
+            raise ValueError("a network calibration needs at least one profile (cost_models.network.profile_networks)")
+        alone = sum(float(alone_ms(model, p).sum()) for p in profiles)
+        in_network = [measured_ms(model, p)[0] for p in profiles]
+        if alone <= 0:
+            raise ValueError("the profiles' layers have no predicted time")
+        return cls(scale=sum(float(y.sum()) for y in in_network) / alone, fitted_on=tuple((p["model"], p["policy"]) for p in profiles),
+                   layers=sum(len(y) for y in in_network))
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["fitted_on"] = [list(p) for p in self.fitted_on]
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "NetworkCalibration":
+        return cls(**{**d, "fitted_on": tuple(tuple(p) for p in d.get("fitted_on", ()))})
