@@ -7,20 +7,23 @@ and the VM runs small layers back to back: on the AVX-512 host ResNet-18's 0.03-
 between layers add ~10% (``benchmarks/results/2026-11-30-costmodel-wholenet-avx512.txt``). A sum of
 records therefore over-predicts a network, most where layers are small (MobileNetV2, W1A1).
 
-:class:`NetworkCalibration` scales what the cost model says for a layer alone to what it costs in a
-network (``scale``: the profiled layer kernels' time in the network over the model's time for the
-same kernels alone, summed over every profiled network and policy). Pooling stays priced by
+:class:`NetworkCalibration` scales what the cost model says for a kernel alone to what it costs in
+a network, one scale per kernel group (:data:`GROUPS`: the byte kernels, bit-serial, depthwise,
+fp32): the profiled layers' time in the network over the model's time for the same kernels alone,
+summed over the layers that ran on that group only, across every profiled network and policy
+(``scale``: the same over all layers, for a group the profiles never ran). Pooling stays priced by
 :func:`~tvm_mpq.hardware.base.pooling_seconds` (its rate measured in these profiles). Fitted on
 per-layer profiles of compiled networks (:func:`profile_networks`: every VM call timed,
-:meth:`~tvm_mpq.build.CompiledModel.profile`). Richer maps did not carry over from one network to
-the other on the AVX-512 host (2026-11-30, ``benchmarks/results/2026-11-30-costmodel-wholenet-map.txt``):
-a per-call constant fitted on ResNet-18 priced MobileNetV2 15-23% low, a weights-in-cache term
-(records flush the weights; a network finds them in the last-level cache) and per-kernel scales
-7-15% off, where the one scale (0.90-0.99 across sessions and networks) kept 10-11 of 12 within
-10%. The other calls (the VM's builtins and allocations, concats: ~5 us per layer) are measured
-(``other``) but not priced. A model carries the map in ``meta["network"]`` (``python -m
-tvm_mpq.cost_models.rebuild``; ``tvm-mpq costmodel profile`` + ``fit --profiles`` for a user's own
-network), and :class:`~tvm_mpq.hardware.PredictedLatency` then prices layers as in a network.
+:meth:`~tvm_mpq.build.CompiledModel.profile`). On the AVX-512 host (2026-11-30,
+``benchmarks/results/2026-11-30-costmodel-wholenet-map.txt``) the byte kernels ran at 0.90-0.98x
+their alone time in the network and bit-serial at 0.62-0.88x (its activation packing reads an input
+the previous layer just wrote); fitted on one network, the group scales kept all 12 policies of the
+other within 10% in four pairings of runs, one scale for everything 9-10 of 12, and regression maps
+(a per-call constant, a weights-in-cache term, per-kernel least squares) 3-9 of 12. The other calls
+(the VM's builtins and allocations, concats: ~5 us per layer) are measured (``other``) but not
+priced. A model carries the map in ``meta["network"]`` (``python -m tvm_mpq.cost_models.rebuild``;
+``tvm-mpq costmodel profile`` + ``fit --profiles`` for a user's own network), and
+:class:`~tvm_mpq.hardware.PredictedLatency` then prices layers as in a network.
 
 Profiles are stored in the model's units: the network's and each layer's time x the model's probe
 reference / the probe timed just before (as ``benchmarks/costmodel.py`` measures networks).
@@ -31,7 +34,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Sequence
 
 import numpy as np
@@ -183,15 +186,26 @@ def _units(profile: dict, model) -> float:
     return reference / probe if reference else 1.0
 
 
-def alone_ms(model, profile: dict) -> np.ndarray:
-    """``model``'s latency (ms) of each profiled layer alone: its kernel points at default knobs, as
-    :class:`~tvm_mpq.hardware.PredictedLatency` asks."""
+def alone_ms(model, profile: dict) -> tuple[np.ndarray, list[str | None]]:
+    """``model``'s latency (ms) of each profiled layer alone (its kernel points at default knobs, as
+    :class:`~tvm_mpq.hardware.PredictedLatency` asks) and the kernel group it ran on (None: kernels
+    of several groups, e.g. channel groups on bit-serial and a byte kernel)."""
     from tvm_mpq.tuning.database import workload_spec
 
     points = [(workload_spec(workload), kernel, w, a, None) for layer in profile["layers"] for workload, kernel, w, a in layer["points"]]
     owner = [i for i, layer in enumerate(profile["layers"]) for _ in layer["points"]]
     ms = model.predict_points(points, target=profile["target"], threads=profile["threads"])
-    return np.bincount(owner, weights=ms, minlength=len(profile["layers"]))
+    groups = [{group_of(kernel) for _, kernel, *_ in layer["points"]} for layer in profile["layers"]]
+    return np.bincount(owner, weights=ms, minlength=len(profile["layers"])), [g.pop() if len(g) == 1 else None for g in groups]
+
+
+#: Kernel groups with a scale of their own: kernels that compute alike (in bytes, in bit planes).
+GROUPS = {"int8": "byte", "int8_avx2": "byte", "amx": "byte", "bitserial": "bitserial", "bitserial_ref": "bitserial",
+          "depthwise": "depthwise", "fp32": "fp32"}
+
+
+def group_of(kernel: str) -> str:
+    return GROUPS.get(kernel, kernel)
 
 
 #: What the pooling ops of :data:`tvm_mpq.frontend.POOLING_OPS` are called once compiled (an adaptive
@@ -213,27 +227,37 @@ def measured_ms(model, profile: dict) -> tuple[np.ndarray, float]:
 
 @dataclass(frozen=True)
 class NetworkCalibration:
-    """Layers in a network at ``scale`` x their latency alone; see the module docstring."""
+    """A kernel in a network at ``scales[group]`` (else ``scale``) x its latency alone; see the module docstring."""
 
     scale: float = 1.0
+    scales: dict = field(default_factory=dict)
     #: What it was fitted on: ``[model, policy]`` pairs and the layer count.
     fitted_on: tuple = ()
     layers: int = 0
 
-    def apply(self, t_ms):
-        return self.scale * np.asarray(t_ms, dtype=float)
+    def factor(self, kernel: str) -> float:
+        return float(self.scales.get(group_of(kernel), self.scale))
 
     @classmethod
     def fit(cls, model, profiles: Sequence[dict]) -> "NetworkCalibration":
         """Fitted on ``profiles`` (:func:`profile_networks`) with ``model``'s alone predictions."""
         if not profiles:
             raise ValueError("a network calibration needs at least one profile (cost_models.network.profile_networks)")
-        alone = sum(float(alone_ms(model, p).sum()) for p in profiles)
-        in_network = [measured_ms(model, p)[0] for p in profiles]
-        if alone <= 0:
+        alone: dict = {}
+        in_network: dict = {}
+        layers = 0
+        for prof in profiles:
+            t, groups = alone_ms(model, prof)
+            y, _ = measured_ms(model, prof)
+            layers += len(y)
+            for t_, y_, group in zip(t, y, groups):
+                for key in {None, group}:  # every layer counts for the overall scale, a single-group one for its group too
+                    alone[key] = alone.get(key, 0.0) + float(t_)
+                    in_network[key] = in_network.get(key, 0.0) + float(y_)
+        if alone.get(None, 0.0) <= 0:
             raise ValueError("the profiles' layers have no predicted time")
-        return cls(scale=sum(float(y.sum()) for y in in_network) / alone, fitted_on=tuple((p["model"], p["policy"]) for p in profiles),
-                   layers=sum(len(y) for y in in_network))
+        return cls(scale=in_network[None] / alone[None], scales={g: in_network[g] / alone[g] for g in sorted(k for k in alone if k is not None) if alone[g] > 0},
+                   fitted_on=tuple((p["model"], p["policy"]) for p in profiles), layers=layers)
 
     def to_dict(self) -> dict:
         d = asdict(self)

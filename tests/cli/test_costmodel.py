@@ -60,13 +60,13 @@ def test_fit_with_network_profiles(tmp_path, capsys):
     records = fake_records(12)
     db = tmp_path / "records.jsonl"
     TuningDatabase(db).extend(records)
-    truth = NetworkCalibration(scale=0.9)
+    truth = NetworkCalibration(scales={"byte": 0.9, "bitserial": 0.7})
     profiles = tmp_path / "profiles.json"
     save_profiles(_synthetic_profiles(XGBCostModel().fit(records), truth), str(profiles))
     model = tmp_path / "model.json"
     assert main(["costmodel", "fit", "--db", str(db), "-o", str(model), "--profiles", str(profiles), "--json"]) == EXIT_OK
     network = json.loads(capsys.readouterr().out)["network"]
-    assert network["layers"] == 36 and json.loads(model.read_text())["meta"]["network"]["scale"] == network["scale"]
+    assert network["layers"] == 36 and json.loads(model.read_text())["meta"]["network"]["scales"] == network["scales"]
     assert main(["costmodel", "fit", "--db", str(db), "-o", str(model), "--profiles", str(db)]) == EXIT_USAGE
     assert "costmodel profile" in capsys.readouterr().err
     assert main(["costmodel", "profile", "--models", "no_such_net"]) == EXIT_USAGE

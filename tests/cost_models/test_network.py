@@ -32,8 +32,8 @@ def test_layer_of_takes_the_longest_prefix():
 
 
 def _synthetic_profiles(model, truth: NetworkCalibration, n_nets=3, seed=0):
-    """Profiles whose layers sum to ``truth.scale`` x ``model``'s alone predictions (each layer 10% off
-    either way), with a pooling call and a VM builtin that the map leaves out."""
+    """Profiles whose layers of each kernel group sum to ``truth.scales[group]`` x ``model``'s alone
+    predictions (each layer 10% off either way), with a pooling call and a VM builtin that the map leaves out."""
     rng = np.random.default_rng(seed)
     profiles = []
     for n in range(n_nets):
@@ -46,11 +46,14 @@ def _synthetic_profiles(model, truth: NetworkCalibration, n_nets=3, seed=0):
         pool_s = 6e5 / 12e9
         prof = {"model": f"net{n}", "policy": "p", "target": TARGET, "threads": 2, "probe_ms": None, "pool_bytes": 6e5,
                 "layers": layers, "other": {"max_pool2d": pool_s, "vm.builtin.alloc_storage": 1e-6}}
-        t = alone_ms(model, prof)
-        y = truth.apply(t) * (1 + 0.1 * np.resize([1, -1], len(t)))  # layers off either way; the sum is what is fitted
-        y *= truth.apply(t).sum() / y.sum()
-        for layer, ms in zip(layers, y):
-            layer["seconds"] = float(ms) / 1e3
+        t, groups = alone_ms(model, prof)
+        for group in set(groups):  # each group's layers off either way; each group's sum is what is fitted
+            mine = [i for i, g in enumerate(groups) if g == group]
+            y = t[mine] * truth.scales[group] * (1 + 0.1 * np.resize([1, -1], len(mine)))
+            y *= truth.scales[group] * t[mine].sum() / y.sum()
+            for i, ms in zip(mine, y):
+                layers[i]["seconds"] = float(ms) / 1e3
+        y = np.array([layer["seconds"] for layer in layers]) * 1e3
         prof["total_s"] = float(y.sum()) / 1e3 + pool_s + 1e-6
         profiles.append(prof)
     return profiles
@@ -58,18 +61,20 @@ def _synthetic_profiles(model, truth: NetworkCalibration, n_nets=3, seed=0):
 
 def test_calibration_recovers_a_known_map(records, tmp_path):
     model = XGBCostModel().fit(records)
-    truth = NetworkCalibration(scale=0.9)
+    truth = NetworkCalibration(scales={"byte": 0.9, "bitserial": 0.7})
     profiles = _synthetic_profiles(model, truth)
     save_profiles(profiles, str(tmp_path / "p.json"))
     fitted = NetworkCalibration.fit(model, load_profiles(str(tmp_path / "p.json")))
-    assert fitted.scale == pytest.approx(0.9, rel=1e-6)
+    assert fitted.scales == pytest.approx({"byte": 0.9, "bitserial": 0.7}, rel=1e-6)
+    assert 0.7 < fitted.scale < 0.9  # every layer: for a group no profile ran
+    assert fitted.factor("amx") == fitted.factor("int8") == pytest.approx(0.9) and fitted.factor("fp32") == fitted.scale
     assert fitted.layers == 36 and fitted.fitted_on == (("net0", "p"), ("net1", "p"), ("net2", "p"))
     assert NetworkCalibration.from_dict(fitted.to_dict()) == fitted
     # the probe: a profile timed while the machine ran 2x slow (probe 2x its reference) is scaled back
     model.meta["probe_ms"] = {probe_key(TARGET, 2, probe_kernel_name(TARGET)): 0.5}
     for prof in profiles:
         prof["profile_probe_ms"] = 1.0
-    assert NetworkCalibration.fit(model, profiles).scale == pytest.approx(0.45, rel=1e-6)
+    assert NetworkCalibration.fit(model, profiles).scales["byte"] == pytest.approx(0.45, rel=1e-6)
     with pytest.raises(ValueError, match="at least one profile"):
         NetworkCalibration.fit(model, [])
 
@@ -77,13 +82,16 @@ def test_calibration_recovers_a_known_map(records, tmp_path):
 def test_predicted_latency_prices_layers_in_the_network(records):
     model = XGBCostModel().fit(records)
     specs = [ConvSpec(1, 64, 14, 14, 64, (3, 3), padding=(1, 1, 1, 1)), ConvSpec(1, 32, 28, 28, 128, (3, 3), padding=(1, 1, 1, 1))]
-    alone = PredictedLatency(model, kernel="int8").latencies(specs, [(8, 8)] * 2)
+    bits = [(8, 8), (1, 2)]
+    alone = [PredictedLatency(model, kernel=k).latency(s, b) for k, s, b in zip(("int8", "bitserial"), specs, bits)]
     with pytest.raises(ValueError, match="network calibration"):
         PredictedLatency(model, kernel="int8", in_network=True)
-    model.meta["network"] = NetworkCalibration(scale=0.8).to_dict()
-    inside = PredictedLatency(model, kernel="int8")
-    assert inside.latencies(specs, [(8, 8)] * 2) == pytest.approx([0.8 * t for t in alone])
-    assert PredictedLatency(model, kernel="int8", in_network=False).latencies(specs, [(8, 8)] * 2) == pytest.approx(alone)
+    model.meta["network"] = NetworkCalibration(scale=0.95, scales={"byte": 0.8, "bitserial": 0.6}).to_dict()
+    inside = [PredictedLatency(model, kernel=k).latency(s, b) for k, s, b in zip(("int8", "bitserial"), specs, bits)]
+    assert inside == pytest.approx([0.8 * alone[0], 0.6 * alone[1]])
+    assert PredictedLatency(model, kernel="fp32").latency(specs[0], (32, 32)) == pytest.approx(
+        0.95 * PredictedLatency(model, kernel="fp32", in_network=False).latency(specs[0], (32, 32)))
+    assert PredictedLatency(model, kernel="int8", in_network=False).latency(specs[0], bits[0]) == pytest.approx(alone[0])
 
 
 def test_profiles_of_a_compiled_network(records):

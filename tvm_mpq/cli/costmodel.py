@@ -73,7 +73,8 @@ def fit(args: FitArgs) -> int:
     else:
         if "network" in summary:
             n = summary["network"]
-            print(f"layer-in-network map from {n['layers']} profiled layers: layers x {n['scale']:.3f}")
+            groups = ", ".join(f"{g} x {v:.3f}" for g, v in n["scales"].items())
+            print(f"layer-in-network map from {n['layers']} profiled layers: {groups} (others x {n['scale']:.3f})")
         print(f"fitted on {summary['records']} measurements of {summary['workloads']} workloads ({', '.join(summary['kernels'])}), "
               f"target {summary['target']}, {summary['threads']} threads -> {args.out}")
     return EXIT_OK

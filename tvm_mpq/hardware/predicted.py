@@ -52,9 +52,9 @@ class PredictedLatency:
                 points.append((*point, None))
                 owner.append(i)
         ms = self.model.predict_points(points, target=self.target, threads=self.threads)
-        out = np.bincount(owner, weights=ms, minlength=len(layers)) if points else np.zeros(len(layers))
         if self.network is not None:
-            out = self.network.apply(out)
+            ms = ms * np.array([self.network.factor(p[1]) for p in points])
+        out = np.bincount(owner, weights=ms, minlength=len(layers)) if points else np.zeros(len(layers))
         return [float(v) / 1e3 for v in out]
 
     def latency(self, layer, bits) -> float:
