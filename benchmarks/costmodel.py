@@ -16,8 +16,8 @@ inside, a seeded random mix per layer, a mix with channel groups), in one run
 * held-out: a cost model fitted on the records of every workload *not* in this network (the other
   network and the synthetic shapes), so no layer of it was seen; its layers alone summed
   (``held-out``), and through the layer-in-network map (:class:`~tvm_mpq.cost_models.network.NetworkCalibration`:
-  one scale on the layers, pooling at its measured rate) fitted on the *other* network's profiles
-  from this run (``h-o in-net``): nothing of this network seen;
+  a scale per kernel group) fitted on the *other* network's profiles from this run (``h-o in-net``):
+  nothing of this network seen;
 * shipped: the shipped model (trained on all records, this network's layers included), alone
   (``shipped``), with its own map (``shp in-net``: fitted at rebuild on profiles of both networks,
   what ``PredictedLatency`` answers by default), and through a map fitted on this network's profiles
@@ -28,7 +28,8 @@ inside, a seeded random mix per layer, a mix with channel groups), in one run
 * the sum of the measured per-layer records (what a perfect model of layers alone would give).
 
 Each prediction is its layers' latencies on the kernels the pipeline picks plus the pooling ops
-(:func:`tvm_mpq.hardware.base.pooling_seconds`).
+(:func:`tvm_mpq.hardware.base.pooling_seconds`); the pooling calls' rate in the profiles is printed
+next to the constant it uses.
 
 Usage: ``python benchmarks/costmodel.py [--db cost_models/data/znver3_records.jsonl] [--rounds 3] [--json out.json]``
 """
@@ -59,7 +60,8 @@ def main() -> None:
     import tvm_mpq
     from tvm_mpq import hardware
     from tvm_mpq.cost_models import XGBCostModel, default_model, shipped_model_path
-    from tvm_mpq.cost_models.network import NetworkCalibration, policies, profile_networks
+    from tvm_mpq.cost_models.network import NetworkCalibration, policies, pool_ms, profile_networks
+    from tvm_mpq.hardware.base import POOL_BYTES_PER_S
     from tvm_mpq.tuning import TuningDatabase
     from tvm_mpq.tuning.database import probe_key, workload_key
     from tvm_mpq.tuning.measure import local_threads, probe_kernel_name
@@ -120,6 +122,10 @@ def main() -> None:
             rows.append(row)
     print(f"{threads} TVM thread(s), as the model's records; probe units: the model's probe reference {reference:.3f} ms; "
           f"probe during the timing: {', '.join(f'{p:.3f}' for p in probes)} ms (one session per model)")
+    pooled = [p for p in profiles if pool_ms(p) > 0]
+    if pooled:
+        rate = sum(p["pool_bytes"] for p in pooled) / (sum(pool_ms(p) for p in pooled) / 1e3)
+        print(f"pooling calls in the profiles: {rate / 1e9:.1f} GB/s raw (priced at POOL_BYTES_PER_S = {POOL_BYTES_PER_S / 1e9:.0f} GB/s)")
     cols = [("held_out_ms", "held-out"), ("held_out_in_ms", "h-o in-net"), ("shipped_ms", "shipped"), ("shipped_in_ms", "shp in-net"),
             ("own_map_ms", "own map"), ("layer_records_ms", "layer recs")]
     print(f"{'model':13s} {'policy':24s} {'raw':>9s} {'measured':>9s} " + " ".join(f"{title:>10s} {'err':>7s}" for _, title in cols))

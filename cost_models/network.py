@@ -119,8 +119,7 @@ def network_profile(net, policy, kernels: dict[str, list[str]], calls: dict[str,
 
 
 def profile_networks(models: Sequence[str] = PROFILE_MODELS, *, target=None, threads: int | None = None, rounds: int = 3,
-                     runs: int = 20, input_size: int = 224, only: Sequence[str] | None = None,
-                     build_kwargs: dict | None = None) -> list[dict]:
+                     runs: int = 20, input_size: int = 224, only: Sequence[str] | None = None) -> list[dict]:
     """Compile each model under each of :func:`policies`, time the networks (``rounds`` interleaved
     rounds after the probe, :func:`tvm_mpq.deploy.time_exported_probed`) and profile them (``runs``
     runs) on ``threads`` TVM threads in one child process: a list of :func:`network_profile` dicts,
@@ -129,10 +128,11 @@ def profile_networks(models: Sequence[str] = PROFILE_MODELS, *, target=None, thr
     import torch
 
     import tvm_mpq
-    from tvm_mpq._tvm import parse_target, target_to_str
+    from tvm_mpq._tvm import parse_target, require_runnable_here, target_to_str
     from tvm_mpq.deploy import time_exported_probed
     from tvm_mpq.tuning.measure import local_threads
 
+    require_runnable_here(target, "profiling networks", "profile on a machine of that CPU class (the map belongs to it)")
     threads = threads or local_threads()
     tgt = target_to_str(parse_target(target))
     out = []
@@ -145,7 +145,7 @@ def profile_networks(models: Sequence[str] = PROFILE_MODELS, *, target=None, thr
         x = batches[0].numpy()
         pols = {label: p for label, p in policies(net).items() if only is None or label in only}
         with tempfile.TemporaryDirectory() as tmp:
-            built = {label: tvm_mpq.build(net, policy, cal, target=target, **(build_kwargs or {})) for label, policy in pols.items()}
+            built = {label: tvm_mpq.build(net, policy, cal, target=target) for label, policy in pols.items()}
             paths = {label: c.export(os.path.join(tmp, f"{i}.so")) for i, (label, c) in enumerate(built.items())}
             times = time_exported_probed(paths, x, target, rounds=rounds, threads=threads, profile_runs=runs)
         probe_ms = float(np.median(times["probe_ms"])) if times["probe_ms"] else None
@@ -214,15 +214,14 @@ POOL_SYMBOLS = ("pool", "mean")
 
 
 def pool_ms(profile: dict) -> float:
-    """Raw milliseconds of a profile's pooling calls."""
+    """Raw milliseconds of a profile's pooling calls (``benchmarks/costmodel.py`` prints their rate
+    against :data:`~tvm_mpq.hardware.base.POOL_BYTES_PER_S`)."""
     return 1e3 * sum(s for symbol, s in profile.get("other", {}).items() if any(p in symbol for p in POOL_SYMBOLS))
 
 
-def measured_ms(model, profile: dict) -> tuple[np.ndarray, float]:
-    """A profile in ``model``'s units: each layer's in-network ms and the pooling calls' ms, from the
-    same profiled runs (the network's separately timed ``total_s`` drifts against them)."""
-    u = 1e3 * _units(profile, model)
-    return np.array([layer["seconds"] for layer in profile["layers"]]) * u, pool_ms(profile) / 1e3 * u
+def measured_ms(model, profile: dict) -> np.ndarray:
+    """Each profiled layer's in-network time in ``model``'s units (ms)."""
+    return np.array([layer["seconds"] for layer in profile["layers"]]) * 1e3 * _units(profile, model)
 
 
 @dataclass(frozen=True)
@@ -248,7 +247,7 @@ class NetworkCalibration:
         layers = 0
         for prof in profiles:
             t, groups = alone_ms(model, prof)
-            y, _ = measured_ms(model, prof)
+            y = measured_ms(model, prof)
             layers += len(y)
             for t_, y_, group in zip(t, y, groups):
                 for key in {None, group}:  # every layer counts for the overall scale, a single-group one for its group too

@@ -122,7 +122,10 @@ def profile(args: ProfileArgs) -> int:
         raise UsageError(f"unknown model(s) {', '.join(unknown)}; choose from {', '.join(available())}")
     if args.runs < 1 or (args.threads is not None and args.threads < 1):
         raise UsageError("--runs and --threads must be >= 1")
-    profiles = profile_networks(args.models, target=args.target, threads=args.threads, runs=args.runs)
+    try:
+        profiles = profile_networks(args.models, target=args.target, threads=args.threads, runs=args.runs)
+    except ValueError as err:  # a target this host cannot run, a bad target string
+        raise UsageError(str(err)) from None
     save_profiles(profiles, args.out)
     print(f"profiled {len(profiles)} compiled networks ({', '.join(args.models)}) -> {args.out}; "
           f"attach the map to a model with `tvm-mpq costmodel fit --db DB --profiles {args.out}`")
