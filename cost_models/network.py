@@ -242,6 +242,14 @@ class NetworkCalibration:
         """Fitted on ``profiles`` (:func:`profile_networks`) with ``model``'s alone predictions."""
         if not profiles:
             raise ValueError("a network calibration needs at least one profile (cost_models.network.profile_networks)")
+        threads, target = model.meta.get("threads"), model.meta.get("target")
+        other = sorted({int(p["threads"]) for p in profiles} - {int(threads)}) if threads else []
+        if other:
+            raise ValueError(f"the profiles ran on {', '.join(map(str, other))} thread(s) and the model's records on {threads}: "
+                             f"the map would take the thread count for the network; profile with --threads {threads}")
+        targets = sorted({p["target"] for p in profiles} - {target}) if target else []
+        if targets:
+            raise ValueError(f"the profiles ran on {', '.join(targets)} and the model's records on {target}: profile on the model's target")
         alone: dict = {}
         in_network: dict = {}
         layers = 0

@@ -77,6 +77,10 @@ def test_calibration_recovers_a_known_map(records, tmp_path):
     assert NetworkCalibration.fit(model, profiles).scales["byte"] == pytest.approx(0.45, rel=1e-6)
     with pytest.raises(ValueError, match="at least one profile"):
         NetworkCalibration.fit(model, [])
+    with pytest.raises(ValueError, match="profile with --threads 2"):  # the records ran on 2 threads
+        NetworkCalibration.fit(model, [{**profiles[0], "threads": 1}])
+    with pytest.raises(ValueError, match="on the model's target"):
+        NetworkCalibration.fit(model, [{**profiles[0], "target": "llvm -mcpu=haswell"}])
 
 
 def test_predicted_latency_prices_layers_in_the_network(records):
@@ -113,6 +117,7 @@ def test_profiles_of_a_compiled_network(records):
     assert any(len(layer["points"]) == 2 for layer in grouped), "a conv split into two channel groups runs two kernels"
     assert all(kernel in ("int8", "amx", "bitserial", "fp32", "depthwise") for layer in grouped for _, kernel, _, _ in layer["points"])
     model = XGBCostModel().fit(records)
+    model.meta.update(threads=1, target=profiles[0]["target"])  # as if its records had run here, on 1 thread
     fitted = NetworkCalibration.fit(model, profiles)
     assert fitted.scale > 0 and fitted.layers == 2 * len(net.layers)
     assert "mean" in profiles[0]["other"]  # its global average pool, not a layer

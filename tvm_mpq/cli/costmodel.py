@@ -157,7 +157,8 @@ def add_parser(sub) -> None:
     pr.add_argument("-o", "--out", default="profiles.json", help="profile file to write (default profiles.json)")
     pr.add_argument("--models", nargs="+", default=["resnet18", "mobilenet_v2"], help="built-in models to profile")
     pr.add_argument("--target", default=None, help="target (default: this machine)")
-    pr.add_argument("--threads", type=int, default=None, help="TVM threads (default: every core, as tuning)")
+    pr.add_argument("--threads", type=int, default=None, help="TVM threads (default: every core, as tuning; "
+                    "the threads of the records the model is fitted on)")
     pr.add_argument("--runs", type=int, default=20, help="profiled runs per network")
     e = actions.add_parser("eval", help="held-out error: MAPE, Spearman, kernel-choice agreement",
                            description="Without --model: grouped k-fold cross-validation by workload on --db. With --model "
