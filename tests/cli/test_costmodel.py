@@ -69,5 +69,9 @@ def test_fit_with_network_profiles(tmp_path, capsys):
     assert network["layers"] == 36 and json.loads(model.read_text())["meta"]["network"]["scales"] == network["scales"]
     assert main(["costmodel", "fit", "--db", str(db), "-o", str(model), "--profiles", str(db)]) == EXIT_USAGE
     assert "costmodel profile" in capsys.readouterr().err
+    other_threads = tmp_path / "one_thread.json"  # the records ran on 2 threads
+    save_profiles([{**p, "threads": 1} for p in _synthetic_profiles(XGBCostModel().fit(records), truth)], str(other_threads))
+    assert main(["costmodel", "fit", "--db", str(db), "-o", str(model), "--profiles", str(other_threads)]) == EXIT_USAGE
+    assert "--threads 2" in capsys.readouterr().err
     assert main(["costmodel", "profile", "--models", "no_such_net"]) == EXIT_USAGE
     assert "unknown model" in capsys.readouterr().err

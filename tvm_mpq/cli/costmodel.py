@@ -60,9 +60,13 @@ def fit(args: FitArgs) -> int:
         from tvm_mpq.cost_models.network import NetworkCalibration, load_profiles
 
         try:
-            model.meta["network"] = NetworkCalibration.fit(model, load_profiles(args.profiles)).to_dict()
-        except (OSError, ValueError, KeyError) as err:
+            profiles = load_profiles(args.profiles)
+        except (OSError, ValueError) as err:
             raise UsageError(f"--profiles {args.profiles}: {err}; write one with `tvm-mpq costmodel profile -o {args.profiles}`") from None
+        try:
+            model.meta["network"] = NetworkCalibration.fit(model, profiles).to_dict()
+        except (ValueError, KeyError) as err:  # another thread count or target than the records, a damaged file
+            raise UsageError(f"--profiles {args.profiles}: {err}") from None
     model.save(args.out)
     summary = {"model": args.out, "records": model.meta["records"], "workloads": len(model.meta["trained_workloads"]),
                "kernels": model.meta["kernels"], "target": model.meta["target"], "threads": model.meta["threads"]}
