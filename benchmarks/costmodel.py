@@ -25,7 +25,9 @@ inside, a seeded random mix per layer, a mix with channel groups), in one run
   policies (``own map``: W8A8, W2A2 and the mix for W4A4, W1A1 and the grouped mix, and the other
   way round): what ``tvm-mpq costmodel profile`` + ``fit --profiles`` give a user who profiles the
   network a search is about;
-* the sum of the measured per-layer records (what a perfect model of layers alone would give).
+* the sum of the measured per-layer records (what a perfect model of layers alone would give), alone
+  (``layer recs``) and times the shipped map's factor for each layer's kernel (``recs in-net``:
+  what the map would give the measured and hybrid providers, which price layers alone).
 
 Each prediction is its layers' latencies on the kernels the pipeline picks plus the pooling ops
 (:func:`tvm_mpq.hardware.base.pooling_seconds`); the pooling calls' rate in the profiles is printed
@@ -44,6 +46,21 @@ import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
+
+
+def records_in_network(measured, predicted, net, policy) -> float:
+    """The network's own layer records (``measured``: a MeasuredLatency that does not measure) each
+    times the shipped map's factor for the kernel it ran on (``predicted.network``), plus pooling:
+    what the map would give a provider of measured layers."""
+    from tvm_mpq import hardware
+
+    bits = policy.resolve(net.layer_names)
+    total = 0.0
+    for layer in net.layers:
+        kernels = {kernel for _, kernel, _, _ in hardware.base.kernel_points(layer, bits[layer.name], measured.target, measured.kernel)}
+        factor = predicted.network.factor(kernels.pop()) if len(kernels) == 1 else predicted.network.scale
+        total += factor * measured.latency(layer, bits[layer.name])
+    return total + measured.pooling(net)
 
 
 def main() -> None:
@@ -117,8 +134,10 @@ def main() -> None:
                    "own_map_ms": 1e3 * hardware.network_latency(own_maps[label], net, policy)}
             try:
                 row["layer_records_ms"] = 1e3 * hardware.network_latency(measured_layers, net, policy)
+                row["layer_records_in_ms"] = 1e3 * (records_in_network(measured_layers, shipped_in, net, policy)
+                                                    if shipped_in else float("nan"))
             except RuntimeError:
-                row["layer_records_ms"] = float("nan")
+                row["layer_records_ms"] = row["layer_records_in_ms"] = float("nan")
             rows.append(row)
     print(f"{threads} TVM thread(s), as the model's records; probe units: the model's probe reference {reference:.3f} ms; "
           f"probe during the timing: {', '.join(f'{p:.3f}' for p in probes)} ms (one session per model)")
@@ -127,7 +146,7 @@ def main() -> None:
         rate = sum(p["pool_bytes"] for p in pooled) / (sum(pool_ms(p) for p in pooled) / 1e3)
         print(f"pooling calls in the profiles: {rate / 1e9:.1f} GB/s raw (priced at POOL_BYTES_PER_S = {POOL_BYTES_PER_S / 1e9:.0f} GB/s)")
     cols = [("held_out_ms", "held-out"), ("held_out_in_ms", "h-o in-net"), ("shipped_ms", "shipped"), ("shipped_in_ms", "shp in-net"),
-            ("own_map_ms", "own map"), ("layer_records_ms", "layer recs")]
+            ("own_map_ms", "own map"), ("layer_records_ms", "layer recs"), ("layer_records_in_ms", "recs in-net")]
     print(f"{'model':13s} {'policy':24s} {'raw':>9s} {'measured':>9s} " + " ".join(f"{title:>10s} {'err':>7s}" for _, title in cols))
     for r in rows:
         m = r["measured_ms"]
