@@ -111,17 +111,15 @@ def main() -> None:
         others = [p for p in profiles if p["model"] != model_name]
         held_in = None
         if others:  # the in-network map fitted on the other networks' profiles only
-            held_model.meta["network"] = NetworkCalibration.fit(held_model, others).to_dict()
-            held_in = hardware.PredictedLatency(held_model, target=shipped.target)
+            held_in = hardware.PredictedLatency(held_model, target=shipped.target, in_network=NetworkCalibration.fit(held_model, others))
         mine = {p["policy"]: p for p in profiles if p["model"] == model_name}
         probes.append(next(iter(mine.values()))["probe_ms"])
         labels = list(policies(net))
         halves = (labels[0::2], labels[1::2])  # W8A8, W2A2, mixed | W4A4, W1A1, mixed + groups
         own_maps = {}
         for fit_on, test_on in (halves, halves[::-1]):  # the map fitted on the network's other policies
-            m = XGBCostModel.load(shipped_model_path())
-            m.meta["network"] = NetworkCalibration.fit(m, [mine[label] for label in fit_on]).to_dict()
-            own_maps.update({label: hardware.PredictedLatency(m) for label in test_on})
+            provider = hardware.PredictedLatency(shipped_model, in_network=NetworkCalibration.fit(shipped_model, [mine[label] for label in fit_on]))
+            own_maps.update({label: provider for label in test_on})
         for label, policy in policies(net).items():
             prof = mine[label]
             raw_ms = 1e3 * float(np.median(prof["rounds_s"]))

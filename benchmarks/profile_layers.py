@@ -27,12 +27,6 @@ from resnet18 import POLICIES as RESNET18_POLICIES  # noqa: E402  (the end-to-en
 POLICIES = {label.split()[0]: kw for label, kw in RESNET18_POLICIES.items()}
 
 
-def is_layer_kernel(symbol: str, net) -> bool:
-    from tvm_mpq.cost_models.network import layer_of, layer_symbols
-
-    return layer_of(symbol, layer_symbols(net)) is not None
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="resnet18")
@@ -49,6 +43,7 @@ def main(argv=None) -> int:
 
     import tvm_mpq
     from tvm_mpq import models
+    from tvm_mpq.cost_models.network import layer_of, layer_symbols
 
     model, inputs = models.get(args.model, input_size=args.input_size)
     net = tvm_mpq.import_torch(model, inputs)
@@ -61,7 +56,9 @@ def main(argv=None) -> int:
     latency = float(np.median(compiled.time(x, number=20, repeat=5)))
     calls = compiled.profile(x, runs=args.runs)
     med = {s: float(np.median(v)) for s, v in calls.items()}
-    kernels = sum(t for s, t in med.items() if is_layer_kernel(s, net))
+    prefixes = layer_symbols(net)
+    is_layer_kernel = {s: layer_of(s, prefixes) is not None for s in med}
+    kernels = sum(t for s, t in med.items() if is_layer_kernel[s])
     total = sum(med.values())
     print(f"{args.model} {args.input_size}x{args.input_size} {args.policy}, {args.threads} thread(s): "
           f"time_evaluator {1e3 * latency:.3f} ms; sum of {len(med)} call symbols {1e3 * total:.3f} ms")
@@ -69,7 +66,7 @@ def main(argv=None) -> int:
           f"everything else {1e3 * (total - kernels):.3f} ms ({100 * (total - kernels) / total:.1f}%)")
     print(f"  {'ms':>8s} {'%':>5s}  call (* = layer kernel)")
     for s, t in sorted(med.items(), key=lambda kv: -kv[1])[: args.top]:
-        print(f"  {1e3 * t:8.3f} {100 * t / total:5.1f}  {'*' if is_layer_kernel(s, net) else ' '} {s}")
+        print(f"  {1e3 * t:8.3f} {100 * t / total:5.1f}  {'*' if is_layer_kernel[s] else ' '} {s}")
     return 0
 
 

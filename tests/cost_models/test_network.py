@@ -90,7 +90,10 @@ def test_predicted_latency_prices_layers_in_the_network(records):
     alone = [PredictedLatency(model, kernel=k).latency(s, b) for k, s, b in zip(("int8", "bitserial"), specs, bits)]
     with pytest.raises(ValueError, match="network calibration"):
         PredictedLatency(model, kernel="int8", in_network=True)
-    model.meta["network"] = NetworkCalibration(scale=0.95, scales={"byte": 0.8, "bitserial": 0.6}).to_dict()
+    cal = NetworkCalibration(scale=0.95, scales={"byte": 0.8, "bitserial": 0.6})
+    given = [PredictedLatency(model, kernel=k, in_network=cal).latency(s, b) for k, s, b in zip(("int8", "bitserial"), specs, bits)]
+    assert given == pytest.approx([0.8 * alone[0], 0.6 * alone[1]])  # a map given, the model has none
+    model.meta["network"] = cal.to_dict()
     inside = [PredictedLatency(model, kernel=k).latency(s, b) for k, s, b in zip(("int8", "bitserial"), specs, bits)]
     assert inside == pytest.approx([0.8 * alone[0], 0.6 * alone[1]])
     assert PredictedLatency(model, kernel="fp32").latency(specs[0], (32, 32)) == pytest.approx(

@@ -7,6 +7,7 @@ import dataclasses
 import numpy as np
 
 from tvm_mpq.hardware.measured import MeasuredLatency
+from tvm_mpq.tuning.database import prefer_threads
 
 
 class HybridLatency(MeasuredLatency):
@@ -73,7 +74,7 @@ class HybridLatency(MeasuredLatency):
         """This target's ``ok`` records of ``kernel`` (at ``w``/``a`` where given), those on the
         provider's threads where there are any."""
         found = [r for r in self._index().get(kernel, ()) if (w is None or r.w_bits == w) and (a is None or r.a_bits == a)]
-        return [r for r in found if r.timed_on(self.threads)] or found
+        return prefer_threads(found, self.threads)
 
     def anchor(self, spec, kernel: str, w: int, a: int):
         """The record that scales the prediction for ``spec`` (see the class docstring), or None."""
@@ -81,7 +82,7 @@ class HybridLatency(MeasuredLatency):
         same = self._by_shape.get((kernel, w, a, _without_channels(spec)))
         if not same:
             return None
-        same = [sr for sr in same if sr[1].timed_on(self.threads)] or same
+        same = prefer_threads(same, self.threads, record=lambda sr: sr[1])
         mine = _channels(spec)
         # the nearest channel count; of equals, the larger layer (a group's own layer), then the fastest
         return min(same, key=lambda sr: (abs(_channels(sr[0]) - mine), -_channels(sr[0]), self._label_ms(sr[1])))[1]

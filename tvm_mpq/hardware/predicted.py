@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
 from tvm_mpq._tvm import parse_target
 from tvm_mpq.hardware.base import kernel_points, pooling_seconds
+
+if TYPE_CHECKING:
+    from tvm_mpq.cost_models.network import NetworkCalibration
 
 
 class PredictedLatency:
@@ -20,13 +23,14 @@ class PredictedLatency:
 
     ``in_network``: price each layer as it runs inside a compiled network, through the model's
     :class:`~tvm_mpq.cost_models.network.NetworkCalibration` (``meta["network"]``: kernels timed alone
-    and cold cost more than between the network's other layers); None: where the model has one. False: the layer alone, as the tuning records time it.
+    and cold cost more than between the network's other layers); None: where the model has one;
+    False: the layer alone, as the tuning records time it; a ``NetworkCalibration``: that map.
     """
 
     name = "predicted"
 
     def __init__(self, model="default", *, target=None, threads: int | None = None, kernel="predicted",
-                 in_network: bool | None = None):
+                 in_network: "bool | NetworkCalibration | None" = None):
         from tvm_mpq.cost_models import XGBCostModel, load_model
         from tvm_mpq.cost_models.network import NetworkCalibration
 
@@ -39,10 +43,13 @@ class PredictedLatency:
             kernel = KernelChooser(self.model)
         self.kernel = kernel
         calibration = self.model.meta.get("network")
-        if in_network and calibration is None:
-            raise ValueError("in_network=True needs a cost model with a network calibration (meta['network']): "
-                             "rebuild it with `python -m tvm_mpq.cost_models.rebuild --profile`")
-        self.network = NetworkCalibration.from_dict(calibration) if calibration is not None and in_network is not False else None
+        if in_network is True and calibration is None:
+            raise ValueError("in_network=True needs a cost model with a network calibration (meta['network']): fit one with "
+                             "`tvm-mpq costmodel fit --profiles` (shipped models: `python -m tvm_mpq.cost_models.rebuild --profile`)")
+        if isinstance(in_network, NetworkCalibration):
+            self.network = in_network
+        else:
+            self.network = NetworkCalibration.from_dict(calibration) if calibration is not None and in_network is not False else None
 
     def latencies(self, layers: Sequence, bits: Sequence) -> list[float]:
         """Seconds for each (layer, bits), in one model call."""

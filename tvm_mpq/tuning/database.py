@@ -167,6 +167,12 @@ def candidate_key(workload, kernel: str, w_bits: int, a_bits: int, knobs, target
     return hashlib.sha1(text.encode()).hexdigest()
 
 
+def prefer_threads(items: list, threads: int | None, record=lambda item: item) -> list:
+    """Of ``items`` (records, or what ``record`` maps to one), those timed on ``threads``
+    (:meth:`Record.timed_on`) where there are any, else all of them."""
+    return [item for item in items if record(item).timed_on(threads)] or items
+
+
 class TuningDatabase:
     """Append-only JSON-lines records (see the module docstring). ``path=None`` keeps them in memory."""
 
@@ -256,7 +262,7 @@ class TuningDatabase:
         ``threads``: of the matches, those timed on that many threads (or not saying) where there are
         any, so a database holding 1- and 2-thread timings of a point does not answer the faster."""
         found = self.matching(spec, kernel, w_bits, a_bits, target, ok=True)
-        found = [r for r in found if r.timed_on(threads)] or found
+        found = prefer_threads(found, threads)
         if found and all(r.relative is not None for r in found):  # compared with the drift divided out
             return min(found, key=lambda r: r.relative)
         return min(found, key=lambda r: r.latency, default=None)
