@@ -101,10 +101,10 @@ def test_weight_layout():
     w = rng.integers(-128, 128, (20, 70, 3, 2)).astype(np.int8)
     p = amx.prepare_weights(w)
     kc = amx.k_chunk(70)
-    assert kc == 64 and p.shape == (2, 2, 3, 2, 16, 16, 4)
+    assert kc == 64 and p.shape == (2, 2, 3, 2, 16, 64)
     for o, c, kh, kw in [(0, 0, 0, 0), (19, 69, 2, 1), (17, 65, 1, 0), (3, 4, 2, 1)]:
-        assert p[o // 16, c // kc, kh, kw, (c % kc) // 4, o % 16, c % 4] == w[o, c, kh, kw]
-    assert not p[:, 1, :, :, (70 - 64) // 4 + 1 :].any() and not p[1, :, :, :, :, 4:].any()  # zero padding
+        assert p[o // 16, c // kc, kh, kw, o % 16, c % kc] == w[o, c, kh, kw]
+    assert not p[:, 1, :, :, :, 70 - 64 :].any() and not p[1, :, :, :, 4:].any()  # zero padding
     with pytest.raises(ValueError, match="-128..127"):
         amx.prepare_weights(np.full((16, 4, 1, 1), 200))
 
@@ -119,11 +119,11 @@ def test_kernel_columns_fold_into_few_channels():
     rng = np.random.default_rng(1)
     w = rng.integers(-128, 128, (16, 3, 7, 7)).astype(np.int8)
     p = amx.prepare_weights(w)
-    assert p.shape == (1, 1, 7, 1, 6, 16, 4) and amx.weight_shape(stem) == (4, 1, 7, 1, 6, 16, 4)
+    assert p.shape == (1, 1, 7, 1, 16, 24) and amx.weight_shape(stem) == (4, 1, 7, 1, 16, 24)
     for o, c, kh, kw in [(0, 0, 0, 0), (15, 2, 6, 6), (7, 1, 3, 5)]:
         k = c * 7 + kw  # folded channel
-        assert p[0, 0, kh, 0, k // 4, o, k % 4] == w[o, c, kh, kw]
-    assert not p[:, :, :, :, 21 // 4 :, :, 21 % 4 :].any()  # channels 21..23 are zero
+        assert p[0, 0, kh, 0, o, k] == w[o, c, kh, kw]
+    assert not p[..., 21:].any()  # channels 21..23 are zero
 
 
 def test_geometry_flat_rows_cover_every_tap():
@@ -136,20 +136,31 @@ def test_geometry_flat_rows_cover_every_tap():
     assert one.subsample == (2, 2) and (one.sh, one.sw, one.wq) == (1, 1, 4)
 
 
+@pytest.mark.parametrize("stride", [1, 2, 3])
+@pytest.mark.parametrize("offset", [-4, -3, -1, 0, 1, 2])
+def test_grid_range_is_exactly_the_image(stride, offset):
+    for size in (1, 5, 8):
+        for extent in (0, 3, 7, 12):
+            lo, hi = amx._grid_range(stride, offset, size, extent)
+            inside = [p for p in range(extent) if 0 <= p * stride + offset < size]
+            assert list(range(lo, hi)) == inside or (not inside and lo == hi), (stride, offset, size, extent, lo, hi)
+
+
 def test_tile_config_bytes():
     cfg = amx._tile_config(2, 1, 32)
     assert len(cfg) == 64 and cfg[0] == 1
     colsb = lambda t: cfg[16 + 2 * t] | cfg[17 + 2 * t] << 8  # noqa: E731
     assert (colsb(0), cfg[48]) == (64, 16) and (colsb(2), cfg[50]) == (64, 16)  # accumulators 0, 2
     assert colsb(1) == 0 and cfg[49] == 0  # column tile 1 unused
-    assert (colsb(4), cfg[52]) == (32, 16) and (colsb(6), cfg[54]) == (64, 8)  # activations, weights
+    assert (colsb(4), cfg[52]) == (32, 16) and (colsb(6), cfg[54]) == (64, 8)  # weights, activations
+    assert (colsb(7), cfg[55]) == (64, 8) and colsb(5) == 0  # a second pixel tile, one channel tile
 
 
 def test_amx_instructions_are_emitted_for_sapphire_rapids():
     spec = ConvSpec(batch=1, in_channels=64, height=6, width=6, out_channels=32, kernel=(3, 3), padding=(1, 1, 1, 1))
     func, _ = _func(spec, act_qparams(0.0, 1.0, 8), 8)
     asm = tvm.compile(tvm.IRModule({"main": func}), target=SPR).mod.inspect_source("asm")
-    for instr in ("ldtilecfg", "tilezero", "tileloadd", "tdpbusd", "tilestored", "tilerelease"):
+    for instr in ("ldtilecfg", "tilezero", "tileloadd", "tdpbsud", "tilestored", "tilerelease"):
         assert instr in asm, instr
 
 

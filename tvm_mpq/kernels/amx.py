@@ -1,19 +1,22 @@
-"""Integer conv2d on Intel AMX tiles (``tdpbusd``: u8 x s8 -> i32, 16x16x64 per instruction).
+"""Integer conv2d on Intel AMX tiles (``tdpbsud``: s8 x u8 -> i32, 16x16x64 per instruction).
 
 Same encoding and exact result as the VNNI kernel (:mod:`tvm_mpq.kernels.int8`): activation codes
 are unsigned bytes, weight levels signed bytes (8-bit levels split ``2*h + 1`` plus a box sum of
 the codes). Any ``a_bits``/``w_bits`` <= 8 runs here. On a CPU with AMX (Sapphire Rapids and
-later) one ``tdpbusd`` does 16,384 MACs: about 4x the VNNI peak per core and above the
+later) one ``tdpbsud`` does 16,384 MACs: about 4x the VNNI peak per core and above the
 AND+popcount peak in binary MACs; measured whole kernels (packing and epilogue included) still
 lose to bit-serial at W1A1, which the registry's rule keeps.
 
-Implicit GEMM on a flat pixel axis. A tile row is one output pixel, a tile column group 16 output
-channels, the reduction ``kc`` (<= 64) input channels per tile load. Output pixel ``(y, x)`` is
-row ``m = y * WQ + x`` of a grid as wide as the padded input (``WQ`` columns), so one tap
-``(kh, kw)`` of 16 consecutive rows reads 16 consecutive input pixels: a single strided tile load,
-whatever the image width (7x7 and 14x14 layers fill whole tiles; the ``WQ - OW`` extra columns
-per row are computed and dropped). Stride ``s`` is reduced to stride 1 by splitting the padded
-input into ``s x s`` phases (space-to-depth), tap ``k`` reading phase ``k % s`` at offset ``k // s``.
+Implicit GEMM on a flat pixel axis. The weights are the A operand (a tile row: one output
+channel, ``kc`` input channels), the activations the B operand (a tile row: 16 output pixels x 4
+input channels), so an accumulator tile holds 16 channels x 16 pixels and is stored as 16 channel
+rows: the epilogue reads every output row contiguously and writes NCHW without a transpose (with
+pixels as tile rows it gathered with a stride of 16 words: more than half the kernel's time on the
+56x56 layers). Output pixel ``(y, x)`` is column ``m = y * WQ + x`` of a grid as wide as the padded
+input (``WQ`` columns), so one tap ``(kh, kw)`` of 16 consecutive pixels reads 16 consecutive input
+pixels: a single strided tile load, whatever the image width (the ``WQ - OW`` extra columns per
+row are computed and dropped). Stride ``s`` is reduced to stride 1 by splitting the padded input
+into ``s x s`` phases (space-to-depth), tap ``k`` reading phase ``k % s`` at offset ``k // s``.
 
 Few input channels (the RGB stem: 3 channels, 7x7, stride 2) would fill 8 of a tile row's 64 bytes
 per tap. When ``C * KW <= 64`` the kernel columns are folded into the channels instead (an
@@ -26,18 +29,20 @@ Layouts (``kc = min(64, C rounded up to 4, at least 8)`` channels per tile load;
 the folded conv where it folds)::
 
     data     float32 [N, C, H, W]
-    a        uint8   [N, C/kc, SH, SW, Q, kc]       quantized, padded, phase-split, flat pixels
-    weights  int8    [O/16, C/kc, KH, KW, kc/4, 16, 4]   (``prepare_weights``; one B tile per
-                                                    (16 channels, chunk, tap), VNNI-packed rows;
-                                                    a channel block's tiles are one contiguous
-                                                    stream, which the hardware prefetcher follows)
-    acc      int32   [N, O/16, M, 16]               M = OH * WQ rounded up to 32
+    a        uint8   [N, C/kc, SH, SW, kc/4, Q, 4]   quantized, padded, phase-split, flat pixels:
+                                                    a B tile is kc/4 rows of 16 pixels x 4
+                                                    channels, Q*4 bytes apart (``_pack_rows``
+                                                    writes it as uint32 words, vectorized)
+    weights  int8    [O/16, C/kc, KH, KW, 16, kc]   (``prepare_weights``; one A tile per
+                                                    (16 channels, chunk, tap))
+    acc      int32   [N, O/16, 16, M]               M = OH * WQ rounded up to 32
     out      float32 [N, O, OH, OW]
 
-The schedule (``schedule_amx_conv``) keeps ``mt`` x ``nt`` accumulator tiles (<= 2 x 2) in tile
-registers over the whole reduction; tiles 0-3 accumulate, 4-5 hold activations, 6-7 weights.
-``finalize_amx`` adds what TIR schedules cannot express: the tile configuration (``ldtilecfg``)
-at the start of every parallel task and the Linux request for the AMX state (``arch_prctl``).
+The schedule (``schedule_amx_conv``) keeps ``mt`` (pixel) x ``nt`` (channel) accumulator tiles
+(<= 2 x 2) in tile registers over the whole reduction; tiles 0-3 accumulate, 4-5 hold weights,
+6-7 activations. ``finalize_amx`` adds what TIR schedules cannot express: the tile configuration
+(``ldtilecfg``) at the start of every parallel task and the Linux request for the AMX state
+(``arch_prctl``).
 """
 
 from __future__ import annotations
@@ -49,7 +54,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from tvm_mpq._tvm import Schedule, T, Target, TensorIntrin, s_tir, target_features, te, tirx, tvm
-from tvm_mpq.kernels.bitserial import epilogue
+from tvm_mpq.kernels.bitserial import act_code, epilogue
 from tvm_mpq.kernels.int8 import input_code, split_levels
 from tvm_mpq.kernels.spec import ConvSpec, ceil_div
 from tvm_mpq.kernels.x86 import find_block
@@ -58,7 +63,9 @@ OC_BLOCK = 16
 TILE_ROWS = 16
 #: Pixel rows are padded to a multiple of this, so 1 or 2 row tiles divide them.
 M_ALIGN = 32
-ACC_TILES, A_TILES, B_TILES = (0, 1, 2, 3), (4, 5), (6, 7)
+#: Tile registers: accumulators (pixel tile i, channel tile j) -> i * 2 + j; weights (A operand of
+#: ``tdpbsud``, one per channel tile); activations (B operand, one per pixel tile).
+ACC_TILES, W_TILES, X_TILES = (0, 1, 2, 3), (4, 5), (6, 7)
 
 TAG_CONV = "mpq_amx_conv2d"
 ACT_BLOCK = "mpq_amx_a"
@@ -124,18 +131,19 @@ def geometry(spec: ConvSpec) -> Geometry:
     hq, wq = ceil_div(hp, sh), ceil_div(wp, sw)
     rows = ceil_div(spec.out_height * wq, M_ALIGN) * M_ALIGN
     reach = (((kh - 1) * dh) // sh) * wq + ((kw - 1) * dw) // sw
-    return Geometry(kc, ceil_div(spec.in_channels, kc), sh, sw, hq, wq, rows, rows + reach, subsample)
+    q = ceil_div(rows + reach, wq) * wq  # whole grid rows: the prologue runs row by row
+    return Geometry(kc, ceil_div(spec.in_channels, kc), sh, sw, hq, wq, rows, q, subsample)
 
 
 def weight_shape(spec: ConvSpec) -> tuple[int, ...]:
     """Shape of :func:`prepare_weights`'s result for ``spec``."""
     g = geometry(spec)
-    return (ceil_div(spec.out_channels, OC_BLOCK), g.chunks, *gemm_spec(spec).kernel, g.kc // 4, OC_BLOCK, 4)
+    return (ceil_div(spec.out_channels, OC_BLOCK), g.chunks, *gemm_spec(spec).kernel, OC_BLOCK, g.kc)
 
 
 def prepare_weights(values: np.ndarray) -> np.ndarray:
-    """int8 weights ``[O, C, KH, KW]`` -> ``[O/16, C/kc, KH, KW, kc/4, 16, 4]`` (of the folded conv
-    ``[O, C*KW, KH, 1]`` where it folds)."""
+    """int8 weights ``[O, C, KH, KW]`` -> ``[O/16, C/kc, KH, KW, 16, kc]`` (of the folded conv
+    ``[O, C*KW, KH, 1]`` where it folds): one A tile per (16 channels, chunk, tap)."""
     values = np.asarray(values)
     if values.min(initial=0) < -128 or values.max(initial=0) > 127:
         raise ValueError("AMX kernel weights must lie in -128..127")
@@ -147,8 +155,78 @@ def prepare_weights(values: np.ndarray) -> np.ndarray:
     ob, cb = ceil_div(o, OC_BLOCK), ceil_div(c, kc)
     padded = np.zeros((ob * OC_BLOCK, cb * kc, kh, kw), np.int8)
     padded[:o, :c] = values
-    blocked = padded.reshape(ob, OC_BLOCK, cb, kc // 4, 4, kh, kw)
-    return np.ascontiguousarray(blocked.transpose(0, 2, 5, 6, 3, 1, 4))
+    blocked = padded.reshape(ob, OC_BLOCK, cb, kc, kh, kw)
+    return np.ascontiguousarray(blocked.transpose(0, 2, 4, 5, 1, 3))
+
+
+#: Lanes of the prologue's vector stores (uint32 words: 4 channels of one pixel each).
+PACK_LANES = 16
+
+
+def _grid_range(stride: int, offset: int, size: int, extent: int) -> tuple[int, int]:
+    """Grid positions ``p`` in ``[0, extent)`` whose pixel ``p * stride + offset`` lies in ``[0, size)``."""
+    lo = min(extent, max(0, -(offset // stride)))  # ceil(-offset / stride)
+    hi = min(extent, max(lo, (size - 1 - offset) // stride + 1)) if size - 1 - offset >= 0 else lo
+    return lo, hi
+
+
+def _pack_rows(out, g: Geometry, channels: int, pad_code, phases, code):
+    """The quantize + pack prologue as explicit TIR (a ``te.extern`` body): ``a`` of the module
+    docstring written as uint32 words ``code(c) | code(c+1) << 8 | code(c+2) << 16 | code(c+3) << 24``.
+
+    ``phases``: per phase ``(ph, pw, rows, cols)``, the grid rows and columns (``[lo, hi)``, decided
+    at build time) whose pixel is in the image; the rest is padding and gets ``pad_code`` (the zero
+    point). In the image, ``code(b, ch, ph, pw, qr, col)`` gives a channel's uint32 code at grid row
+    ``qr`` for a vector of 16 columns ``col``: contiguous (or stride-``s``) loads, the simulation's
+    float quantize ops, shifts, one 64-byte store. Channels ``>= channels`` (chunk padding) are 0.
+    A TE compute would index the input with clamped pixel coordinates, which TVM does not
+    vectorize (every byte was a scalar load: half the kernel's time on 56x56 layers).
+    """
+    n, chunks, sh, sw, kk_n, q_n, _ = (int(v) for v in out.shape)
+    words = tirx.decl_buffer((n * chunks * sh * sw * kk_n * q_n,), "uint32", name="mpq_amx_words", data=out.data)
+    u32 = lambda v: tirx.const(v, "uint32")  # noqa: E731
+    t = tirx.Var("t", "int32")  # (image, channel chunk, channel quad): one parallel task each
+    b, rest = t // (chunks * kk_n), t % (chunks * kk_n)
+    cblk, kk = rest // kk_n, rest % kk_n
+    chans = [cblk * g.kc + kk * 4 + i for i in range(4)]
+
+    def pack(value_of):
+        word = u32(0)
+        for i, ch in enumerate(chans):
+            word = word | (tirx.Select(ch < channels, value_of(ch), u32(0)) << u32(8 * i))
+        return word
+
+    pad_word = pack(pad_code)
+
+    def lanes(start, length, value):
+        """Words ``start + v`` for ``v < length``: loops of 16 vector lanes and a vector tail."""
+        stmts = []
+        full, tail = divmod(length, PACK_LANES)
+        for first, width, count in ((0, PACK_LANES, full), (full * PACK_LANES, tail, 1 if tail else 0)):
+            if count:
+                j, v = tirx.Var("j", "int32"), tirx.Var("v", "int32")
+                idx = first + j * PACK_LANES + v
+                store = tirx.For(v, 0, width, tirx.ForKind.VECTORIZED, tirx.BufferStore(words, value(idx), [start + idx]))
+                stmts.append(tirx.For(j, 0, count, tirx.ForKind.SERIAL, store))
+        return stmts
+
+    body = []
+    qh = q_n // g.wq
+    for ph, pw, (r_lo, r_hi), (c_lo, c_hi) in phases:
+        base = ((((b * chunks + cblk) * sh + ph) * sw + pw) * kk_n + kk) * q_n
+        body += lanes(base, r_lo * g.wq, lambda _: pad_word)
+        body += lanes(base + r_hi * g.wq, (qh - r_hi) * g.wq, lambda _: pad_word)
+        if r_hi > r_lo:
+            qr = tirx.Var("qr", "int32")
+            row = base + qr * g.wq
+            inner = lanes(row, c_lo, lambda _: pad_word) + lanes(row + c_hi, g.wq - c_hi, lambda _: pad_word)
+            inner += lanes(row + c_lo, c_hi - c_lo, lambda i, ph=ph, pw=pw: pack(lambda ch: code(b, ch, ph, pw, qr, c_lo + i)))
+            body.append(tirx.For(qr, r_lo, r_hi - r_lo, tirx.ForKind.SERIAL, _seq(inner)))
+    return tirx.SeqStmt([tirx.DeclBuffer(words, data=out.data), tirx.For(t, 0, n * chunks * kk_n, tirx.ForKind.PARALLEL, _seq(body))])
+
+
+def _seq(stmts):
+    return stmts[0] if len(stmts) == 1 else tirx.SeqStmt(stmts)
 
 
 def amx_conv2d(data, w_blocked, bias_q, out_scale, dead_bias, residual=None, *, spec: ConvSpec, aq, w_bits: int, out: str = "float"):
@@ -161,28 +239,37 @@ def amx_conv2d(data, w_blocked, bias_q, out_scale, dead_bias, residual=None, *, 
     uh, uw = g.subsample
 
     folded = gemm_spec(spec)
+    a_shape = (n, g.chunks, g.sh, g.sw, g.kc // 4, g.q, 4)
+    qh = g.q // g.wq
+    zero_point = tirx.const(aq.zero_point, "uint32")
     if folded is spec:
+        c, h, w = spec.in_channels, spec.height, spec.width
+        pt, pl = spec.padding[0], spec.padding[1]
+        rs, cs = g.sh * uh, g.sw * uw  # grid step in input pixels
+        phases = [(ph, pw, _grid_range(rs, ph * uh - pt, h, qh), _grid_range(cs, pw * uw - pl, w, g.wq)) for ph in range(g.sh) for pw in range(g.sw)]
 
-        def act(b, cblk, ph, pw, q, ci):
-            hp, wp = (q // g.wq) * g.sh + ph, (q % g.wq) * g.sw + pw
-            return input_code(data, spec, aq, b, cblk * g.kc + ci, hp * uh, wp * uw)
+        def code(x, b, ch, ph, pw, qr, col):
+            return act_code(x[b, tirx.min(ch, c - 1), qr * rs + ph * uh - pt, col * cs + pw * uw - pl], aq, "uint32")
 
+        pack = lambda ins, outs: _pack_rows(outs[0], g, c, lambda ch: zero_point, phases, lambda *i: code(ins[0], *i))  # noqa: E731
+        a = te.extern(a_shape, [data], pack, name=ACT_BLOCK, dtype="uint8")
     else:  # kernel columns folded into channels: gather from padded codes
         c, kw_n = spec.in_channels, spec.kernel[1]
         hp_n, wp_n = spec.height + spec.padding[0] + spec.padding[2], spec.width + spec.padding[1] + spec.padding[3]
         codes = te.compute((n, c, hp_n, wp_n), lambda b, ch, hp, wp: input_code(data, spec, aq, b, ch, hp, wp), name=CODES_BLOCK)
         sw, dw = spec.strides[1], spec.dilation[1]
+        # a 1 x KW kernel without vertical padding folds to a strided 1x1: the row subsampled (uh);
+        # grid rows past the image feed dropped outputs only (clamped to the last row)
+        phases = [(ph, 0, (0, qh), (0, g.wq)) for ph in range(g.sh)]
 
-        def act(b, cblk, ph, pw, q, ci):
-            ch = cblk * g.kc + ci
-            # a 1 x KW kernel without vertical padding folds to a strided 1x1: the row subsampled (uh)
-            hp = tirx.min(((q // g.wq) * g.sh + ph) * uh, hp_n - 1)  # rows past the image feed dropped outputs
-            value = codes[b, tirx.min(ch // kw_n, c - 1), hp, (q % g.wq) * sw + (ch % kw_n) * dw]
-            return tirx.if_then_else(ch < c * kw_n, value, tirx.const(0, "uint8"))
+        def code(x, b, ch, ph, pw, qr, col):
+            hp = tirx.min((qr * g.sh + ph) * uh, hp_n - 1)
+            return x[b, tirx.min(ch // kw_n, c - 1), hp, col * sw + (ch % kw_n) * dw].astype("uint32")
 
+        pack = lambda ins, outs: _pack_rows(outs[0], g, c * kw_n, lambda ch: zero_point, phases, lambda *i: code(ins[0], *i))  # noqa: E731
+        a = te.extern(a_shape, [codes], pack, name=ACT_BLOCK, dtype="uint8")
         spec = folded
 
-    a = te.compute((n, g.chunks, g.sh, g.sw, g.q, g.kc), act, name=ACT_BLOCK)
     kh, kw = spec.kernel
     dh, dw = spec.dilation
     rc = te.reduce_axis((0, g.chunks), name="rc")
@@ -195,19 +282,20 @@ def amx_conv2d(data, w_blocked, bias_q, out_scale, dead_bias, residual=None, *, 
         """(phase, offset in phase pixels) of tap k; plain k*dil for stride 1."""
         return (0, k * dil) if s == 1 else ((k * dil) % s, (k * dil) // s)
 
-    def acc_body(b, o, m, oi):
+    def acc_body(b, o, oi, m):
         (ph, dy), (pw, dx) = tap(rkh, dh, g.sh), tap(rkw, dw, g.sw)
-        pixel = a[b, rc, ph, pw, m + dy * g.wq + dx, rko * 4 + rki].astype("int32")
-        return te.sum(pixel * w_blocked[o, rc, rkh, rkw, rko, oi, rki].astype("int32"), axis=[rc, rkh, rkw, rko, rki])
+        pixel = a[b, rc, ph, pw, rko, m + dy * g.wq + dx, rki].astype("int32")
+        return te.sum(w_blocked[o, rc, rkh, rkw, oi, rko * 4 + rki].astype("int32") * pixel, axis=[rc, rkh, rkw, rko, rki])
 
     ob = ceil_div(spec.out_channels, OC_BLOCK)
-    acc = te.compute((n, ob, g.rows, OC_BLOCK), acc_body, name=ACC_BLOCK)
+    acc = te.compute((n, ob, OC_BLOCK, g.rows), acc_body, name=ACC_BLOCK)
     row = lambda y, x: y * g.wq + x  # noqa: E731
     if split_levels(w_bits):
         r1 = te.reduce_axis((0, g.chunks), name="r1")
-        r2 = te.reduce_axis((0, g.kc), name="r2")
+        r2 = te.reduce_axis((0, g.kc // 4), name="r2")
+        r3 = te.reduce_axis((0, 4), name="r3")
         rowsum = te.compute(
-            (n, g.sh, g.sw, g.q), lambda b, ph, pw, q: te.sum(a[b, r1, ph, pw, q, r2].astype("int32"), axis=[r1, r2]), name=ROWSUM_BLOCK
+            (n, g.sh, g.sw, g.q), lambda b, ph, pw, q: te.sum(a[b, r1, ph, pw, r2, q, r3].astype("int32"), axis=[r1, r2, r3]), name=ROWSUM_BLOCK
         )
         bh = te.reduce_axis((0, kh), name="bh")
         bw = te.reduce_axis((0, kw), name="bw")
@@ -219,11 +307,11 @@ def amx_conv2d(data, w_blocked, bias_q, out_scale, dead_bias, residual=None, *, 
         boxsum = te.compute((n, spec.out_height, spec.out_width), box, name=ASUM_BLOCK)
 
         def total(b, o, y, x):
-            return 2 * acc[b, o // OC_BLOCK, row(y, x), o % OC_BLOCK] + boxsum[b, y, x]
+            return 2 * acc[b, o // OC_BLOCK, o % OC_BLOCK, row(y, x)] + boxsum[b, y, x]
     else:
 
         def total(b, o, y, x):
-            return acc[b, o // OC_BLOCK, row(y, x), o % OC_BLOCK]
+            return acc[b, o // OC_BLOCK, o % OC_BLOCK, row(y, x)]
 
     return epilogue(out_shape, total, lambda i: i[1], bias_q, out_scale, dead_bias, out, TAG_CONV, OUT_BLOCK, residual)
 
@@ -243,117 +331,119 @@ def _intrinsics(mt: int, nt: int, kc: int):
 
     @T.prim_func(s_tir=True)
     def update_desc(a: T.handle, b: T.handle, c: T.handle):
-        s = T.int32()
+        s, r, sq = T.int32(), T.int32(), T.int32()
         sb, s1, s2, s3 = T.int32(), T.int32(), T.int32(), T.int32()
-        A = T.match_buffer(a, (rows, kc), "uint8", offset_factor=1)
-        B = T.match_buffer(b, (nt, 1, 1, 1, ko, OC_BLOCK, 4), "int8", offset_factor=1, strides=[sb, s1, s2, s3, OC_BLOCK * 4, 4, 1])
-        C = T.match_buffer(c, (nt, rows, OC_BLOCK), "int32", offset_factor=1, strides=[s, OC_BLOCK, 1], scope="local")
+        A = T.match_buffer(a, (ko, rows, 4), "uint8", offset_factor=1, strides=[sq, 4, 1])
+        W = T.match_buffer(b, (nt, 1, 1, 1, OC_BLOCK, kc), "int8", offset_factor=1, strides=[sb, s1, s2, s3, kc, 1])
+        C = T.match_buffer(c, (nt, OC_BLOCK, rows), "int32", offset_factor=1, strides=[s, r, 1], scope="local")
         with T.sblock("root"):
-            T.reads(C[0:nt, 0:rows, 0:OC_BLOCK], A[0:rows, 0:kc], B[0:nt, 0, 0, 0, 0:ko, 0:OC_BLOCK, 0:4])
-            T.writes(C[0:nt, 0:rows, 0:OC_BLOCK])
+            T.reads(C[0:nt, 0:OC_BLOCK, 0:rows], W[0:nt, 0, 0, 0, 0:OC_BLOCK, 0:kc], A[0:ko, 0:rows, 0:4])
+            T.writes(C[0:nt, 0:OC_BLOCK, 0:rows])
             if nt == 2:
-                for j, i, n, k1, k2 in T.grid(nt, rows, OC_BLOCK, ko, 4):
+                for j, n, i, k1, k2 in T.grid(nt, OC_BLOCK, rows, ko, 4):
                     with T.sblock("update"):
-                        vj, vi, vn, vk1, vk2 = T.axis.remap("SSSRR", [j, i, n, k1, k2])
-                        C[vj, vi, vn] = C[vj, vi, vn] + T.Cast("int32", A[vi, vk1 * 4 + vk2]) * T.Cast("int32", B[vj, 0, 0, 0, vk1, vn, vk2])
-            else:  # a single column tile: no unit loop (schedules do not split one off)
-                for i, n, k1, k2 in T.grid(rows, OC_BLOCK, ko, 4):
+                        vj, vn, vi, vk1, vk2 = T.axis.remap("SSSRR", [j, n, i, k1, k2])
+                        C[vj, vn, vi] = C[vj, vn, vi] + T.Cast("int32", W[vj, 0, 0, 0, vn, vk1 * 4 + vk2]) * T.Cast("int32", A[vk1, vi, vk2])
+            else:  # a single channel tile: no unit loop (schedules do not split one off)
+                for n, i, k1, k2 in T.grid(OC_BLOCK, rows, ko, 4):
                     with T.sblock("update"):
-                        vi, vn, vk1, vk2 = T.axis.remap("SSRR", [i, n, k1, k2])
-                        C[0, vi, vn] = C[0, vi, vn] + T.Cast("int32", A[vi, vk1 * 4 + vk2]) * T.Cast("int32", B[0, 0, 0, 0, vk1, vn, vk2])
+                        vn, vi, vk1, vk2 = T.axis.remap("SSRR", [n, i, k1, k2])
+                        C[0, vn, vi] = C[0, vn, vi] + T.Cast("int32", W[0, 0, 0, 0, vn, vk1 * 4 + vk2]) * T.Cast("int32", A[vk1, vi, vk2])
 
     @T.prim_func(s_tir=True)
     def update_impl(a: T.handle, b: T.handle, c: T.handle):
-        s = T.int32()
+        s, r, sq = T.int32(), T.int32(), T.int32()
         sb, s1, s2, s3 = T.int32(), T.int32(), T.int32(), T.int32()
-        A = T.match_buffer(a, (rows, kc), "uint8", offset_factor=1)
-        B = T.match_buffer(b, (nt, 1, 1, 1, ko, OC_BLOCK, 4), "int8", offset_factor=1, strides=[sb, s1, s2, s3, OC_BLOCK * 4, 4, 1])
-        C = T.match_buffer(c, (nt, rows, OC_BLOCK), "int32", offset_factor=1, strides=[s, OC_BLOCK, 1], scope="local")
+        A = T.match_buffer(a, (ko, rows, 4), "uint8", offset_factor=1, strides=[sq, 4, 1])
+        W = T.match_buffer(b, (nt, 1, 1, 1, OC_BLOCK, kc), "int8", offset_factor=1, strides=[sb, s1, s2, s3, kc, 1])
+        C = T.match_buffer(c, (nt, OC_BLOCK, rows), "int32", offset_factor=1, strides=[s, r, 1], scope="local")
         with T.sblock("root"):
-            T.reads(C[0:nt, 0:rows, 0:OC_BLOCK], A[0:rows, 0:kc], B[0:nt, 0, 0, 0, 0:ko, 0:OC_BLOCK, 0:4])
-            T.writes(C[0:nt, 0:rows, 0:OC_BLOCK])
-            # no register renaming for tiles: interleave loads with the products that free them
-            T.call_llvm_intrin("void", "llvm.x86.tileloadd64", _tile(4), A.access_ptr("r"), T.int64(kc))
-            T.call_llvm_intrin("void", "llvm.x86.tileloadd64", _tile(6), B.access_ptr("r"), T.int64(64))
-            T.call_llvm_intrin("void", "llvm.x86.tdpbusd", _tile(0), _tile(4), _tile(6))
+            T.reads(C[0:nt, 0:OC_BLOCK, 0:rows], W[0:nt, 0, 0, 0, 0:OC_BLOCK, 0:kc], A[0:ko, 0:rows, 0:4])
+            T.writes(C[0:nt, 0:OC_BLOCK, 0:rows])
+            # no register renaming for tiles: interleave loads with the products that free them.
+            # tdpbsud: signed bytes (weights, A operand) x unsigned bytes (activation codes, B)
+            T.call_llvm_intrin("void", "llvm.x86.tileloadd64", _tile(W_TILES[0]), W.access_ptr("r"), T.int64(kc))
+            T.call_llvm_intrin("void", "llvm.x86.tileloadd64", _tile(X_TILES[0]), A.access_ptr("r"), T.Cast("int64", sq))
+            T.call_llvm_intrin("void", "llvm.x86.tdpbsud", _tile(ACC_TILES[0]), _tile(W_TILES[0]), _tile(X_TILES[0]))
             if nt == 2:
-                T.call_llvm_intrin("void", "llvm.x86.tileloadd64", _tile(7), B.access_ptr("r", offset=sb), T.int64(64))
-                T.call_llvm_intrin("void", "llvm.x86.tdpbusd", _tile(1), _tile(4), _tile(7))
+                T.call_llvm_intrin("void", "llvm.x86.tileloadd64", _tile(W_TILES[1]), W.access_ptr("r", offset=sb), T.int64(kc))
+                T.call_llvm_intrin("void", "llvm.x86.tdpbsud", _tile(ACC_TILES[1]), _tile(W_TILES[1]), _tile(X_TILES[0]))
             if mt == 2:
-                T.call_llvm_intrin("void", "llvm.x86.tileloadd64", _tile(5), A.access_ptr("r", offset=TILE_ROWS * kc), T.int64(kc))
-                T.call_llvm_intrin("void", "llvm.x86.tdpbusd", _tile(2), _tile(5), _tile(6))
+                T.call_llvm_intrin("void", "llvm.x86.tileloadd64", _tile(X_TILES[1]), A.access_ptr("r", offset=TILE_ROWS * 4), T.Cast("int64", sq))
+                T.call_llvm_intrin("void", "llvm.x86.tdpbsud", _tile(ACC_TILES[2]), _tile(W_TILES[0]), _tile(X_TILES[1]))
             if mt == 2 and nt == 2:
-                T.call_llvm_intrin("void", "llvm.x86.tdpbusd", _tile(3), _tile(5), _tile(7))
+                T.call_llvm_intrin("void", "llvm.x86.tdpbsud", _tile(ACC_TILES[3]), _tile(W_TILES[1]), _tile(X_TILES[1]))
 
     @T.prim_func(s_tir=True)
     def zero_desc(c: T.handle):
-        s = T.int32()
-        C = T.match_buffer(c, (nt, rows, OC_BLOCK), "int32", offset_factor=1, strides=[s, OC_BLOCK, 1], scope="local")
+        s, r = T.int32(), T.int32()
+        C = T.match_buffer(c, (nt, OC_BLOCK, rows), "int32", offset_factor=1, strides=[s, r, 1], scope="local")
         with T.sblock("root"):
             T.reads()
-            T.writes(C[0:nt, 0:rows, 0:OC_BLOCK])
+            T.writes(C[0:nt, 0:OC_BLOCK, 0:rows])
             if nt == 2:
-                for j, i, n in T.grid(nt, rows, OC_BLOCK):
+                for j, n, i in T.grid(nt, OC_BLOCK, rows):
                     with T.sblock("init"):
-                        vj, vi, vn = T.axis.remap("SSS", [j, i, n])
-                        C[vj, vi, vn] = 0
+                        vj, vn, vi = T.axis.remap("SSS", [j, n, i])
+                        C[vj, vn, vi] = 0
             else:
-                for i, n in T.grid(rows, OC_BLOCK):
+                for n, i in T.grid(OC_BLOCK, rows):
                     with T.sblock("init"):
-                        vi, vn = T.axis.remap("SS", [i, n])
-                        C[0, vi, vn] = 0
+                        vn, vi = T.axis.remap("SS", [n, i])
+                        C[0, vn, vi] = 0
 
     @T.prim_func(s_tir=True)
     def zero_impl(c: T.handle):
-        s = T.int32()
-        C = T.match_buffer(c, (nt, rows, OC_BLOCK), "int32", offset_factor=1, strides=[s, OC_BLOCK, 1], scope="local")
+        s, r = T.int32(), T.int32()
+        C = T.match_buffer(c, (nt, OC_BLOCK, rows), "int32", offset_factor=1, strides=[s, r, 1], scope="local")
         with T.sblock("root"):
             T.reads()
-            T.writes(C[0:nt, 0:rows, 0:OC_BLOCK])
-            T.call_llvm_intrin("void", "llvm.x86.tilezero", _tile(0))
+            T.writes(C[0:nt, 0:OC_BLOCK, 0:rows])
+            T.call_llvm_intrin("void", "llvm.x86.tilezero", _tile(ACC_TILES[0]))
             if nt == 2:
-                T.call_llvm_intrin("void", "llvm.x86.tilezero", _tile(1))
+                T.call_llvm_intrin("void", "llvm.x86.tilezero", _tile(ACC_TILES[1]))
             if mt == 2:
-                T.call_llvm_intrin("void", "llvm.x86.tilezero", _tile(2))
+                T.call_llvm_intrin("void", "llvm.x86.tilezero", _tile(ACC_TILES[2]))
             if mt == 2 and nt == 2:
-                T.call_llvm_intrin("void", "llvm.x86.tilezero", _tile(3))
+                T.call_llvm_intrin("void", "llvm.x86.tilezero", _tile(ACC_TILES[3]))
 
     @T.prim_func(s_tir=True)
     def store_desc(c: T.handle, d: T.handle):
-        s = T.int32()
-        t = T.int32()
-        C = T.match_buffer(c, (nt, rows, OC_BLOCK), "int32", offset_factor=1, strides=[s, OC_BLOCK, 1], scope="local")
-        D = T.match_buffer(d, (nt, rows, OC_BLOCK), "int32", offset_factor=1, strides=[t, OC_BLOCK, 1])
+        s, r = T.int32(), T.int32()
+        t, u = T.int32(), T.int32()
+        C = T.match_buffer(c, (nt, OC_BLOCK, rows), "int32", offset_factor=1, strides=[s, r, 1], scope="local")
+        D = T.match_buffer(d, (nt, OC_BLOCK, rows), "int32", offset_factor=1, strides=[t, u, 1])
         with T.sblock("root"):
-            T.reads(C[0:nt, 0:rows, 0:OC_BLOCK])
-            T.writes(D[0:nt, 0:rows, 0:OC_BLOCK])
+            T.reads(C[0:nt, 0:OC_BLOCK, 0:rows])
+            T.writes(D[0:nt, 0:OC_BLOCK, 0:rows])
             if nt == 2:
-                for j, i, n in T.grid(nt, rows, OC_BLOCK):
+                for j, n, i in T.grid(nt, OC_BLOCK, rows):
                     with T.sblock("store"):
-                        vj, vi, vn = T.axis.remap("SSS", [j, i, n])
-                        D[vj, vi, vn] = C[vj, vi, vn]
+                        vj, vn, vi = T.axis.remap("SSS", [j, n, i])
+                        D[vj, vn, vi] = C[vj, vn, vi]
             else:
-                for i, n in T.grid(rows, OC_BLOCK):
+                for n, i in T.grid(OC_BLOCK, rows):
                     with T.sblock("store"):
-                        vi, vn = T.axis.remap("SS", [i, n])
-                        D[0, vi, vn] = C[0, vi, vn]
+                        vn, vi = T.axis.remap("SS", [n, i])
+                        D[0, vn, vi] = C[0, vn, vi]
 
     @T.prim_func(s_tir=True)
     def store_impl(c: T.handle, d: T.handle):
-        s = T.int32()
-        t = T.int32()
-        C = T.match_buffer(c, (nt, rows, OC_BLOCK), "int32", offset_factor=1, strides=[s, OC_BLOCK, 1], scope="local")
-        D = T.match_buffer(d, (nt, rows, OC_BLOCK), "int32", offset_factor=1, strides=[t, OC_BLOCK, 1])
+        s, r = T.int32(), T.int32()
+        t, u = T.int32(), T.int32()
+        C = T.match_buffer(c, (nt, OC_BLOCK, rows), "int32", offset_factor=1, strides=[s, r, 1], scope="local")
+        D = T.match_buffer(d, (nt, OC_BLOCK, rows), "int32", offset_factor=1, strides=[t, u, 1])
         with T.sblock("root"):
-            T.reads(C[0:nt, 0:rows, 0:OC_BLOCK])
-            T.writes(D[0:nt, 0:rows, 0:OC_BLOCK])
-            T.call_llvm_intrin("void", "llvm.x86.tilestored64", _tile(0), D.access_ptr("w"), T.int64(64))
+            T.reads(C[0:nt, 0:OC_BLOCK, 0:rows])
+            T.writes(D[0:nt, 0:OC_BLOCK, 0:rows])
+            # tile (pixel tile i, channel tile j): 16 channel rows of 16 pixels, rows u int32 apart
+            T.call_llvm_intrin("void", "llvm.x86.tilestored64", _tile(ACC_TILES[0]), D.access_ptr("w"), T.Cast("int64", u * 4))
             if nt == 2:
-                T.call_llvm_intrin("void", "llvm.x86.tilestored64", _tile(1), D.access_ptr("w", offset=t), T.int64(64))
+                T.call_llvm_intrin("void", "llvm.x86.tilestored64", _tile(ACC_TILES[1]), D.access_ptr("w", offset=t), T.Cast("int64", u * 4))
             if mt == 2:
-                T.call_llvm_intrin("void", "llvm.x86.tilestored64", _tile(2), D.access_ptr("w", offset=TILE_ROWS * OC_BLOCK), T.int64(64))
+                T.call_llvm_intrin("void", "llvm.x86.tilestored64", _tile(ACC_TILES[2]), D.access_ptr("w", offset=TILE_ROWS), T.Cast("int64", u * 4))
             if mt == 2 and nt == 2:
-                T.call_llvm_intrin("void", "llvm.x86.tilestored64", _tile(3), D.access_ptr("w", offset=t + TILE_ROWS * OC_BLOCK), T.int64(64))
+                T.call_llvm_intrin("void", "llvm.x86.tilestored64", _tile(ACC_TILES[3]), D.access_ptr("w", offset=t + TILE_ROWS), T.Cast("int64", u * 4))
 
     return (zero_desc, zero_impl), (update_desc, update_impl), (store_desc, store_impl)
 
@@ -409,17 +499,12 @@ class AmxKnobs:
     to_dict = asdict
 
 
-#: Weights above this many bytes are streamed once (channel blocks outer); smaller ones stay in
-#: cache while the pixel blocks go by (pixel blocks outer).
-STREAM_WEIGHTS_BYTES = 256 * 1024
-
-
 def default_amx_knobs(oc_blocks: int, weight_bytes: int = 0) -> AmxKnobs:
-    """2 x 1 tiles; channel blocks outer when the weights are large (ResNet-18's 128+ channel
-    layers: the 512-channel 7x7 layer went from 0.72 to 0.27-0.41 ms), pixel blocks outer when they
-    are small (MobileNetV2's pointwise layers at 56-112 px: channels outer re-read the activations
-    per channel block and cost 0.73x PyTorch int8 end to end). A tuning session decides per layer."""
-    return AmxKnobs(mt=2, nt=1, pixels_outer=weight_bytes <= STREAM_WEIGHTS_BYTES)
+    """2 x 2 tiles (2 x 1 for an odd number of channel blocks), channel blocks outer: the fastest
+    or within 10% of it on every ResNet-18 and MobileNetV2 shape measured (1 thread, channel rows
+    of the accumulator; pixel blocks outer cost up to 1.4x on the stem and the 112 px pointwise
+    layers). A tuning session decides per layer."""
+    return AmxKnobs(mt=2, nt=2 if oc_blocks % 2 == 0 else 1, pixels_outer=False)
 
 
 def _tile_config(mt: int, nt: int, kc: int) -> list[int]:
@@ -427,8 +512,8 @@ def _tile_config(mt: int, nt: int, kc: int) -> list[int]:
     cfg = [0] * 64
     cfg[0] = 1
     shapes = {ACC_TILES[i * 2 + j]: (64, TILE_ROWS) for i in range(mt) for j in range(nt)}
-    shapes.update({A_TILES[i]: (kc, TILE_ROWS) for i in range(mt)})
-    shapes.update({B_TILES[j]: (64, kc // 4) for j in range(nt)})
+    shapes.update({W_TILES[j]: (kc, OC_BLOCK) for j in range(nt)})  # 16 channels x kc bytes
+    shapes.update({X_TILES[i]: (64, kc // 4) for i in range(mt)})  # kc/4 rows of 16 pixels x 4 bytes
     for tile, (colsb, rows) in shapes.items():
         cfg[16 + 2 * tile] = colsb & 0xFF
         cfg[17 + 2 * tile] = colsb >> 8
@@ -440,13 +525,14 @@ def schedule_amx_conv(sch: Schedule, knobs: AmxKnobs | None = None) -> AmxKnobs:
     """Schedule the AMX conv in ``sch`` (in place); returns the knobs used.
 
     Parallel tasks of several ``mt x nt`` tile blocks; per block the accumulator tiles are zeroed,
-    the reduction over (C/kc, KH, KW) loads ``mt`` activation and ``nt`` weight tiles and issues
-    ``mt*nt`` ``tdpbusd``, then the tiles are stored to the int32 accumulator. Quantize+pack
+    the reduction over (C/kc, KH, KW) loads ``nt`` weight and ``mt`` activation tiles and issues
+    ``mt*nt`` ``tdpbsud``, then the tiles are stored to the int32 accumulator. Quantize+pack
     prologue and dequantize epilogue run as parallel loops of their own.
     """
     acc = find_block(sch, ACC_BLOCK)
-    _, oc_blocks, rows, _ = (int(v) for v in sch.get(acc).writes[0].source.shape)
-    kc = int(sch.get(find_block(sch, ACT_BLOCK)).writes[0].source.shape[-1])
+    _, oc_blocks, _, rows = (int(v) for v in sch.get(acc).writes[0].source.shape)
+    codes = next(r for r in sch.get(acc).reads if r.source.dtype == "uint8").source  # [.., kc/4, Q, 4]
+    kc = int(codes.shape[4]) * 4
     if knobs is None:
         weights = next(r for r in sch.get(acc).reads if r.source.dtype == "int8").source
         knobs = default_amx_knobs(oc_blocks, int(np.prod([int(d) for d in weights.shape])))
@@ -454,22 +540,22 @@ def schedule_amx_conv(sch: Schedule, knobs: AmxKnobs | None = None) -> AmxKnobs:
         raise ValueError(f"AMX knobs {knobs} do not divide {oc_blocks} channel blocks x {rows} pixel rows")
     zero, update, store = intrinsics(knobs.mt, knobs.nt, kc)
     copy = sch.cache_write(acc, 0, "local")
-    b, o, m, oi, rc, rkh, rkw, rko, rki = sch.get_loops(acc)
+    b, o, oi, m, rc, rkh, rkw, rko, rki = sch.get_loops(acc)
     oo, ot = sch.split(o, [None, knobs.nt]) if knobs.nt > 1 else (o, None)
     mo, mi = sch.split(m, [None, knobs.mt * TILE_ROWS])
     outer, second = (mo, oo) if knobs.pixels_outer else (oo, mo)
-    inner = [loop for loop in (ot, mi) if loop is not None]
+    inner = [loop for loop in (ot, oi, mi) if loop is not None]  # (channel tile,) channel, pixel row
     # parallel tasks of several tile blocks each (one ldtilecfg per task); split, not fuse, so
     # that the tile loops below stay affine for tensorize
     extent = int(sch.get(outer).extent)
     per_task = next((d for d in range(1, extent + 1) if extent % d == 0 and d * int(sch.get(second).extent) >= MIN_BLOCKS_PER_TASK), extent)
     task, rest = sch.split(outer, [None, per_task])
-    sch.reorder(b, task, rest, second, rc, rkh, rkw, *inner, oi, rko, rki)
+    sch.reorder(b, task, rest, second, rc, rkh, rkw, *inner, rko, rki)
     sch.parallel(task)
     sch.annotate(task, CONFIG_ANNOTATION, f"{knobs.mt}x{knobs.nt}x{kc}")
     sch.reverse_compute_at(copy, second)
     init = sch.decompose_reduction(acc, rc)
-    depth = len(inner) + 1  # (column tile,) pixel row, channel
+    depth = len(inner)
     sch.tensorize(sch.get_loops(init)[-depth], zero)
     sch.tensorize(inner[0], update)
     sch.tensorize(sch.get_loops(copy)[-depth], store)
@@ -478,35 +564,19 @@ def schedule_amx_conv(sch: Schedule, knobs: AmxKnobs | None = None) -> AmxKnobs:
 
 
 def _schedule_side_blocks(sch: Schedule) -> None:
-    act = find_block(sch, ACT_BLOCK)
-    loops = sch.get_loops(act)
-    sch.parallel(sch.fuse(*loops[:-1]))
     codes = find_block(sch, CODES_BLOCK)
-    if codes is None:
-        sch.vectorize(loops[-1])
-    else:  # the folded gather: unrolled, so each lane's (channel, column) offset is a constant
-        sch.unroll(loops[-1])
+    if codes is not None:  # the folded stem's padded codes (the packing prologue is parallel TIR)
         # another scope than the int32 accumulator: TVM's StorageRewrite would otherwise reuse the
         # (dead) codes buffer for a smaller accumulator and break the tile store's typed pointer
         sch.set_scope(codes, 0, "local")
         loops = sch.get_loops(codes)
         sch.parallel(sch.fuse(*loops[:-1]))
         sch.vectorize(loops[-1])
-    # the epilogue reads the accumulator [M, 16] transposed: blocks of 16 channels x 16 pixels
-    # (a register transpose) instead of one strided gather per output row
+    # the accumulator holds channel rows of pixels: the epilogue reads each output row contiguously
     out = find_block(sch, OUT_BLOCK)
     n, o, y, x = sch.get_loops(out)
-    channels, width = (int(sch.get(loop).extent) for loop in (o, x))
-    if channels % OC_BLOCK == 0 and width >= OC_BLOCK:
-        oo, oi = sch.split(o, [None, OC_BLOCK])
-        xo, xi = sch.split(x, [None, OC_BLOCK])
-        sch.reorder(n, oo, y, xo, oi, xi)
-        sch.parallel(sch.fuse(n, oo, y))
-        sch.unroll(oi)
-        sch.vectorize(xi)
-    else:
-        sch.parallel(sch.fuse(n, o, y))
-        sch.vectorize(x)
+    sch.parallel(sch.fuse(n, o, y))
+    sch.vectorize(x)
     for name in (ROWSUM_BLOCK, ASUM_BLOCK):
         blk = find_block(sch, name)
         if blk is not None:

@@ -160,7 +160,7 @@ register_kernel(
         prepare=_prepare_amx,
         schedule=_schedule_amx,
         available=lambda target: amx.has_amx(target) and x86.has_vnni(target),
-        description="u8 x s8 bytes on AMX tiles (tdpbusd, 16x16x64 per instruction; any w/a bits <= 8); dense on VNNI",
+        description="s8 x u8 bytes on AMX tiles (tdpbsud, 16x16x64 per instruction; any w/a bits <= 8); dense on VNNI",
         finalize=amx.finalize_amx,
     )
 )
