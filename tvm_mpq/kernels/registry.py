@@ -185,11 +185,12 @@ def choose_kernel(kind: str, w_bits: int, a_bits: int, target: Target, in_channe
 
     A w-bit x a-bit bit-serial MAC costs w*a AND+popcount bits; measured per-core peaks make
     bit-serial pay against VNNI only at ``w*a <= 2`` (W1A1, W1A2, W2A1). On a CPU with AMX a conv
-    with at least :data:`AMX_MIN_CHANNELS` input channels takes AMX, except W1A1: its peak (~1,100
-    GMAC/s per core) is above popcount's, but measured per layer (``benchmarks/kernels.py``, whole
-    kernels with packing and epilogue) bit-serial W1A1 was 1.3-2.8x faster than AMX on every
-    ResNet-18 conv, while W1A2 was mostly slower. A conv with fewer channels fills too little of a
-    64-byte tile row; dense layers stay on VNNI.
+    with at least :data:`AMX_MIN_CHANNELS` input channels takes AMX, except W1A1: measured per
+    layer (``benchmarks/kernels.py``, whole kernels with packing and epilogue, 1 thread) bit-serial
+    W1A1 took 0.60-0.96x the AMX kernel's time on ResNet-18's strided and 1x1 convs and 1.06-1.34x
+    on its stride-1 3x3 ones, while W1A2 was slower everywhere; the rule keeps bit-serial for W1A1
+    and ``kernel="predicted"`` (the cost model) decides per layer. A conv with fewer channels fills
+    too little of a 64-byte tile row; dense layers stay on VNNI.
     """
     serial = "bitserial" if "bitserial" in KERNELS and KERNELS["bitserial"].available(target) else "bitserial_ref"
     if kind == "conv2d" and (in_channels or 0) >= AMX_MIN_CHANNELS and KERNELS["amx"].available(target):
