@@ -13,8 +13,6 @@ from dataclasses import dataclass
 from itertools import product
 from typing import Any
 
-import numpy as np
-
 from tvm_mpq._tvm import Target, parse_target, target_to_str
 from tvm_mpq.kernels import amx, bitserial_x86, int8, x86
 from tvm_mpq.kernels.registry import KERNELS, offered
@@ -113,7 +111,7 @@ def _knobs(spec, kernel: str, target, space: bool) -> tuple[Any, list]:
         return default, [bitserial_x86.BitserialKnobs(o, x, outer) for (o, x), outer in product(tiles, (True, False))]
     if kernel == "amx":
         ocb = ceil_div(spec.out_channels, amx.OC_BLOCK)
-        default = amx.default_amx_knobs(ocb, int(np.prod(amx.weight_shape(spec))))
+        default = amx.default_amx_knobs(ocb)
         return default, [amx.AmxKnobs(mt, nt, outer) for mt, nt, outer in product((1, 2), (1, 2), (False, True)) if ocb % nt == 0]
     return None, []
 
