@@ -256,15 +256,21 @@ def amx_conv2d(data, w_blocked, bias_q, out_scale, dead_bias, residual=None, *, 
     else:  # kernel columns folded into channels: gather from padded codes
         c, kw_n = spec.in_channels, spec.kernel[1]
         hp_n, wp_n = spec.height + spec.padding[0] + spec.padding[2], spec.width + spec.padding[1] + spec.padding[3]
-        codes = te.compute((n, c, hp_n, wp_n), lambda b, ch, hp, wp: input_code(data, spec, aq, b, ch, hp, wp), name=CODES_BLOCK)
         sw, dw = spec.strides[1], spec.dilation[1]
+        # padded codes split by column phase (column j * sw + phase), so that the packer's loads of
+        # a tap's 16 output columns are contiguous bytes, not stride-sw ones (one byte insert each)
+        codes = te.compute(
+            (n, c, hp_n, sw, ceil_div(wp_n, sw)), lambda b, ch, hp, phase, j: input_code(data, spec, aq, b, ch, hp, j * sw + phase),
+            name=CODES_BLOCK,
+        )
         # a 1 x KW kernel without vertical padding folds to a strided 1x1: the row subsampled (uh);
         # grid rows past the image feed dropped outputs only (clamped to the last row)
         phases = [(ph, 0, (0, qh), (0, g.wq)) for ph in range(g.sh)]
 
         def code(x, b, ch, ph, pw, qr, col):
             hp = tirx.min((qr * g.sh + ph) * uh, hp_n - 1)
-            return x[b, tirx.min(ch // kw_n, c - 1), hp, col * sw + (ch % kw_n) * dw].astype("uint32")
+            tap = (ch % kw_n) * dw  # column offset of this folded channel's tap
+            return x[b, tirx.min(ch // kw_n, c - 1), hp, tap % sw, col + tap // sw].astype("uint32")
 
         pack = lambda ins, outs: _pack_rows(outs[0], g, c * kw_n, lambda ch: zero_point, phases, lambda *i: code(ins[0], *i))  # noqa: E731
         a = te.extern(a_shape, [codes], pack, name=ACT_BLOCK, dtype="uint8")
