@@ -12,7 +12,7 @@ import numpy as np
 
 from tvm_mpq._tvm import codegen_target, cpu_generic, export_library, parse_target, relax, tensor, tvm
 from tvm_mpq.frontend import Network
-from tvm_mpq.passes import AnnotateBitwidth, LowerToKernels, ScheduleGeneric
+from tvm_mpq.passes import AnnotateBitwidth, LowerPooling, LowerToKernels, ScheduleGeneric
 from tvm_mpq.policy import QuantPolicy
 from tvm_mpq.quant.calibrate import Calibration
 
@@ -21,7 +21,8 @@ logger = logging.getLogger(__name__)
 
 def quantize_module(net: Network, policy: QuantPolicy, calibration: Calibration, target=None, kernel="auto", *, strict: bool = False,
                     records=None):
-    """The tvm-mpq phase of the pipeline: annotate, then lower to integer kernels (Relax -> Relax).
+    """The tvm-mpq phase of the pipeline: annotate, lower to integer kernels, then the stride-2 max
+    pools to :mod:`tvm_mpq.kernels.pool` (Relax -> Relax).
 
     ``strict``: refuse a model with convolutions / matmuls no integer kernel implements instead of
     running them in float with a warning (see :class:`AnnotateBitwidth`). ``records``: tuning
@@ -32,7 +33,7 @@ def quantize_module(net: Network, policy: QuantPolicy, calibration: Calibration,
 def _quantize(net, policy, calibration, target, kernel, strict=False, records=None):
     lower = LowerToKernels(calibration=calibration, target=target, kernel=kernel, records=records)
     annotate = AnnotateBitwidth(policy, strict=strict, float_layers=True)  # float conv/dense: the fp32 kernel
-    seq = tvm.transform.Sequential([annotate, lower], name="tvm_mpq.Quantize")
+    seq = tvm.transform.Sequential([annotate, lower, LowerPooling()], name="tvm_mpq.Quantize")
     return seq(net.mod), lower.choices, lower.tuned
 
 

@@ -3,10 +3,11 @@
     seq = tvm.transform.Sequential([
         tvm_mpq.transform.AnnotateBitwidth(policy),
         tvm_mpq.transform.LowerToKernels(calibration=cal),
+        tvm_mpq.transform.LowerPooling(),
         relax.transform.LegalizeOps(),
     ])
 """
 
-from tvm_mpq.passes import AnnotateBitwidth, LowerToKernels, ScheduleGeneric
+from tvm_mpq.passes import AnnotateBitwidth, LowerPooling, LowerToKernels, ScheduleGeneric
 
-__all__ = ["AnnotateBitwidth", "LowerToKernels", "ScheduleGeneric"]
+__all__ = ["AnnotateBitwidth", "LowerPooling", "LowerToKernels", "ScheduleGeneric"]

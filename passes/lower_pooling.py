@@ -1,0 +1,80 @@
+"""LowerPooling: run the max pools with a column stride of 2 on :mod:`tvm_mpq.kernels.pool`.
+
+TVM legalizes ``relax.nn.max_pool2d`` to a TOPI loop nest whose stride-2 row reads its
+vectorizer turns into one load per lane (ResNet-18's 3x3/2 pool after the stem: 0.22-0.25 ms on 1
+thread); the explicit-TIR kernel loads whole rows and splits even and odd lanes with a shuffle
+(about 0.15 ms, the same floats bit for bit). Every ``max_pool2d`` that
+:func:`tvm_mpq.kernels.pool.fits` becomes a ``call_tir`` of that kernel, marked opaque like our
+layer kernels; any other pool is left to TVM (``skipped`` names each with the reason). Works on
+any Relax module, quantized or not::
+
+    seq = tvm.transform.Sequential([AnnotateBitwidth(policy), LowerToKernels(calibration=cal), LowerPooling()])
+"""
+
+from __future__ import annotations
+
+import logging
+from functools import partial
+
+from tvm_mpq._tvm import relax, tvm
+from tvm_mpq.frontend import is_op
+from tvm_mpq.kernels import pool
+
+logger = logging.getLogger(__name__)
+
+
+def _ints(values) -> tuple[int, ...]:
+    return tuple(int(v) for v in values)
+
+
+@relax.expr_functor.mutator
+class _PoolLowerer(relax.PyExprMutator):
+    def __init__(self, mod):
+        super().__init__(mod)
+        self.lowered = 0
+        self.skipped: list[str] = []
+
+    def visit_call_(self, call):
+        call = super().visit_call_(call)
+        if not is_op(call, "relax.nn.max_pool2d"):
+            return call
+        x, attrs = call.args[0], call.attrs
+        shape = getattr(x.ty, "shape", None)
+        try:
+            in_shape = _ints(shape)
+        except (TypeError, ValueError):  # symbolic or unknown shape
+            in_shape = ()
+        pool_size, strides, padding, dilation = (_ints(v) for v in (attrs.pool_size, attrs.strides, attrs.padding, attrs.dilation))
+        why = "symbolic shape" if not in_shape else pool.fits(
+            in_shape, str(x.ty.dtype), pool_size, strides, padding, dilation, bool(attrs.ceil_mode), str(attrs.layout)
+        )
+        if why is None and str(attrs.out_layout) != str(attrs.layout):
+            why = "output layout differs from the input's"
+        if why is not None:
+            self.skipped.append(f"max_pool2d {pool_size}/{strides} on {in_shape or shape}: {why}")
+            return call
+        self.lowered += 1
+        return self.builder_.call_te(
+            partial(pool.max_pool2d, pool_size=pool_size, strides=strides, padding=padding), x,
+            primfunc_name_hint=pool.NAME, primfunc_attrs={"op_pattern": 8, "tvm_mpq.scheduled": True},
+        )
+
+
+@tvm.transform.module_pass(opt_level=0, name="tvm_mpq.LowerPooling")
+class LowerPooling:
+    """Replace the max pools :mod:`tvm_mpq.kernels.pool` computes with calls of it. After the pass,
+    ``lowered`` counts them and ``skipped`` lists the others with the reason."""
+
+    def __init__(self):
+        self.lowered = 0
+        self.skipped: list[str] = []
+
+    def transform_module(self, mod, ctx):
+        lowerer = _PoolLowerer(mod)
+        for gv, func in list(mod.functions.items()):
+            if isinstance(func, relax.Function):
+                lowerer.builder_.update_func(gv, lowerer.visit_expr(func))
+        self.lowered, self.skipped = lowerer.lowered, list(lowerer.skipped)
+        if self.skipped:
+            logger.debug("LowerPooling: left to TVM: %s", "; ".join(self.skipped))
+        return lowerer.builder_.get()
