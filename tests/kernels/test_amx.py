@@ -90,6 +90,35 @@ def test_tile_blocks_agree(knobs):
     _check(spec, 8, 8, np.random.default_rng(5), knobs=knobs, outs=("int",))
 
 
+FLAT_SPECS = [
+    ConvSpec(batch=2, in_channels=16, height=8, width=8, out_channels=96, kernel=(1, 1)),  # MobileNet-like pointwise
+    ConvSpec(batch=1, in_channels=40, height=16, width=15, out_channels=32, kernel=(1, 1), strides=(2, 2)),  # subsampled
+    ConvSpec(batch=1, in_channels=3, height=16, width=16, out_channels=32, kernel=(7, 7), strides=(2, 2), padding=(3, 3, 3, 3)),  # stem
+]
+
+
+@runs_here
+@pytest.mark.parametrize("spec", FLAT_SPECS, ids=["pointwise", "subsampled-1x1", "folded-stem"])
+@pytest.mark.parametrize("knobs", [None, amx.AmxKnobs(1, 1), amx.AmxKnobs(2, 2, pixels_outer=True), amx.AmxKnobs(1, 2)], ids=str)
+@pytest.mark.parametrize("w_bits", [3, 8])
+def test_epilogue_in_the_tile_loop(spec, knobs, w_bits):
+    """Accumulator rows that are exactly the output pixels: each tile block's epilogue runs in the
+    tile loop (box sums of split 8-bit weights included) and the result is unchanged."""
+    aq = act_qparams(0.0, 1.0, 8)
+    func, _ = _func(spec, aq, w_bits, knobs=knobs)
+    text = func.script()
+    assert amx.FLAT_OUT_BLOCK in text and f'T.sblock("{amx.OUT_BLOCK}")' not in text
+    parallel = text[text.index("T.parallel("):]
+    assert amx.FLAT_OUT_BLOCK in parallel  # inside the parallel tile-task loop
+    _check(spec, w_bits, 8, np.random.default_rng(31 + w_bits), knobs=knobs)
+
+
+def test_padded_rows_keep_the_separate_epilogue():
+    spec = ConvSpec(batch=1, in_channels=24, height=8, width=8, out_channels=16, kernel=(3, 3), padding=(1, 1, 1, 1))  # 72 > 64: unfolded
+    text = _func(spec, act_qparams(0.0, 1.0, 8), 8)[0].script()
+    assert f'T.sblock("{amx.OUT_BLOCK}")' in text and amx.FLAT_OUT_BLOCK not in text
+
+
 def test_knobs_that_do_not_divide_are_refused():
     spec = ConvSpec(batch=1, in_channels=16, height=4, width=4, out_channels=16, kernel=(3, 3), padding=(1, 1, 1, 1))
     with pytest.raises(ValueError, match="do not divide"):

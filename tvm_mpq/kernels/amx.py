@@ -74,6 +74,10 @@ ACC_BLOCK = "mpq_amx_acc"
 ROWSUM_BLOCK = "mpq_amx_rowsum"
 ASUM_BLOCK = "mpq_amx_boxsum"
 OUT_BLOCK = "mpq_amx_out"
+#: The epilogue of a conv whose accumulator rows are exactly the output pixels (no padding
+#: columns, no partial tile block, whole 16-channel blocks: 1x1 convs and folded ones of suitable
+#: sizes): its tile blocks are computed inside its loops (see schedule_amx_conv).
+FLAT_OUT_BLOCK = "mpq_amx_flat_out"
 
 # Linux: arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) grants the process the AMX state.
 SYS_ARCH_PRCTL, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA = 158, 0x1023, 18
@@ -319,7 +323,11 @@ def amx_conv2d(data, w_blocked, bias_q, out_scale, dead_bias, residual=None, *, 
         def total(b, o, y, x):
             return acc[b, o // OC_BLOCK, o % OC_BLOCK, row(y, x)]
 
-    return epilogue(out_shape, total, lambda i: i[1], bias_q, out_scale, dead_bias, out, TAG_CONV, OUT_BLOCK, residual)
+    # rows exactly the output pixels (no padding columns, no partial last tile block): the epilogue
+    # can run per tile block
+    flat = g.wq == spec.out_width and g.rows == spec.out_height * spec.out_width and spec.out_channels % OC_BLOCK == 0
+    name = FLAT_OUT_BLOCK if flat else OUT_BLOCK
+    return epilogue(out_shape, total, lambda i: i[1], bias_q, out_scale, dead_bias, out, TAG_CONV, name, residual)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -533,8 +541,10 @@ def schedule_amx_conv(sch: Schedule, knobs: AmxKnobs | None = None) -> AmxKnobs:
 
     Parallel tasks of several ``mt x nt`` tile blocks; per block the accumulator tiles are zeroed,
     the reduction over (C/kc, KH, KW) loads ``nt`` weight and ``mt`` activation tiles and issues
-    ``mt*nt`` ``tdpbsud``, then the tiles are stored to the int32 accumulator. Quantize+pack
-    prologue and dequantize epilogue run as parallel loops of their own.
+    ``mt*nt`` ``tdpbsud``, then the tiles are stored to the int32 accumulator. The quantize+pack
+    prologue runs as a parallel loop of its own; the dequantize epilogue too, unless the
+    accumulator rows are exactly the output pixels (:data:`FLAT_OUT_BLOCK`): then each tile
+    block's epilogue follows its tile store.
     """
     acc = find_block(sch, ACC_BLOCK)
     _, oc_blocks, _, rows = (int(v) for v in sch.get(acc).writes[0].source.shape)
@@ -546,20 +556,36 @@ def schedule_amx_conv(sch: Schedule, knobs: AmxKnobs | None = None) -> AmxKnobs:
         raise ValueError(f"AMX knobs {knobs} do not divide {oc_blocks} channel blocks x {rows} pixel rows")
     zero, update, store = intrinsics(knobs.mt, knobs.nt, kc)
     copy = sch.cache_write(acc, 0, "local")
-    b, o, oi, m, rc, rkh, rkw, rko, rki = sch.get_loops(acc)
-    oo, ot = sch.split(o, [None, knobs.nt]) if knobs.nt > 1 else (o, None)
-    mo, mi = sch.split(m, [None, knobs.mt * TILE_ROWS])
-    outer, second = (mo, oo) if knobs.pixels_outer else (oo, mo)
-    inner = [loop for loop in (ot, oi, mi) if loop is not None]  # (channel tile,) channel, pixel row
-    # parallel tasks of several tile blocks each (one ldtilecfg per task); split, not fuse, so
-    # that the tile loops below stay affine for tensorize
-    extent = int(sch.get(outer).extent)
-    per_task = next((d for d in range(1, extent + 1) if extent % d == 0 and d * int(sch.get(second).extent) >= MIN_BLOCKS_PER_TASK), extent)
-    task, rest = sch.split(outer, [None, per_task])
-    sch.reorder(b, task, rest, second, rc, rkh, rkw, *inner, rko, rki)
+    flat = find_block(sch, FLAT_OUT_BLOCK)
+    if flat is None:
+        b, o, oi, m, rc, rkh, rkw, rko, rki = sch.get_loops(acc)
+        oo, ot = sch.split(o, [None, knobs.nt]) if knobs.nt > 1 else (o, None)
+        mo, mi = sch.split(m, [None, knobs.mt * TILE_ROWS])
+        task, rest, second = _tasks(sch, knobs, channel_blocks=oo, pixel_blocks=mo)
+        inner = [loop for loop in (ot, oi, mi) if loop is not None]  # (channel tile,) channel, pixel row
+        sch.reorder(b, task, rest, second, rc, rkh, rkw, *inner, rko, rki)
+        sch.reverse_compute_at(copy, second)
+    else:
+        # output pixel (y, x) is accumulator row y * OW + x: the tile loops go under the
+        # epilogue's block loops (compute_at), so each block's epilogue reads the 4 KB of tiles it
+        # just stored from L1 instead of the whole accumulator going to memory and back (>half
+        # the time of the stem and of 112 px pointwise convs). reverse_compute_at of the epilogue
+        # would need its other producer (the box sums of split 8-bit weights) under the loop too.
+        ow = int(sch.get(flat).writes[0].source.shape[3])
+        sch.transform_block_layout(flat, lambda b, o, y, x: (b, o, y * ow + x))
+        fb, fo, fm = sch.get_loops(flat)
+        oo, oi = sch.split(fo, [None, knobs.nt * OC_BLOCK])
+        mo, mi = sch.split(fm, [None, knobs.mt * TILE_ROWS])
+        task, rest, second = _tasks(sch, knobs, channel_blocks=oo, pixel_blocks=mo)
+        sch.reorder(fb, task, rest, second, oi, mi)
+        sch.compute_at(copy, second, preserve_unit_loops=True)
+        sch.compute_at(acc, second, preserve_unit_loops=True)
+        *_, ot, oi, mi, rc, rkh, rkw, rko, rki = sch.get_loops(acc)
+        inner = [ot, oi, mi] if knobs.nt > 1 else [oi, mi]
+        sch.reorder(rc, rkh, rkw, *inner, rko, rki)
+        sch.vectorize(sch.get_loops(flat)[-1])
     sch.parallel(task)
     sch.annotate(task, CONFIG_ANNOTATION, f"{knobs.mt}x{knobs.nt}x{kc}")
-    sch.reverse_compute_at(copy, second)
     init = sch.decompose_reduction(acc, rc)
     depth = len(inner)
     sch.tensorize(sch.get_loops(init)[-depth], zero)
@@ -567,6 +593,17 @@ def schedule_amx_conv(sch: Schedule, knobs: AmxKnobs | None = None) -> AmxKnobs:
     sch.tensorize(sch.get_loops(copy)[-depth], store)
     _schedule_side_blocks(sch)
     return knobs
+
+
+def _tasks(sch: Schedule, knobs: AmxKnobs, channel_blocks, pixel_blocks):
+    """``(task, rest, second)``: the outer block loop (``pixels_outer`` decides which) split into
+    parallel tasks of several tile blocks each (one ldtilecfg per task; split, not fused, so that
+    the tile loops stay affine for tensorize), and the other block loop."""
+    outer, second = (pixel_blocks, channel_blocks) if knobs.pixels_outer else (channel_blocks, pixel_blocks)
+    extent = int(sch.get(outer).extent)
+    per_task = next((d for d in range(1, extent + 1) if extent % d == 0 and d * int(sch.get(second).extent) >= MIN_BLOCKS_PER_TASK), extent)
+    task, rest = sch.split(outer, [None, per_task])
+    return task, rest, second
 
 
 def _schedule_side_blocks(sch: Schedule) -> None:
@@ -580,9 +617,10 @@ def _schedule_side_blocks(sch: Schedule) -> None:
         sch.vectorize(loops[-1])
     # the accumulator holds channel rows of pixels: the epilogue reads each output row contiguously
     out = find_block(sch, OUT_BLOCK)
-    n, o, y, x = sch.get_loops(out)
-    sch.parallel(sch.fuse(n, o, y))
-    sch.vectorize(x)
+    if out is not None:  # else the epilogue runs in the tile loop
+        n, o, y, x = sch.get_loops(out)
+        sch.parallel(sch.fuse(n, o, y))
+        sch.vectorize(x)
     for name in (ROWSUM_BLOCK, ASUM_BLOCK):
         blk = find_block(sch, name)
         if blk is not None:
