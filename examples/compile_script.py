@@ -35,6 +35,7 @@ def main() -> None:
             relax.transform.FoldConstant(),
             tvm_mpq.transform.AnnotateBitwidth(policy),
             tvm_mpq.transform.LowerToKernels(calibration=cal, target=target),  # kernels chosen and scheduled for it
+            tvm_mpq.transform.LowerPooling(),  # stride-2 max pools on tvm-mpq's pooling kernel
             relax.transform.LegalizeOps(),
             relax.transform.AnnotateTIROpPattern(),
             relax.transform.FoldConstant(),

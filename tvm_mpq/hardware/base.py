@@ -84,11 +84,12 @@ def kernel_points(layer, bits, target, kernel="auto") -> list[tuple]:
     return points
 
 
-#: Bytes per second through TVM's (ScheduleGeneric) pooling ops: ResNet-18's pools (a 3x3/2 max
-#: pool of 64x112x112 float, 3.2 MB in and 0.8 MB out, and the global average pool) took 0.23-0.24 ms
-#: in 12 profiles on the AVX-512 host on 2026-11-30 (17 GB/s raw, 15.7 in the shipped model's probe
-#: units), since ScheduleGeneric leaves a strided pool to LLVM's vectorizer; 0.54-0.83 ms (6 GB/s) before.
-POOL_BYTES_PER_S = 16e9
+#: Bytes per second through the pooling ops between layers: ResNet-18's pools (a 3x3/2 max pool of
+#: 64x112x112 float, 3.2 MB in and 0.8 MB out, on :mod:`tvm_mpq.kernels.pool`, and the global
+#: average pool) ran at 23.7 GB/s raw in 12 profiles on the AVX-512 host on 2026-12-01, about 18 in
+#: the shipped model's probe units (probe 0.113-0.124 ms against its 0.154); 17 GB/s raw (15.7) on
+#: TVM's own strided pool the day before, 6 GB/s before ScheduleGeneric.
+POOL_BYTES_PER_S = 18e9
 
 
 def pooling_seconds(net, bytes_per_s: float = POOL_BYTES_PER_S) -> float:
