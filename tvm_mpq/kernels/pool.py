@@ -12,8 +12,8 @@ scalar loads). Here each output row is two passes over vectors:
    ``max(e[k], o[k])``.
 
 The result equals TOPI's / PyTorch's max pool bit for bit (a max is exact; every window holds at
-least one input element, so the padding never wins). One parallel task per (image, channel) row
-block.
+least one input element, so the padding never wins). One parallel task per (image, channel,
+output row).
 """
 
 from __future__ import annotations
