@@ -17,14 +17,10 @@ import logging
 from functools import partial
 
 from tvm_mpq._tvm import relax, tvm
-from tvm_mpq.frontend import is_op
+from tvm_mpq.frontend import _ints, _shape, is_op
 from tvm_mpq.kernels import pool
 
 logger = logging.getLogger(__name__)
-
-
-def _ints(values) -> tuple[int, ...]:
-    return tuple(int(v) for v in values)
 
 
 @relax.expr_functor.mutator
@@ -39,10 +35,9 @@ class _PoolLowerer(relax.PyExprMutator):
         if not is_op(call, "relax.nn.max_pool2d"):
             return call
         x, attrs = call.args[0], call.attrs
-        shape = getattr(x.ty, "shape", None)
         try:
-            in_shape = _ints(shape)
-        except (TypeError, ValueError):  # symbolic or unknown shape
+            in_shape = _shape(x)
+        except (AttributeError, TypeError, ValueError):  # symbolic or unknown shape
             in_shape = ()
         pool_size, strides, padding, dilation = (_ints(v) for v in (attrs.pool_size, attrs.strides, attrs.padding, attrs.dilation))
         why = "symbolic shape" if not in_shape else pool.fits(
@@ -51,7 +46,7 @@ class _PoolLowerer(relax.PyExprMutator):
         if why is None and str(attrs.out_layout) != str(attrs.layout):
             why = "output layout differs from the input's"
         if why is not None:
-            self.skipped.append(f"max_pool2d {pool_size}/{strides} on {in_shape or shape}: {why}")
+            self.skipped.append(f"max_pool2d {pool_size}/{strides} on {in_shape or getattr(x.ty, 'shape', None)}: {why}")
             return call
         self.lowered += 1
         return self.builder_.call_te(

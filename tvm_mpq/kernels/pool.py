@@ -62,8 +62,7 @@ def _rows(inp, out, pool_size, sh: int, pt: int, pl: int):
     # vm covers every column a window reads, plus the last output vector's 32 + 2 lanes
     width = ceil_div(max(pl + w, 2 * LANES * nq + 2), LANES) * LANES
     vm = tirx.decl_buffer((width,), "float32", name="mpq_pool_rows", scope="local")
-    f32 = lambda v: tirx.const(v, "float32")  # noqa: E731
-    low = f32(float("-inf"))
+    low = tirx.const(float("-inf"), "float32")
 
     t = tirx.Var("t", "int32")  # (image, channel, output row)
     b, ch, py = t // (c * oh), (t // oh) % c, t % oh
@@ -83,8 +82,11 @@ def _rows(inp, out, pool_size, sh: int, pt: int, pl: int):
     def ramp(base, lanes: int):
         return tirx.Ramp(base, 1, lanes) if lanes > 1 else base
 
+    def splat(value, lanes: int):
+        return tirx.Broadcast(value, lanes) if lanes > 1 else value
+
     def column_max(x0, lanes: int):
-        value = tirx.Broadcast(low, lanes) if lanes > 1 else low
+        value = splat(low, lanes)
         for r in range(kh):
             y = y0 + r
             inside = tirx.all(y >= 0, y < h)
@@ -94,7 +96,7 @@ def _rows(inp, out, pool_size, sh: int, pt: int, pl: int):
         return tirx.BufferStore(vm, value, [ramp(x0 + pl, lanes)])
 
     def fill(x0, lanes: int):
-        return tirx.BufferStore(vm, tirx.Broadcast(low, lanes) if lanes > 1 else low, [ramp(x0, lanes)])
+        return tirx.BufferStore(vm, splat(low, lanes), [ramp(x0, lanes)])
 
     def pooled(k0, lanes: int):
         wide = tirx.BufferLoad(vm, [tirx.Ramp(k0 * 2, 1, 2 * LANES)])
