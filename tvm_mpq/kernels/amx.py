@@ -197,7 +197,10 @@ def _pack_rows(out, g: Geometry, channels: int, pad_code, phases, code):
     def pack(value_of):
         word = u32(0)
         for i, ch in enumerate(chans):
-            word = word | (tirx.Select(ch < channels, value_of(ch), u32(0)) << u32(8 * i))
+            # a mask, not Select(ch < channels, ...): TVM's simplifier would drop the channel clamp
+            # of value_of's load under the Select's condition, and the load reads past the input
+            keep = (ch < channels).astype("uint32") * u32(0xFF)
+            word = word | ((value_of(ch) & keep) << u32(8 * i))
         return word
 
     pad_word = pack(pad_code)

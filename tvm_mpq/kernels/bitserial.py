@@ -34,9 +34,8 @@ DW_OUT_BLOCK = "mpq_dw_out"
 def act_code(value, aq: ActQuant, dtype: str):
     """``clip(round(x * inv_scale) + zero_point, 0, qmax)``: the same float ops as the simulation.
 
-    For spatial padding the kernels select the zero point with ``tirx.Select`` over clamped
-    (always in-bounds) indices rather than a guarded ``if_then_else`` load, which keeps the row
-    loop free of branches.
+    In the padding the kernels' loads are guarded (``if_then_else``, see
+    :func:`~tvm_mpq.kernels.int8.input_code`), never a Select over clamped indices.
     """
     r = te.round(value * tirx.const(aq.inv_scale, "float32")) + tirx.const(float(aq.zero_point), "float32")
     r = te.max(te.min(r, tirx.const(float(aq.qmax), "float32")), tirx.const(0.0, "float32"))
@@ -116,11 +115,9 @@ def bitserial_conv2d(
     pt, pl, pb, pr = spec.padding
     zero = tirx.const(aq.zero_point, PACK_DTYPE)
 
-    def padded_code(b, hp, wp, ch):
+    def padded_code(b, hp, wp, ch):  # a guarded load (see input_code)
         inside = tirx.all(hp >= pt, hp < pt + h, wp >= pl, wp < pl + w)
-        ih = tirx.max(tirx.min(hp - pt, h - 1), 0)
-        iw = tirx.max(tirx.min(wp - pl, w - 1), 0)
-        return tirx.Select(inside, act_code(data[b, ch, ih, iw], aq, PACK_DTYPE), zero)
+        return tirx.if_then_else(inside, act_code(data[b, ch, hp - pt, wp - pl], aq, PACK_DTYPE), zero)
 
     a_packed = _pack((n, h + pt + pb, w + pl + pr), padded_code, aq.bits, c, "a_packed")
     cw = words(c)
@@ -219,11 +216,9 @@ def depthwise_conv2d_int(
     pt, pl, pb, pr = spec.padding
     zero = tirx.const(float(aq.zero_point), "float32")
 
-    def padded(b, ch, hp, wp):
+    def padded(b, ch, hp, wp):  # a guarded load (see int8.input_code): LLVM masks the row's loads
         inside = tirx.all(hp >= pt, hp < pt + h, wp >= pl, wp < pl + w)
-        ih = tirx.max(tirx.min(hp - pt, h - 1), 0)
-        iw = tirx.max(tirx.min(wp - pl, w - 1), 0)
-        return tirx.Select(inside, act_code(data[b, ch, ih, iw], aq, "float32"), zero)
+        return tirx.if_then_else(inside, act_code(data[b, ch, hp - pt, wp - pl], aq, "float32"), zero)
 
     codes = te.compute((n, c, h + pt + pb, w + pl + pr), padded, name=DW_CODES_BLOCK)
     (sh, sw), (dh, dw) = spec.strides, spec.dilation

@@ -94,13 +94,15 @@ def weight_bytes(wq: WeightQuant, start: int, stop: int, w_bits: int, lanes: Lan
 
 def input_code(data, spec: ConvSpec, aq, b, ch, hp, wp, dtype: str = "uint8"):
     """Code of channel ``ch`` at padded pixel ``(hp, wp)`` in ``dtype`` lanes: the zero point in
-    the spatial padding, 0 in the channel padding (its weights are 0)."""
+    the spatial padding, 0 in the channel padding (its weights are 0).
+
+    Guarded loads (``if_then_else``: not evaluated outside), never a Select over clamped indices:
+    TVM's simplifier drops clamps that a Select's condition makes redundant, and the Select then
+    loads outside the input in the padding."""
     c, h, w = spec.in_channels, spec.height, spec.width
     pt, pl = spec.padding[0], spec.padding[1]
     inside = tirx.all(hp >= pt, hp < pt + h, wp >= pl, wp < pl + w)
-    ih = tirx.max(tirx.min(hp - pt, h - 1), 0)
-    iw = tirx.max(tirx.min(wp - pl, w - 1), 0)
-    value = tirx.Select(inside, act_code(data[b, tirx.min(ch, c - 1), ih, iw], aq, dtype), tirx.const(aq.zero_point, dtype))
+    value = tirx.if_then_else(inside, act_code(data[b, ch, hp - pt, wp - pl], aq, dtype), tirx.const(aq.zero_point, dtype))
     return tirx.if_then_else(ch < c, value, tirx.const(0, dtype))
 
 

@@ -5,7 +5,8 @@ lane by lane (ResNet-18's 64 x 112 x 112 -> 56 x 56 pool: 0.22-0.25 ms on 1 thre
 scalar loads). Here each output row is two passes over vectors:
 
 1. ``vm[pl + x] = max`` of the window's input rows at column ``x``: contiguous 16-float loads of
-   the rows inside the image (rows of the padding are skipped); ``-inf`` in the padding columns;
+   the rows inside the image (a padding row is read as the nearest image row, which the window
+   holds too); ``-inf`` in the padding columns;
 2. outputs ``16q .. 16q+15``: ``vm[32q .. 32q+31]`` loaded as one 32-lane vector and split into
    its even and odd lanes (``Shuffle``: two ``vpermt2ps``), so with ``e[k] = vm[2k]`` and
    ``o[k] = vm[2k+1]`` a 3-wide window is ``max(e[k], o[k], e[k+1])`` and a 2-wide one
@@ -86,13 +87,13 @@ def _rows(inp, out, pool_size, sh: int, pt: int, pl: int):
         return tirx.Broadcast(value, lanes) if lanes > 1 else value
 
     def column_max(x0, lanes: int):
+        # a padding row is read as its clamped row, the nearest image row, which the window
+        # holds too (contiguous, not all padding: fits()); a Select on "inside" would let TVM's
+        # simplifier drop the clamp and read outside the input
         value = splat(low, lanes)
         for r in range(kh):
-            y = y0 + r
-            inside = tirx.all(y >= 0, y < h)
-            row = tirx.max(tirx.min(y, h - 1), 0)
-            loaded = tirx.BufferLoad(inp, [b, ch, row, ramp(x0, lanes)])
-            value = tirx.Select(inside, tirx.max(value, loaded), value)
+            row = tirx.max(tirx.min(y0 + r, h - 1), 0)
+            value = tirx.max(value, tirx.BufferLoad(inp, [b, ch, row, ramp(x0, lanes)]))
         return tirx.BufferStore(vm, value, [ramp(x0 + pl, lanes)])
 
     def fill(x0, lanes: int):
