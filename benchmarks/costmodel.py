@@ -59,7 +59,8 @@ def records_in_network(measured, predicted, net, policy) -> float:
     for layer in net.layers:
         kernels = {kernel for _, kernel, _, _ in hardware.base.kernel_points(layer, bits[layer.name], measured.target, measured.kernel)}
         factor = predicted.network.factor(kernels.pop()) if len(kernels) == 1 else predicted.network.scale
-        total += factor * measured.latency(layer, bits[layer.name])
+        join = hardware.base.join_seconds(layer, bits[layer.name])  # priced as in a network already
+        total += factor * (measured.latency(layer, bits[layer.name]) - join) + join
     return total + measured.pooling(net)
 
 
@@ -72,6 +73,7 @@ def main() -> None:
     parser.add_argument("--json", help="also write the rows here")
     parser.add_argument("--profile-runs", type=int, default=20, help="profiled runs per network (per-layer in-network times)")
     parser.add_argument("--save-profiles", help="also write the profiles here (cost_models.network.save_profiles)")
+    parser.add_argument("--profiles", help="price the networks of these saved profiles instead of timing them again")
     args = parser.parse_args()
 
     import tvm_mpq
@@ -96,7 +98,12 @@ def main() -> None:
     target = measured_layers.target_str
     reference = shipped_model.meta["probe_ms"][probe_key(target, threads, probe_kernel_name(target))]
     # every network compiled under every policy, timed and profiled layer by layer in one child per model
-    profiles = profile_networks(args.models, target=target, threads=threads, rounds=args.rounds, runs=args.profile_runs)
+    if args.profiles:
+        from tvm_mpq.cost_models.network import load_profiles
+
+        profiles = [p for p in load_profiles(args.profiles) if p["model"] in args.models]
+    else:
+        profiles = profile_networks(args.models, target=target, threads=threads, rounds=args.rounds, runs=args.profile_runs)
     if args.save_profiles:
         from tvm_mpq.cost_models.network import save_profiles
 

@@ -30,6 +30,29 @@ def test_predicted_provider_prices_what_the_pipeline_runs(digits_net):
     assert network_latency(hw, net, {l.name: (8, 8) for l in net.layers}) == pytest.approx(sum(table) + pool)
 
 
+def test_a_layer_split_into_several_kernels_pays_for_the_join():
+    from tvm_mpq.hardware.base import JOIN_BYTES_PER_S, join_seconds
+    from tvm_mpq.kernels.spec import group_spec
+    from tvm_mpq.policy import ChannelGroup as G, LayerBits
+    from tvm_mpq.search.env import BitRange, LatencyTable
+
+    model = XGBCostModel(config=CostModelConfig(n_estimators=50)).fit(fake_records(8))
+    hw = PredictedLatency(model, target=TARGET, in_network=False)
+    one_kernel = LayerBits(a_bits=4, groups=(G(0, 8, 2), G(8, 16, 2)))  # equal widths: one kernel, no join
+    two_kernels = LayerBits(a_bits=4, groups=(G(0, 8, 2), G(8, 16, 4)))
+    join = 3 * 4 * 16 * 8 * 8 / JOIN_BYTES_PER_S  # the float output read, written and passed through once more
+    assert join_seconds(SPEC, one_kernel) == 0 and join_seconds(SPEC, (2, 4)) == 0
+    assert join_seconds(SPEC, two_kernels) == pytest.approx(join) == pytest.approx(hw.join(SPEC))
+    assert hw.latency(SPEC, one_kernel) == pytest.approx(hw.latency(SPEC, (2, 4)))
+    halves = hw.latency(group_spec(SPEC, 8), (2, 4)) + hw.latency(group_spec(SPEC, 8), (4, 4))
+    assert hw.latency(SPEC, two_kernels) == pytest.approx(halves + join)
+    # the search's table prices a split choice the same way
+    layer = type("Layer", (), {"name": "c", "spec": SPEC, "out_channels": 16})()
+    table = LatencyTable(hw, [layer], {"c": [(0, 8), (8, 16)]}, BitRange(2, 4), BitRange(4, 4))
+    assert table.layer("c", 4, [2, 4]) == pytest.approx(hw.latency(SPEC, two_kernels))
+    assert table.layer("c", 4, [2, 2]) == pytest.approx(hw.latency(SPEC, (2, 4)))
+
+
 @pytest.mark.skipif(not x86.has_vnni(parse_target(None)), reason="needs AVX-512 VNNI on the host")
 def test_measured_provider_measures_once_and_caches(tmp_path):
     path = tmp_path / "records.jsonl"

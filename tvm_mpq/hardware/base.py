@@ -15,6 +15,7 @@ pair or a :class:`~tvm_mpq.tuning.Precision` (a specific kernel; CPU providers o
 
 from __future__ import annotations
 
+import math
 from typing import Protocol, Sequence, runtime_checkable
 
 from tvm_mpq.kernels.spec import ConvSpec, DenseSpec, group_spec
@@ -95,6 +96,26 @@ POOL_BYTES_PER_S = 18e9
 def pooling_seconds(net, bytes_per_s: float = POOL_BYTES_PER_S) -> float:
     """The pooling ops between layers (the same in every policy), priced by the bytes they move."""
     return sum(in_b + out_b for _, in_b, out_b in net.pooling_ops()) / bytes_per_s
+
+
+#: Bytes per second through the join after a layer split into channel groups that run as more than
+#: one kernel: the group outputs concatenated, then the residual add / activation that the kernel's
+#: epilogue fuses otherwise (TVM's ``concatenate`` / ``fused_concatenate_add_relu``), priced as 3x the
+#: layer's float output moved. In the 2026-12-01 profiles (AVX-512 host, 1 thread) ResNet-18's three
+#: grouped convs joined at 18 GB/s raw and MobileNetV2's ten (mostly plain concats) at 35; together
+#: 27 GB/s raw, about 24 in the shipped model's probe units. Unpriced, the two grouped policies came
+#: out 11% under their measurement.
+JOIN_BYTES_PER_S = 24e9
+
+
+def join_seconds(layer, bits=None, bytes_per_s: float = JOIN_BYTES_PER_S) -> float:
+    """The join after ``layer`` split into several kernels (see :data:`JOIN_BYTES_PER_S`): what
+    splitting a layer costs besides its kernels. With ``bits``: 0 unless their channel groups run
+    as more than one kernel."""
+    spec = spec_of(layer)
+    if bits is not None and (not getattr(bits, "groups", None) or len(bits.runs(spec.out_channels)) < 2):
+        return 0.0
+    return 3 * 4 * math.prod(spec.out_shape) / bytes_per_s
 
 
 def _resolve(net, policy) -> dict:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 
 from tvm_mpq._tvm import parse_target, target_to_str
-from tvm_mpq.hardware.base import kernel_points, pooling_seconds
+from tvm_mpq.hardware.base import join_seconds, kernel_points, pooling_seconds
 
 logger = logging.getLogger(__name__)
 
@@ -115,13 +115,17 @@ class MeasuredLatency:
         return label_ms(record, self._reference)
 
     def latency(self, layer, bits) -> float:
-        return sum(self._seconds(*point) for point in kernel_points(layer, bits, self.target, self.kernel))
+        return sum(self._seconds(*point) for point in kernel_points(layer, bits, self.target, self.kernel)) + join_seconds(layer, bits)
 
     def energy(self, layer, bits) -> None:
         return None
 
     def pooling(self, net) -> float:
         return pooling_seconds(net)
+
+    def join(self, layer) -> float:
+        """Seconds of the join after ``layer`` split into several kernels (:func:`~tvm_mpq.hardware.base.join_seconds`)."""
+        return join_seconds(layer)
 
 
 class MeasuredChooser:

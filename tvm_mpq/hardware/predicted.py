@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Sequence
 import numpy as np
 
 from tvm_mpq._tvm import parse_target
-from tvm_mpq.hardware.base import kernel_points, pooling_seconds
+from tvm_mpq.hardware.base import join_seconds, kernel_points, pooling_seconds
 
 if TYPE_CHECKING:
     from tvm_mpq.cost_models.network import NetworkCalibration
@@ -62,7 +62,7 @@ class PredictedLatency:
         if self.network is not None:
             ms = ms * np.array([self.network.factor(p[1]) for p in points])
         out = np.bincount(owner, weights=ms, minlength=len(layers)) if points else np.zeros(len(layers))
-        return [float(v) / 1e3 for v in out]
+        return [float(v) / 1e3 + join_seconds(layer, b) for v, layer, b in zip(out, layers, bits)]
 
     def latency(self, layer, bits) -> float:
         return self.latencies([layer], [bits])[0]
@@ -72,3 +72,7 @@ class PredictedLatency:
 
     def pooling(self, net) -> float:
         return pooling_seconds(net)
+
+    def join(self, layer) -> float:
+        """Seconds of the join after ``layer`` split into several kernels (:func:`~tvm_mpq.hardware.base.join_seconds`)."""
+        return join_seconds(layer)

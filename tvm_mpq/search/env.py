@@ -86,7 +86,8 @@ class LatencyTable:
     A choice is ``a_bits[layer]`` and ``w_bits[layer]`` (one entry per channel group of
     ``groups[layer]``; a layer that is not split has one group covering it). Adjacent groups of
     the same width compile to one kernel (:meth:`~tvm_mpq.policy.LayerBits.runs`), so every
-    contiguous run of groups is priced, not only single groups.
+    contiguous run of groups is priced, not only single groups; a layer of several kernels adds
+    the provider's ``join`` (the concat of their outputs), where it has one.
     """
 
     def __init__(self, provider, layers, groups: dict, w_range: BitRange, a_range: BitRange, fixed_s: float = 0.0):
@@ -103,10 +104,12 @@ class LatencyTable:
                             specs.append(spec)
                             pairs.append((w, a))
         self.table = dict(zip(keys, layer_table(provider, specs, pairs)))
+        join = getattr(provider, "join", None)  # CPU providers: the concat after a split layer
+        self.join = {layer.name: join(layer) if join is not None else 0.0 for layer in layers}
 
     def layer(self, name: str, a: int, ws: list[int]) -> float:
         runs = merge_runs((start, stop, w) for (start, stop), w in zip(self.groups[name], ws))  # one kernel per run
-        return sum(self.table[(name, start, stop, w, a)] for start, stop, w in runs)
+        return sum(self.table[(name, start, stop, w, a)] for start, stop, w in runs) + (self.join[name] if len(runs) > 1 else 0.0)
 
     def total(self, a_bits: dict, w_bits: dict) -> float:
         return self.fixed_s + sum(self.layer(n, a_bits[n], w_bits[n]) for n in w_bits)
