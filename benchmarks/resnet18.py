@@ -10,7 +10,12 @@ This VM's speed drifts by 20-30% over minutes, so ``--rounds N`` repeats the (Py
 measurements N times interleaved and reports the median of each, plus the spread of the per-round
 ratio against PyTorch int8.
 
-Usage: ``python benchmarks/resnet18.py [--models resnet18 mobilenet_v2] [--threads 1 2] [--rounds 3]``.
+``--target`` compiles our models for another target than this machine. On an AMX host,
+``--target "llvm -mcpu=rocketlake"`` gives the instruction set of the Zen 5 the issue's targets were
+set on (AVX-512 VNNI and VPOPCNTDQ, no AMX tiles): compare with PyTorch int8 limited to VNNI
+(``xint8v``), oneDNN's path on that CPU.
+
+Usage: ``python benchmarks/resnet18.py [--models resnet18 mobilenet_v2] [--threads 1 2] [--rounds 3] [--target T]``.
 """
 
 from __future__ import annotations
@@ -34,7 +39,7 @@ POLICIES = {
 }
 
 
-def _worker_tvm(model_name: str, number: int, repeat: int) -> list[dict]:
+def _worker_tvm(model_name: str, number: int, repeat: int, target=None) -> list[dict]:
     import numpy as np
     import torch
 
@@ -49,7 +54,7 @@ def _worker_tvm(model_name: str, number: int, repeat: int) -> list[dict]:
     results = []
     for label, kw in POLICIES.items():
         policy = tvm_mpq.QuantPolicy.uniform(net, **kw)
-        compiled = tvm_mpq.build(net, policy, cal)
+        compiled = tvm_mpq.build(net, policy, cal, target=target)
         x = batches[0].numpy()
         with torch.no_grad():
             ref = tvm_mpq.simulate(net, policy, cal)(batches[0]).numpy()
@@ -77,7 +82,7 @@ def _run(part: str, model_name: str, threads: int, args) -> list[dict]:
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "out.json")
         cmd = [sys.executable, __file__, "--worker", part, "--models", model_name, "--threads", str(threads), "--out", out,
-               "--number", str(args.number), "--repeat", str(args.repeat)]
+               "--number", str(args.number), "--repeat", str(args.repeat)] + (["--target", args.target] if args.target else [])
         subprocess.run(cmd, env=env, check=True)
         with open(out) as f:
             res = json.load(f)
@@ -110,12 +115,15 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=7)
     parser.add_argument("--rounds", type=int, default=1, help="interleaved repetitions; medians are reported")
     parser.add_argument("--json", help="write all measurements to this file")
+    parser.add_argument("--target", help="our models' target (default: this machine); e.g. 'llvm -mcpu=rocketlake' on an AMX host "
+                        "compiles for the Zen 5 ISA class (AVX-512 VNNI + VPOPCNTDQ, no AMX), to compare with PyTorch int8 "
+                        "limited to VNNI (xint8v)")
     parser.add_argument("--worker", choices=["tvm", "torch", "torch_vnni"], help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         name = args.models[0]
-        res = _worker_tvm(name, args.number, args.repeat) if args.worker == "tvm" else _worker_torch(name, args.threads[0], args.repeat)
+        res = _worker_tvm(name, args.number, args.repeat, args.target) if args.worker == "tvm" else _worker_torch(name, args.threads[0], args.repeat)
         with open(args.out, "w") as f:
             json.dump(res, f)
         return
@@ -128,7 +136,7 @@ def main() -> None:
             res = _median_rounds(rounds)
             report[f"{name}/{threads}"] = res
             base = {r["policy"]: r["seconds"] for r in res if r["policy"].startswith("torch")}
-            print(f"\n== {name} 224x224 batch 1, {threads} thread(s) ==")
+            print(f"\n== {name} 224x224 batch 1, {threads} thread(s){', ours on ' + repr(args.target) if args.target else ''} ==")
             for k, v in base.items():
                 print(f"  {k:22s} {v*1e3:8.2f} ms")
             print(f"  {'ours':22s} {'ms':>8s} {'xfp32':>6s} {'xint8':>6s} {'xint8v':>6s}  max|tvm-sim|  kernels")
