@@ -118,6 +118,18 @@ def join_seconds(layer, bits=None, bytes_per_s: float = JOIN_BYTES_PER_S) -> flo
     return 3 * 4 * math.prod(spec.out_shape) / bytes_per_s
 
 
+class CpuOps:
+    """What a CPU provider charges besides the layers' kernels (mixed into the measured and predicted ones)."""
+
+    def pooling(self, net) -> float:
+        """Seconds of the pooling ops between ``net``'s layers (:func:`pooling_seconds`)."""
+        return pooling_seconds(net)
+
+    def join(self, layer) -> float:
+        """Seconds of the join after ``layer`` split into several kernels (:func:`join_seconds`)."""
+        return join_seconds(layer)
+
+
 def _resolve(net, policy) -> dict:
     return policy.resolve(net.layer_names) if hasattr(policy, "resolve") else policy
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 import logging
 
 from tvm_mpq._tvm import parse_target, target_to_str
-from tvm_mpq.hardware.base import join_seconds, kernel_points, pooling_seconds
+from tvm_mpq.hardware.base import CpuOps, join_seconds, kernel_points
 
 logger = logging.getLogger(__name__)
 
 
-class MeasuredLatency:
+class MeasuredLatency(CpuOps):
     """:class:`~tvm_mpq.hardware.base.LatencyProvider` that measures what it is asked.
 
     The answer for (layer shape, kernel, bits) is the best ``ok`` record in ``db`` (a
@@ -119,13 +119,6 @@ class MeasuredLatency:
 
     def energy(self, layer, bits) -> None:
         return None
-
-    def pooling(self, net) -> float:
-        return pooling_seconds(net)
-
-    def join(self, layer) -> float:
-        """Seconds of the join after ``layer`` split into several kernels (:func:`~tvm_mpq.hardware.base.join_seconds`)."""
-        return join_seconds(layer)
 
 
 class MeasuredChooser:

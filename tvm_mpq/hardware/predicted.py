@@ -7,13 +7,13 @@ from typing import TYPE_CHECKING, Sequence
 import numpy as np
 
 from tvm_mpq._tvm import parse_target
-from tvm_mpq.hardware.base import join_seconds, kernel_points, pooling_seconds
+from tvm_mpq.hardware.base import CpuOps, join_seconds, kernel_points
 
 if TYPE_CHECKING:
     from tvm_mpq.cost_models.network import NetworkCalibration
 
 
-class PredictedLatency:
+class PredictedLatency(CpuOps):
     """:class:`~tvm_mpq.hardware.base.LatencyProvider` backed by a fitted cost model.
 
     ``model``: an :class:`~tvm_mpq.cost_models.XGBCostModel`, a path, or ``"default"`` (the
@@ -69,10 +69,3 @@ class PredictedLatency:
 
     def energy(self, layer, bits) -> None:
         return None
-
-    def pooling(self, net) -> float:
-        return pooling_seconds(net)
-
-    def join(self, layer) -> float:
-        """Seconds of the join after ``layer`` split into several kernels (:func:`~tvm_mpq.hardware.base.join_seconds`)."""
-        return join_seconds(layer)
