@@ -16,6 +16,7 @@ from __future__ import annotations
 import ctypes
 import json
 import mmap
+import os
 import subprocess
 import sys
 
@@ -142,7 +143,7 @@ def test_the_guard_catches_a_read_past_the_end():
         "import numpy as np, sys; sys.path.insert(0, %r); from test_bounds import guarded\n"
         "a = guarded(np.ones(4096, np.float32), 'end'); p = a.ctypes.data\n"
         "import ctypes; print(ctypes.c_float.from_address(p + a.nbytes + 64).value)\n"
-    ) % __import__("os").path.dirname(__file__)
+    ) % os.path.dirname(__file__)
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=60)
     assert proc.returncode != 0
 
