@@ -8,7 +8,6 @@ import argparse
 import numpy as np
 import torch
 import tvm
-from tvm import relax
 
 import tvm_mpq
 
@@ -19,6 +18,7 @@ def main() -> None:
     ap.add_argument("--input-size", type=int, default=None)
     ap.add_argument("--target", default=None, help="e.g. 'llvm -mcpu=znver5'; default: this host")
     ap.add_argument("--out", default="/tmp/tvm_mpq_model.so")
+    ap.add_argument("--dump-dir", default=None, help="write mod.script() after each pipeline phase here")
     args = ap.parse_args()
 
     model, inputs = tvm_mpq.models.get(args.model, **({"input_size": args.input_size} if args.input_size else {}))
@@ -30,21 +30,9 @@ def main() -> None:
     policy.save("/tmp/tvm_mpq_policy.json")
 
     target = tvm_mpq._tvm.parse_target(args.target)  # accepts "llvm -mcpu=znver5" strings
-    pipeline = tvm.transform.Sequential(
-        [
-            relax.transform.FoldConstant(),
-            tvm_mpq.transform.AnnotateBitwidth(policy),
-            tvm_mpq.transform.LowerToKernels(calibration=cal, target=target),  # kernels chosen and scheduled for it
-            tvm_mpq.transform.LowerPooling(),  # stride-2 max pools on tvm-mpq's pooling kernel
-            relax.transform.LegalizeOps(),
-            relax.transform.AnnotateTIROpPattern(),
-            relax.transform.FoldConstant(),
-            relax.transform.FuseOps(),
-            relax.transform.FuseTIR(),
-        ]
-    )
-    mod = pipeline(net.mod)
-    ex = tvm.compile(mod, target=target)
+    # Our passes and TVM's in one pipeline; with --dump-dir, mod.script() after each phase.
+    pipeline = tvm_mpq.pipeline(policy, cal, target, kernel="auto", dump_dir=args.dump_dir)
+    ex = tvm.compile(net.mod, target=target, relax_pipeline=pipeline)
     ex.export_library(args.out)
 
     compiled = tvm_mpq.load_compiled(args.out)

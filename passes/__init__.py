@@ -1,8 +1,9 @@
 """tvm-mpq Relax passes, one per file (installed as ``tvm_mpq.passes``)."""
 
 from .annotate_bitwidth import AnnotateBitwidth
-from .lower_pooling import LowerPooling
-from .lower_to_kernels import LowerToKernels
+from .build_kernels import BuildKernels
+from .lower_pooling import LowerPooling, skipped_pools
+from .lower_to_kernels import LowerToKernels, lowered_layers
 from .schedule_generic import ScheduleGeneric
 
-__all__ = ["AnnotateBitwidth", "LowerPooling", "LowerToKernels", "ScheduleGeneric"]
+__all__ = ["AnnotateBitwidth", "BuildKernels", "LowerPooling", "LowerToKernels", "ScheduleGeneric", "lowered_layers", "skipped_pools"]

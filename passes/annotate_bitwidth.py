@@ -1,27 +1,29 @@
 """AnnotateBitwidth: attach a :class:`~tvm_mpq.policy.QuantPolicy` to the layers of a Relax module.
 
-Every layer the policy quantizes (its conv2d / matmul, plus the bias ``add``, a residual ``add`` of
-a conv2d without activation (a ResNet shortcut) and the ReLU / ReLU6 that follow it when the layer
-output has no other use) is outlined into a private Relax function
-whose attributes carry the layer's name and bits, the way ``FuseOpsByPattern`` marks composite
-functions::
+Layers are the functions :func:`tvm_mpq.import_torch` outlined (attribute ``mpq.layer``: the torch
+module's name), so the pass finds them whatever earlier passes did to ``main``'s variables and
+bindings. For every layer the policy quantizes, the call to its function, with the residual
+``add`` of a conv2d without activation (a ResNet shortcut) and the ReLU / ReLU6 that follow it
+when the intermediate values have no other use (matched with ``relax.dpl`` patterns), is replaced
+by a call to a new private function whose attributes carry the layer's bits::
 
     @R.function(private=True)
     def mpq_layer1_0_conv1(x):
         R.func_attr({"mpq.layer": "layer1.0.conv1", "mpq.kind": "conv2d",
                      "mpq.a_bits": 4, "mpq.groups": [[0, 32, 2], [32, 64, 4]]})
-        ...conv2d + bias...
+        ...conv2d + bias (+ shortcut add) (+ relu)...
 
 and ``main`` calls it (``mpq_layer(x)``, or ``mpq_layer(x, shortcut)`` with a fused residual add:
-the kernel's epilogue then adds the shortcut before the activation). The module still compiles (in float) without lowering;
-:class:`~tvm_mpq.passes.LowerToKernels` replaces these calls with integer kernels. Float layers are
-left untouched, unless ``float_layers=True`` (what :func:`tvm_mpq.build` uses): then every float32
-conv2d (groups=1) / dense layer the policy keeps in float is outlined the same way with
-``w_bits = a_bits = 32`` (``"mpq.groups": [[0, O, 32]]``), for LowerToKernels' float kernel
-(:mod:`tvm_mpq.kernels.fp32`); grouped / depthwise float convs stay on TVM's generic path.
-A policy that names a layer the module does not have is an error. Convolutions and
-matmuls that no integer kernel implements (grouped or transposed convolutions, matmuls of two
-activations, ...) stay float with a warning listing them; with ``strict=True`` they are an error.
+the kernel's epilogue then adds the shortcut before the activation). The module still compiles (in
+float) without lowering; :class:`~tvm_mpq.passes.LowerToKernels` replaces these calls with integer
+kernels. Float layers keep their import function, unless ``float_layers=True`` (what
+:func:`tvm_mpq.build` uses): then every float32 conv2d (groups=1) / dense layer the policy keeps
+in float is annotated the same way with ``w_bits = a_bits = 32`` (``"mpq.groups": [[0, O, 32]]``),
+for LowerToKernels' float kernel (:mod:`tvm_mpq.kernels.fp32`); grouped / depthwise float convs
+stay on TVM's generic path. A policy that names a layer the module does not have is an error that
+lists the layers found. Convolutions and matmuls that no integer kernel implements (grouped or
+transposed convolutions, matmuls of two activations, ...) stay float with a warning listing them;
+with ``strict=True`` they are an error.
 """
 
 from __future__ import annotations
@@ -30,21 +32,49 @@ import logging
 import re
 from types import SimpleNamespace
 
-from tvm_mpq._tvm import Constant, relax, tvm
-from tvm_mpq.frontend import LAYERS_ATTR, _layer_table, float_ops, is_op
+from tvm_mpq._tvm import Constant, relax, tvm, with_functions
+from tvm_mpq.attrs import A_BITS, GROUPS, KIND, LAYER
+from tvm_mpq.frontend import _layer_table, _shape, float_ops, layer_calls
 from tvm_mpq.kernels import fp32
 from tvm_mpq.policy import QuantPolicy
 
+dpl = relax.dpl
 logger = logging.getLogger(__name__)
 
-LAYER_ATTR = "mpq.layer"
-KIND_ATTR = "mpq.kind"
-A_BITS_ATTR = "mpq.a_bits"
-GROUPS_ATTR = "mpq.groups"
+# Kept for the callers that import the keys from here.
+LAYER_ATTR, KIND_ATTR, A_BITS_ATTR, GROUPS_ATTR = LAYER, KIND, A_BITS, GROUPS
 
 
 def layer_function_name(layer: str) -> str:
+    """The function AnnotateBitwidth outlines an annotated ``layer`` into."""
     return "mpq_" + re.sub(r"[^0-9a-zA-Z_]", "_", layer)
+
+
+def activation_kind(call) -> "str | None":
+    """"relu" for ``relu(x)``, "relu6" for ``clip(x, 0, 6)``: the activations kernels fuse."""
+    if _RELU.match(call):
+        return "relu"
+    if _CLIP.match(call):
+        lo, hi = (float(getattr(a.value, "value", a.value)) for a in call.args[1:3])
+        if (lo, hi) == (0.0, 6.0):
+            return "relu6"
+    return None
+
+
+# The epilogues a layer kernel fuses, as dataflow patterns rooted at the last op. ``_LAYER`` is a
+# call of a layer function (which one is checked against the module), ``_SHORTCUT`` the other
+# operand of a residual add.
+_LAYER = dpl.is_gv()(dpl.wildcard())
+_SHORTCUT = dpl.wildcard()
+_RESIDUAL = dpl.is_op("relax.add")(_LAYER, _SHORTCUT) | dpl.is_op("relax.add")(_SHORTCUT, _LAYER)
+_RELU = dpl.is_op("relax.nn.relu")(dpl.wildcard())
+_CLIP = dpl.is_op("relax.clip")(dpl.wildcard(), dpl.wildcard(), dpl.wildcard())
+#: Most specific first: activation(residual add(layer)), residual add(layer), activation(layer).
+EPILOGUES = (
+    ("residual+act", dpl.is_op("relax.nn.relu")(_RESIDUAL) | dpl.is_op("relax.clip")(_RESIDUAL, dpl.wildcard(), dpl.wildcard())),
+    ("residual", _RESIDUAL),
+    ("act", dpl.is_op("relax.nn.relu")(_LAYER) | dpl.is_op("relax.clip")(_LAYER, dpl.wildcard(), dpl.wildcard())),
+)
 
 
 def _uses(func) -> dict:
@@ -58,95 +88,87 @@ def _uses(func) -> dict:
     return counts
 
 
-def _bias_add(binding, layer_var, kind: str, out_channels: int) -> bool:
-    """Is ``binding`` ``add(layer_var, const)`` (either order) with a per-output-channel constant?"""
-    if not is_op(binding.value, "relax.add"):
+def _plan(func, selected: dict) -> dict:
+    """``{bound Var: entry}`` for the selected layer calls of ``func`` (main) and the bindings fused
+    with them: the widest epilogue pattern each one matches where every intermediate value has that
+    one use. Keyed by the variables themselves: their names need not be unique, or kept, by earlier passes."""
+    uses = _uses(func)
+    var2val = relax.analysis.get_var2val(func)
+    bindings = [b for block in func.body.blocks for b in block.bindings]
+    binding_of = {b.value: b for b in bindings}
+    plan: dict = {}
+    for binding in reversed(bindings):  # roots first: an activation claims its add and layer
+        if binding.var in plan:
+            continue
+        for name, pattern in EPILOGUES:
+            matched = pattern.extract_matched_expr(binding.value, var2val)
+            if matched is None:
+                continue
+            layer = binding_of.get(matched[_LAYER])
+            if layer is None or layer.value.op not in selected or layer.var in plan or uses.get(layer.var, 0) != 1:
+                continue
+            act = binding if name != "residual" else None
+            if act is not None and activation_kind(binding.value) is None:
+                continue
+            residual = None
+            if name != "act":
+                residual = binding if act is None else binding_of.get(var2val.get(binding.value.args[0]))
+                shortcut = matched[_SHORTCUT]
+                if (residual is None or residual.var in plan or (act is not None and uses.get(residual.var, 0) != 1)
+                        or not _fits_residual(layer.var, shortcut, selected[layer.value.op])):
+                    continue
+                if shortcut in plan:  # the add of two layers (ResNet downsample): the first one fuses it
+                    continue
+            entry = {"layer": layer, "residual": residual, "act": act, "last": binding}
+            for b in (layer, residual, act):
+                if b is not None:
+                    plan[b.var] = entry
+            break
+    for binding in bindings:  # the selected layers without a fusable epilogue
+        if binding.var not in plan and _LAYER.match(binding.value) and binding.value.op in selected:
+            plan[binding.var] = {"layer": binding, "residual": None, "act": None, "last": binding}
+    return plan
+
+
+def _fits_residual(layer_var, shortcut, attrs: dict) -> bool:
+    """A residual add the conv kernel's epilogue can take: a tensor (not a constant) of the layer
+    output's shape and dtype."""
+    if attrs[KIND] != "conv2d" or isinstance(shortcut, Constant) or not isinstance(shortcut.ty, relax.TensorType):
         return False
-    a, b = binding.value.args
-    other = b if a.same_as(layer_var) else a if b.same_as(layer_var) else None
-    if not isinstance(other, Constant):
-        return False
-    shape = tuple(int(d) for d in other.ty.shape)
-    o = out_channels
-    allowed = ((o,), (1, o)) if kind == "dense" else ((1, o, 1, 1), (o, 1, 1))
-    return shape in allowed
-
-
-def _only_consumer(bindings, by_var, uses, producer):
-    """The call binding that uses ``producer`` (as any argument) when that is its only use, else None."""
-    if uses.get(producer.var, 0) != 1:
-        return None
-    for b in bindings[by_var[producer.var.name] + 1 :]:
-        if isinstance(b.value, relax.Call) and any(a.same_as(producer.var) for a in b.value.args):
-            return b
-    return None
-
-
-def _residual_add(bindings, by_var, uses, producer):
-    """The ``add(producer, other)`` binding (either order, ``other`` a non-constant tensor of the
-    same shape) when it is the producer's only use, else None."""
-    b = _only_consumer(bindings, by_var, uses, producer)
-    if b is None or not is_op(b.value, "relax.add"):
-        return None
-    x, y = b.value.args
-    other = y if x.same_as(producer.var) else x
-    if other.same_as(producer.var) or isinstance(other, Constant):
-        return None
-    same = [int(d) for d in other.ty.shape] == [int(d) for d in producer.var.ty.shape]
-    return b if same and other.ty.dtype == producer.var.ty.dtype else None
-
-
-def activation_kind(call) -> "str | None":
-    """"relu" for ``relu(x)``, "relu6" for ``clip(x, 0, 6)``: the activations kernels fuse."""
-    if is_op(call, "relax.nn.relu"):
-        return "relu"
-    if is_op(call, "relax.clip"):
-        lo, hi = (float(getattr(a.value, "value", a.value)) for a in call.args[1:3])
-        if (lo, hi) == (0.0, 6.0):
-            return "relu6"
-    return None
-
-
-def _activation_of(bindings, by_var, uses, producer):
-    """The ReLU / ReLU6 binding of ``producer`` when it is the producer's only use, else None."""
-    b = _only_consumer(bindings, by_var, uses, producer)
-    if b is None or not b.value.args[0].same_as(producer.var):
-        return None
-    return b if activation_kind(b.value) else None
+    return _shape(shortcut) == _shape(layer_var) and shortcut.ty.dtype == layer_var.ty.dtype
 
 
 @relax.expr_functor.mutator
 class _Outliner(relax.PyExprMutator):
-    def __init__(self, mod, plan: dict):
+    def __init__(self, mod, plan: dict, selected: dict):
         super().__init__(mod)
-        self.plan = plan  # name of the binding var to replace -> (layer var binding, bias binding or None, attrs)
+        self.mod_ = mod
+        self.plan = plan  # bound Var -> entry (see _plan)
+        self.selected = selected  # layer function GlobalVar -> annotated attributes
 
     def visit_var_binding_(self, binding) -> None:
-        entry = self.plan.get(binding.var.name)
+        entry = self.plan.get(binding.var)
         if entry is None:
             super().visit_var_binding_(binding)
             return
         if not binding.var.same_as(entry["last"].var):
             return  # emitted inside the outlined function, at its last binding
-        layer_binding, bias_binding, act_binding = entry["layer"], entry["bias"], entry["act"]
-        residual_binding = entry["residual"]
+        layer_binding, residual_binding, act_binding = entry["layer"], entry["residual"], entry["act"]
+        gv = layer_binding.value.op
+        attrs = self.selected[gv]
         x = layer_binding.value.args[0]
         param = relax.Var("x", x.ty)
         inputs, params = [x], [param]
         if residual_binding is not None:
             a, b = residual_binding.value.args
-            shortcut = b if a.same_as((bias_binding or layer_binding).var) else a
+            shortcut = b if a.same_as(layer_binding.var) else a
             inputs.append(shortcut)
             params.append(relax.Var("shortcut", shortcut.ty))
+        fname = layer_function_name(str(attrs[LAYER]))
         bb = relax.BlockBuilder()
-        with bb.function(entry["fname"], params, attrs=entry["attrs"], private=True):
+        with bb.function(fname, params, attrs=attrs, private=True):
             with bb.dataflow():
-                call = layer_binding.value
-                y = bb.emit(relax.Call(call.op, [param, *call.args[1:]], call.attrs, call.ty_args))
-                if bias_binding is not None:
-                    a, b = bias_binding.value.args
-                    args = [y, b] if a.same_as(layer_binding.var) else [a, y]
-                    y = bb.emit(relax.op.add(*args))
+                y = _inline(bb, self.mod_[gv], param)
                 if residual_binding is not None:
                     y = bb.emit(relax.op.add(y, params[1]))
                 if act_binding is not None:
@@ -154,10 +176,25 @@ class _Outliner(relax.PyExprMutator):
                     y = bb.emit(relax.Call(act.op, [y, *act.args[1:]], act.attrs, act.ty_args))
                 out = bb.emit_output(y)
             bb.emit_func_output(out)
-        gvar = self.builder_.add_func(bb.get()[entry["fname"]], entry["fname"])
+        gvar = self.builder_.add_func(bb.get()[fname], fname)
         new_var = (relax.DataflowVar if isinstance(binding.var, relax.DataflowVar) else relax.Var)(binding.var.name, binding.var.ty)
         self.builder_.emit_normalized(relax.VarBinding(new_var, self.builder_.normalize(relax.Call(gvar, [self.visit_expr(v) for v in inputs]))))
         self.set_var_remap(binding.var, new_var)
+
+
+def _inline(bb, func, arg):
+    """Emit ``func``'s bindings (a layer function: straight-line calls) with ``arg`` for its parameter."""
+    remap = {func.params[0]: arg}
+    for block in func.body.blocks:
+        for binding in block.bindings:
+            value = binding.value
+            if isinstance(value, relax.Var):
+                remap[binding.var] = remap.get(value, value)
+                continue
+            args = [remap.get(a, a) if isinstance(a, relax.Var) else a for a in value.args]
+            remap[binding.var] = bb.emit(relax.Call(value.op, args, value.attrs, value.ty_args))
+    body = func.body.body
+    return remap.get(body, body)
 
 
 @tvm.transform.module_pass(opt_level=0, name="tvm_mpq.AnnotateBitwidth")
@@ -181,14 +218,18 @@ class AnnotateBitwidth:
         return left + [f"{name}: {reason}" for name, reason in float_ops(func)]
 
     def transform_module(self, mod, ctx):
-        func = mod["main"]
-        if not func.attrs or LAYERS_ATTR not in func.attrs:
+        calls = layer_calls(mod)
+        if not calls:
             raise ValueError(
-                "this module has no tvm-mpq layer table (function attribute 'mpq.layers'): "
-                "import the model with tvm_mpq.import_torch and pass net.mod"
+                "this module has no tvm-mpq layers (functions with the 'mpq.layer' attribute called from main): "
+                "import the model with tvm_mpq.import_torch and pass net.mod (or a module derived from it)"
             )
-        layers = _layer_table(func)
-        resolved = self.policy.validate(SimpleNamespace(layers=layers))
+        layers = _layer_table(mod)
+        try:
+            resolved = self.policy.validate(SimpleNamespace(layers=layers))
+        except ValueError as err:
+            raise ValueError(f"{err} (layers found in this module: {', '.join(l.name for l in layers)})") from err
+        func = mod["main"]
         left = self._left_float(func, layers, resolved)
         if left and self.strict:
             raise ValueError(
@@ -198,52 +239,18 @@ class AnnotateBitwidth:
             )
         if left:
             logger.warning("%d op(s) have no integer kernel and stay float: %s", len(left), "; ".join(left))
-        uses = _uses(func)
-        bindings = [b for block in func.body.blocks for b in block.bindings]
-        by_var = {b.var.name: i for i, b in enumerate(bindings)}
-        plan = {}
-        for layer in layers:
+        selected = {}  # layer function -> the attributes of its annotated function
+        for (binding, gv, _), layer in zip(calls, layers):
             bits = resolved[layer.name]
-            idx = by_var[layer.name]
-            layer_binding = bindings[idx]
-            if bits.is_float and not (
-                self.float_layers and fp32.handles(layer.kind) and layer_binding.value.args[0].ty.dtype == "float32"
-            ):
+            if bits.is_float and not (self.float_layers and fp32.handles(layer.kind) and binding.value.args[0].ty.dtype == "float32"):
                 continue
-            bias_binding = None
-            if uses.get(layer_binding.var, 0) == 1:
-                for nxt in bindings[idx + 1 :]:
-                    if _bias_add(nxt, layer_binding.var, layer.kind, layer.out_channels):
-                        bias_binding = nxt
-                        break
-            last = bias_binding or layer_binding
-            act_binding = _activation_of(bindings, by_var, uses, last)
-            residual_binding = None
-            if act_binding is None and layer.kind == "conv2d":
-                residual_binding = _residual_add(bindings, by_var, uses, last)
-                if residual_binding is not None and residual_binding.var.name in plan:
-                    residual_binding = None  # the add of two layers (ResNet downsample): the first one fuses it
-                if residual_binding is not None:
-                    last = residual_binding
-                    act_binding = _activation_of(bindings, by_var, uses, last)
             groups = [list(run) for run in bits.runs(layer.out_channels)]  # equal adjacent groups: one kernel
-            attrs = {LAYER_ATTR: layer.name, KIND_ATTR: layer.kind, A_BITS_ATTR: bits.a_bits, GROUPS_ATTR: groups}
-            entry = {
-                "layer": layer_binding,
-                "bias": bias_binding,
-                "act": act_binding,
-                "residual": residual_binding,
-                "last": act_binding or last,
-                "attrs": attrs,
-                "fname": layer_function_name(layer.name),
-            }
-            for b in (layer_binding, bias_binding, residual_binding, act_binding):
-                if b is not None:
-                    plan[b.var.name] = entry
-        if not plan:
+            selected[gv] = {LAYER: layer.name, KIND: layer.kind, A_BITS: bits.a_bits, GROUPS: groups}
+        if not selected:
             return mod
-        outliner = _Outliner(mod, plan)
+        outliner = _Outliner(mod, _plan(func, selected), selected)
         new_main = outliner.visit_expr(func)
         result = outliner.builder_.get()
         result["main"] = new_main
-        return result
+        called = {gv for _, gv, _ in layer_calls(result)}
+        return with_functions(result, {gv: f for gv, f in result.functions.items() if gv not in selected or gv in called})

@@ -4,9 +4,10 @@ TVM legalizes ``relax.nn.max_pool2d`` to a TOPI loop nest whose stride-2 row rea
 vectorizer turns into one load per lane (ResNet-18's 3x3/2 pool after the stem: 0.22-0.25 ms on 1
 thread); the explicit-TIR kernel loads whole rows and splits even and odd lanes with a shuffle
 (about 0.15 ms, the same floats bit for bit). Every ``max_pool2d`` that
-:func:`tvm_mpq.kernels.pool.fits` becomes a ``call_tir`` of that kernel, marked opaque like our
-layer kernels; any other pool is left to TVM (``skipped`` names each with the reason). Works on
-any Relax module, quantized or not::
+:func:`tvm_mpq.kernels.pool.fits` becomes a call of that kernel, scheduled, carrying its target and
+compiled for it like our layer kernels (``build=False``: left as a ``call_tir`` PrimFunc); any
+other pool is left to TVM (:func:`skipped_pools` names each with the reason). Works on any Relax
+module, quantized or not::
 
     seq = tvm.transform.Sequential([AnnotateBitwidth(policy), LowerToKernels(calibration=cal), LowerPooling()])
 """
@@ -16,9 +17,12 @@ from __future__ import annotations
 import logging
 from functools import partial
 
-from tvm_mpq._tvm import relax, tvm
+from tvm_mpq._tvm import Target, parse_target, relax, tvm
+from tvm_mpq.attrs import KERNEL
 from tvm_mpq.frontend import _ints, _shape, is_op
 from tvm_mpq.kernels import pool
+from tvm_mpq.passes.build_kernels import build_kernels
+from tvm_mpq.passes.lower_to_kernels import mark_kernels
 
 logger = logging.getLogger(__name__)
 
@@ -29,6 +33,7 @@ class _PoolLowerer(relax.PyExprMutator):
         super().__init__(mod)
         self.lowered = 0
         self.skipped: list[str] = []
+        self.names: list[str] = []
 
     def visit_call_(self, call):
         call = super().visit_call_(call)
@@ -49,27 +54,41 @@ class _PoolLowerer(relax.PyExprMutator):
             self.skipped.append(f"max_pool2d {pool_size}/{strides} on {in_shape or getattr(x.ty, 'shape', None)}: {why}")
             return call
         self.lowered += 1
-        return self.builder_.call_te(
+        call = self.builder_.call_te(
             partial(pool.max_pool2d, pool_size=pool_size, strides=strides, padding=padding), x,
-            primfunc_name_hint=pool.NAME, primfunc_attrs={"op_pattern": 8, "tvm_mpq.scheduled": True},
+            primfunc_name_hint=pool.NAME, primfunc_attrs={KERNEL: "max_pool2d"},
         )
+        self.names.append(call.args[0].name_hint)
+        return call
 
 
 @tvm.transform.module_pass(opt_level=0, name="tvm_mpq.LowerPooling")
 class LowerPooling:
-    """Replace the max pools :mod:`tvm_mpq.kernels.pool` computes with calls of it. After the pass,
-    ``lowered`` counts them and ``skipped`` lists the others with the reason."""
+    """Replace the max pools :mod:`tvm_mpq.kernels.pool` computes with calls of it, compiled for
+    ``target`` (None: the ``with Target(...)`` block's, else this host) unless ``build=False``."""
 
-    def __init__(self):
-        self.lowered = 0
-        self.skipped: list[str] = []
+    def __init__(self, target=None, build: bool = True):
+        self.target = target if target is None or isinstance(target, Target) else parse_target(target)
+        self.build = bool(build)
 
     def transform_module(self, mod, ctx):
         lowerer = _PoolLowerer(mod)
         for gv, func in list(mod.functions.items()):
             if isinstance(func, relax.Function):
                 lowerer.builder_.update_func(gv, lowerer.visit_expr(func))
-        self.lowered, self.skipped = lowerer.lowered, list(lowerer.skipped)
-        if self.skipped:
-            logger.debug("LowerPooling: left to TVM: %s", "; ".join(self.skipped))
-        return lowerer.builder_.get()
+        if lowerer.skipped:
+            logger.debug("LowerPooling: left to TVM: %s", "; ".join(lowerer.skipped))
+        if not lowerer.names:
+            return mod
+        target = parse_target(self.target if self.target is not None else Target.current(allow_none=True))
+        result = mark_kernels(lowerer.builder_.get(), {name: lambda func: func for name in lowerer.names}, target)
+        return build_kernels(result) if self.build else result
+
+
+def skipped_pools(mod) -> list[str]:
+    """The max pools of ``mod`` that :class:`LowerPooling` leaves to TVM, each with the reason."""
+    lowerer = _PoolLowerer(mod)
+    for func in mod.functions.values():
+        if isinstance(func, relax.Function):
+            lowerer.visit_expr(func)
+    return lowerer.skipped

@@ -21,6 +21,14 @@ shape, kernel, bits and target when ``records`` (a ``TuningDatabase`` or the pat
 :mod:`tvm_mpq.kernels.fp32` with the same fused epilogue (bias, residual, ReLU/ReLU6); scheduled kernels are marked opaque so that later
 fusion passes leave them alone. The outlined function is then removed; everything else is left to
 TVM's pipeline.
+
+Every kernel PrimFunc carries the ``target`` it was generated and scheduled for and TVM's
+``tir.is_scheduled``; with ``build=True`` (the default) the pass then compiles them for that target
+(:mod:`tvm_mpq.passes.build_kernels`), so that ``tvm.compile(mod, target=...)`` with any x86 target
+links the code the kernels were scheduled for instead of recompiling it for a target that may lack
+its instructions. What each layer runs on (kernel and weight bits per channel group, activation
+bits, the tuning-record knobs taken) is the module attribute ``mpq.lowered``, read back with
+:func:`lowered_layers`.
 """
 
 from __future__ import annotations
@@ -31,12 +39,14 @@ from functools import partial
 
 import numpy as np
 
-from tvm_mpq._tvm import Constant, Target, parse_target, relax, target_to_str, tvm
+from tvm_mpq._tvm import Constant, Target, codegen_target, parse_target, relax, target_to_str, tvm, with_functions
+from tvm_mpq.attrs import A_BITS, GROUPS, IS_SCHEDULED, KERNEL, KIND, LAYER, LOWERED, OP_PATTERN, OPAQUE, TARGET, W_BITS
 from tvm_mpq.kernels import bitserial, fp32, x86
 from tvm_mpq.kernels.registry import KERNELS, apply_schedule, resolve_kernel, schedule_kernel
 from tvm_mpq.kernels.spec import DenseSpec, group_spec
 from tvm_mpq.frontend import conv_spec, is_op
-from tvm_mpq.passes.annotate_bitwidth import A_BITS_ATTR, GROUPS_ATTR, KIND_ATTR, LAYER_ATTR, activation_kind
+from tvm_mpq.passes.annotate_bitwidth import activation_kind
+from tvm_mpq.passes.build_kernels import build_kernels, kernel_target
 from tvm_mpq.quant.calibrate import Calibration
 from tvm_mpq.quant.qparams import Epilogue, check_reduction, make_epilogue, quantize_weight
 from tvm_mpq.tuning.space import canonical_bits, default_knobs, make_knobs
@@ -50,7 +60,7 @@ def _parse_layer(func):
     call = bindings[0].value
     weight = call.args[1]
     if not isinstance(weight, Constant):
-        raise ValueError(f"layer '{func.attrs[LAYER_ATTR]}': the weight is not a constant; run FoldConstant first")
+        raise ValueError(f"layer '{func.attrs[LAYER]}': the weight is not a constant; run FoldConstant first")
     w = weight.value.numpy().astype(np.float32)
     if is_op(call, "relax.matmul"):
         w = np.ascontiguousarray(w.T)  # matmul(x, W^T): back to [O, K]
@@ -86,10 +96,12 @@ class _Lowerer(relax.PyExprMutator):
         self.target = target
         self.kernel = kernel
         self.records = records
-        self.lowered: list[str] = []
         self.schedules: dict[str, object] = {}  # PrimFunc name -> (PrimFunc -> scheduled PrimFunc)
-        self.choices: dict[str, list[str]] = {}  # layer -> kernel per channel group
-        self.tuned: dict[str, list[dict]] = {}  # layer -> knobs taken from the records, per channel group
+        #: layer -> {"kernels": [per kernel call], "groups": [[start, stop, w_bits]], "a_bits": n, "knobs": [record knobs taken]}
+        self.lowered: dict[str, dict] = {}
+
+    def _record(self, layer: str, kernel: str) -> None:
+        self.lowered[layer]["kernels"].append(kernel)
 
     def _knobs(self, name: str, spec, kernel: str, w_bits: int, a_bits: int):
         """The fastest record's knobs for this kernel (the records', for this target), else the target's default."""
@@ -97,7 +109,7 @@ class _Lowerer(relax.PyExprMutator):
             w, a = canonical_bits(kernel, w_bits, a_bits)
             record = self.records.best(spec, kernel, w, a, target=target_to_str(self.target))
             if record is not None and record.knobs:
-                self.tuned.setdefault(name, []).append(dict(record.knobs))
+                self.lowered[name]["knobs"].append(dict(record.knobs))
                 return make_knobs(kernel, spec, record.knobs)
         return default_knobs(spec, kernel, self.target)
 
@@ -106,15 +118,16 @@ class _Lowerer(relax.PyExprMutator):
         if not isinstance(call.op, relax.GlobalVar):
             return call
         func = self.mod_[call.op]
-        if not isinstance(func, relax.Function) or not func.attrs or LAYER_ATTR not in func.attrs:
+        if not isinstance(func, relax.Function) or not func.attrs or KIND not in func.attrs:
             return call
         return self._lower(call.args[0], call.args[1] if len(call.args) > 1 else None, func)
 
     def _lower(self, x, residual, func):
-        name = str(func.attrs[LAYER_ATTR])
-        kind = str(func.attrs[KIND_ATTR])
-        a_bits = int(func.attrs[A_BITS_ATTR])
-        groups = [tuple(int(v) for v in g) for g in func.attrs[GROUPS_ATTR]]
+        name = str(func.attrs[LAYER])
+        kind = str(func.attrs[KIND])
+        a_bits = int(func.attrs[A_BITS])
+        groups = [tuple(int(v) for v in g) for g in func.attrs[GROUPS]]
+        self.lowered[name] = {"kernels": [], "groups": [list(g) for g in groups], "a_bits": a_bits, "knobs": []}
         if a_bits >= 32 and all(bits >= 32 for *_, bits in groups):
             return self._lower_float(x, residual, func, name, kind)
         layer_call, w, bias, act = _parse_layer(func)
@@ -132,37 +145,34 @@ class _Lowerer(relax.PyExprMutator):
             spec = conv_spec(in_shape, w.shape, layer_call.attrs)
         check_reduction(spec.reduction, name)
         fname = f"mpq_{kind}_{name.replace('.', '_')}"
-        meta = {"mpq.layer": name, "mpq.a_bits": a_bits}
+        meta = {LAYER: name, A_BITS: a_bits}
         if kind == "depthwise_conv2d":
             call = self.builder_.call_te(
                 partial(bitserial.depthwise_conv2d_int, spec=spec, aq=aq, out=out), x, relax.const(wq.levels), *_consts(ep), **fused,
-                primfunc_name_hint=fname + "_" + tag, primfunc_attrs={**meta, "mpq.kernel": "depthwise"},
+                primfunc_name_hint=fname + "_" + tag, primfunc_attrs={**meta, KERNEL: "depthwise"},
             )
             self.schedules[call.args[0].name_hint] = partial(apply_schedule, schedule=x86.schedule_depthwise)
-            self.choices[name] = ["depthwise"]
-            self.lowered.append(name)
+            self._record(name, "depthwise")
             return call
         if kind not in ("conv2d", "dense"):
             raise ValueError(f"layer '{name}': no integer kernel for {kind}; keep it float (w_bits=a_bits=32)")
         parts = []
-        self.choices[name] = []
         if len(groups) > 1 and residual is not None:
             fused, out = {}, "float"  # the residual is added (and the activation applied) after the concat
         for start, stop, bits in groups:
             gspec = group_spec(spec, stop - start)
             impl = resolve_kernel(self.kernel, kind, bits, a_bits, self.target, layer=name, in_channels=w.shape[1], spec=gspec)
-            self.choices[name].append(impl.name)
+            self._record(name, impl.name)
             te_func = impl.conv2d if kind == "conv2d" else impl.dense
             call = self.builder_.call_te(
                 partial(te_func, spec=gspec, aq=aq, w_bits=bits, out=out), x, relax.const(impl.prepare(wq, start, stop, bits, kind)),
                 *_consts(_slice(ep, start, stop)), **fused,
-                primfunc_name_hint=f"{fname}_{impl.name}_w{bits}{tag}", primfunc_attrs={**meta, "mpq.w_bits": bits, "mpq.kernel": impl.name},
+                primfunc_name_hint=f"{fname}_{impl.name}_w{bits}{tag}", primfunc_attrs={**meta, W_BITS: bits, KERNEL: impl.name},
             )
             if impl.schedule is not None:
                 knobs = self._knobs(name, gspec, impl.name, bits, a_bits)
                 self.schedules[call.args[0].name_hint] = partial(schedule_kernel, impl, knobs=knobs)
             parts.append(self.builder_.emit(call))
-        self.lowered.append(name)
         if len(parts) == 1:
             return parts[0]
         y = relax.op.concat(parts, axis=1)
@@ -191,11 +201,10 @@ class _Lowerer(relax.PyExprMutator):
         call = self.builder_.call_te(
             partial(te_func, spec=spec, out=act or "float", lanes=lanes), x, relax.const(fp32.prepare_weights(w, lanes)), relax.const(bias),
             **fused, primfunc_name_hint=f"mpq_{kind}_{name.replace('.', '_')}_{fp32.NAME}",
-            primfunc_attrs={"mpq.layer": name, "mpq.a_bits": 32, "mpq.w_bits": 32, "mpq.kernel": fp32.NAME},
+            primfunc_attrs={LAYER: name, A_BITS: 32, W_BITS: 32, KERNEL: fp32.NAME},
         )
         self.schedules[call.args[0].name_hint] = partial(apply_schedule, schedule=fp32.schedule_fp32)
-        self.choices[name] = [fp32.NAME]
-        self.lowered.append(name)
+        self._record(name, fp32.NAME)
         return call
 
 
@@ -203,12 +212,17 @@ class _Lowerer(relax.PyExprMutator):
 class LowerToKernels:
     """Lower every layer annotated by :class:`AnnotateBitwidth` to integer TVM kernels.
 
+    ``target``: what the kernels are chosen, scheduled and compiled for (a Target, a string such as
+    ``"llvm -mcpu=haswell"`` or a dict); None: the ``with Target(...)`` block's, else this host.
     ``records``: tuning records (``TuningDatabase`` or path) whose fastest knobs the kernels take
-    (the target's defaults where there is none). After the pass, ``choices`` maps each layer to
-    its kernel per channel group and ``tuned`` to the record knobs it took.
+    (the target's defaults where there is none). ``build``: compile the kernels for ``target`` here
+    (see :mod:`~tvm_mpq.passes.build_kernels`); ``False`` leaves them as ``call_tir`` PrimFuncs
+    carrying their ``target``, for :class:`BuildKernels` (or a caller that compiles with that
+    target) later. What each layer runs on is the module attribute ``mpq.lowered``
+    (:func:`lowered_layers`).
     """
 
-    def __init__(self, calibration: Calibration, target=None, kernel="auto", records=None):
+    def __init__(self, calibration: Calibration, target=None, kernel="auto", records=None, build: bool = True):
         if not isinstance(calibration, Calibration):
             raise TypeError(
                 f"LowerToKernels needs a tvm_mpq Calibration (from tvm_mpq.calibrate), got {type(calibration).__name__}"
@@ -216,29 +230,58 @@ class LowerToKernels:
         if not (kernel in ("auto", "predicted") or callable(kernel) or hasattr(kernel, "choose") or kernel in KERNELS):
             raise ValueError(f"kernel must be 'auto', 'predicted', a chooser, a callable or one of {sorted(KERNELS)}, got {kernel!r}")
         self.calibration = calibration
-        self.target = target
+        self.target = target if target is None or isinstance(target, Target) else parse_target(target)
         self.kernel = kernel
         self.records = _records(records)
-        self.choices: dict[str, list[str]] = {}
-        self.tuned: dict[str, list[dict]] = {}
+        self.build = bool(build)
 
     def transform_module(self, mod, ctx):
-        annotated = [gv for gv, f in mod.functions.items() if isinstance(f, relax.Function) and f.attrs and LAYER_ATTR in f.attrs]
+        annotated = [gv for gv, f in mod.functions.items() if isinstance(f, relax.Function) and f.attrs and KIND in f.attrs]
         if not annotated:
             return mod
-        target = parse_target(self.target) if self.target is not None else (Target.current(allow_none=True) or parse_target(None))
+        target = self.target if self.target is not None else (Target.current(allow_none=True) or parse_target(None))
+        target = parse_target(target)  # fills in what a bare Target may lack (host CPU for no -mcpu, num-cores)
+        if not x86.is_x86(target):
+            raise ValueError(f"target '{target_to_str(target)}' is not x86-64: tvm-mpq's kernels are x86 (AVX2, AVX-512 "
+                             "VNNI, AMX, bit-serial popcount); lower for an x86 target such as 'llvm -mcpu=haswell'")
         lowerer = _Lowerer(mod, self.calibration, target, self.kernel, self.records)
         for gv, func in list(mod.functions.items()):
             if isinstance(func, relax.Function) and gv not in annotated:
                 lowerer.builder_.update_func(gv, lowerer.visit_expr(func))
         result = lowerer.builder_.get()
-        for gv in annotated:
-            result = _remove(result, gv)
-        result = _schedule(result, lowerer.schedules)
-        self.choices = dict(lowerer.choices)
-        self.tuned = dict(lowerer.tuned)
-        logger.info("lowered %d layers to kernels (%d with tuned knobs)", len(lowerer.lowered), len(lowerer.tuned))
-        return result
+        result = with_functions(result, {gv: f for gv, f in result.functions.items() if gv not in annotated})
+        result = mark_kernels(result, lowerer.schedules, target)
+        result = result.with_attr(LOWERED, {**lowered_layers(mod), **lowerer.lowered})
+        tuned = sum(1 for entry in lowerer.lowered.values() if entry["knobs"])
+        logger.info("lowered %d layers to kernels for %s (%d with tuned knobs)", len(lowerer.lowered), target_to_str(target), tuned)
+        return build_kernels(result) if self.build else result
+
+
+def lowered_layers(mod) -> dict[str, dict]:
+    """What :class:`LowerToKernels` ran each layer of ``mod`` on: ``{layer: {"kernels": [kernel per
+    channel group: one call each], "groups": [[start, stop, w_bits], ...], "a_bits": n, "knobs": [the
+    tuning-record knobs taken]}}``
+    (empty for a module it did not lower)."""
+    if not mod.attrs or LOWERED not in mod.attrs:
+        return {}
+    return {str(layer): _plain(entry) for layer, entry in mod.attrs[LOWERED].items()}
+
+
+def _plain(value):
+    """A TVM Map / Array / string / number as plain Python."""
+    if hasattr(value, "items"):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (str, int, float, bool)):
+        return value
+    if hasattr(value, "__len__") and not hasattr(value, "value"):
+        return [_plain(v) for v in value]
+    text = str(value)
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return {"True": True, "False": False}.get(text, text)
 
 
 def _records(records):
@@ -253,10 +296,13 @@ def _records(records):
     return TuningDatabase(path)
 
 
-def _schedule(mod, schedules: dict):
-    """Apply each kernel's schedule to its PrimFunc and mark it opaque (no later fusion)."""
+def mark_kernels(mod, schedules: dict, target: Target):
+    """Apply each kernel's schedule (``{PrimFunc name: PrimFunc -> scheduled PrimFunc}``) and mark it
+    as TVM expects of a scheduled kernel: ``tir.is_scheduled``, the ``target`` it was scheduled for,
+    and the opaque op pattern that keeps ``FuseOps`` from fusing it with its neighbours."""
     if not schedules:
         return mod
+    tagged = kernel_target(codegen_target(target))
     funcs = {}
     for gv, func in mod.functions.items():
         schedule = schedules.get(gv.name_hint)
@@ -265,12 +311,6 @@ def _schedule(mod, schedules: dict):
                 func = schedule(func=func)
             except Exception as err:
                 raise RuntimeError(f"scheduling kernel {gv.name_hint} failed: {err}") from err
-            func = func.with_attr("op_pattern", 8)
+            func = func.with_attr(IS_SCHEDULED, True).with_attr(TARGET, tagged).with_attr(OP_PATTERN, OPAQUE)
         funcs[gv] = func
-    return tvm.IRModule(funcs, attrs=mod.attrs)
-
-
-def _remove(mod, gv):
-    funcs = {g: f for g, f in mod.functions.items() if not g.same_as(gv)}
-    new = tvm.IRModule(funcs, attrs=mod.attrs)
-    return new
+    return with_functions(mod, funcs)

@@ -4,15 +4,17 @@ After ``LegalizeOps`` + ``FuseOps`` + ``FuseTIR``, the glue between quantized la
 add + ReLU, pooling, concat, reshape) and any layer kept in float are unscheduled loop nests: one
 thread, whatever LLVM auto-vectorizes. This pass gives every root block of those functions a
 parallel outer loop (leading spatial loops fused until there are enough tasks); inner loops stay
-whole so that LLVM vectorizes them. Functions already scheduled (our kernels are marked ``op_pattern`` 8 = opaque) are
-left alone. A block the rule cannot handle stays as it was (logged at debug level).
+whole so that LLVM vectorizes them. Functions already scheduled (TVM's ``tir.is_scheduled``: our
+kernels, or anything a tuning database or dlight scheduled) are left alone; the functions it
+schedules get that attribute too. A block the rule cannot handle stays as it was (logged at debug level).
 """
 
 from __future__ import annotations
 
 import logging
 
-from tvm_mpq._tvm import Schedule, tirx, tvm
+from tvm_mpq._tvm import Schedule, tirx, tvm, with_functions
+from tvm_mpq.attrs import IS_SCHEDULED
 
 logger = logging.getLogger(__name__)
 
@@ -119,13 +121,13 @@ class ScheduleGeneric:
         for gv, func in mod.functions.items():
             if isinstance(func, tirx.PrimFunc) and not _is_scheduled(func):
                 try:
-                    func = schedule_function(func).with_attr("tvm_mpq.scheduled", True)
+                    func = schedule_function(func).with_attr(IS_SCHEDULED, True)
                 except Exception as err:
                     logger.debug("ScheduleGeneric: left %s unscheduled: %s", gv.name_hint, err)
             funcs[gv] = func
-        return tvm.IRModule(funcs, attrs=mod.attrs)
+        return with_functions(mod, funcs)
 
 
 def _is_scheduled(func) -> bool:
     attrs = func.attrs or {}
-    return int(attrs.get("op_pattern", -1)) == 8 or "tvm_mpq.scheduled" in attrs
+    return bool(attrs.get(IS_SCHEDULED, False))

@@ -223,3 +223,27 @@ def test_zero_range_activations_and_zero_weights(bits):
     assert np.ptp(y, axis=(2, 3)).max() == 0
     half_unit = float(sim.dead.out_scale.max()) / 2  # the dead layer's bias rounding, at most
     np.testing.assert_allclose(y, ref, rtol=0, atol=half_unit * 1.01 + 1e-6)
+
+
+def test_pipeline_inside_tvm_compile_with_phase_dumps(tmp_path, digits_net):
+    """``tvm_mpq.pipeline`` as the relax_pipeline of TVM's own compile (also registered with Relax):
+    the simulation's output, and ``mod.script()`` written after each phase on request."""
+    import tvm
+    from tvm import relax
+
+    model, inputs, net = digits_net
+    cal = tvm_mpq.calibrate(net, random_batches(inputs))
+    policy = mixed_policy(net)
+    x = random_batches(inputs, n=1, seed=7)[0]
+    with torch.no_grad():
+        want = tvm_mpq.simulate(model, policy, cal)(*x).numpy()
+    pipelines = [tvm_mpq.pipeline(policy, cal, dump_dir=tmp_path), relax.get_pipeline("tvm_mpq", policy=policy, calibration=cal)]
+    for pipeline in pipelines:
+        ex = tvm_mpq.CompiledModel(tvm.compile(net.mod, target="llvm", relax_pipeline=pipeline))
+        np.testing.assert_array_equal(ex.run(*x), want)
+    dumps = sorted(p.name for p in tmp_path.iterdir())
+    assert dumps == ["0-mpq.annotate.py", "1-mpq.lower.py", "2-tvm.lower.py"]
+    assert '"mpq.kind"' in (tmp_path / "0-mpq.annotate.py").read_text()
+    assert "call_dps_packed" in (tmp_path / "1-mpq.lower.py").read_text()
+    with pytest.raises(ValueError, match="needs a policy and a calibration"):
+        relax.get_pipeline("tvm_mpq")

@@ -48,6 +48,7 @@ __all__ = [
     "cpu_device",
     "tensor",
     "export_library",
+    "with_functions",
 ]
 
 
@@ -232,6 +233,12 @@ def _host_extra_features(mcpu: str) -> list[str]:
     flags = _cpuinfo_flags()
     base = Target({"kind": "llvm", "mcpu": mcpu})
     return [f"+{feat}" for flag, feat in _CPUINFO_FEATURES.items() if flag in flags and not codegen.llvm_cpu_has_features([feat], base)]
+
+
+def with_functions(mod, functions: dict):
+    """A module of ``functions`` that keeps ``mod``'s attributes and global infos (e.g. vdevices):
+    what a pass returns after adding or removing functions."""
+    return tvm.IRModule(functions, attrs=mod.attrs, global_infos=mod.global_infos)
 
 
 def cpu_device():

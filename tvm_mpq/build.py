@@ -10,9 +10,10 @@ from typing import Any
 
 import numpy as np
 
-from tvm_mpq._tvm import codegen_target, cpu_generic, export_library, parse_target, relax, tensor, tvm
+from tvm_mpq._tvm import codegen_target, export_library, parse_target, relax, tensor, tvm
 from tvm_mpq.frontend import Network
-from tvm_mpq.passes import AnnotateBitwidth, LowerPooling, LowerToKernels, ScheduleGeneric
+from tvm_mpq.passes import lowered_layers
+from tvm_mpq.pipeline import cpu_pipeline, pipeline
 from tvm_mpq.policy import QuantPolicy
 from tvm_mpq.quant.calibrate import Calibration
 
@@ -21,37 +22,15 @@ logger = logging.getLogger(__name__)
 
 def quantize_module(net: Network, policy: QuantPolicy, calibration: Calibration, target=None, kernel="auto", *, strict: bool = False,
                     records=None):
-    """The tvm-mpq phase of the pipeline: annotate, lower to integer kernels, then the stride-2 max
-    pools to :mod:`tvm_mpq.kernels.pool` (Relax -> Relax).
+    """The tvm-mpq phases of :func:`tvm_mpq.pipeline` (annotate, lower to our kernels compiled for
+    ``target``), Relax to Relax, for a pipeline of the caller's own.
 
     ``strict``: refuse a model with convolutions / matmuls no integer kernel implements instead of
     running them in float with a warning (see :class:`AnnotateBitwidth`). ``records``: tuning
-    records whose knobs the kernels take (see :class:`LowerToKernels`)."""
-    return _quantize(net, policy, calibration, target, kernel, strict, records)[0]
-
-
-def _quantize(net, policy, calibration, target, kernel, strict=False, records=None):
-    lower = LowerToKernels(calibration=calibration, target=target, kernel=kernel, records=records)
-    annotate = AnnotateBitwidth(policy, strict=strict, float_layers=True)  # float conv/dense: the fp32 kernel
-    seq = tvm.transform.Sequential([annotate, lower, LowerPooling()], name="tvm_mpq.Quantize")
-    return seq(net.mod), lower.choices, lower.tuned
-
-
-def cpu_pipeline(target):
-    """TVM's CPU pipeline with :class:`ScheduleGeneric` after fusion (TVM leaves those loops serial)."""
-    @tvm.transform.module_pass(opt_level=0, name="tvm_mpq.CPUPipeline")
-    def _pipeline(mod, _ctx):
-        with target:
-            seq = tvm.transform.Sequential(
-                cpu_generic.library_dispatch_passes(target)
-                + cpu_generic.legalize_passes(target)
-                + [ScheduleGeneric()]
-                + cpu_generic.dataflow_lower_passes(target)
-                + cpu_generic.finalize_passes(target)
-            )
-            return seq(mod)
-
-    return _pipeline
+    records whose knobs the kernels take (see :class:`LowerToKernels`). What each layer runs on:
+    :func:`tvm_mpq.passes.lowered_layers` of the result."""
+    seq = pipeline(policy, calibration, parse_target(target), kernel=kernel, records=records, strict=strict, tvm_phase=False)
+    return seq(net.mod)
 
 
 class CompiledModel:
@@ -156,16 +135,17 @@ def build(
     target's default tile where there is none; ``tuned`` on the returned model lists them.
     """
     tgt = parse_target(target)
-    mod, choices, tuned = _quantize(net, policy, calibration, tgt, kernel, strict, records)
+    mod = quantize_module(net, policy, calibration, tgt, kernel, strict=strict, records=records)
     relax_pipeline = cpu_pipeline(tgt) if pipeline == "mpq" else pipeline
     ex = tvm.compile(mod, target=codegen_target(tgt), relax_pipeline=relax_pipeline)
-    kernels = {layer.name: choices.get(layer.name, ["float"]) for layer in net.layers}
+    lowered = lowered_layers(mod)
+    kernels = {layer.name: lowered[layer.name]["kernels"] if layer.name in lowered else ["float"] for layer in net.layers}
     float_layers = [name for name, k in kernels.items() if k == ["float"]]
     if float_layers:
         logger.info("layers on TVM's generic float path (no tuned kernel): %s", ", ".join(float_layers))
     model = CompiledModel(ex, tgt)
     model.kernels = kernels
-    model.tuned = tuned
+    model.tuned = {name: entry["knobs"] for name, entry in lowered.items() if entry["knobs"]}
     return model
 
 

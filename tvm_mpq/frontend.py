@@ -3,16 +3,27 @@
 ``import_torch`` folds BatchNorm into the preceding convolutions (:mod:`tvm_mpq.quant.fold`),
 exports with ``torch.export`` and converts with TVM's ``from_exported_program``. Weights end up as
 **constants** in ``net.mod`` (what a lowering pass needs to quantize and bit-pack them at compile
-time). Every conv2d / linear whose weight is a model parameter is bound to a Relax variable named
-after the torch module (``layer1.0.conv1``), and the module carries the list of layer names in its
-``mpq.layers`` attribute: that is how :class:`~tvm_mpq.passes.AnnotateBitwidth` finds layers, so
-run it on ``net.mod`` or after passes that keep binding names (all ``relax.transform`` passes that
-do not rewrite convolutions do).
+time). Every conv2d / linear whose weight is a model parameter is outlined, with its bias add,
+into a private Relax function whose ``mpq.layer`` attribute names the torch module
+(``layer1.0.conv1``), the way ``FuseOpsByPattern`` marks composite functions::
+
+    @R.function(private=True)
+    def layer_layer1_0_conv1(x: R.Tensor((1, 64, 56, 56), "float32")) -> R.Tensor(...):
+        R.func_attr({"mpq.layer": "layer1.0.conv1"})
+        with R.dataflow():
+            lv = R.nn.conv2d(x, metadata["ir.GenericConst"][0], padding=[1, 1, 1, 1])
+            gv = R.add(lv, metadata["ir.GenericConst"][1])
+            R.output(gv)
+        return gv
+
+That is how :class:`~tvm_mpq.passes.AnnotateBitwidth` finds layers: by the attribute on the
+called function, whatever other passes do to variable names and bindings in ``main``.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import warnings
 from dataclasses import dataclass, field
 from typing import Any, Sequence
@@ -23,6 +34,7 @@ from torch import nn
 
 from tvm_mpq._tvm import Constant, from_exported_program, relax, tensor, tvm
 from tvm_mpq.kernels.spec import ConvSpec, DenseSpec
+from tvm_mpq.attrs import LAYER
 from tvm_mpq.quant.fold import fold_batchnorm
 from tvm_mpq.quant.qparams import MAX_REDUCTION
 
@@ -30,7 +42,6 @@ logger = logging.getLogger(__name__)
 # torch 2.13's own export code trips its LeafSpec deprecation; nothing a user can act on.
 warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*", category=FutureWarning)
 
-LAYERS_ATTR = "mpq.layers"
 SUPPORTED_KINDS = ("conv2d", "depthwise_conv2d", "dense")
 #: Compute ops that have no integer kernel at all (they always run in float).
 FLOAT_COMPUTE_OPS = (
@@ -141,6 +152,8 @@ class Network:
     #: it came from and its value (what :meth:`with_weights` rebinds).
     _unbound: Any = field(default=None, repr=False)
     _weights: list = field(default_factory=list, repr=False)
+    #: The names of the layer bindings in ``_unbound`` (outlined once the weights are bound).
+    _names: list = field(default_factory=list, repr=False)
 
     def __post_init__(self) -> None:
         self._by_name = {layer.name: layer for layer in self.layers}
@@ -158,9 +171,10 @@ class Network:
             raise ValueError(f"with_weights needs {type(self.model).__name__} with the same parameters and shapes; "
                              f"got {type(model).__name__} (import it with tvm_mpq.import_torch)")
         values = [tensor(state[key].detach().contiguous().numpy()) if key is not None else value for key, value in self._weights]
-        mod = relax.transform.FoldConstant()(_bind(self._unbound, values, len(self.example_inputs)))
-        return Network(mod=mod, layers=_layer_table(mod["main"]), model=model.eval(), example_inputs=self.example_inputs,
-                       _unbound=self._unbound, _weights=[(key, v) for (key, _), v in zip(self._weights, values)])
+        mod = _finish(self._unbound, values, len(self.example_inputs), self._names)
+        return Network(mod=mod, layers=_layer_table(mod), model=model.eval(), example_inputs=self.example_inputs,
+                       _unbound=self._unbound, _weights=[(key, v) for (key, _), v in zip(self._weights, values)],
+                       _names=self._names)
 
     def layer(self, name: str) -> LayerInfo:
         try:
@@ -271,15 +285,15 @@ class _LayerNamer(relax.PyExprMutator):
 
 
 def float_ops(func) -> list[tuple[str, str]]:
-    """``(name, reason)`` of every convolution / matmul of ``func`` that is not a quantizable layer:
-    no policy can quantize these, they run in float (a transposed or 1-D/3-D convolution, a
-    matmul of two activations, a second use of a shared weight)."""
-    layers = set(func.attrs[LAYERS_ATTR]) if func.attrs and LAYERS_ATTR in func.attrs else set()
+    """``(name, reason)`` of every convolution / matmul of ``func`` (the main function) that is not a
+    quantizable layer (layers are outlined into their own functions): no policy can quantize these,
+    they run in float (a transposed or 1-D/3-D convolution, a matmul of two activations, a second
+    use of a shared weight)."""
     found = []
     for block in func.body.blocks:
         for binding in block.bindings:
             call = binding.value
-            if not isinstance(call, relax.Call) or not isinstance(call.op, tvm.ir.Op) or binding.var.name in layers:
+            if not isinstance(call, relax.Call) or not isinstance(call.op, tvm.ir.Op):
                 continue
             op = call.op.name
             short = op.rsplit(".", 1)[-1]
@@ -338,38 +352,61 @@ def _check_static(func, model_name: str) -> None:
             )
 
 
-def _layer_table(func) -> list[LayerInfo]:
-    names = set(func.attrs[LAYERS_ATTR]) if func.attrs and LAYERS_ATTR in func.attrs else set()
-    biased = _bias_added(func, names)
-    layers: list[LayerInfo] = []
-    for block in func.body.blocks:
+def layer_function_name(layer: str) -> str:
+    """The private Relax function :func:`import_torch` outlines ``layer`` into."""
+    return "layer_" + re.sub(r"[^0-9a-zA-Z_]", "_", layer)
+
+
+def layer_functions(mod) -> dict:
+    """``{GlobalVar: Function}`` of the functions that compute a layer (attribute ``mpq.layer``)."""
+    return {gv: f for gv, f in mod.functions.items() if isinstance(f, relax.Function) and f.attrs and LAYER in f.attrs}
+
+
+def layer_calls(mod) -> list[tuple[Any, Any, Any]]:
+    """``(binding, GlobalVar, Function)`` of every call of ``main`` to a layer function, in order."""
+    funcs = layer_functions(mod)
+    calls = []
+    for block in mod["main"].body.blocks:
         for binding in block.bindings:
-            var, call = binding.var, binding.value
-            if var.name not in names or not isinstance(call, relax.Call):
-                continue
-            x, w = call.args[0], call.args[1]
-            in_shape, out_shape = _shape(x), _shape(var)
-            if call.op.name == "relax.nn.conv2d":
-                weight_shape = _shape(w)
-                spec = conv_spec(in_shape, weight_shape, call.attrs)
-                kind = spec.kind
-            else:  # matmul(x, W^T): the torch weight is [O, K]
-                kt, o = _shape(w)
-                weight_shape = (o, kt)
-                spec = DenseSpec(batch=in_shape[0], in_features=kt, out_features=o)
-                kind = "dense"
-            layers.append(
-                LayerInfo(
-                    name=var.name,
-                    index=len(layers),
-                    kind=kind,
-                    in_shape=in_shape,
-                    out_shape=out_shape,
-                    weight_shape=weight_shape,
-                    has_bias=var.name in biased,
-                    spec=spec,
-                )
-            )
+            call = binding.value
+            if isinstance(call, relax.Call) and isinstance(call.op, relax.GlobalVar) and call.op in funcs:
+                calls.append((binding, call.op, funcs[call.op]))
+    return calls
+
+
+def layer_op(func):
+    """``(conv2d / matmul call, bias constant or None)`` of a layer function's body: the op is the
+    binding that reads the function's first parameter, the bias an ``add`` of a constant after it."""
+    bindings = [b for block in func.body.blocks for b in block.bindings]
+    x = func.params[0]
+    op = next(b for b in bindings if isinstance(b.value, relax.Call) and b.value.args and b.value.args[0].same_as(x))
+    bias = None
+    for b in bindings:
+        if is_op(b.value, "relax.add"):
+            consts = [a for a in b.value.args if isinstance(a, Constant)]
+            if consts and any(a.same_as(op.var) for a in b.value.args):
+                bias = consts[0]
+    return op.value, bias
+
+
+def _layer_table(mod) -> list[LayerInfo]:
+    layers: list[LayerInfo] = []
+    for binding, _, func in layer_calls(mod):
+        name = str(func.attrs[LAYER])
+        call, bias = layer_op(func)
+        x, w = binding.value.args[0], call.args[1]
+        in_shape, out_shape = _shape(x), _shape(binding.var)
+        if call.op.name == "relax.nn.conv2d":
+            weight_shape = _shape(w)
+            spec = conv_spec(in_shape, weight_shape, call.attrs)
+            kind = spec.kind
+        else:  # matmul(x, W^T): the torch weight is [O, K]
+            kt, o = _shape(w)
+            weight_shape = (o, kt)
+            spec = DenseSpec(batch=in_shape[0], in_features=kt, out_features=o)
+            kind = "dense"
+        layers.append(LayerInfo(name=name, index=len(layers), kind=kind, in_shape=in_shape, out_shape=out_shape,
+                                weight_shape=weight_shape, has_bias=bias is not None, spec=spec))
     return layers
 
 
@@ -410,17 +447,24 @@ def import_torch(model: nn.Module, example_inputs: Sequence[torch.Tensor]) -> Ne
     }
     namer = _LayerNamer(mod, param_modules)
     main = namer.visit_expr(mod["main"])
-    mod["main"] = main.with_attr(LAYERS_ATTR, list(namer.named))
+    mod["main"] = main
     sig = exported.graph_signature
     sources = {**sig.inputs_to_parameters, **sig.inputs_to_buffers}
     state = folded.state_dict()
     keys = [sources.get(p.name) for p in mod["main"].params[len(example_inputs):]]
     weights = [(key if key in state else None, v) for key, v in zip(keys, params["main"])]
     unbound = mod
-    mod = relax.transform.FoldConstant()(_bind(mod, params["main"], len(example_inputs)))
-    layers = _layer_table(mod["main"])
+    names = list(namer.named)
+    mod = _finish(mod, params["main"], len(example_inputs), names)
+    layers = _layer_table(mod)
     logger.info("imported %s: %d quantizable layers, %.1f MMAC", type(model).__name__, len(layers), sum(l.macs for l in layers) / 1e6)
-    return Network(mod=mod, layers=layers, model=folded, example_inputs=example_inputs, _unbound=unbound, _weights=weights)
+    return Network(mod=mod, layers=layers, model=folded, example_inputs=example_inputs, _unbound=unbound, _weights=weights,
+                   _names=names)
+
+
+def _finish(unbound, values, num_inputs: int, names: list[str]):
+    """The imported module: weights bound as constants, folded, each layer outlined."""
+    return _outline_layers(relax.transform.FoldConstant()(_bind(unbound, values, num_inputs)), names)
 
 
 def _bind(mod, values, num_inputs: int):
@@ -437,15 +481,88 @@ def _bind(mod, values, num_inputs: int):
     return mod
 
 
-def _bias_added(func, layer_names: set[str]) -> set[str]:
-    """The layers whose output has a constant (their bias) added."""
-    flags = set()
-    for block in func.body.blocks:
-        for binding in block.bindings:
+def _bias_add(value, layer_var, kind: str, out_channels: int) -> bool:
+    """Is ``value`` ``add(layer_var, const)`` (either order) with a per-output-channel constant?"""
+    if not is_op(value, "relax.add"):
+        return False
+    a, b = value.args
+    other = b if a.same_as(layer_var) else a if b.same_as(layer_var) else None
+    if not isinstance(other, Constant):
+        return False
+    o = out_channels
+    allowed = ((o,), (1, o)) if kind == "dense" else ((1, o, 1, 1), (o, 1, 1))
+    return _shape(other) in allowed
+
+
+def _uses(func) -> dict:
+    counts: dict = {}
+
+    def visit(expr):
+        if isinstance(expr, relax.Var):
+            counts[expr] = counts.get(expr, 0) + 1
+
+    relax.analysis.post_order_visit(func.body, visit)
+    return counts
+
+
+@relax.expr_functor.mutator
+class _LayerOutliner(relax.PyExprMutator):
+    """Outlines each named layer binding of ``main`` (and its bias add, when that is the layer
+    output's only use) into a private function carrying ``mpq.layer``."""
+
+    def __init__(self, mod, names: list[str]):
+        super().__init__(mod)
+        func = mod["main"]
+        uses = _uses(func)
+        bindings = [b for block in func.body.blocks for b in block.bindings]
+        self.plan: dict[str, tuple] = {}  # var name of the last binding -> (layer binding, bias binding or None)
+        self.inner: set[str] = set()  # layer bindings folded into a later one
+        for i, binding in enumerate(bindings):
+            if binding.var.name not in names:
+                continue
             call = binding.value
-            if is_op(call, "relax.add"):
-                a, b = call.args
-                for var, other in ((a, b), (b, a)):
-                    if isinstance(var, relax.Var) and var.name in layer_names and isinstance(other, Constant):
-                        flags.add(var.name)
-    return flags
+            out_channels = _shape(binding.var)[1] if len(_shape(binding.var)) > 1 else 0
+            kind = "dense" if is_op(call, "relax.matmul") else "conv2d"
+            bias = None
+            if uses.get(binding.var, 0) == 1:
+                bias = next((b for b in bindings[i + 1:] if _bias_add(b.value, binding.var, kind, out_channels)), None)
+            if bias is None:
+                self.plan[binding.var.name] = (binding, None)
+            else:
+                self.plan[bias.var.name] = (binding, bias)
+                self.inner.add(binding.var.name)
+
+    def visit_var_binding_(self, binding) -> None:
+        if binding.var.name in self.inner:
+            return  # emitted inside the layer function, with its bias add
+        entry = self.plan.get(binding.var.name)
+        if entry is None:
+            super().visit_var_binding_(binding)
+            return
+        layer_binding, bias_binding = entry
+        name = layer_binding.var.name
+        call = layer_binding.value
+        x = self.visit_expr(call.args[0])
+        param = relax.Var("x", x.ty)
+        bb = relax.BlockBuilder()
+        fname = layer_function_name(name)
+        with bb.function(fname, [param], attrs={LAYER: name}, private=True):
+            with bb.dataflow():
+                y = bb.emit(relax.Call(call.op, [param, *call.args[1:]], call.attrs, call.ty_args))
+                if bias_binding is not None:
+                    a, b = bias_binding.value.args
+                    y = bb.emit(relax.op.add(*([y, b] if a.same_as(layer_binding.var) else [a, y])))
+                out = bb.emit_output(y)
+            bb.emit_func_output(out)
+        gvar = self.builder_.add_func(bb.get()[fname], fname)
+        new_var = _LayerNamer._copy_var(binding.var, binding.var.name)
+        self.builder_.emit_normalized(relax.VarBinding(new_var, self.builder_.normalize(relax.Call(gvar, [x]))))
+        self.set_var_remap(binding.var, new_var)
+
+
+def _outline_layers(mod, names: list[str]):
+    outliner = _LayerOutliner(mod, names)
+    main = outliner.visit_expr(mod["main"])
+    result = outliner.builder_.get()
+    result["main"] = main
+    return result

@@ -5,7 +5,8 @@ import torch
 import tvm_mpq
 from tvm_mpq._tvm import parse_target, relax, tvm
 from tvm_mpq.kernels import x86
-from tvm_mpq.passes import AnnotateBitwidth, LowerToKernels
+from tvm_mpq.attrs import IS_SCHEDULED, KIND, LAYER, TARGET
+from tvm_mpq.passes import AnnotateBitwidth, LowerToKernels, lowered_layers
 from tests.conftest import mixed_policy, random_batches
 
 
@@ -17,10 +18,20 @@ def test_lowering_replaces_every_quantized_layer(digits_net):
     _, inputs, net = digits_net
     policy = mixed_policy(net)
     cal = tvm_mpq.calibrate(net, random_batches(inputs))
-    mod = tvm.transform.Sequential([AnnotateBitwidth(policy), LowerToKernels(calibration=cal)])(net.mod)
-    # no outlined layer functions remain, one kernel per layer (two for the grouped one)
-    assert [gv.name_hint for gv, f in mod.functions.items() if isinstance(f, relax.Function)] == ["main"]
+    mod = tvm.transform.Sequential([AnnotateBitwidth(policy), LowerToKernels(calibration=cal, build=False)])(net.mod)
+    # no annotated layer functions remain (only the import functions of float layers), one kernel
+    # per layer (two for the grouped one), each scheduled for the host and saying so
+    funcs = {gv.name_hint: f for gv, f in mod.functions.items() if isinstance(f, relax.Function)}
+    resolved = policy.validate(net)
+    assert {str(f.attrs[LAYER]) for n, f in funcs.items() if n != "main"} == {n for n, b in resolved.items() if b.is_float}
+    assert not any(KIND in (f.attrs or {}) for f in funcs.values())
     kernels = _call_tir_kernels(mod)
+    host = parse_target(None)
+    for gv, f in mod.functions.items():
+        if not isinstance(f, relax.Function):
+            assert bool(f.attrs[IS_SCHEDULED]) and str(f.attrs[TARGET].attrs["mcpu"]) == str(host.attrs["mcpu"])
+            assert str(f.attrs[TARGET].host.attrs["mcpu"]) == str(host.attrs["mcpu"])  # its host: itself, kept by MakePackedAPI
+    assert set(lowered_layers(mod)) == {n for n, b in resolved.items() if not b.is_float}
     grouped = [n for n, b in policy.layers.items() if b.groups]
     for layer in net.layers:
         mine = [k for k in kernels if layer.name.replace(".", "_") in k]
@@ -127,11 +138,13 @@ def test_float_layers_lower_to_the_fp32_kernel_with_their_fusion():
     net = tvm_mpq.import_torch(model, inputs)
     policy = tvm_mpq.QuantPolicy({}, default=tvm_mpq.LayerBits(32, 32))
     cal = tvm_mpq.calibrate(net, [inputs])
-    lower = LowerToKernels(calibration=cal)
+    lower = LowerToKernels(calibration=cal, build=False)
     mod = tvm.transform.Sequential([AnnotateBitwidth(policy, float_layers=True), lower])(net.mod)
     kernels = {gv.name_hint: f for gv, f in mod.functions.items() if not isinstance(f, relax.Function)}
-    assert len(kernels) == len(net.layers) and lower.choices == {l.name: ["fp32"] for l in net.layers}
-    assert all(int(f.attrs["op_pattern"]) == 8 and str(f.attrs["mpq.kernel"]) == "fp32" for f in kernels.values())
+    assert len(kernels) == len(net.layers)
+    assert {name: entry["kernels"] for name, entry in lowered_layers(mod).items()} == {l.name: ["fp32"] for l in net.layers}
+    assert all(bool(f.attrs[IS_SCHEDULED]) and int(f.attrs["op_pattern"]) == 8 and str(f.attrs["mpq.kernel"]) == "fp32"
+               for f in kernels.values())
     # x, weights, bias, [residual], out: the blocks' last convs take the shortcut
     assert any(len(f.params) == 5 for f in kernels.values())
     main_ops = set()
@@ -171,3 +184,34 @@ def test_kernels_take_the_knobs_of_the_fastest_tuning_record(digits_net, tmp_pat
         np.testing.assert_array_equal(tuned.run(x), default.run(x))  # another schedule, the same integers
     with pytest.raises(FileNotFoundError, match="tvm-mpq tune"):
         LowerToKernels(calibration=cal, records=tmp_path / "missing.jsonl")
+
+
+def test_structural_annotated_layer_becomes_kernel_calls():
+    """TVMScript Before (an annotated conv + bias + ReLU in two channel groups of 2 and 4 bits) ->
+    LowerToKernels for an AVX2 target: main calls one compiled kernel per group by symbol with
+    (x, packed weights, integer bias, output scale, dead bias), the ReLU fused into each, then
+    joins them; the annotated function is gone; mpq.lowered says what ran it. The constants'
+    values are the kernel tests' business (exact against NumPy), so Expected takes them from the call."""
+    from tvm.script import ir as I, relax as R
+
+    from tests.passes.test_annotate_bitwidth import ConvReluAnnotated
+    from tvm_mpq.quant.calibrate import Calibration
+
+    after = LowerToKernels(calibration=Calibration(ranges={"conv": (-1.0, 1.0)}), target="llvm -mcpu=haswell",
+                           kernel="int8_avx2")(ConvReluAnnotated)
+    assert [gv.name_hint for gv in after.functions] == ["main"] and len(after.attrs["external_mods"]) == 1
+    c = [a for b in after["main"].body.blocks[0].bindings[:2] for a in b.value.args[1].fields[1:]]
+
+    @I.ir_module
+    class Expected:
+        @R.function
+        def main(x: R.Tensor((1, 2, 8, 8), "float32")) -> R.Tensor((1, 4, 8, 8), "float32"):
+            with R.dataflow():
+                lv = R.call_dps_packed("mpq_conv2d_conv_int8_avx2_w2a4", (x, c[0], c[1], c[2], c[3]), out_ty=R.Tensor((1, 2, 8, 8), "float32"))
+                lv1 = R.call_dps_packed("mpq_conv2d_conv_int8_avx2_w4a4", (x, c[4], c[5], c[6], c[7]), out_ty=R.Tensor((1, 2, 8, 8), "float32"))
+                z = R.concat((lv, lv1), axis=1)
+                R.output(z)
+            return z
+
+    tvm.ir.assert_structural_equal(after["main"], Expected["main"])
+    assert lowered_layers(after) == {"conv": {"kernels": ["int8_avx2", "int8_avx2"], "groups": [[0, 2, 2], [2, 4, 4]], "a_bits": 4, "knobs": []}}

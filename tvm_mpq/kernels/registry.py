@@ -17,7 +17,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from tvm_mpq._tvm import Schedule, Target
+from tvm_mpq._tvm import Schedule, Target, target_features, target_to_str
 from tvm_mpq.kernels import amx, bitserial, bitserial_x86, int8, x86
 from tvm_mpq.quant.packing import pack_bits
 from tvm_mpq.quant.qparams import WeightQuant
@@ -37,6 +37,8 @@ class KernelImpl:
     description: str = ""
     #: scheduled PrimFunc -> PrimFunc, for what a schedule cannot express (AMX tile configuration)
     finalize: Optional[Callable] = None
+    #: LLVM features (of ``tvm_mpq._tvm.FEATURES``) the kernel's code uses, named when a target lacks them
+    requires: tuple[str, ...] = ()
 
 
 def apply_schedule(func, schedule: Callable, knobs=None, finalize: Optional[Callable] = None):
@@ -103,6 +105,7 @@ register_kernel(
         schedule=x86.schedule_int8_conv,
         available=x86.has_vnni,
         description="u8 x s8 bytes tensorized to AVX-512 VNNI vpdpbusd (any w/a bits <= 8)",
+        requires=("avx512vnni", "avx512bw"),
     )
 )
 
@@ -119,6 +122,7 @@ register_kernel(
         prepare=_prepare_int8_avx2,
         schedule=functools.partial(x86.schedule_int8_conv, lanes=int8.AVX2),
         available=x86.has_avx2_only,
+        requires=("avx2",),
         description="int16 codes x int16 levels tensorized to AVX2 vpmaddwd (exact at any w/a bits <= 8; targets without VNNI)",
     )
 )
@@ -161,6 +165,7 @@ register_kernel(
         schedule=_schedule_amx,
         available=lambda target: amx.has_amx(target) and x86.has_vnni(target),
         description="s8 x u8 bytes on AMX tiles (tdpbsud, 16x16x64 per instruction; any w/a bits <= 8); dense on VNNI",
+        requires=("amx-tile", "amx-int8", "avx512vnni", "avx512bw"),
         finalize=amx.finalize_amx,
     )
 )
@@ -225,7 +230,13 @@ def resolve_kernel(kernel, kind: str, w_bits: int, a_bits: int, target: Target, 
     impl = get_kernel(name)
     if not impl.available(target):
         where = f"layer '{layer}': " if layer else ""
-        raise ValueError(f"{where}kernel '{impl.name}' is not available on {target}; choose another kernel")
+        features = target_features(target)
+        missing = [f for f in impl.requires if not features.get(f, False)]
+        here = f"target '{target_to_str(target)}'"
+        why = f"needs {', '.join(missing)}, which {here} lacks" if missing else f"is not offered on {here} ({impl.description})"
+        runs = ", ".join(offered(kind, target)) or "none"
+        raise ValueError(f"{where}kernel '{impl.name}' {why}; kernels this target runs: {runs}. Use kernel='auto' "
+                         "(it picks one of those) or a target with the features the kernel needs")
     return impl
 
 
