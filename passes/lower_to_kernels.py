@@ -40,8 +40,9 @@ from functools import partial
 import numpy as np
 
 from tvm_mpq._tvm import Constant, Target, codegen_target, parse_target, relax, target_to_str, tvm, with_functions
-from tvm_mpq.attrs import A_BITS, GROUPS, IS_SCHEDULED, KERNEL, KIND, LAYER, LOWERED, OP_PATTERN, OPAQUE, TARGET, W_BITS
+from tvm_mpq.attrs import A_BITS, GROUPS, IS_SCHEDULED, KERNEL, KIND, LAYER, LOWERED, OP_PATTERN, OPAQUE, OUT_CODES, TARGET, W_BITS
 from tvm_mpq.kernels import bitserial, fp32, x86
+from tvm_mpq.kernels.bitserial import Codes
 from tvm_mpq.kernels.registry import KERNELS, apply_schedule, resolve_kernel, schedule_kernel
 from tvm_mpq.kernels.spec import DenseSpec, group_spec
 from tvm_mpq.frontend import conv_spec, is_op
@@ -114,13 +115,13 @@ class _Lowerer(relax.PyExprMutator):
         return default_knobs(spec, kernel, self.target)
 
     def visit_call_(self, call):
-        call = super().visit_call_(call)
-        if not isinstance(call.op, relax.GlobalVar):
-            return call
-        func = self.mod_[call.op]
+        func = self.mod_[call.op] if isinstance(call.op, relax.GlobalVar) else None
         if not isinstance(func, relax.Function) or not func.attrs or KIND not in func.attrs:
-            return call
-        return self._lower(call.args[0], call.args[1] if len(call.args) > 1 else None, func)
+            return super().visit_call_(call)
+        # the arguments, not the call: an input may now be the previous layer's codes (uint8), which
+        # the annotated function's float parameter would refuse
+        args = [self.visit_expr(a) for a in call.args]
+        return self._lower(args[0], args[1] if len(args) > 1 else None, func)
 
     def _lower(self, x, residual, func):
         name = str(func.attrs[LAYER])
@@ -132,6 +133,9 @@ class _Lowerer(relax.PyExprMutator):
             return self._lower_float(x, residual, func, name, kind)
         layer_call, w, bias, act = _parse_layer(func)
         out = act or "float"
+        if OUT_CODES in func.attrs:  # integer dataflow: write the next layer's codes (PlanIntegerDataflow)
+            consumer = func.attrs[OUT_CODES]
+            out = Codes(out, self.calibration.act_quant(str(consumer["layer"]), int(consumer["a_bits"])))
         fused = {} if residual is None else {"residual": residual}
         in_shape = tuple(int(d) for d in x.ty.shape)
         aq = self.calibration.act_quant(name, a_bits)
@@ -158,6 +162,8 @@ class _Lowerer(relax.PyExprMutator):
             raise ValueError(f"layer '{name}': no integer kernel for {kind}; keep it float (w_bits=a_bits=32)")
         parts = []
         if len(groups) > 1 and residual is not None:
+            if isinstance(out, Codes):
+                raise ValueError(f"layer '{name}': channel groups with a fused residual add cannot write codes (see PlanIntegerDataflow)")
             fused, out = {}, "float"  # the residual is added (and the activation applied) after the concat
         for start, stop, bits in groups:
             gspec = group_spec(spec, stop - start)

@@ -6,7 +6,8 @@ Function attributes (on Relax functions and PrimFuncs):
   every quantizable conv2d / linear (with its bias) into a private Relax function carrying it, so a
   layer is found by this attribute and not by a variable name that other passes may change.
 * :data:`KIND`, :data:`A_BITS`, :data:`GROUPS`: set by ``AnnotateBitwidth`` on the function it
-  outlines for a layer it quantizes (its conv/matmul, bias, fused residual add and activation).
+  outlines for a layer it quantizes (its conv/matmul, bias, fused residual add and activation);
+  :data:`OUT_CODES` by ``PlanIntegerDataflow`` on those that hand the next layer its codes.
 * :data:`KERNEL`, :data:`W_BITS` on the PrimFuncs ``LowerToKernels`` emits; with them TVM's own
   :data:`TARGET` (the target the kernel was generated and scheduled for, its host set to itself so
   that TVM's ``MakePackedAPI`` keeps it) and :data:`IS_SCHEDULED` (TVM's "leave my schedule alone").
@@ -28,6 +29,9 @@ KIND = "mpq.kind"
 A_BITS = "mpq.a_bits"
 #: ``[[start, stop, w_bits], ...]`` channel groups of an annotated layer function.
 GROUPS = "mpq.groups"
+#: On an annotated layer function: ``{"layer": name, "a_bits": n}`` of the next layer whose
+#: activation codes its kernels write instead of floats (``PlanIntegerDataflow``).
+OUT_CODES = "mpq.out_codes"
 #: PrimFunc attribute: the registered kernel it implements (``int8``, ``amx``, ``fp32``, ``max_pool2d`` ...).
 KERNEL = "mpq.kernel"
 #: PrimFunc attribute: weight bits of the channel group the kernel computes.

@@ -21,15 +21,17 @@ logger = logging.getLogger(__name__)
 
 
 def quantize_module(net: Network, policy: QuantPolicy, calibration: Calibration, target=None, kernel="auto", *, strict: bool = False,
-                    records=None):
+                    records=None, integer_dataflow: bool = True):
     """The tvm-mpq phases of :func:`tvm_mpq.pipeline` (annotate, lower to our kernels compiled for
     ``target``), Relax to Relax, for a pipeline of the caller's own.
 
     ``strict``: refuse a model with convolutions / matmuls no integer kernel implements instead of
     running them in float with a warning (see :class:`AnnotateBitwidth`). ``records``: tuning
-    records whose knobs the kernels take (see :class:`LowerToKernels`). What each layer runs on:
-    :func:`tvm_mpq.passes.lowered_layers` of the result."""
-    seq = pipeline(policy, calibration, parse_target(target), kernel=kernel, records=records, strict=strict, tvm_phase=False)
+    records whose knobs the kernels take (see :class:`LowerToKernels`). ``integer_dataflow``: layers
+    hand the next layer its activation codes (see :class:`PlanIntegerDataflow`). What each layer
+    runs on: :func:`tvm_mpq.passes.lowered_layers` of the result."""
+    seq = pipeline(policy, calibration, parse_target(target), kernel=kernel, records=records, strict=strict,
+                   integer_dataflow=integer_dataflow, tvm_phase=False)
     return seq(net.mod)
 
 
@@ -118,7 +120,7 @@ def _flatten(out) -> list[np.ndarray]:
 
 def build(
     net: Network, policy: QuantPolicy, calibration: Calibration, target=None, *, pipeline: str = "mpq", kernel="predicted",
-    strict: bool = False, records=None,
+    strict: bool = False, records=None, integer_dataflow: bool = True,
 ) -> CompiledModel:
     """Annotate + lower + ``tvm.compile``. ``target``: ``"llvm -mcpu=znver5"``, a dict, a Target or None (host).
 
@@ -133,9 +135,12 @@ def build(
     ``records``: tuning records (a ``TuningDatabase`` or a path, from ``tvm-mpq tune``): each
     kernel takes the schedule knobs of the fastest record for its shape, bits and target, the
     target's default tile where there is none; ``tuned`` on the returned model lists them.
+    ``integer_dataflow`` (default on): a quantized layer whose only consumer is a quantized layer
+    writes that layer's uint8 activation codes instead of floats (the same integers: see
+    :class:`~tvm_mpq.passes.PlanIntegerDataflow`).
     """
     tgt = parse_target(target)
-    mod = quantize_module(net, policy, calibration, tgt, kernel, strict=strict, records=records)
+    mod = quantize_module(net, policy, calibration, tgt, kernel, strict=strict, records=records, integer_dataflow=integer_dataflow)
     relax_pipeline = cpu_pipeline(tgt) if pipeline == "mpq" else pipeline
     ex = tvm.compile(mod, target=codegen_target(tgt), relax_pipeline=relax_pipeline)
     lowered = lowered_layers(mod)

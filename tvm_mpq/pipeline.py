@@ -9,8 +9,10 @@ Phases, in order (each a ``tvm.transform.Sequential`` named after it; a disabled
 ``mpq.annotate``
     :class:`~tvm_mpq.passes.AnnotateBitwidth`: the policy's bits on each layer function.
 ``mpq.lower``
-    :class:`~tvm_mpq.passes.LowerToKernels` and :class:`~tvm_mpq.passes.LowerPooling`: layers and
-    stride-2 max pools on our kernels, scheduled and compiled for the kernels' target.
+    :class:`~tvm_mpq.passes.PlanIntegerDataflow` (unless ``integer_dataflow=False``: layers hand
+    the next layer its activation codes), :class:`~tvm_mpq.passes.LowerToKernels` and
+    :class:`~tvm_mpq.passes.LowerPooling`: layers and stride-2 max pools on our kernels, scheduled
+    and compiled for the kernels' target.
 ``tvm.lower``
     TVM's CPU pipeline (library dispatch, legalization, fusion) with
     :class:`~tvm_mpq.passes.ScheduleGeneric` after fusion, then TVM's VM lowering. ``tvm_phase=False``
@@ -28,7 +30,7 @@ import logging
 import os
 
 from tvm_mpq._tvm import Target, cpu_generic, parse_target, relax, tvm
-from tvm_mpq.passes import AnnotateBitwidth, LowerPooling, LowerToKernels, ScheduleGeneric
+from tvm_mpq.passes import AnnotateBitwidth, LowerPooling, LowerToKernels, PlanIntegerDataflow, ScheduleGeneric
 
 logger = logging.getLogger(__name__)
 
@@ -67,7 +69,8 @@ def _dump(path: str, index: int, phase: str):
 
 
 def pipeline(policy, calibration, target=None, *, kernel="predicted", records=None, strict: bool = False,
-             float_layers: bool = True, tvm_phase: bool = True, dump_dir: "str | os.PathLike[str] | None" = None) -> tvm.transform.Pass:
+             float_layers: bool = True, integer_dataflow: bool = True, tvm_phase: bool = True,
+             dump_dir: "str | os.PathLike[str] | None" = None) -> tvm.transform.Pass:
     """The tvm-mpq pipeline for ``policy`` (a :class:`~tvm_mpq.QuantPolicy`) with ``calibration``.
 
     ``kernel``, ``records``: see :class:`~tvm_mpq.passes.LowerToKernels`; ``strict``,
@@ -77,7 +80,8 @@ def pipeline(policy, calibration, target=None, *, kernel="predicted", records=No
     tgt = None if target is None else parse_target(target)
     phases = {
         "mpq.annotate": [AnnotateBitwidth(policy, strict=strict, float_layers=float_layers)],
-        "mpq.lower": [LowerToKernels(calibration=calibration, target=tgt, kernel=kernel, records=records), LowerPooling(target=tgt)],
+        "mpq.lower": [PlanIntegerDataflow()] * bool(integer_dataflow) + [
+            LowerToKernels(calibration=calibration, target=tgt, kernel=kernel, records=records), LowerPooling(target=tgt)],
         "tvm.lower": [cpu_pipeline(tgt)] if tvm_phase else [],
     }
     passes = []

@@ -54,7 +54,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from tvm_mpq._tvm import Schedule, T, Target, TensorIntrin, s_tir, target_features, te, tirx, tvm
-from tvm_mpq.kernels.bitserial import act_code, epilogue
+from tvm_mpq.kernels.bitserial import Codes, act_code, epilogue
 from tvm_mpq.kernels.int8 import input_code, split_levels
 from tvm_mpq.kernels.spec import ConvSpec, ceil_div
 from tvm_mpq.kernels.x86 import find_block
@@ -236,7 +236,7 @@ def _seq(stmts):
     return stmts[0] if len(stmts) == 1 else tirx.SeqStmt(stmts)
 
 
-def amx_conv2d(data, w_blocked, bias_q, out_scale, dead_bias, residual=None, *, spec: ConvSpec, aq, w_bits: int, out: str = "float"):
+def amx_conv2d(data, w_blocked, bias_q, out_scale, dead_bias, residual=None, *, spec: ConvSpec, aq, w_bits: int, out: "str | Codes" = "float"):
     """Conv2d (groups=1) on AMX tiles. Shapes in the module docstring; returns [N, O, OH, OW]."""
     if spec.groups != 1:
         raise ValueError(f"amx_conv2d handles groups=1, got {spec.groups}: use depthwise_conv2d_int")

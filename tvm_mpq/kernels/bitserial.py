@@ -17,6 +17,8 @@ same integer arithmetic with plain int32 multiply-adds (``depthwise_conv2d_int``
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from tvm_mpq._tvm import te, tirx
 from tvm_mpq.kernels.spec import ConvSpec, DenseSpec
 from tvm_mpq.quant.packing import PACK_BITS, PACK_DTYPE, words
@@ -34,9 +36,15 @@ DW_OUT_BLOCK = "mpq_dw_out"
 def act_code(value, aq: ActQuant, dtype: str):
     """``clip(round(x * inv_scale) + zero_point, 0, qmax)``: the same float ops as the simulation.
 
+    An unsigned integer ``value`` already is the code: the previous layer's epilogue wrote this
+    layer's codes (:class:`Codes`, integer dataflow), computed by this same function from the float
+    this layer would have read, so they are the codes it would have computed.
+
     In the padding the kernels' loads are guarded (``if_then_else``, see
     :func:`~tvm_mpq.kernels.int8.input_code`), never a Select over clamped indices.
     """
+    if is_code(value):
+        return value.astype(dtype)
     r = te.round(value * tirx.const(aq.inv_scale, "float32")) + tirx.const(float(aq.zero_point), "float32")
     r = te.max(te.min(r, tirx.const(float(aq.qmax), "float32")), tirx.const(0.0, "float32"))
     return r.astype(dtype)
@@ -62,12 +70,36 @@ def _popcount(x):
     return tirx.popcount(x).astype("int32")
 
 
+def is_code(value) -> bool:
+    """Is ``value`` (a TE/TIR expression) an activation code (unsigned integer) rather than a float?"""
+    dtype = value.dtype if hasattr(value, "dtype") else value.ty  # a tensor element, or a TIR expression
+    return str(dtype).startswith("uint")
+
+
 #: Kernel outputs: the exact integer accumulator (tests), the float layer output, or the float
 #: output with the following ReLU / ReLU6 fused.
 OUTPUTS = ("int", "float", "relu", "relu6")
 
 
-def epilogue(shape, acc_fn, channel_of, bias_q, out_scale, dead_bias, out: str, tag: str, name: str, residual=None):
+@dataclass(frozen=True)
+class Codes:
+    """A kernel output that is the next layer's activation codes: ``act_code(activation(y), aq)``
+    as uint8, where ``y`` is the float output the layer would write (``act``: "float", "relu" or
+    "relu6"; ``aq``: the next layer's activation quantization). The next layer's kernel reads them
+    as its codes: a byte instead of a float per value between the two, and no quantization in the
+    reader's prologue; the same codes, so the same integers, as the float path."""
+
+    act: str
+    aq: ActQuant
+
+    def __post_init__(self):
+        if self.act not in OUTPUTS[1:]:
+            raise ValueError(f"Codes.act must be one of {OUTPUTS[1:]}, got {self.act!r}")
+        if self.aq.bits > 8:
+            raise ValueError(f"activation codes of {self.aq.bits} bits do not fit the uint8 output")
+
+
+def epilogue(shape, acc_fn, channel_of, bias_q, out_scale, dead_bias, out: "str | Codes", tag: str, name: str, residual=None):
     """The output block every kernel ends with: ``act(acc * scale + bias [+ residual])``.
 
     ``residual`` (a float tensor of the output's shape, e.g. a ResNet shortcut) is added before the
@@ -78,8 +110,8 @@ def epilogue(shape, acc_fn, channel_of, bias_q, out_scale, dead_bias, out: str, 
         if residual is not None:
             raise ValueError("a residual needs a float output (out='int' is the exact accumulator)")
         return te.compute(shape, lambda *i: acc_fn(*i).astype("int64") + bias_q[channel_of(i)], name=name, tag=tag)
-    if out not in OUTPUTS:
-        raise ValueError(f"out must be one of {OUTPUTS}, got {out!r}")
+    if not isinstance(out, Codes) and out not in OUTPUTS:
+        raise ValueError(f"out must be one of {OUTPUTS} or Codes, got {out!r}")
 
     def body(*i):
         o = channel_of(i)
@@ -87,6 +119,8 @@ def epilogue(shape, acc_fn, channel_of, bias_q, out_scale, dead_bias, out: str, 
         y = v * out_scale[o] + dead_bias[o]
         if residual is not None:
             y = y + residual[i]
+        if isinstance(out, Codes):
+            return act_code(activation(y, out.act), out.aq, "uint8")
         return activation(y, out)
 
     return te.compute(shape, body, name=name, tag=tag)
@@ -102,7 +136,7 @@ def activation(y, out: str):
 
 
 def bitserial_conv2d(
-    data, w_packed, bias_q, out_scale, dead_bias, residual=None, *, spec: ConvSpec, aq: ActQuant, w_bits: int, out: str = "float"
+    data, w_packed, bias_q, out_scale, dead_bias, residual=None, *, spec: ConvSpec, aq: ActQuant, w_bits: int, out: "str | Codes" = "float"
 ):
     """Bit-serial conv2d (groups=1).
 
@@ -166,7 +200,7 @@ def bitserial_conv2d(
     )
 
 
-def bitserial_dense(data, w_packed, bias_q, out_scale, dead_bias, *, spec: DenseSpec, aq: ActQuant, w_bits: int, out: str = "float"):
+def bitserial_dense(data, w_packed, bias_q, out_scale, dead_bias, *, spec: DenseSpec, aq: ActQuant, w_bits: int, out: "str | Codes" = "float"):
     """Bit-serial dense. data: float32 [N, K]; w_packed: uint64 [O, w_bits, ceil(K/64)]. Returns [N, O]."""
     a_packed = _pack((spec.batch,), lambda b, k: act_code(data[b, k], aq, PACK_DTYPE), aq.bits, spec.in_features, "a_packed")
     kw = words(spec.in_features)
@@ -200,7 +234,7 @@ def bitserial_dense(data, w_packed, bias_q, out_scale, dead_bias, *, spec: Dense
 
 
 def depthwise_conv2d_int(
-    data, w_levels, bias_q, out_scale, dead_bias, residual=None, *, spec: ConvSpec, aq: ActQuant, out: str = "float"
+    data, w_levels, bias_q, out_scale, dead_bias, residual=None, *, spec: ConvSpec, aq: ActQuant, out: "str | Codes" = "float"
 ):
     """Depthwise conv2d on integer codes. w_levels: int32 [C, 1, KH, KW] (odd levels). Returns [N, C, OH, OW].
 

@@ -52,7 +52,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from tvm_mpq._tvm import Schedule, target_features, te, tirx
-from tvm_mpq.kernels.bitserial import OUTPUTS, act_code, epilogue
+from tvm_mpq.kernels.bitserial import OUTPUTS, Codes, act_code, epilogue, is_code
 from tvm_mpq.kernels.spec import ConvSpec, DenseSpec, ceil_div
 from tvm_mpq.kernels.x86 import divisors, find_block, tile_loops
 from tvm_mpq.quant.packing import PACK_BITS, PACK_DTYPE, pack_bits, words
@@ -145,7 +145,7 @@ def _popcount64(x):
 
 
 def bitserial_x86_conv2d(
-    data, w_prepared, bias_q, out_scale, dead_bias, residual=None, *, spec: ConvSpec, aq, w_bits: int, out: str = "float", lanes: int | None = None
+    data, w_prepared, bias_q, out_scale, dead_bias, residual=None, *, spec: ConvSpec, aq, w_bits: int, out: "str | Codes" = "float", lanes: int | None = None
 ):
     """Bit-serial conv2d (groups=1) for x86. Shapes in the module docstring.
 
@@ -155,8 +155,8 @@ def bitserial_x86_conv2d(
     """
     if spec.groups != 1:
         raise ValueError(f"bitserial_x86_conv2d handles groups=1, got {spec.groups}: use depthwise_conv2d_int")
-    if out not in OUTPUTS:
-        raise ValueError(f"out must be one of {OUTPUTS}, got {out!r}")
+    if not isinstance(out, Codes) and out not in OUTPUTS:
+        raise ValueError(f"out must be one of {OUTPUTS} or Codes, got {out!r}")
     expect = weight_shape(spec, w_bits)
     if tuple(int(v) for v in w_prepared.shape) != expect:
         raise ValueError(f"prepared weights must have shape {expect}, got {tuple(int(v) for v in w_prepared.shape)}")
@@ -302,6 +302,8 @@ def _one_bit_code(value, aq):
     float32 product as in :func:`act_code`, and ``t - 0.5`` is exact, so the codes agree bit for bit
     (infinities included).
     """
+    if is_code(value):  # integer dataflow: already the code (see act_code)
+        return value.astype("uint32")
     v = value * tirx.const(aq.inv_scale, "float32")
     t = 1 - aq.zero_point
     threshold = tirx.const(t - 0.5, "float32")
@@ -330,7 +332,7 @@ def _pack_halves(n, segments, start, length, bits, channels, element, aq, name):
     return te.compute((n, segments, bits, hw_n, length), body, name=name)
 
 
-def bitserial_x86_dense(data, w_prepared, bias_q, out_scale, dead_bias, *, spec: DenseSpec, aq, w_bits: int, out: str = "float"):
+def bitserial_x86_dense(data, w_prepared, bias_q, out_scale, dead_bias, *, spec: DenseSpec, aq, w_bits: int, out: "str | Codes" = "float"):
     """Bit-serial dense: a 1x1 conv over a ``1 x batch`` image. data [N, K]; weights [O/8, 1, 1, w_bits, KW, 8]."""
     conv = ConvSpec(batch=1, in_channels=spec.in_features, height=1, width=spec.batch, out_channels=spec.out_features, kernel=(1, 1))
     image = te.compute((1, spec.in_features, 1, spec.batch), lambda _, k, i, b: data[b, k], name=DENSE_IMAGE_BLOCK)

@@ -41,7 +41,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from tvm_mpq._tvm import te, tirx
-from tvm_mpq.kernels.bitserial import act_code, epilogue
+from tvm_mpq.kernels.bitserial import Codes, act_code, epilogue
 from tvm_mpq.kernels.spec import ConvSpec, DenseSpec, ceil_div
 from tvm_mpq.quant.qparams import WeightQuant
 
@@ -123,7 +123,7 @@ def prepare_weights(values: np.ndarray, lanes: Lanes = VNNI) -> np.ndarray:
     return np.ascontiguousarray(blocked.transpose(0, 2, 4, 5, 1, 3))
 
 
-def int8_conv2d(data, w_blocked, bias_q, out_scale, dead_bias, residual=None, *, spec: ConvSpec, aq, w_bits: int, out: str = "float",
+def int8_conv2d(data, w_blocked, bias_q, out_scale, dead_bias, residual=None, *, spec: ConvSpec, aq, w_bits: int, out: "str | Codes" = "float",
                 lanes: Lanes = VNNI):
     """Conv2d (groups=1) on integer lanes (u8 x s8 bytes for VNNI). Shapes in the module docstring;
     returns [N, O, OH, OW]."""
@@ -184,7 +184,7 @@ def int8_conv2d(data, w_blocked, bias_q, out_scale, dead_bias, residual=None, *,
     return epilogue(spec.out_shape, total, lambda i: i[1], bias_q, out_scale, dead_bias, out, TAG_CONV, OUT_BLOCK, residual)
 
 
-def int8_dense(data, w_blocked, bias_q, out_scale, dead_bias, *, spec: DenseSpec, aq, w_bits: int, out: str = "float",
+def int8_dense(data, w_blocked, bias_q, out_scale, dead_bias, *, spec: DenseSpec, aq, w_bits: int, out: "str | Codes" = "float",
                lanes: Lanes = VNNI):
     """Dense on integer lanes: a 1x1 conv over a 1x1 image. data [N, K]; weights [O/oc, K/ic, 1, 1, oc, ic]."""
     conv = ConvSpec(batch=spec.batch, in_channels=spec.in_features, height=1, width=1, out_channels=spec.out_features, kernel=(1, 1))

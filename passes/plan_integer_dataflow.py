@@ -1,0 +1,78 @@
+"""PlanIntegerDataflow: a quantized layer hands the next one its activation codes, not floats.
+
+Run after :class:`~tvm_mpq.passes.AnnotateBitwidth`, before
+:class:`~tvm_mpq.passes.LowerToKernels`. Where a quantized layer's output (after its fused bias,
+residual add and ReLU / ReLU6) has exactly one use, as the input of another quantized layer, the
+producer's annotated function gets ``mpq.out_codes = {"layer": consumer, "a_bits": its bits}``;
+LowerToKernels then makes the producer's epilogue write the consumer's activation codes (uint8,
+:class:`~tvm_mpq.kernels.bitserial.Codes`) instead of float32, and the consumer's prologue takes
+them as they are instead of quantizing floats.
+
+Exact, with no change to the simulation: the producer computes the codes with the consumer's
+quantizer (``act_code``: ``clip(round(y * inv_scale) + zero_point, 0, qmax)``) from the same
+float32 ``y`` it would have written and the consumer would have read, so the codes, and every
+integer after them, are the float path's. What changes is the traffic between the two: one byte
+per value written and read instead of four, and no float-to-code conversion in the consumer.
+
+Not planned: a layer output with other uses (a ResNet block output also feeds the shortcut, which
+adds floats), a consumer kept in float, and a producer split into channel groups that also fuses a
+residual add (its add and activation run after the join, outside the kernels).
+"""
+
+from __future__ import annotations
+
+import logging
+
+from tvm_mpq._tvm import relax, tvm, with_functions
+from tvm_mpq.attrs import A_BITS, GROUPS, KIND, LAYER, OUT_CODES
+
+logger = logging.getLogger(__name__)
+
+#: Widest activation codes the uint8 hand-over holds.
+MAX_CODE_BITS = 8
+
+
+def _quantized(func) -> bool:
+    """An annotated layer function whose kernels are integer (not the float32 kernel)."""
+    return func.attrs is not None and KIND in func.attrs and int(func.attrs[A_BITS]) <= MAX_CODE_BITS
+
+
+def plan(mod) -> dict:
+    """``{producer GlobalVar: consumer function}`` for ``mod``'s main (see the module docstring)."""
+    funcs = {gv: f for gv, f in mod.functions.items() if isinstance(f, relax.Function) and _quantized(f)}
+    main = mod["main"]
+    uses: dict = {}
+    relax.analysis.post_order_visit(main.body, lambda e: uses.__setitem__(e, uses.get(e, 0) + 1) if isinstance(e, relax.Var) else None)
+    var2val = relax.analysis.get_var2val(main)
+    planned = {}
+    for block in main.body.blocks:
+        for binding in block.bindings:
+            call = binding.value
+            if not (isinstance(call, relax.Call) and call.op in funcs and isinstance(call.args[0], relax.Var)):
+                continue
+            x = call.args[0]
+            producer = var2val.get(x)
+            if not (isinstance(producer, relax.Call) and producer.op in funcs) or uses.get(x, 0) != 1:
+                continue
+            if not isinstance(x.ty, relax.TensorType) or x.ty.dtype != "float32":
+                continue
+            pfunc = funcs[producer.op]
+            if len(pfunc.attrs[GROUPS]) > 1 and len(producer.args) > 1:
+                continue  # channel groups + residual: the add and activation run after the join
+            planned[producer.op] = funcs[call.op]
+    return planned
+
+
+@tvm.transform.module_pass(opt_level=0, name="tvm_mpq.PlanIntegerDataflow")
+class PlanIntegerDataflow:
+    """Mark each quantized layer whose only consumer is a quantized layer to write that layer's codes."""
+
+    def transform_module(self, mod, ctx):
+        planned = plan(mod)
+        if not planned:
+            return mod
+        funcs = dict(mod.functions)
+        for gv, consumer in planned.items():
+            funcs[gv] = funcs[gv].with_attr(OUT_CODES, {"layer": consumer.attrs[LAYER], "a_bits": consumer.attrs[A_BITS]})
+        logger.debug("integer dataflow: %d layers write the next layer's codes", len(planned))
+        return with_functions(mod, funcs)
