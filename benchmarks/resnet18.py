@@ -39,6 +39,14 @@ POLICIES = {
 }
 
 
+def calibration_batches(shape, n: int) -> list:
+    """``n`` batches ``relu(randn(shape))`` from seed 0: the calibration data (and the timing input) of the benchmarks."""
+    import torch
+
+    gen = torch.Generator().manual_seed(0)
+    return [torch.relu(torch.randn(shape, generator=gen)) for _ in range(n)]
+
+
 def _worker_tvm(model_name: str, number: int, repeat: int, target=None) -> list[dict]:
     import numpy as np
     import torch
@@ -48,8 +56,7 @@ def _worker_tvm(model_name: str, number: int, repeat: int, target=None) -> list[
 
     model, inputs = models.get(model_name, input_size=224)
     net = tvm_mpq.import_torch(model, inputs)
-    gen = torch.Generator().manual_seed(0)
-    batches = [torch.relu(torch.randn(inputs[0].shape, generator=gen)) for _ in range(2)]
+    batches = calibration_batches(inputs[0].shape, 2)
     cal = tvm_mpq.calibrate(net, batches)
     results = []
     for label, kw in POLICIES.items():
