@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 from functools import partial
 
-from tvm_mpq._tvm import Target, parse_target, relax, tvm
+from tvm_mpq._tvm import Target, kernels_target, parse_target, relax, tvm
 from tvm_mpq.attrs import KERNEL
 from tvm_mpq.frontend import _ints, _shape, is_op
 from tvm_mpq.kernels import pool
@@ -80,7 +80,7 @@ class LowerPooling:
             logger.debug("LowerPooling: left to TVM: %s", "; ".join(lowerer.skipped))
         if not lowerer.names:
             return mod
-        target = parse_target(self.target if self.target is not None else Target.current(allow_none=True))
+        target = kernels_target(self.target)
         result = mark_kernels(lowerer.builder_.get(), {name: lambda func: func for name in lowerer.names}, target)
         return build_kernels(result) if self.build else result
 

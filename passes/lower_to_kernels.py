@@ -39,7 +39,7 @@ from functools import partial
 
 import numpy as np
 
-from tvm_mpq._tvm import Constant, Target, codegen_target, parse_target, relax, target_to_str, tvm, with_functions
+from tvm_mpq._tvm import Constant, Target, codegen_target, kernels_target, parse_target, relax, target_to_str, tvm, with_functions
 from tvm_mpq.attrs import A_BITS, GROUPS, IS_SCHEDULED, KERNEL, KIND, LAYER, LOWERED, OP_PATTERN, OPAQUE, OUT_CODES, TARGET, W_BITS
 from tvm_mpq.kernels import bitserial, fp32, x86
 from tvm_mpq.kernels.bitserial import Codes
@@ -219,7 +219,8 @@ class LowerToKernels:
     """Lower every layer annotated by :class:`AnnotateBitwidth` to integer TVM kernels.
 
     ``target``: what the kernels are chosen, scheduled and compiled for (a Target, a string such as
-    ``"llvm -mcpu=haswell"`` or a dict); None: the ``with Target(...)`` block's, else this host.
+    ``"llvm -mcpu=haswell"`` or a dict); None: the ``with Target(...)`` block's, else this host; one
+    that names no CPU (``"llvm"``) means this host's CPU (:func:`~tvm_mpq._tvm.kernels_target`).
     ``records``: tuning records (``TuningDatabase`` or path) whose fastest knobs the kernels take
     (the target's defaults where there is none). ``build``: compile the kernels for ``target`` here
     (see :mod:`~tvm_mpq.passes.build_kernels`); ``False`` leaves them as ``call_tir`` PrimFuncs
@@ -245,8 +246,7 @@ class LowerToKernels:
         annotated = [gv for gv, f in mod.functions.items() if isinstance(f, relax.Function) and f.attrs and KIND in f.attrs]
         if not annotated:
             return mod
-        target = self.target if self.target is not None else (Target.current(allow_none=True) or parse_target(None))
-        target = parse_target(target)  # fills in what a bare Target may lack (host CPU for no -mcpu, num-cores)
+        target = kernels_target(self.target)
         if not x86.is_x86(target):
             raise ValueError(f"target '{target_to_str(target)}' is not x86-64: tvm-mpq's kernels are x86 (AVX2, AVX-512 "
                              "VNNI, AMX, bit-serial popcount); lower for an x86 target such as 'llvm -mcpu=haswell'")

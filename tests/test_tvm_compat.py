@@ -53,3 +53,17 @@ def test_codegen_target_compiles_out_amd_only_sse4a():
     assert _tvm.codegen_target(haswell) is haswell
     explicit = _tvm.parse_target("llvm -mcpu=znver5 -mattr=+sse4a")
     assert has("sse4a", _tvm.codegen_target(explicit))
+
+
+def test_kernels_target_reads_a_bare_llvm_as_this_host():
+    """``tvm.compile(mod, target="llvm")`` opens ``with Target("llvm")`` around its pipeline: our
+    kernels then take this host's CPU, not LLVM's generic x86-64 (no AVX2); a named CPU, and a
+    non-x86 triple, stay as given."""
+    host = _tvm.target_to_str(_tvm.parse_target(None))
+    assert _tvm.target_to_str(_tvm.kernels_target("llvm")) == host
+    with _tvm.Target("llvm"):
+        assert _tvm.target_to_str(_tvm.kernels_target()) == host
+    with _tvm.Target({"kind": "llvm", "mcpu": "haswell"}):
+        assert _tvm.target_to_str(_tvm.kernels_target()) == "llvm -mcpu=haswell"
+    assert _tvm.target_to_str(_tvm.kernels_target("llvm -mcpu=skylake-avx512")) == "llvm -mcpu=skylake-avx512"
+    assert "mcpu" not in _tvm.kernels_target("llvm -mtriple=aarch64-linux-gnu").attrs

@@ -41,6 +41,7 @@ __all__ = [
     "parse_target",
     "codegen_target",
     "target_to_str",
+    "kernels_target",
     "target_features",
     "missing_host_features",
     "require_runnable_here",
@@ -145,6 +146,24 @@ def runtime_threads() -> int:
     that is half the logical CPUs on x86 (TVM assumes hyper-threading): 1 on a 2-vCPU VM, whatever
     its cores, so a process that means to use every core sets the variable first."""
     return int(tvm.get_global_func("runtime.NumThreads")())
+
+
+def kernels_target(target: "str | Mapping[str, Any] | Target | None" = None) -> Target:
+    """The target our kernels are generated for: ``target``, else the enclosing ``with Target(...)``
+    block's, else this host. A CPU target that names no CPU (plain ``"llvm"``, what
+    ``tvm.compile(mod, target="llvm")`` opens around its pipeline) means this host's CPU: LLVM's
+    generic x86-64 has no AVX2, so every kernel would fall back to its slowest form."""
+    tgt = parse_target(target if target is not None else Target.current(allow_none=True))
+    spec = dict(tgt.export())
+    triple = str(spec.get("mtriple", ""))
+    if spec.get("kind") == "llvm" and not spec.get("mcpu") and (not triple or triple.startswith(("x86_64", "amd64", "i686"))):
+        host = parse_target(None)
+        spec["mcpu"] = host.attrs["mcpu"]
+        spec["mattr"] = [*host.attrs.get("mattr", []), *spec.get("mattr", [])]
+        spec.pop("keys", None)
+        spec.pop("tag", None)
+        return parse_target({k: v for k, v in spec.items() if v not in ("", [], None)})
+    return tgt
 
 
 def target_to_str(target: Target) -> str:
