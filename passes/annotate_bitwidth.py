@@ -34,7 +34,7 @@ from types import SimpleNamespace
 
 from tvm_mpq._tvm import Constant, relax, tvm, with_functions
 from tvm_mpq.attrs import A_BITS, GROUPS, KIND, LAYER
-from tvm_mpq.frontend import _layer_table, _shape, float_ops, layer_calls
+from tvm_mpq.frontend import _layer_table, _shape, float_ops, layer_calls, var_uses
 from tvm_mpq.kernels import fp32
 from tvm_mpq.policy import QuantPolicy
 
@@ -77,22 +77,11 @@ EPILOGUES = (
 )
 
 
-def _uses(func) -> dict:
-    counts: dict = {}
-
-    def visit(expr):
-        if isinstance(expr, relax.Var):
-            counts[expr] = counts.get(expr, 0) + 1
-
-    relax.analysis.post_order_visit(func.body, visit)
-    return counts
-
-
 def _plan(func, selected: dict) -> dict:
     """``{bound Var: entry}`` for the selected layer calls of ``func`` (main) and the bindings fused
     with them: the widest epilogue pattern each one matches where every intermediate value has that
     one use. Keyed by the variables themselves: their names need not be unique, or kept, by earlier passes."""
-    uses = _uses(func)
+    uses = var_uses(func)
     var2val = relax.analysis.get_var2val(func)
     bindings = [b for block in func.body.blocks for b in block.bindings]
     binding_of = {b.value: b for b in bindings}

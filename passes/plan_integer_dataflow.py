@@ -25,6 +25,7 @@ import logging
 
 from tvm_mpq._tvm import relax, tvm, with_functions
 from tvm_mpq.attrs import A_BITS, GROUPS, KIND, LAYER, OUT_CODES
+from tvm_mpq.frontend import var_uses
 
 logger = logging.getLogger(__name__)
 
@@ -41,8 +42,7 @@ def plan(mod) -> dict:
     """``{producer GlobalVar: consumer function}`` for ``mod``'s main (see the module docstring)."""
     funcs = {gv: f for gv, f in mod.functions.items() if isinstance(f, relax.Function) and _quantized(f)}
     main = mod["main"]
-    uses: dict = {}
-    relax.analysis.post_order_visit(main.body, lambda e: uses.__setitem__(e, uses.get(e, 0) + 1) if isinstance(e, relax.Var) else None)
+    uses = var_uses(main)
     var2val = relax.analysis.get_var2val(main)
     planned = {}
     for block in main.body.blocks:

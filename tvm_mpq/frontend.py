@@ -494,7 +494,8 @@ def _bias_add(value, layer_var, kind: str, out_channels: int) -> bool:
     return _shape(other) in allowed
 
 
-def _uses(func) -> dict:
+def var_uses(func) -> dict:
+    """``{Var: how many times func's body reads it}``."""
     counts: dict = {}
 
     def visit(expr):
@@ -513,7 +514,7 @@ class _LayerOutliner(relax.PyExprMutator):
     def __init__(self, mod, names: list[str]):
         super().__init__(mod)
         func = mod["main"]
-        uses = _uses(func)
+        uses = var_uses(func)
         bindings = [b for block in func.body.blocks for b in block.bindings]
         self.plan: dict[str, tuple] = {}  # var name of the last binding -> (layer binding, bias binding or None)
         self.inner: set[str] = set()  # layer bindings folded into a later one
