@@ -133,9 +133,12 @@ class _Lowerer(relax.PyExprMutator):
             return self._lower_float(x, residual, func, name, kind)
         layer_call, w, bias, act = _parse_layer(func)
         out = act or "float"
-        if OUT_CODES in func.attrs:  # integer dataflow: write the next layer's codes (PlanIntegerDataflow)
-            consumer = func.attrs[OUT_CODES]
-            out = Codes(out, self.calibration.act_quant(str(consumer["layer"]), int(consumer["a_bits"])))
+        if OUT_CODES in func.attrs:  # integer dataflow: write the next layers' codes (PlanIntegerDataflow)
+            quantizers = {self.calibration.act_quant(str(c["layer"]), int(c["a_bits"])) for c in func.attrs[OUT_CODES]}
+            if len(quantizers) == 1:
+                out = Codes(out, quantizers.pop())
+            else:
+                logger.debug("layer %s: its consumers quantize differently, it hands them floats", name)
         fused = {} if residual is None else {"residual": residual}
         in_shape = tuple(int(d) for d in x.ty.shape)
         aq = self.calibration.act_quant(name, a_bits)

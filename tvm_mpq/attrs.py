@@ -29,7 +29,7 @@ KIND = "mpq.kind"
 A_BITS = "mpq.a_bits"
 #: ``[[start, stop, w_bits], ...]`` channel groups of an annotated layer function.
 GROUPS = "mpq.groups"
-#: On an annotated layer function: ``{"layer": name, "a_bits": n}`` of the next layer whose
+#: On an annotated layer function: ``[{"layer": name, "a_bits": n}, ...]``, the next layers whose
 #: activation codes its kernels write instead of floats (``PlanIntegerDataflow``).
 OUT_CODES = "mpq.out_codes"
 #: PrimFunc attribute: the registered kernel it implements (``int8``, ``amx``, ``fp32``, ``max_pool2d`` ...).

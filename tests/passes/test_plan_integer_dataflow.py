@@ -14,7 +14,7 @@ def test_structural_plan_of_a_residual_block():
     the downsample's output is conv2's shortcut, added as a float: it stays float. Nothing else changes."""
     expected = tvm.IRModule(dict(BlockAnnotated.functions))
     gv = expected.get_global_var("mpq_conv1")
-    expected.update_func(gv, expected[gv].with_attr("mpq.out_codes", {"layer": "conv2", "a_bits": 4}))
+    expected.update_func(gv, expected[gv].with_attr("mpq.out_codes", [{"layer": "conv2", "a_bits": 4}]))
     tvm.ir.assert_structural_equal(PlanIntegerDataflow()(BlockAnnotated), expected)
 
 
@@ -46,3 +46,68 @@ def test_codes_between_layers_change_no_output():
         assert uint8[0] == 0 and uint8[1] > 0, (name, uint8)
         np.testing.assert_array_equal(outs[0], want)
         np.testing.assert_array_equal(outs[1], want)
+
+
+def test_structural_codes_for_every_reader_or_none():
+    """A layer read by two quantized layers hands both its codes; once a float op reads it too, none."""
+    import numpy as np
+    from tvm.script import ir as I, relax as R
+
+    from tvm_mpq._tvm import relax
+
+    w = relax.const(np.ones((4, 4, 1, 1), "float32"))
+
+    @I.ir_module
+    class Fork:
+        @R.function(private=True)
+        def mpq_a(x: R.Tensor((1, 4, 8, 8), "float32")) -> R.Tensor((1, 4, 8, 8), "float32"):
+            R.func_attr({"mpq.layer": "a", "mpq.kind": "conv2d", "mpq.a_bits": 4, "mpq.groups": [[0, 4, 4]]})
+            with R.dataflow():
+                gv = R.nn.conv2d(x, w)
+                R.output(gv)
+            return gv
+
+        @R.function(private=True)
+        def mpq_b(x: R.Tensor((1, 4, 8, 8), "float32")) -> R.Tensor((1, 4, 8, 8), "float32"):
+            R.func_attr({"mpq.layer": "b", "mpq.kind": "conv2d", "mpq.a_bits": 4, "mpq.groups": [[0, 4, 4]]})
+            with R.dataflow():
+                gv = R.nn.conv2d(x, w)
+                R.output(gv)
+            return gv
+
+        @R.function(private=True)
+        def mpq_c(x: R.Tensor((1, 4, 8, 8), "float32")) -> R.Tensor((1, 4, 8, 8), "float32"):
+            R.func_attr({"mpq.layer": "c", "mpq.kind": "conv2d", "mpq.a_bits": 4, "mpq.groups": [[0, 4, 4]]})
+            with R.dataflow():
+                gv = R.nn.conv2d(x, w)
+                R.output(gv)
+            return gv
+
+        @R.function
+        def main(x: R.Tensor((1, 4, 8, 8), "float32")) -> R.Tensor((1, 4, 8, 8), "float32"):
+            cls = Fork
+            with R.dataflow():
+                a = cls.mpq_a(x)
+                b = cls.mpq_b(a)
+                c = cls.mpq_c(a)
+                d = R.add(b, c)
+                R.output(d)
+            return d
+
+    expected = tvm.IRModule(dict(Fork.functions))
+    gv = expected.get_global_var("mpq_a")
+    expected.update_func(gv, expected[gv].with_attr("mpq.out_codes", [{"layer": "b", "a_bits": 4}, {"layer": "c", "a_bits": 4}]))
+    tvm.ir.assert_structural_equal(PlanIntegerDataflow()(Fork), expected)
+
+    # the same fork with a float op reading a too: a keeps its float output
+    main = Fork["main"]
+    bb = relax.BlockBuilder(tvm.IRModule({g: f for g, f in Fork.functions.items() if g.name_hint != "main"}))
+    x = relax.Var("x", main.params[0].ty)
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            a = bb.emit(relax.Call(bb.get().get_global_var("mpq_a"), [x]))
+            b = bb.emit(relax.Call(bb.get().get_global_var("mpq_b"), [a]))
+            out = bb.emit_output(relax.op.add(b, relax.op.nn.relu(a)))
+        bb.emit_func_output(out)
+    forked = bb.get()
+    tvm.ir.assert_structural_equal(PlanIntegerDataflow()(forked), forked)
