@@ -135,9 +135,9 @@ def build(
     ``records``: tuning records (a ``TuningDatabase`` or a path, from ``tvm-mpq tune``): each
     kernel takes the schedule knobs of the fastest record for its shape, bits and target, the
     target's default tile where there is none; ``tuned`` on the returned model lists them.
-    ``integer_dataflow`` (default on): a quantized layer whose only consumer is a quantized layer
-    writes that layer's uint8 activation codes instead of floats (the same integers: see
-    :class:`~tvm_mpq.passes.PlanIntegerDataflow`).
+    ``integer_dataflow`` (default on; AVX-512 targets only): a quantized layer whose readers are
+    all quantized layers writes their uint8 activation codes instead of floats (the same integers:
+    see :class:`~tvm_mpq.passes.PlanIntegerDataflow`).
     """
     tgt = parse_target(target)
     mod = quantize_module(net, policy, calibration, tgt, kernel, strict=strict, records=records, integer_dataflow=integer_dataflow)

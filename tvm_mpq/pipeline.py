@@ -80,7 +80,7 @@ def pipeline(policy, calibration, target=None, *, kernel="predicted", records=No
     tgt = None if target is None else parse_target(target)
     phases = {
         "mpq.annotate": [AnnotateBitwidth(policy, strict=strict, float_layers=float_layers)],
-        "mpq.lower": [PlanIntegerDataflow()] * bool(integer_dataflow) + [
+        "mpq.lower": [PlanIntegerDataflow(target=tgt)] * bool(integer_dataflow) + [
             LowerToKernels(calibration=calibration, target=tgt, kernel=kernel, records=records), LowerPooling(target=tgt)],
         "tvm.lower": [cpu_pipeline(tgt)] if tvm_phase else [],
     }

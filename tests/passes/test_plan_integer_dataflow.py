@@ -8,6 +8,8 @@ from tests.passes.test_annotate_bitwidth import BlockAnnotated
 from tvm_mpq._tvm import tvm
 from tvm_mpq.passes import PlanIntegerDataflow
 
+AVX512 = "llvm -mcpu=skylake-avx512"
+
 
 def test_structural_plan_of_a_residual_block():
     """BlockAnnotated with conv1 writing conv2's codes (its output's only use is conv2's input);
@@ -15,14 +17,14 @@ def test_structural_plan_of_a_residual_block():
     expected = tvm.IRModule(dict(BlockAnnotated.functions))
     gv = expected.get_global_var("mpq_conv1")
     expected.update_func(gv, expected[gv].with_attr("mpq.out_codes", [{"layer": "conv2", "a_bits": 4}]))
-    tvm.ir.assert_structural_equal(PlanIntegerDataflow()(BlockAnnotated), expected)
+    tvm.ir.assert_structural_equal(PlanIntegerDataflow(target=AVX512)(BlockAnnotated), expected)
 
 
 def test_structural_nothing_to_plan_is_identity():
     """One layer (the module of test_annotate_bitwidth's ConvReluAnnotated): no consumer, no change."""
     from tests.passes.test_annotate_bitwidth import ConvReluAnnotated
 
-    tvm.ir.assert_structural_equal(PlanIntegerDataflow()(ConvReluAnnotated), ConvReluAnnotated)
+    tvm.ir.assert_structural_equal(PlanIntegerDataflow(target=AVX512)(ConvReluAnnotated), ConvReluAnnotated)
 
 
 def test_codes_between_layers_change_no_output():
@@ -43,7 +45,8 @@ def test_codes_between_layers_change_no_output():
             outs.append(tvm_mpq.CompiledModel(tvm.compile(mod, target=target)).run(*inputs))
         with torch.no_grad():
             want = tvm_mpq.simulate(net, policy, cal)(*inputs).numpy()
-        assert uint8[0] == 0 and uint8[1] > 0, (name, uint8)
+        # codes only for AVX-512 targets (on AVX2 alone the hand-over measured slower)
+        assert uint8[0] == 0 and (uint8[1] > 0) == tvm_mpq._tvm.target_features(target)["avx512f"], (name, uint8)
         np.testing.assert_array_equal(outs[0], want)
         np.testing.assert_array_equal(outs[1], want)
 
@@ -97,7 +100,7 @@ def test_structural_codes_for_every_reader_or_none():
     expected = tvm.IRModule(dict(Fork.functions))
     gv = expected.get_global_var("mpq_a")
     expected.update_func(gv, expected[gv].with_attr("mpq.out_codes", [{"layer": "b", "a_bits": 4}, {"layer": "c", "a_bits": 4}]))
-    tvm.ir.assert_structural_equal(PlanIntegerDataflow()(Fork), expected)
+    tvm.ir.assert_structural_equal(PlanIntegerDataflow(target=AVX512)(Fork), expected)
 
     # the same fork with a float op reading a too: a keeps its float output
     main = Fork["main"]
@@ -110,4 +113,8 @@ def test_structural_codes_for_every_reader_or_none():
             out = bb.emit_output(relax.op.add(b, relax.op.nn.relu(a)))
         bb.emit_func_output(out)
     forked = bb.get()
-    tvm.ir.assert_structural_equal(PlanIntegerDataflow()(forked), forked)
+    tvm.ir.assert_structural_equal(PlanIntegerDataflow(target=AVX512)(forked), forked)
+
+
+def test_avx2_targets_keep_the_float_hand_over():
+    tvm.ir.assert_structural_equal(PlanIntegerDataflow(target="llvm -mcpu=haswell")(BlockAnnotated), BlockAnnotated)
