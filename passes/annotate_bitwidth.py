@@ -41,10 +41,6 @@ from tvm_mpq.policy import QuantPolicy
 dpl = relax.dpl
 logger = logging.getLogger(__name__)
 
-# Kept for the callers that import the keys from here.
-LAYER_ATTR, KIND_ATTR, A_BITS_ATTR, GROUPS_ATTR = LAYER, KIND, A_BITS, GROUPS
-
-
 def layer_function_name(layer: str) -> str:
     """The function AnnotateBitwidth outlines an annotated ``layer`` into."""
     return "mpq_" + re.sub(r"[^0-9a-zA-Z_]", "_", layer)

@@ -352,8 +352,9 @@ def _check_static(func, model_name: str) -> None:
             )
 
 
-def layer_function_name(layer: str) -> str:
-    """The private Relax function :func:`import_torch` outlines ``layer`` into."""
+def import_function_name(layer: str) -> str:
+    """The private Relax function :func:`import_torch` outlines ``layer`` into (``AnnotateBitwidth``
+    names the functions it annotates with :func:`tvm_mpq.passes.annotate_bitwidth.layer_function_name`)."""
     return "layer_" + re.sub(r"[^0-9a-zA-Z_]", "_", layer)
 
 
@@ -516,8 +517,8 @@ class _LayerOutliner(relax.PyExprMutator):
         func = mod["main"]
         uses = var_uses(func)
         bindings = [b for block in func.body.blocks for b in block.bindings]
-        self.plan: dict[str, tuple] = {}  # var name of the last binding -> (layer binding, bias binding or None)
-        self.inner: set[str] = set()  # layer bindings folded into a later one
+        self.plan: dict = {}  # Var of the last binding -> (layer binding, bias binding or None)
+        self.inner: set = set()  # Vars of layer bindings folded into a later one
         for i, binding in enumerate(bindings):
             if binding.var.name not in names:
                 continue
@@ -528,15 +529,15 @@ class _LayerOutliner(relax.PyExprMutator):
             if uses.get(binding.var, 0) == 1:
                 bias = next((b for b in bindings[i + 1:] if _bias_add(b.value, binding.var, kind, out_channels)), None)
             if bias is None:
-                self.plan[binding.var.name] = (binding, None)
+                self.plan[binding.var] = (binding, None)
             else:
-                self.plan[bias.var.name] = (binding, bias)
-                self.inner.add(binding.var.name)
+                self.plan[bias.var] = (binding, bias)
+                self.inner.add(binding.var)
 
     def visit_var_binding_(self, binding) -> None:
-        if binding.var.name in self.inner:
+        if binding.var in self.inner:
             return  # emitted inside the layer function, with its bias add
-        entry = self.plan.get(binding.var.name)
+        entry = self.plan.get(binding.var)
         if entry is None:
             super().visit_var_binding_(binding)
             return
@@ -546,7 +547,7 @@ class _LayerOutliner(relax.PyExprMutator):
         x = self.visit_expr(call.args[0])
         param = relax.Var("x", x.ty)
         bb = relax.BlockBuilder()
-        fname = layer_function_name(name)
+        fname = import_function_name(name)
         with bb.function(fname, [param], attrs={LAYER: name}, private=True):
             with bb.dataflow():
                 y = bb.emit(relax.Call(call.op, [param, *call.args[1:]], call.attrs, call.ty_args))

@@ -3,7 +3,8 @@ import pytest
 import tvm_mpq
 from tvm_mpq._tvm import relax, tvm
 from tvm_mpq.passes import AnnotateBitwidth
-from tvm_mpq.passes.annotate_bitwidth import A_BITS_ATTR, GROUPS_ATTR, KIND_ATTR, LAYER_ATTR, layer_function_name
+from tvm_mpq.attrs import A_BITS as A_BITS_ATTR, GROUPS as GROUPS_ATTR, KIND as KIND_ATTR, LAYER as LAYER_ATTR
+from tvm_mpq.passes.annotate_bitwidth import layer_function_name
 from tests.conftest import mixed_policy
 
 
