@@ -8,8 +8,14 @@ lowering scheduled: its symbol carries the layer's name) and of everything else,
 the calls next to the plain ``time_evaluator`` latency (the difference: the instrument's and the
 VM's per-call overhead).
 
+Each layer kernel's line also gives its achieved throughput as a share of this core's measured peak
+for what it multiplies with (``benchmarks/peaks.py``): byte kernels against the VNNI (or AVX2
+``vpmaddwd``) peak, bit-serial against the popcount peak (a w x a-bit MAC is w*a binary MACs), the
+float and depthwise kernels against the fp32 FMA peak; per thread, so 2 threads count 2 cores'
+peaks. ``--target`` compiles for another target this host runs (the peaks stay this host's).
+
 Usage: ``python benchmarks/profile_layers.py [--model resnet18] [--policy W8A8|W1A1|W1A2|W2A2]
-[--threads 1] [--runs 20] [--top 25]``.
+[--threads 1] [--runs 20] [--top 25] [--target T] [--no-peaks]``.
 """
 
 from __future__ import annotations
@@ -35,6 +41,8 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--runs", type=int, default=20)
     ap.add_argument("--top", type=int, default=25)
+    ap.add_argument("--target", default=None, help="compile for this target (default: this host)")
+    ap.add_argument("--no-peaks", action="store_true", help="skip the peak measurement and the %% of peak column")
     args = ap.parse_args(argv)
     os.environ["TVM_NUM_THREADS"] = str(args.threads)
 
@@ -51,7 +59,8 @@ def main(argv=None) -> int:
     batch = torch.relu(torch.randn(inputs[0].shape, generator=gen))
     cal = tvm_mpq.calibrate(net, [batch])
     policy = tvm_mpq.QuantPolicy.uniform(net, **POLICIES[args.policy])
-    compiled = tvm_mpq.build(net, policy, cal)
+    compiled = tvm_mpq.build(net, policy, cal, target=args.target)
+    peak_of = {} if args.no_peaks else _peak_shares(net, policy, compiled, args.threads)
     x = batch.numpy()
     latency = float(np.median(compiled.time(x, number=20, repeat=5)))
     calls = compiled.profile(x, runs=args.runs)
@@ -64,10 +73,40 @@ def main(argv=None) -> int:
           f"time_evaluator {1e3 * latency:.3f} ms; sum of {len(med)} call symbols {1e3 * total:.3f} ms")
     print(f"  layer kernels {1e3 * kernels:.3f} ms ({100 * kernels / total:.1f}%), "
           f"everything else {1e3 * (total - kernels):.3f} ms ({100 * (total - kernels) / total:.1f}%)")
-    print(f"  {'ms':>8s} {'%':>5s}  call (* = layer kernel)")
+    print(f"  {'ms':>8s} {'%':>5s} {'%peak':>6s}  call (* = layer kernel)")
     for s, t in sorted(med.items(), key=lambda kv: -kv[1])[: args.top]:
-        print(f"  {1e3 * t:8.3f} {100 * t / total:5.1f}  {'*' if is_layer_kernel[s] else ' '} {s}")
+        layer = layer_of(s, prefixes)
+        share = peak_of.get(layer)
+        peak = f"{100 * share(s, t):6.1f}" if share is not None and share(s, t) is not None else f"{'':6s}"
+        print(f"  {1e3 * t:8.3f} {100 * t / total:5.1f} {peak}  {'*' if is_layer_kernel[s] else ' '} {s}")
     return 0
+
+
+def _peak_shares(net, policy, compiled, threads: int) -> dict:
+    """``{layer: (symbol, seconds) -> share of the peak}`` for every layer on one kernel (a layer split
+    into channel groups runs several kernels: not attributed)."""
+    from peaks import measure_peaks
+
+    peaks = measure_peaks(runs=3)
+    byte_peak = peaks.get("vnni") or peaks.get("vpmaddwd")
+    bits = policy.validate(net)
+    shares = {}
+    for layer in net.layers:
+        kernels = compiled.kernels.get(layer.name, [])
+        if len(kernels) != 1:
+            continue
+        kernel = kernels[0]
+        w, a = bits[layer.name].w_bits, bits[layer.name].a_bits
+        if kernel in ("int8", "int8_avx2", "amx"):
+            rate = peaks.get("amx") if kernel == "amx" and "amx" in peaks else byte_peak
+            ops = layer.macs
+        elif kernel.startswith("bitserial"):
+            rate, ops = peaks.get("popcount"), layer.macs * w * a
+        else:  # fp32, depthwise (float multiply-adds), TVM's float path
+            rate, ops = peaks.get("fp32"), layer.macs
+        if rate:
+            shares[layer.name] = lambda _s, seconds, ops=ops, rate=rate: ops / seconds / (rate * 1e9 * threads)
+    return shares
 
 
 if __name__ == "__main__":
