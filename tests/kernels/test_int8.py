@@ -36,8 +36,8 @@ def _compile(kind, spec, aq, w_bits, out, knobs=None, lanes=int8.VNNI):
     x = te.placeholder(shape, "float32", name="x")
     o = spec.out_features if kind == "dense" else spec.out_channels
     k = spec.in_features if kind == "dense" else spec.in_channels
-    kh, kw = (1, 1) if kind == "dense" else spec.kernel
-    w = te.placeholder((-(-o // lanes.oc), -(-k // lanes.ic), kh, kw, lanes.oc, lanes.ic), lanes.w_dtype, name="w")
+    shape = (-(-o // lanes.oc), -(-k // lanes.ic), 1, 1, lanes.oc, lanes.ic) if kind == "dense" else int8.weight_shape(spec, lanes)
+    w = te.placeholder(shape, lanes.w_dtype, name="w")
     b = te.placeholder((o,), "int64", name="bias_q")
     s = te.placeholder((o,), "float32", name="out_scale")
     d = te.placeholder((o,), "float32", name="dead_bias")
@@ -90,8 +90,12 @@ def test_conv_activation_widths_with_8bit_weights(a_bits):
         ConvSpec(batch=1, in_channels=3, height=20, width=20, out_channels=16, kernel=(7, 7), strides=(2, 2), padding=(3, 3, 3, 3)),
         # several 16-channel vectors and a pixel tile that divides the width
         ConvSpec(batch=2, in_channels=32, height=8, width=8, out_channels=64, kernel=(3, 3), padding=(1, 1, 1, 1)),
+        # one input channel (a digits model's first conv): kernel columns folded into channels, with
+        # column stride and dilation and uneven padding on every side
+        ConvSpec(batch=2, in_channels=1, height=11, width=13, out_channels=20, kernel=(3, 5), strides=(1, 2), padding=(1, 2, 0, 1),
+                 dilation=(2, 2)),
     ],
-    ids=["1x1-stride2", "stem-7x7", "tiles"],
+    ids=["1x1-stride2", "stem-7x7", "tiles", "folded-1ch-dilated"],
 )
 @pytest.mark.parametrize("w_bits", [4, 8])
 def test_conv_network_shapes(spec, w_bits):
@@ -151,6 +155,8 @@ def test_avx2_network_shapes_and_tiles(knobs):
     _check("conv", spec, 8, 8, *_conv_inputs(rng, spec), knobs=knobs, lanes=int8.AVX2)
     spec = ConvSpec(batch=1, in_channels=16, height=12, width=12, out_channels=24, kernel=(1, 1), strides=(2, 2))
     _check("conv", spec, 3, 4, *_conv_inputs(rng, spec), lanes=int8.AVX2)
+    spec = ConvSpec(batch=1, in_channels=3, height=20, width=20, out_channels=16, kernel=(7, 7), strides=(2, 2), padding=(3, 3, 3, 3))
+    _check("conv", spec, 8, 8, *_conv_inputs(rng, spec), lanes=int8.AVX2)  # the stem, folded (default tile)
 
 
 def test_avx2_dense_and_instruction():
@@ -172,3 +178,9 @@ def test_avx2_kernel_is_offered_where_vnni_is_not():
     assert choose_kernel("conv2d", 8, 8, HASWELL) == "int8_avx2"
     assert choose_kernel("conv2d", 1, 1, HASWELL) == "bitserial"
     assert x86.default_int8_knobs(32, 8, int8.AVX2).ow_block * x86.default_int8_knobs(32, 8, int8.AVX2).oc_blocks <= 12
+
+
+def test_small_channel_counts_fold_kernel_columns():
+    """Folding pays only where the channels leave dot lanes empty and it saves dot products."""
+    assert int8.folds(3, 7) and int8.folds(1, 3) and int8.folds(3, 7, int8.AVX2) and int8.folds(21, 3, int8.AVX2)
+    assert not int8.folds(16, 3) and not int8.folds(3, 1) and not int8.folds(63, 7)  # aligned, one column, too wide

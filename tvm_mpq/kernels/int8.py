@@ -78,6 +78,8 @@ ACC_BLOCK = "mpq_int8_acc"
 ROWSUM_BLOCK = "mpq_a_rowsum"
 ASUM_BLOCK = "mpq_a_boxsum"
 OUT_BLOCK = "mpq_int8_out"
+#: The padded codes a folded conv's channels gather from (:func:`folds`).
+CODES_BLOCK = "mpq_int8_codes"
 
 
 def split_levels(w_bits: int) -> bool:
@@ -106,12 +108,39 @@ def input_code(data, spec: ConvSpec, aq, b, ch, hp, wp, dtype: str = "uint8"):
     return tirx.if_then_else(ch < c, value, tirx.const(0, dtype))
 
 
+def folds(in_channels: int, kernel_width: int, lanes: Lanes = VNNI) -> bool:
+    """Whether a conv's kernel columns are folded into its channels: ``C * KW`` channels of a KH x 1
+    kernel, channel ``c * KW + kw`` reading input column ``x * SW + kw * DW``. Where C is not a
+    multiple of the dot's ``ic`` channels, each (tap, channel block) dot wastes the padding lanes (an
+    RGB stem: 1 of 4 bytes, a 1-channel input 3 of 4); folded, the padding is paid once per row of
+    taps. Taken when it makes fewer dot products, for at most :data:`MAX_FOLDED` folded channels
+    (the folded input repeats each code KW times)."""
+    c, kw, ic = in_channels, kernel_width, lanes.ic
+    return kw > 1 and c % ic != 0 and c * kw <= MAX_FOLDED and ceil_div(c * kw, ic) < ceil_div(c, ic) * kw
+
+
+#: Most channels a fold may make (one 64-byte cache line of codes per pixel).
+MAX_FOLDED = 64
+
+
+def weight_shape(spec: ConvSpec, lanes: Lanes = VNNI) -> tuple[int, ...]:
+    """The prepared weights' shape for ``spec`` (see :func:`prepare_weights`)."""
+    c, (kh, kw) = spec.in_channels, spec.kernel
+    if folds(c, kw, lanes):
+        c, kw = c * kw, 1
+    return (ceil_div(spec.out_channels, lanes.oc), ceil_div(c, lanes.ic), kh, kw, lanes.oc, lanes.ic)
+
+
 def prepare_weights(values: np.ndarray, lanes: Lanes = VNNI) -> np.ndarray:
     """Weights ``[O, C, KH, KW]`` (or ``[O, K]`` for dense) -> ``[O/oc, C/ic, KH, KW, oc, ic]`` in
-    ``lanes.w_dtype`` (VNNI: ``[O/16, C/4, KH, KW, 16, 4]`` int8)."""
+    ``lanes.w_dtype`` (VNNI: ``[O/16, C/4, KH, KW, 16, 4]`` int8); with the kernel columns folded
+    into the channels where :func:`folds` (``[O/oc, C*KW/ic, KH, 1, oc, ic]``, channel ``c*KW + kw``)."""
     values = np.asarray(values)
     if values.ndim == 2:
         values = values[:, :, None, None]
+    if folds(values.shape[1], values.shape[3], lanes):
+        o, c, kh, kw = values.shape
+        values = np.ascontiguousarray(values.transpose(0, 1, 3, 2)).reshape(o, c * kw, kh, 1)
     info = np.iinfo(lanes.w_dtype)
     if values.min(initial=0) < info.min or values.max(initial=0) > info.max:
         raise ValueError(f"{lanes.w_dtype} kernel weights must lie in {info.min}..{info.max}")
@@ -140,7 +169,23 @@ def int8_conv2d(data, w_blocked, bias_q, out_scale, dead_bias, residual=None, *,
     (sh, sw), (dh, dw) = spec.strides, spec.dilation
     kh, kw = spec.kernel
     out_hw = (spec.out_height, spec.out_width)
-    if (kh, kw) == (1, 1) and spec.padding == (0, 0, 0, 0) and (sh, sw) != (1, 1):
+    if folds(c, kw, lanes):
+        # kernel columns folded into channels: the padded codes once, then each folded channel
+        # c * KW + kw at output column x reads column x * SW + kw * DW; a KH x 1 conv of stride (SH, 1)
+        hp_n, wp_n = h + pt + pb, w + pl + pr
+        codes = te.compute((n, c, hp_n, wp_n), lambda b, ch, hp, wp: input_code(data, spec, aq, b, ch, hp, wp, lanes.act_dtype),
+                           name=CODES_BLOCK)
+        cf = c * kw
+        cb = ceil_div(cf, IC_BLOCK)
+
+        def folded(b, cblk, hp, x, ci):
+            f = cblk * IC_BLOCK + ci
+            read = codes[b, tirx.min(f // kw, c - 1), hp, x * sw + (f % kw) * dw]
+            return tirx.if_then_else(f < cf, read, tirx.const(0, lanes.act_dtype))
+
+        a = te.compute((n, cb, hp_n, spec.out_width, IC_BLOCK), folded, name=ACT_BLOCK)
+        h, w, pt, pl, pb, pr, sw, dw, kw = hp_n, spec.out_width, 0, 0, 0, 0, 1, 1, 1
+    elif (kh, kw) == (1, 1) and spec.padding == (0, 0, 0, 0) and (sh, sw) != (1, 1):
         # strided 1x1 (ResNet downsample): quantize only the pixels the conv reads
         a = te.compute((n, cb, *out_hw, IC_BLOCK), lambda b, cblk, y, x, ci: padded(b, cblk, y * sh, x * sw, ci), name=ACT_BLOCK)
         h, w, pt, pl, pb, pr, sh, sw = spec.out_height, spec.out_width, 0, 0, 0, 0, 1, 1

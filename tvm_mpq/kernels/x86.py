@@ -221,6 +221,10 @@ def schedule_int8_conv(sch: Schedule, knobs: Int8Knobs | None = None, lanes=int8
     act = find_block(sch, int8.ACT_BLOCK)
     _parallel_outer(sch, act, 3)
     sch.unroll(sch.get_loops(act)[-1])
+    codes = find_block(sch, int8.CODES_BLOCK)
+    if codes is not None:  # a folded conv's padded codes (int8.folds): rows in parallel, each row vectorized
+        _parallel_outer(sch, codes, 3)
+        sch.vectorize(sch.get_loops(codes)[-1])
     return knobs
 
 
