@@ -1,4 +1,5 @@
-"""Policy search on the digits ResNet, measured: budgets x methods x targets, in one run.
+"""Policy search on a model and its task (digits ResNet on digits by default; ``--task fashion-mnist``:
+the Fashion-MNIST ResNet), measured next to OpenVINO int8: budgets x methods x targets, in one run.
 
 For each target (default: this CPU as ``-mcpu=znver5``, and the AVX2-only ``-mcpu=haswell``,
 which runs here too):
@@ -17,7 +18,10 @@ which runs here too):
 4. every policy compiled and timed in one interleaved session (a fresh process, alternating
    order, ``--rounds``): ms are medians over rounds, "x int8" the median over rounds of the
    policy's time over uniform W8A8's in the same round, so "within budget" compares
-   measurements of the same minutes;
+   measurements of the same minutes; each round starts with one round of OpenVINO int8 of the
+   same float model (``openvino_peer.py``: NNCF post-training on the task's calibration images,
+   ``ONEDNN_MAX_CPU_ISA=AVX2`` on the haswell target; its accuracy on the same test images),
+   and "x OV" is OpenVINO's time over the row's, per round (``--no-peers``: skipped);
 5. the cross-target table: the policy ``--cross-method`` (ILP) found for each target at ``--cross-budget``,
    compiled and measured on both targets.
 
@@ -45,7 +49,7 @@ import numpy as np
 
 from tvm_mpq.cli.common import bits_list
 from tvm_mpq.policy import SEARCH_BITS
-from tvm_mpq.search.run import METHODS, SENSITIVITIES
+from tvm_mpq.policy_search.options import METHODS, SENSITIVITIES
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 UNIFORM = ("W8A8", "W4A4", "W2A2", "W1A2", "W1A1")
@@ -81,7 +85,7 @@ def bits_summary(policy, net) -> str:
 
 
 # the options a cached search depends on beyond its key (target|method|budget); a uniform finetune depends on the first four
-UNIFORM_SETTINGS = ("model", "finetune_epochs", "distill", "seed")
+UNIFORM_SETTINGS = ("model", "task", "finetune_epochs", "finetune_batches", "distill", "seed")
 CACHED_SETTINGS = UNIFORM_SETTINGS + ("a_bits", "episodes", "warmup", "reward_images", "budget_rounds", "budget_margin", "rounds",
                                       "number", "tune_budget", "ilp_candidates", "sensitivity", "act_weight")
 
@@ -146,7 +150,7 @@ def test_correct(setup, policy, net) -> str:
     import tvm_mpq
     from tvm_mpq.quant.finetune import correct
 
-    return np.packbits(correct(tvm_mpq.simulate(net, policy, setup.cal), setup.test)).tobytes().hex()
+    return np.packbits(correct(tvm_mpq.simulate(net, policy, setup.cal), setup.task.report.split)).tobytes().hex()
 
 
 def unpack_correct(item: dict, n: int):
@@ -156,10 +160,10 @@ def unpack_correct(item: dict, n: int):
 
 def finetuned_accuracy(setup, policy, args) -> tuple[float, str]:
     """Test accuracy of ``policy`` after the finetune every policy gets, and :func:`test_correct`."""
-    from tvm_mpq.search.run import finetune, policy_accuracy
+    from tvm_mpq.policy_search.setup import finetune, policy_accuracy
 
     w8a8 = policy.resolve(setup.net.layer_names) == uniform_policy(setup.net, "W8A8").resolve(setup.net.layer_names)
-    net = finetune(setup, policy, 0 if w8a8 else args.finetune_epochs, args.seed, args.distill)
+    net = finetune(setup, policy, 0 if w8a8 else args.finetune_epochs, args.seed, args.distill, args.finetune_batches)
     return policy_accuracy(setup, policy, net), test_correct(setup, policy, net)
 
 
@@ -169,13 +173,14 @@ def setup_target(target: str, args):
     measurement: the model's workloads are tuned first (``--tune-budget`` knob settings per cell,
     kept in ``$TVM_MPQ_CACHE/search-<target>.jsonl``, so a rerun measures nothing again)."""
     from tvm_mpq import hardware
+    from tvm_mpq.policy_search.options import SearchArgs
+    from tvm_mpq.policy_search.setup import int8_policy, prepare
     from tvm_mpq.quant.finetune import cache_dir
-    from tvm_mpq.search import run as srun
 
     name = short(target)
     predicted = name in args.predicted
     provider = "predicted" if predicted else "hybrid" if name in args.hybrid else "measured"
-    base = srun.SearchArgs(model=args.model, target=target, provider=provider,
+    base = SearchArgs(model=args.model, data=args.task, finetune_batches=args.finetune_batches, target=target, provider=provider,
                            db=None if predicted else str(cache_dir() / f"search-{name}.jsonl"),
                            episodes=args.episodes, warmup=args.warmup, reward_images=args.reward_images,
                            finetune_epochs=args.finetune_epochs, distill=args.distill, seed=args.seed,
@@ -183,12 +188,12 @@ def setup_target(target: str, args):
                            # each search compiles its policy and tightens the provider's budget while the measurement misses it
                            measure=not args.no_timing, budget_rounds=args.budget_rounds, budget_margin=args.budget_margin,
                            rounds=5)
-    setup = srun.prepare(base)
+    setup = prepare(base)
     if not predicted:
         tune_target(setup.net, setup.provider.db, target, args.tune_budget)
     setup.args = base
     print(f"[{name}] {base.provider} latency; float accuracy {100 * setup.float_accuracy:.2f}%, uniform W8A8 priced "
-          f"{1e3 * hardware.network_latency(setup.provider, setup.net, srun.int8_policy(setup.net)):.3f} ms", flush=True)
+          f"{1e3 * hardware.network_latency(setup.provider, setup.net, int8_policy(setup.net)):.3f} ms", flush=True)
     return setup
 
 
@@ -211,7 +216,7 @@ def run_uniform(setup, args, state: State) -> None:
 
 
 def run_searches(setup, methods, budgets, args, state: State) -> None:
-    from tvm_mpq.search import run as srun
+    from tvm_mpq.policy_search import run as srun
 
     name = short(setup.args.target)
     for method in methods:
@@ -235,18 +240,21 @@ def run_searches(setup, methods, budgets, args, state: State) -> None:
             print(f"[{name}] {method} @ {budget}: {acc} ({item['wall_s']:.0f} s)", flush=True)
 
 
-def time_all(setups: dict, state: State, args) -> dict:
-    """Compile every policy for every target and time each target's models in one session:
-    ``{target: {key: [ms per round]}}``."""
+def time_all(setups: dict, state: State, args, peers: dict) -> dict:
+    """Compile every policy for every target and time each target's models in one session, each
+    round after one round of the target's OpenVINO int8 (``peers``): ``{target: {key: [ms per round]}}``."""
+    from tvm_mpq._tvm import default_cores
+
+    threads = default_cores()
     import tvm_mpq
     from tvm_mpq.deploy import time_exported
-    from tvm_mpq.search.run import build_options
+    from tvm_mpq.policy_search.setup import build_options
 
     timings = {}
     for name, setup in setups.items():
         target = target_of(name)
         items = {k: v for k, v in state.data.items() if v.get("policy") and (v["target"] == name or k in cross_keys(setups, args))}
-        x = setup.test.images[:1].numpy()
+        x = setup.timing_input
         with tempfile.TemporaryDirectory() as tmp:
             paths = {}
             for i, (key, item) in enumerate(sorted(items.items())):
@@ -254,10 +262,45 @@ def time_all(setups: dict, state: State, args) -> dict:
                 compiled = tvm_mpq.build(setup.net, policy, setup.cal, target, **build_options(setup.provider))
                 paths[key] = compiled.export(os.path.join(tmp, f"{i}.so"))
             t0 = time.perf_counter()
-            times = time_exported(paths, x, rounds=args.rounds, number=args.number)
-            print(f"[{name}] timed {len(paths)} compiled models x {args.rounds} rounds in {time.perf_counter() - t0:.0f} s", flush=True)
+            peer = peers.get(name)
+            times = {k: [] for k in paths}
+            if peer is not None:
+                times[OPENVINO] = []
+            for _ in range(args.rounds):  # each round: OpenVINO's child, then ours, each in a fresh process
+                if peer is not None:
+                    times[OPENVINO].append(peer.time_round(threads))
+                for k, v in time_exported(paths, x, rounds=1, number=args.number, threads=threads).items():
+                    times[k].extend(v)
+            print(f"[{name}] timed {len(paths)} compiled models{' and OpenVINO int8' if peer else ''} x {args.rounds} rounds "
+                  f"on {threads} thread(s) in {time.perf_counter() - t0:.0f} s", flush=True)
         timings[name] = {k: [1e3 * t for t in v] for k, v in times.items()}
     return timings
+
+
+OPENVINO = "openvino-int8"
+
+
+def openvino_peers(setups: dict, args, workdir: str) -> dict:
+    """``{target: OpenVINOInt8}`` of the float model (NNCF PTQ on the task's calibration images),
+    its test accuracy in ``args.peer_accuracy``; ``{}`` with ``--no-peers`` or without the peers extra."""
+    if args.no_peers:
+        return {}
+    import openvino_peer
+
+    why = openvino_peer.available()
+    if why:
+        print(f"OpenVINO int8 skipped: {why}", file=sys.stderr, flush=True)
+        return {}
+    found = {}
+    for name, setup in setups.items():
+        isa = "avx2" if name == "haswell" else "host"
+        found[name] = openvino_peer.OpenVINOInt8(setup.net.model, setup.task.calibration_inputs(), os.path.join(workdir, name), isa,
+                                                 number=args.number)
+    first = next(iter(found.values()), None)
+    if first is not None:
+        split = getattr(next(iter(setups.values())).task.report, "split", None)
+        args.peer_accuracy = first.accuracy(split) if split is not None else None
+    return found
 
 
 def cross_keys(setups, args) -> list[str]:
@@ -266,7 +309,7 @@ def cross_keys(setups, args) -> list[str]:
 
 def report(setups: dict, state: State, timings: dict, args) -> tuple[str, dict]:
     lines, summary = [], {"targets": {}}
-    from tvm_mpq.search.run import round_ratio
+    from tvm_mpq.policy_search.budget import round_ratio
 
     base = {n: f"{n}|uniform|W8A8" for n in setups}
     ms_of = {n: {k: float(np.median(v)) for k, v in timings.get(n, {}).items()} for n in setups}
@@ -279,10 +322,15 @@ def report(setups: dict, state: State, timings: dict, args) -> tuple[str, dict]:
         ms = ms_of[name]
         int8_ms = ms.get(base[name])
         float_acc = setups[name].float_accuracy
-        lines.append(f"\n== {name}: digits_resnet, float {100 * float_acc:.2f}%, uniform W8A8 measured "
-                     f"{int8_ms if int8_ms is None else round(int8_ms, 3)} ms ==")
+        lines.append(f"\n== {name}: {setups[name].name} on {setups[name].task.name}, float {100 * float_acc:.2f}%, uniform W8A8 "
+                     f"measured {int8_ms if int8_ms is None else round(int8_ms, 3)} ms ==")
+        has_peer = OPENVINO in timings.get(name, {})
+        if has_peer:
+            acc = args.peer_accuracy
+            lines.append(f"{'OpenVINO int8 (NNCF)':22s} {f'{100 * acc:7.2f}' if acc is not None else '      -'} {'':8s} {'':8s} "
+                         f"{ms[OPENVINO]:8.3f} {ratio(name, OPENVINO):7.2f}   (PTQ of the float model; x OV below: its ms over the row's, per round)")
         lines.append(f"{'policy':22s} {'acc %':>7s} {'(pre-FT)':>8s} {'pred ms':>8s} {'meas ms':>8s} {'x int8':>7s} "
-                     f"{'budget':>7s} {'ok':>3s} {'beats unif.':>11s} {'search s':>8s}  bits (w/a per layer)")
+                     f"{'budget':>7s} {'ok':>3s} {'beats unif.':>11s} {'x OV':>6s} {'search s':>8s}  bits (w/a per layer)")
         uniform = [(v["label"], ms.get(k), v["accuracy"]) for k, v in sorted(state.data.items()) if v["target"] == name and v["method"] == "uniform"]
         rows = []
         for key, item in sorted(state.data.items(), key=lambda kv: (kv[1]["method"] != "uniform", kv[1]["method"], -kv[1].get("budget", 0))):
@@ -300,6 +348,8 @@ def report(setups: dict, state: State, timings: dict, args) -> tuple[str, dict]:
                 row["episodes"] = item.get("info", {}).get("episodes")
             elif item["method"] == "uniform" and row["measured_ms"] and int8_ms:
                 row["ratio"] = ratio(name, key)
+            if has_peer and row["measured_ms"]:
+                row["x_openvino"] = round_ratio(timings[name], OPENVINO, key)
             rows.append(row)
             label = item.get("label") or f"{item['method']} @ {item['budget']}"
             if item["method"] != "uniform" and not item.get("feasible"):
@@ -311,13 +361,17 @@ def report(setups: dict, state: State, timings: dict, args) -> tuple[str, dict]:
                 f"{f(row['predicted_ms'], '8.3f')} {f(row['measured_ms'], '8.3f')} {f(row.get('ratio'), '7.2f')} "
                 f"{f(item.get('budget'), '7.2f')} {('yes' if row.get('within_budget') else 'NO') if 'within_budget' in row else '':>3s} "
                 f"{('yes' if row.get('beats_uniform') else 'NO') if 'beats_uniform' in row else '':>11s} "
-                f"{f(row.get('search_wall_s'), '8.0f')}  {row.get('bits') or ''}")
+                f"{f(row.get('x_openvino'), '6.2f')} {f(row.get('search_wall_s'), '8.0f')}  {row.get('bits') or ''}")
         solves = [(item["budget"], item["info"]) for item in state.data.values()
                   if item["target"] == name and item["method"] == "ilp" and "solve_s" in item.get("info", {})]
         if solves:
             lines.append("ILP alone (pricing + HiGHS; search s adds the sensitivity estimate and the measured budget rounds): " +
                          ", ".join(f"@ {b} {info['solve_s']:.1f} s" for b, info in sorted(solves, key=lambda bi: -bi[0])))
-        summary["targets"][name] = {"float_accuracy": float_acc, "int8_ms": int8_ms, "rows": rows}
+        summary["targets"][name] = {"float_accuracy": float_acc, "int8_ms": int8_ms, "rows": rows, "model": setups[name].name,
+                                    "task": setups[name].task.name}
+        if has_peer:
+            summary["targets"][name]["openvino_int8"] = {"accuracy": args.peer_accuracy, "ms": ms[OPENVINO],
+                                                         "x_int8": ratio(name, OPENVINO)}
     keys = cross_keys(setups, args)
     if keys and all(k in state.data and state.data[k].get("policy") for k in keys):
         lines.append(f"\n== cross-target: {args.cross_method.upper()} policy at {args.cross_budget} x int8, compiled and measured on each target ==")
@@ -333,7 +387,7 @@ def report(setups: dict, state: State, timings: dict, args) -> tuple[str, dict]:
         # images is a tie, not a ranking
         from tvm_mpq.quant.finetune import mcnemar_p
 
-        n_test = len(next(iter(setups.values())).test)
+        n_test = len(next(iter(setups.values())).task.report.split)
         hits = {state.data[k]["target"]: unpack_correct(state.data[k], n_test) for k in keys}
         p_value = mcnemar_p(*hits.values()) if len(hits) == 2 and all(h is not None for h in hits.values()) else None
         if p_value is not None:
@@ -375,12 +429,15 @@ def plot(setups, summary, prefix: str) -> list[str]:
             if pts:
                 ax.plot(*zip(*pts), marker=marker, label=method)
         ax.axhline(100 * t["float_accuracy"], ls="--", color="gray", lw=0.8, label="float")
+        peer = t.get("openvino_int8")
+        if peer and peer.get("accuracy") is not None:
+            ax.scatter([peer["ms"]], [100 * peer["accuracy"]], marker="*", s=160, color="tab:purple", label="OpenVINO int8 (NNCF)")
         if t["int8_ms"]:
             for b in sorted({r["budget"] for r in t["rows"] if r.get("budget")}):
                 ax.axvline(b * t["int8_ms"], ls=":", color="tab:red", lw=0.6)
         ax.set_xlabel(f"measured latency on {name} (ms)")
         ax.set_ylabel("test accuracy after finetune (%)")
-        ax.set_title(f"digits_resnet on {name}: accuracy vs latency (budgets dotted)", fontsize=9)
+        ax.set_title(f"{t['model']} ({t['task']}) on {name}: accuracy vs latency (budgets dotted)", fontsize=9)
         ax.legend(fontsize=7)
         fig.tight_layout()
         paths.append(f"{prefix}-{name}.png")
@@ -391,7 +448,10 @@ def plot(setups, summary, prefix: str) -> list[str]:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="digits_resnet")
+    ap.add_argument("--task", default=None, help="digits, fashion-mnist[:DIR] or file.py:factory (default: the model's own)")
+    ap.add_argument("--model", default=None, help="default: digits_resnet, or fashion_resnet with --task fashion-mnist")
+    ap.add_argument("--finetune-batches", type=int, default=0, help="at most this many train batches per QAT epoch (0: all)")
+    ap.add_argument("--no-peers", action="store_true", help="skip OpenVINO int8 (NNCF PTQ of the float model), timed with ours")
     ap.add_argument("--targets", default="znver5,haswell", help="comma-separated -mcpu names or full target strings")
     ap.add_argument("--budgets", default="0.9,0.8,0.7,0.6", help="fractions of the uniform W8A8 latency")
     ap.add_argument("--methods", default="ilp,haq,autoq")
@@ -425,6 +485,8 @@ def main(argv=None) -> int:
     ap.add_argument("--fresh", action="store_true", help="ignore the cached searches in <out>.json")
     ap.add_argument("--out", default=os.path.join(HERE, "results", f"{datetime.date.today()}-search"))
     args = ap.parse_args(argv)
+    if args.model is None:
+        args.model = "fashion_resnet" if (args.task or "").startswith("fashion-mnist") else "digits_resnet"
     args.budgets = [float(b) for b in args.budgets.split(",")]
     args.rl_budgets = [float(b) for b in args.rl_budgets.split(",") if b]
     args.methods = [m for m in args.methods.split(",") if m]
@@ -460,7 +522,10 @@ def main(argv=None) -> int:
     search_s = time.perf_counter() - t0
     from tvm_mpq._tvm import default_cores
 
-    timings = {} if args.no_timing else time_all(setups, state, args)
+    args.peer_accuracy = None
+    with tempfile.TemporaryDirectory(prefix="mpq_search_peers_") as work:
+        peers = {} if args.no_timing else openvino_peers(setups, args, work)
+        timings = {} if args.no_timing else time_all(setups, state, args, peers)
     text, summary = report(setups, state, timings, args)
     header = (f"benchmarks/search.py {' '.join(sys.argv[1:] if argv is None else argv)}\n"
               f"{datetime.datetime.now():%Y-%m-%d %H:%M}, searches+finetunes this run {search_s:.0f} s, "

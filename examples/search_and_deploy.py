@@ -5,7 +5,7 @@
         [--w-bits 1,2,3,4,8] [--a-bits 1,2,3,4,8] [--episodes 12] [--groups 4]
 
 1. train (or load from ``$TVM_MPQ_CACHE``) a width-8 ResNet on scikit-learn's digits
-   (``tvm_mpq.search.run.prepare``);
+   (``tvm_mpq.policy_search.setup.prepare``);
 2. search per-layer bits under ``--budget`` x the uniform W8A8 latency, priced by the shipped
    cost model (``hardware.PredictedLatency``): ``ilp`` (KL sensitivity + an integer program) or the
    reinforcement-learning searches ``haq`` / ``autoq`` (``--episodes``, each scored on real
@@ -37,7 +37,10 @@ import torch
 
 import tvm_mpq
 from tvm_mpq import deploy
-from tvm_mpq.search import run as srun
+from tvm_mpq import data
+from tvm_mpq.policy_search import run as srun
+from tvm_mpq.policy_search import setup as ssetup
+from tvm_mpq.policy_search.options import METHODS, SearchArgs
 
 
 def bits_list(text: str) -> tuple[int, ...]:
@@ -54,14 +57,14 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out-dir", default="deploy_out", help="policy.json, model.so and x.npy go here (default deploy_out)")
     ap.add_argument("--budget", type=float, default=0.9, help="latency budget, fraction of the uniform W8A8 latency (default 0.9)")
-    ap.add_argument("--method", choices=srun.METHODS, default="ilp", help="search method (default ilp)")
+    ap.add_argument("--method", choices=METHODS, default="ilp", help="search method (default ilp)")
     ap.add_argument("--target", default=None, help="e.g. 'llvm -mcpu=znver5'; default: this host")
     ap.add_argument("--build-dir", default=None, help="CMake build dir of the C++ runner (default <checkout>/build)")
     ap.add_argument("--input-size", type=int, default=32, help="digits upsampled to this size (default 32; 16 is 4x cheaper)")
     ap.add_argument("--train-epochs", type=int, default=5, help="epochs of float training, cached per setting (default 5: ~92%% test accuracy)")
     ap.add_argument("--finetune-epochs", type=int, default=1, help="QAT epochs under the found policy (0: none; default 1)")
-    ap.add_argument("--w-bits", type=bits_list, default=srun.SearchArgs.w_bits, help="weight bits to choose from (default 1,2,3,4,8)")
-    ap.add_argument("--a-bits", type=bits_list, default=srun.SearchArgs.a_bits, help="activation bits to choose from (default 1,2,3,4,8)")
+    ap.add_argument("--w-bits", type=bits_list, default=SearchArgs.w_bits, help="weight bits to choose from (default 1,2,3,4,8)")
+    ap.add_argument("--a-bits", type=bits_list, default=SearchArgs.a_bits, help="activation bits to choose from (default 1,2,3,4,8)")
     ap.add_argument("--episodes", type=int, default=12, help="episodes of the haq/autoq searches (default 12)")
     ap.add_argument("--groups", type=int, default=4, help="autoq: output-channel groups per layer, one kernel each (default 4)")
     ap.add_argument("--images", type=int, default=5, help="test images to classify with the runner (default 5)")
@@ -70,7 +73,7 @@ def main() -> int:
     os.makedirs(args.out_dir, exist_ok=True)
     policy_path, model_path, x_path = (os.path.join(args.out_dir, name) for name in ("policy.json", "model.so", "x.npy"))
 
-    sargs = srun.SearchArgs(
+    sargs = SearchArgs(
         model="digits_resnet", model_kwargs={"width": 8, "input_size": args.input_size}, train_epochs=args.train_epochs,
         method=args.method, latency_budget=args.budget, target=args.target, provider="predicted", w_bits=args.w_bits, a_bits=args.a_bits,
         episodes=args.episodes, warmup=max(1, args.episodes // 3), groups=args.groups, reward_images=128,
@@ -78,7 +81,7 @@ def main() -> int:
     )
     print(f"[1/4] digits_resnet (width 8, {args.input_size}x{args.input_size}), {args.train_epochs} training epochs "
           f"(cached in $TVM_MPQ_CACHE)", flush=True)
-    setup = srun.prepare(sargs)
+    setup = ssetup.prepare(sargs)
     net = setup.net
     print(f"      {len(net.layers)} layers, {net.macs / 1e6:.1f} MMAC; float test accuracy {100 * setup.float_accuracy:.2f}%", flush=True)
 
@@ -104,15 +107,16 @@ def main() -> int:
               f"{100 * result['accuracy']:.2f}% after QAT", flush=True)
     else:
         print(f"      test accuracy of the policy: {100 * result['accuracy_before_finetune']:.2f}% (no QAT)", flush=True)
-    compiled = tvm_mpq.build(tuned, policy, setup.cal, args.target, **srun.build_options(setup.provider))
-    x = setup.test.images[:1]
+    compiled = tvm_mpq.build(tuned, policy, setup.cal, args.target, **ssetup.build_options(setup.provider))
+    test = data.digits("test", size=args.input_size)
+    x = test.images[:1]
     y_python = compiled.run(x.numpy())
     with torch.no_grad():
         sim = tvm_mpq.simulate(tuned, policy, setup.cal)(x).numpy()
     print(f"      max |TVM - torch simulation| = {float(np.abs(y_python - sim).max()):.3g}", flush=True)
     compiled.export(model_path)
     np.save(x_path, x.numpy())
-    print(f"      exported {model_path}; test image 0 (label {int(setup.test.labels[0])}) saved as {x_path}", flush=True)
+    print(f"      exported {model_path}; test image 0 (label {int(test.labels[0])}) saved as {x_path}", flush=True)
 
     print(f"[4/4] C++ runner: build in {deploy.runner_path(args.build_dir).parent}, run", flush=True)
     runner = deploy.build_runner(args.build_dir)
@@ -126,8 +130,8 @@ def main() -> int:
     print(f"\n{'image':>5s} {'true':>5s} {'predicted (C++)':>16s}")
     correct = 0
     for i in range(args.images):
-        (y,), _ = deploy.run_runner(model_path, [setup.test.images[i:i + 1].numpy()], repeat=0, runner=runner)
-        label, pred = int(setup.test.labels[i]), int(y.argmax())
+        (y,), _ = deploy.run_runner(model_path, [test.images[i:i + 1].numpy()], repeat=0, runner=runner)
+        label, pred = int(test.labels[i]), int(y.argmax())
         correct += label == pred
         print(f"{i:5d} {label:5d} {pred:16d}")
     print(f"{correct}/{args.images} correct; done in {time.perf_counter() - t0:.0f} s")

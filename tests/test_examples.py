@@ -31,7 +31,8 @@ def test_demo_quick_path(tmp_path):
     assert "max |TVM - torch simulation| = 0 " in proc.stdout
     for row in ("float (TVM)", "uniform W8A8 (TVM)", "uniform W4A4 (TVM)", "uniform W2A2 (TVM)", "ILP policy @ 1.0x", "PyTorch int8"):
         assert row in proc.stdout
-    assert (tmp_path / "demo_pareto.png").exists() and (tmp_path / "policy.json").exists() and (tmp_path / "policy.so").exists()
+    assert (tmp_path / "demo_pareto.png").exists() and (tmp_path / "policy-host.json").exists() and (tmp_path / "policy.so").exists()
+    assert "policy / uniform int8 measured:" in proc.stdout
 
 
 def test_demo_refuses_a_target_this_host_cannot_run(tmp_path, capsys):

@@ -124,7 +124,7 @@ def test_get_bad_kwargs(kwargs, match):
 
 
 def test_unknown_builtin():
-    with pytest.raises(ValueError, match="unknown model 'resnet19'.*digits_cnn, digits_resnet, mobilenet_v2, resnet18"):
+    with pytest.raises(ValueError, match="unknown model 'resnet19'.*digits_cnn, digits_resnet, fashion_resnet, mobilenet_v2, resnet18"):
         models.get("resnet19")
 
 

@@ -27,7 +27,8 @@ def test_avx512_code_on_an_avx2_host_is_named(haswell_host):
 
 def test_local_tuning_and_search_refuse_a_target_the_host_cannot_run(haswell_host, tmp_path):
     from tvm_mpq.kernels.spec import ConvSpec
-    from tvm_mpq.search.run import SearchArgs, prepare
+    from tvm_mpq.policy_search.options import SearchArgs
+    from tvm_mpq.policy_search.setup import prepare
     from tvm_mpq.tuning import TuningDatabase, plan, tune
 
     spec = ConvSpec(batch=1, in_channels=8, height=4, width=4, out_channels=8, kernel=(1, 1))

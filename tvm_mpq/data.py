@@ -12,6 +12,7 @@ chosen policy is reported.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,8 +28,11 @@ MEAN, STD = 0.305, 0.324  # of the [0, 1] upsampled training images, for normali
 
 @dataclass(frozen=True)
 class Split:
-    images: torch.Tensor  # [N, 1, size, size] float32, normalized
+    """Images and labels of one split of a built-in image task, in memory."""
+
+    images: torch.Tensor  # [N, C, H, W] float32, normalized
     labels: torch.Tensor  # [N] int64
+    augmenter: Callable | None = None  # (batch, generator) -> batch for augment=True; None: digits' augment_batch
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
@@ -40,7 +44,16 @@ class Split:
         for start in range(0, len(self), batch_size):
             idx = order[start:start + batch_size]
             x = self.images[idx]
-            yield (augment_batch(x, gen) if augment else x), self.labels[idx]
+            if augment:
+                x = (self.augmenter or augment_batch)(x, gen)
+            yield x, self.labels[idx]
+
+    def subset(self, n: int) -> "Split":
+        """``n`` images at an even stride through the split (0 or ``n >= len``: the split itself)."""
+        if not n or n >= len(self):
+            return self
+        idx = torch.from_numpy(np.linspace(0, len(self) - 1, n).round().astype(np.int64))
+        return Split(self.images[idx], self.labels[idx], self.augmenter)
 
 
 def _upsample(images: np.ndarray, size: int) -> torch.Tensor:

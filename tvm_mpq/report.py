@@ -2,12 +2,12 @@
 
     kind, run = load_run("run.json")            # ("search", summary) or ("tuning", [Record, ...])
     lines = search_lines(run)                   # the per-layer table, accuracy and latency
-    pngs = plot_search(run, "plots")            # Pareto and per-layer bits (tvm_mpq.search.run.plot)
+    pngs = plot_search(run, "plots")            # Pareto and per-layer bits (tvm_mpq.policy_search.plot.plot)
     table = tuning_table(records)               # per workload x precision: best latency, winning kernel
     png = plot_tuning(table, "plots/records_latency.png")
 
 A search summary is the JSON object ``tvm-mpq search --json`` prints (its ``details``) or the dict
-:func:`tvm_mpq.search.run.run` returns; a tuning database is the JSON-lines file ``tvm-mpq tune``
+:func:`tvm_mpq.policy_search.run.run` returns; a tuning database is the JSON-lines file ``tvm-mpq tune``
 appends to (:class:`~tvm_mpq.tuning.TuningDatabase`). :func:`load_run` tells them apart by content.
 Functions here return data and lines of text; the command line prints them.
 """
@@ -117,7 +117,7 @@ def search_lines(summary: dict, png: list[str] | None = None) -> list[str]:
 def plot_search(summary: dict, png_dir: "str | os.PathLike[str]") -> list[str]:
     """``<model>_<method>_pareto.png`` (accuracy vs measured latency, the uniform points of a run made
     with ``--png-dir``) and ``<model>_<method>_bits.png`` (per-layer bits) in ``png_dir``."""
-    from tvm_mpq.search.run import plot
+    from tvm_mpq.policy_search.plot import plot
 
     if "table" not in summary:
         raise ValueError(f"the search was infeasible ({summary.get('error')}): there is no policy to plot")

@@ -34,7 +34,7 @@ def test_a_layer_split_into_several_kernels_pays_for_the_join():
     from tvm_mpq.hardware.base import JOIN_BYTES_PER_S, join_seconds
     from tvm_mpq.kernels.spec import group_spec
     from tvm_mpq.policy import ChannelGroup as G, LayerBits
-    from tvm_mpq.search.env import BitRange, LatencyTable
+    from tvm_mpq.policy_search.env import BitRange, LatencyTable
 
     model = XGBCostModel(config=CostModelConfig(n_estimators=50)).fit(fake_records(8))
     hw = PredictedLatency(model, target=TARGET, in_network=False)

@@ -10,8 +10,9 @@ from dataclasses import dataclass
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
-#: Built-in models trained on the digits task (:func:`tvm_mpq.quant.finetune.pretrained`).
-DIGITS_MODELS = ("digits_cnn", "digits_resnet")
+#: Built-in models with trained weights (:func:`tvm_mpq.quant.finetune.pretrained`): trained on
+#: digits (cached), or shipped (fashion_resnet).
+TRAINED_MODELS = ("digits_cnn", "digits_resnet", "fashion_resnet")
 
 
 class UsageError(Exception):
@@ -73,32 +74,42 @@ class ModelArgs:
 
     model: str
     input_size: int | None = None
-    random_weights: bool = False  # digits models: skip the (cached) digits training
-    train_epochs: int = 15  # digits models: float training epochs (the default is `tvm-mpq search`'s, same cache)
+    random_weights: bool = False  # trained built-ins: their deterministic random weights instead
+    train_epochs: int | None = None  # digits models: float training epochs (None: the model's recipe, as `tvm-mpq search`: same cache)
     calibration: str = "percentile"
     calib_batches: int = 4
     weights_file: str | None = None  # finetuned weights + their calibration (`tvm-mpq search` writes policy.pt)
+    data: str | None = None  # the task whose calibration batches are used (None: a trained built-in's own; others: random)
 
     def __post_init__(self) -> None:
         from tvm_mpq.quant.calibrate import METHODS
 
         if self.calibration not in METHODS:
             raise ValueError(f"--calibration must be one of {', '.join(METHODS)}, got {self.calibration!r}")
-        if self.train_epochs < 1 or self.calib_batches < 1:
+        if (self.train_epochs is not None and self.train_epochs < 1) or self.calib_batches < 1:
             raise ValueError(f"--train-epochs and --calib-batches must be >= 1, got {self.train_epochs} and {self.calib_batches}")
 
     @property
     def trained(self) -> bool:
-        """Digits model with trained weights (otherwise: the model's own deterministic weights)."""
-        return self.model in DIGITS_MODELS and not self.random_weights and not self.weights_file
+        """Built-in model with trained weights (otherwise: the model's own deterministic weights)."""
+        return self.model in TRAINED_MODELS and not self.random_weights and not self.weights_file
 
     @property
     def weights(self) -> str:
-        """``"finetuned"`` (a ``--weights`` file), ``"digits-trained"``, ``"random"`` (a digits model's
-        deterministic random weights) or ``"built-in"``."""
+        """``"finetuned"`` (a ``--weights`` file), ``"digits-trained"``, ``"trained"`` (shipped),
+        ``"random"`` (a trained built-in's deterministic random weights) or ``"built-in"``."""
         if self.weights_file:
             return "finetuned"
-        return "digits-trained" if self.trained else "random" if self.model in DIGITS_MODELS else "built-in"
+        if self.trained:
+            return "trained" if self.model == "fashion_resnet" else "digits-trained"
+        return "random" if self.model in TRAINED_MODELS else "built-in"
+
+    @property
+    def task(self) -> str | None:
+        """The task spec calibration batches come from (``--data``, or a trained built-in's own)."""
+        from tvm_mpq import tasks
+
+        return self.data or tasks.default_for(self.model)
 
 
 @dataclass
@@ -122,24 +133,33 @@ def load_torch(margs: ModelArgs):
     size = {"input_size": margs.input_size} if margs.input_size else {}
     try:
         if margs.trained:
-            from tvm_mpq.quant.finetune import Recipe, pretrained
+            from tvm_mpq.quant.finetune import pretrained, recipe_for
 
-            return pretrained(margs.model, Recipe(epochs=margs.train_epochs), **size)
+            return pretrained(margs.model, recipe_for(margs.model, margs.train_epochs), **size)
         return tvm_mpq.models.get(margs.model, **size)
     except (ValueError, FileNotFoundError, ImportError, AttributeError) as err:
         raise UsageError(f"cannot load model {margs.model!r}: {err}") from None
 
 
 def calibration_batches(margs: ModelArgs, inputs) -> list[tuple]:
-    """Digits models: the first training batches of 256 real digits; other models: seeded random
-    batches shaped like the example inputs."""
+    """The task's calibration batches (``--data``, or a trained built-in's own task: the first
+    training batches of 256 images); models without a task: seeded random batches shaped like the
+    example inputs."""
     import torch
 
-    if margs.model in DIGITS_MODELS:
-        from tvm_mpq import data
+    if margs.task is not None:
+        from tvm_mpq import tasks
 
-        train = data.digits("train", size=int(inputs[0].shape[-1]))
-        return [(x,) for x, _ in train.batches(256)][: margs.calib_batches]
+        try:
+            task = tasks.load(margs.task, example_inputs=inputs)
+            batches = task.calibration_inputs()[: margs.calib_batches]
+        except (tasks.TaskError, ValueError) as err:
+            raise UsageError(f"--data {margs.task}: {err}") from None
+        want = [tuple(x.shape[1:]) for x in inputs]
+        if [tuple(x.shape[1:]) for x in batches[0]] != want:
+            raise UsageError(f"--data {margs.task}: its calibration batches have inputs {[list(x.shape) for x in batches[0]]}, "
+                             f"the model takes {[list(x.shape) for x in inputs]}: give the task this model was trained on")
+        return batches
     gen = torch.Generator().manual_seed(0)
     return [tuple(torch.randn(x.shape, generator=gen) for x in inputs) for _ in range(margs.calib_batches)]
 
@@ -185,7 +205,7 @@ def calibrate_model(margs: ModelArgs, net, inputs) -> Prepared:
         cal = finetuned(margs, inputs)[1]
     else:
         cal = tvm_mpq.calibrate(net, batches, method=margs.calibration)
-    example = tuple(x[:1] for x in batches[0]) if margs.model in DIGITS_MODELS else tuple(inputs)
+    example = tuple(x[:1] for x in batches[0]) if margs.task is not None else tuple(inputs)
     return Prepared(net, cal, example)
 
 

@@ -9,7 +9,7 @@ import time
 from dataclasses import dataclass
 
 from tvm_mpq.cli.common import (
-    DIGITS_MODELS, EXIT_OK, Failure, ModelArgs, UsageError, calibrate_model, check_output_path, check_policy, import_model,
+    TRAINED_MODELS, EXIT_OK, Failure, ModelArgs, UsageError, calibrate_model, check_output_path, check_policy, import_model,
     parse_target_arg, positive_int, read_policy, read_records,
 )
 
@@ -62,9 +62,11 @@ def compile_model(args: CompileArgs) -> dict:
     policy = read_policy(args.policy)
     records = read_records(args.db)
     say = (lambda text: print(text, file=sys.stderr, flush=True)) if args.progress else (lambda text: None)
-    if args.model.trained:
-        say(f"loading {args.model.model} trained on digits ({args.model.train_epochs} epochs; the first run trains it, "
-            f"then it is cached)")
+    if args.model.trained and args.model.model != "fashion_resnet":
+        from tvm_mpq.quant.finetune import recipe_for
+
+        say(f"loading {args.model.model} trained on digits ({recipe_for(args.model.model, args.model.train_epochs).epochs} epochs; "
+            f"the first run trains it, then it is cached)")
     net, inputs = import_model(args.model)
     bits = check_policy(policy, net, args.policy, args.model.model)
     prepared = calibrate_model(args.model, net, inputs)
@@ -92,7 +94,7 @@ def model_args(args) -> ModelArgs:
     """The shared model flags (see :func:`add_model_flags`) -> :class:`ModelArgs`."""
     try:
         return ModelArgs(args.model, args.input_size, args.random_weights, args.train_epochs, args.calibration, args.calib_batches,
-                         os.path.abspath(args.weights) if args.weights else None)
+                         os.path.abspath(args.weights) if args.weights else None, args.data)
     except ValueError as err:
         raise UsageError(str(err)) from None
 
@@ -125,18 +127,21 @@ def add_model_flags(p) -> None:
                    help="activation range estimate: the 99.9th percentile (default; what tvm-mpq search uses), minmax, or kl "
                         "(a range per bit width)")
     p.add_argument("--calib-batches", type=positive_int, default=4, metavar="N",
-                   help=f"calibration batches (default 4): of 256 training digits for {' and '.join(DIGITS_MODELS)}, "
-                        "else random batches shaped like the example input")
+                   help="calibration batches (default 4): the task's (--data, or a trained built-in's own: batches of 256 "
+                        "training images), else random batches shaped like the example input")
+    p.add_argument("--data", metavar="TASK",
+                   help="calibrate on this task's batches: digits, fashion-mnist[:DIR] or path/file.py:factory returning a "
+                        "tvm_mpq.Task (default: the trained built-in's own task; other models: random batches)")
     p.add_argument("--weights", metavar="P.pt",
                    help="finetuned weights and their calibration from `tvm-mpq search -o P.json` (written as P.pt next to the "
                         "policy): compile the network the search's accuracy belongs to (default: the float-trained weights, "
                         "calibrated here)")
     p.add_argument("--random-weights", action="store_true",
-                   help=f"{' / '.join(DIGITS_MODELS)}: keep the deterministic random weights instead of the digits-trained ones "
+                   help=f"{' / '.join(TRAINED_MODELS)}: keep the deterministic random weights instead of the trained ones "
                         "(no training; other models always use the weights they are built with)")
-    p.add_argument("--train-epochs", type=positive_int, default=15, metavar="N",
-                   help="digits models: float training epochs of the cached trained weights (default 15, as `tvm-mpq search`, "
-                        "so both share the cache; a new value trains once, minutes)")
+    p.add_argument("--train-epochs", type=positive_int, default=None, metavar="N",
+                   help="digits models: float training epochs of the cached trained weights (default: the model's recipe, "
+                        "as `tvm-mpq search`, so both share the cache; a new value trains once, minutes)")
 
 
 def add_parser(sub) -> None:

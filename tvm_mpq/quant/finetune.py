@@ -11,6 +11,7 @@ stale weights. Training is seeded (same weights on a rerun with the same torch b
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import logging
 import math
@@ -24,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tvm_mpq import data as digits_data
+from tvm_mpq.task import SplitBatches, Task, accuracy, correct, model_device, to_device  # noqa: F401 (accuracy, correct: re-exported)
 
 logger = logging.getLogger(__name__)
 
@@ -49,24 +51,6 @@ def cache_dir() -> Path:
     return path
 
 
-@torch.no_grad()
-def correct(model: nn.Module, split: "digits_data.Split", batch_size: int = 256) -> "np.ndarray":
-    """Per image of ``split`` (in order): whether ``model`` (eval mode) classifies it right. Two
-    models' vectors on the same split give a paired comparison (:func:`mcnemar_p`)."""
-    import numpy as np
-
-    was_training = model.training
-    model.eval()
-    hits = [(model(x).argmax(1) == y).numpy() for x, y in split.batches(batch_size)]
-    model.train(was_training)
-    return np.concatenate(hits) if hits else np.zeros(0, dtype=bool)
-
-
-def accuracy(model: nn.Module, split: "digits_data.Split", batch_size: int = 256) -> float:
-    """Top-1 accuracy (0..1) of ``model`` in eval mode on ``split``."""
-    return float(correct(model, split, batch_size).mean()) if len(split) else 0.0
-
-
 def mcnemar_p(a, b) -> float:
     """Exact two-sided McNemar p-value that models with per-image correctness ``a`` and ``b``
     (same images) are equally accurate: a binomial test on the images exactly one gets right. On
@@ -88,9 +72,10 @@ def train(model: nn.Module, split: "digits_data.Split", recipe: Recipe = Recipe(
     steps = recipe.epochs * math.ceil(len(split) / recipe.batch_size)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=recipe.lr, total_steps=steps, pct_start=0.15)
     model.train()
+    pairs = training_pairs(split, recipe)
     for epoch in range(recipe.epochs):
         t0 = time.perf_counter()
-        loss = run_epoch(model, split, recipe, epoch, opt, sched)
+        loss = run_epoch(model, pairs(epoch), opt, sched)
         if log_every and (epoch + 1) % log_every == 0:
             logger.info("epoch %d/%d: loss %.4f (%.1f s)", epoch + 1, recipe.epochs, loss, time.perf_counter() - t0)
     return model.eval()
@@ -121,27 +106,50 @@ def distill_loss(logits: torch.Tensor, teacher_logits: torch.Tensor, labels: tor
     return (1.0 - weight) * hard + weight * soft
 
 
-def run_epoch(model: nn.Module, split, recipe: Recipe, epoch: int, opt, sched, clip_norm: float | None = None,
-              teacher: nn.Module | None = None, distill: float = 0.0) -> float:
-    """One pass over augmented, shuffled batches of ``split`` (gradients clipped to ``clip_norm``
-    if given; with a ``teacher``, the loss is :func:`distill_loss` of weight ``distill``);
-    returns the mean loss."""
+def training_pairs(data, recipe: Recipe):
+    """``epoch -> (inputs tuple, target) pairs`` of ``data``: a :class:`~tvm_mpq.Task`'s ``train``,
+    or augmented, shuffled batches of ``recipe.batch_size`` of a :class:`~tvm_mpq.data.Split`."""
+    if isinstance(data, Task):
+        return data.train_pairs
+    return SplitBatches(data, recipe.batch_size, recipe.seed)
+
+
+def steps_per_epoch(data, recipe: Recipe) -> int | None:
+    """Optimizer steps in one epoch of ``data`` (None when its train data has no length)."""
+    source = data.train if isinstance(data, Task) else training_pairs(data, recipe)
+    try:
+        return len(source)
+    except TypeError:
+        return None
+
+
+def run_epoch(model: nn.Module, pairs, opt, sched=None, clip_norm: float | None = None, teacher: nn.Module | None = None,
+              distill: float = 0.0, loss_fn=None) -> float:
+    """One pass over ``pairs`` (``(inputs tuple, target)``, moved to the model's device), gradients
+    clipped to ``clip_norm`` if given. The loss is ``loss_fn(outputs, target)`` (default
+    cross-entropy); with a ``teacher``, :func:`distill_loss` of weight ``distill``. ``sched`` steps
+    per batch. Returns the mean loss per batch item."""
+    device = model_device(model)
     total, n = 0.0, 0
-    for x, y in split.batches(recipe.batch_size, shuffle=True, seed=recipe.seed * 1000 + epoch, augment=True):
-        logits = model(x)
-        if teacher is None:
-            loss = F.cross_entropy(logits, y)
-        else:
+    for inputs, y in pairs:
+        inputs = to_device(inputs, device)
+        y = y.to(device) if isinstance(y, torch.Tensor) else y
+        logits = model(*inputs)
+        if teacher is not None:
             with torch.no_grad():
-                soft = teacher(x)
+                soft = teacher(*inputs)
             loss = distill_loss(logits, soft, y, distill)
+        else:
+            loss = F.cross_entropy(logits, y) if loss_fn is None else loss_fn(logits, y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if clip_norm is not None:
             nn.utils.clip_grad_norm_(model.parameters(), clip_norm)
         opt.step()
-        sched.step()
-        total, n = total + float(loss.detach()) * len(y), n + len(y)
+        if sched is not None:
+            sched.step()
+        size = len(inputs[0])
+        total, n = total + float(loss.detach()) * size, n + size
     return total / max(n, 1)
 
 
@@ -151,10 +159,38 @@ def _cache_path(name: str, kwargs: dict, recipe: Recipe) -> Path:
     return cache_dir() / f"{name}-{hashlib.sha256(key.encode()).hexdigest()[:12]}.pt"
 
 
-def pretrained(name: str = "digits_resnet", recipe: Recipe = Recipe(), *, retrain: bool = False, **kwargs):
-    """``(model, example_inputs)`` of a built-in digits model trained with ``recipe`` (cached)."""
+#: Built-in models trained on the digits task (:func:`pretrained` trains and caches them), each
+#: with the recipe that trains it to convergence on 2 cores in minutes: digits_cnn scored 78.8% on
+#: the augmented test set after 15 epochs at lr 0.05, 95.2% after 40 at 0.1 and 96.2% after 80.
+DIGITS_RECIPES = {"digits_cnn": Recipe(epochs=60, lr=0.1), "digits_resnet": Recipe(epochs=15, lr=0.05)}
+DIGITS_MODELS = tuple(DIGITS_RECIPES)
+
+
+def recipe_for(name: str, epochs: int | None = None) -> Recipe:
+    """The training recipe of a built-in digits model, with ``epochs`` if given."""
+    recipe = DIGITS_RECIPES.get(name, Recipe())
+    return recipe if epochs is None else Recipe(**{**asdict(recipe), "epochs": epochs})
+
+
+def trained_builtin(name: str) -> bool:
+    """Whether :func:`pretrained` has trained weights for the built-in model ``name``."""
+    return name in DIGITS_MODELS or name == "fashion_resnet"
+
+
+def pretrained(name: str = "digits_resnet", recipe: Recipe | None = None, *, retrain: bool = False, **kwargs):
+    """``(model, example_inputs)`` of a built-in model with trained weights: a digits model trained
+    with ``recipe`` (default: its own, :data:`DIGITS_RECIPES`; cached), or ``fashion_resnet`` with
+    the weights that ship with the package."""
     from tvm_mpq import models
 
+    if name == "fashion_resnet":
+        from tvm_mpq.tasks.fashion_mnist import pretrained as fashion_pretrained
+
+        return fashion_pretrained(**kwargs)
+    if name not in DIGITS_MODELS:
+        raise ValueError(f"no trained weights for {name!r}: built-ins with trained weights are "
+                         f"{', '.join(DIGITS_MODELS)} and fashion_resnet (for another model, pass its trained weights)")
+    recipe = recipe or recipe_for(name)
     model, inputs = models.get(name, **kwargs)
     path = _cache_path(name, kwargs, recipe)
     if path.exists() and not retrain:
@@ -272,11 +308,22 @@ class Renorm(nn.Module):
         return self.bn(self.layer(x))
 
 
-def renorm_batches(split: "digits_data.Split", batches: int = 6, batch_size: int = 128, seed: int = 0) -> list[torch.Tensor]:
-    """The augmented training batches on which :class:`Renorm` statistics are taken: the float
-    reference and the quantized network must see the same images, so that a layer whose
-    quantization changed nothing gets an identity BatchNorm."""
-    return [x for _, (x, _y) in zip(range(batches), split.batches(batch_size, shuffle=True, seed=seed + 7919, augment=True))]
+#: The epoch number whose shuffle of a task's train data gives the :class:`Renorm` batches (apart
+#: from the training epochs' shuffles).
+RENORM_EPOCH = 7919
+
+
+def renorm_batches(data, batches: int = 6, batch_size: int = 128, seed: int = 0) -> list[tuple]:
+    """The input tuples on which :class:`Renorm` statistics are taken: the float reference and the
+    quantized network must see the same inputs, so that a layer whose quantization changed nothing
+    gets an identity BatchNorm. ``data``: a :class:`~tvm_mpq.data.Split` (augmented batches of
+    ``batch_size``) or a :class:`~tvm_mpq.Task` (its train pairs in their own batches; a task
+    without train data: its calibration batches)."""
+    if isinstance(data, Task):
+        if not data.has_train:
+            return data.calibration_inputs()[:batches]
+        return [inputs for _, (inputs, _y) in zip(range(batches), data.train_pairs(RENORM_EPOCH + seed))]
+    return [(x,) for _, (x, _y) in zip(range(batches), data.batches(batch_size, shuffle=True, seed=seed + RENORM_EPOCH, augment=True))]
 
 
 @torch.no_grad()
@@ -300,7 +347,7 @@ def output_stats(reference: nn.Module, names, xs: list) -> dict[str, tuple[torch
     try:
         reference.eval()
         for x in xs:
-            reference(x)
+            reference(*x)
     finally:
         reference.train(was_training)
         for h in hooks:
@@ -332,7 +379,7 @@ def reestimate(model: nn.Module, norms: dict, xs: list) -> None:
         norm.bn.momentum = None  # cumulative average
     model.train()
     for x in xs:
-        model(x)
+        model(*x)
     for name, norm in norms.items():
         norm.bn.momentum = momenta[name]
     model.eval()
@@ -361,32 +408,45 @@ def renormalized(net, policy, calibration, xs: list, stats: dict | None = None):
     return model, wrapped, norms
 
 
-def qat(net, policy, calibration, split: "digits_data.Split", recipe: Recipe = Recipe(epochs=4, lr=0.02), *, renorm: bool = True,
-        clip_norm: float = QAT_CLIP_NORM, distill: float = 0.0):
+def qat(net, policy, calibration, data, recipe: Recipe = Recipe(epochs=4, lr=0.02), *, renorm: bool = True,
+        clip_norm: float = QAT_CLIP_NORM, distill: float = 0.0, max_batches: int = 0):
     """Quantization-aware finetune of ``net`` under ``policy``; returns a new imported Network
     whose (BatchNorm-folded) weights are the finetuned ones, ready for ``tvm_mpq.build`` with the
-    same ``calibration``. ``renorm``: train with a :class:`Renorm` on every quantized conv (folded
-    back at the end); gradients clipped to ``clip_norm``. ``distill`` in [0, 1]: weight of the
-    distillation term (:func:`distill_loss`) against ``net``'s float model as the teacher (0: labels only)."""
+    same ``calibration``. ``data``: a :class:`~tvm_mpq.Task` (its train pairs and loss) or a
+    :class:`~tvm_mpq.data.Split` (augmented batches of ``recipe.batch_size``, cross-entropy).
+    ``renorm``: train with a :class:`Renorm` on every quantized conv (folded back at the end);
+    gradients clipped to ``clip_norm``. ``distill`` in [0, 1]: weight of the distillation term
+    (:func:`distill_loss`) against ``net``'s float model as the teacher (0: labels only; a task
+    with its own loss is not distilled: its outputs need not be logits). ``max_batches``: at most
+    this many batches per epoch (0: all; an epoch of a large dataset is hours on a CPU)."""
     if not 0.0 <= distill <= 1.0:
         raise ValueError(f"distill={distill}: the distillation weight must lie in [0, 1]")
     from tvm_mpq.quant.fold import _set_submodule
-
+    loss_fn = data.loss if isinstance(data, Task) else None
+    if loss_fn is not None:
+        distill = 0.0
     if renorm:
-        xs = renorm_batches(split, seed=recipe.seed)
+        xs = renorm_batches(data, seed=recipe.seed)
         model, wrapped, norms = renormalized(net, policy, calibration, xs)
     else:
         (model, wrapped), norms = qat_model(net, policy, calibration), {}
     teacher = net.model.eval() if distill else None
     torch.manual_seed(recipe.seed)
     opt = torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=0.9, nesterov=True, weight_decay=recipe.weight_decay)
-    steps = recipe.epochs * math.ceil(len(split) / recipe.batch_size)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
+    per_epoch = steps_per_epoch(data, recipe)  # None: the learning rate steps once per epoch
+    if max_batches:
+        per_epoch = min(per_epoch, max_batches) if per_epoch else max_batches
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=recipe.epochs * (per_epoch or 1))
+    pairs = training_pairs(data, recipe)
     model.train()
     for epoch in range(recipe.epochs):
         for layer in wrapped.values():
             layer.refresh_scales()
-        loss = run_epoch(model, split, recipe, epoch, opt, sched, clip_norm=clip_norm, teacher=teacher, distill=distill)
+        epoch_pairs = itertools.islice(pairs(epoch), max_batches) if max_batches else pairs(epoch)
+        loss = run_epoch(model, epoch_pairs, opt, sched if per_epoch else None, clip_norm=clip_norm, teacher=teacher,
+                         distill=distill, loss_fn=loss_fn)
+        if not per_epoch:
+            sched.step()
         logger.info("QAT epoch %d/%d: loss %.4f", epoch + 1, recipe.epochs, loss)
     if norms:
         reestimate(model, norms, xs)  # the statistics of the final weights
@@ -395,6 +455,21 @@ def qat(net, policy, calibration, split: "digits_data.Split", recipe: Recipe = R
         _set_submodule(model, name, layer.module)
     model.eval()
     return net.with_weights(model)
+
+
+def post_training(net, policy, calibration, task, batches: int = 8):
+    """Post-training quantization of ``net`` under ``policy`` without train data: every quantized
+    conv's output channels get the float network's mean and spread back (a per-channel bias and
+    scale correction, the :class:`Renorm` statistics taken on the task's calibration batches),
+    folded into the weights. Returns a new imported Network, as :func:`qat` does."""
+    from tvm_mpq.quant.fold import _set_submodule
+
+    xs = task.calibration_inputs()[:batches]
+    model, wrapped, norms = renormalized(net, policy, calibration, xs)
+    fold_renorm(model, norms)
+    for name, layer in wrapped.items():
+        _set_submodule(model, name, layer.module)
+    return net.with_weights(model.eval())
 
 
 # ---------------------------------------------------------------------------------------------

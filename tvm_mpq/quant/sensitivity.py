@@ -101,6 +101,16 @@ def _layers(model: nn.Module, layers: Sequence[str] | None) -> dict[str, nn.Modu
     return {l: modules[l] for l in layers}
 
 
+def _as_tuple(x) -> tuple:
+    return tuple(x) if isinstance(x, (tuple, list)) else (x,)
+
+
+def batch_inputs(batches: Iterable) -> list[tuple]:
+    """The model inputs of each batch as a tuple: a batch is a tensor (a one-input model's
+    inputs) or an ``(inputs, y)`` pair whose inputs are a tensor or a tuple of tensors."""
+    return [_as_tuple(b[0]) if isinstance(b, (tuple, list)) else (b,) for b in batches]
+
+
 class _InputQuant:
     """Forward pre-hook that fake-quantizes a module's input."""
 
@@ -122,20 +132,20 @@ def kl_sensitivity(model_or_net, calibration: Calibration, batches: Iterable, *,
                    a_bits: Sequence[int] = SEARCH_BITS, layers: Sequence[str] | None = None) -> Sensitivity:
     """OHQ-style: KL(float || one layer quantized) on ``batches`` (tensors or ``(x, y)`` pairs)."""
     model = _model_of(model_or_net, calibration)
-    xs = [b[0] if isinstance(b, (tuple, list)) else b for b in batches]
-    refs = [F.log_softmax(model(x), 1) for x in xs]
+    xs = batch_inputs(batches)
+    refs = [F.log_softmax(model(*x), 1) for x in xs]
     weight, act = {}, {}
     for name, module in _layers(model, layers).items():
         original = module.weight.data.clone()
         weight[name] = {}
         for b in w_bits:
             module.weight.data = dequantized_weight(original, b)
-            weight[name][b] = float(np.mean([_kl(r, model(x)) for r, x in zip(refs, xs)]))
+            weight[name][b] = float(np.mean([_kl(r, model(*x)) for r, x in zip(refs, xs)]))
         module.weight.data = original
         act[name] = {}
         for b in a_bits:
             handle = module.register_forward_pre_hook(_InputQuant(calibration.act_quant(name, b)))
-            act[name][b] = float(np.mean([_kl(r, model(x)) for r, x in zip(refs, xs)]))
+            act[name][b] = float(np.mean([_kl(r, model(*x)) for r, x in zip(refs, xs)]))
             handle.remove()
     return Sensitivity(weight, act, "kl", {"batches": len(xs)})
 
@@ -156,20 +166,20 @@ def renorm_kl_sensitivity(net, calibration: Calibration, batches: Iterable, *, w
     ``(base_bits, a)`` less KL at ``(base_bits, base_bits)`` (counted once, in the weight term):
     the QAT layer quantizes both, there is no float-activation mode. ``net``: the
     :class:`~tvm_mpq.frontend.Network`; ``renorm_inputs``: the batches the statistics are taken on
-    (default ``batches``)."""
+    (input tuples; default the inputs of ``batches``)."""
     from tvm_mpq.policy import LayerBits, QuantPolicy
     from tvm_mpq.quant.finetune import output_stats, renormalized
 
-    xs = [b[0] if isinstance(b, (tuple, list)) else b for b in batches]
-    renorm_xs = list(renorm_inputs) if renorm_inputs is not None else xs
+    xs = batch_inputs(batches)
+    renorm_xs = [_as_tuple(x) for x in renorm_inputs] if renorm_inputs is not None else xs
     reference = _model_of(net, calibration)
-    refs = [F.log_softmax(reference(x), 1) for x in xs]
+    refs = [F.log_softmax(reference(*x), 1) for x in xs]
     names = list(_layers(reference, layers))
     stats = output_stats(net.model, names, renorm_xs)
 
     def divergence(name: str, w: int, a: int) -> float:
         model = renormalized(net, QuantPolicy({name: LayerBits(w, a)}), calibration, renorm_xs, stats)[0]
-        return float(np.mean([_kl(r, model(x)) for r, x in zip(refs, xs)]))
+        return float(np.mean([_kl(r, model(*x)) for r, x in zip(refs, xs)]))
 
     weight, act = {}, {}
     for name in names:
@@ -181,10 +191,11 @@ def renorm_kl_sensitivity(net, calibration: Calibration, batches: Iterable, *, w
 
 def hessian_sensitivity(model_or_net, calibration: Calibration, batches: Iterable, *, w_bits: Sequence[int] = SEARCH_BITS,
                         a_bits: Sequence[int] = SEARCH_BITS, layers: Sequence[str] | None = None, samples: int = 16,
-                        seed: int = 0) -> Sensitivity:
+                        seed: int = 0, loss_fn=None) -> Sensitivity:
     """HAWQ-style: mean Hessian trace (Hutchinson, ``samples`` probes per batch) x ``||dW||^2``.
 
-    ``batches`` must be ``(x, y)`` pairs: the Hessian is of the cross-entropy loss on labels.
+    ``batches`` must be ``(inputs, y)`` pairs: the Hessian is of the loss on labels
+    (``loss_fn(outputs, y)``, default cross-entropy).
     """
     model = _model_of(model_or_net, calibration)
     modules = _layers(model, layers)
@@ -199,7 +210,8 @@ def hessian_sensitivity(model_or_net, calibration: Calibration, batches: Iterabl
         x, y = batch
         inputs: dict[str, torch.Tensor] = {}
         hooks = [m.register_forward_pre_hook(_Capture(inputs, n)) for n, m in modules.items()]
-        loss = F.cross_entropy(model(x), y)
+        outputs = model(*_as_tuple(x))
+        loss = F.cross_entropy(outputs, y) if loss_fn is None else loss_fn(outputs, y)
         for h in hooks:
             h.remove()
         params = [modules[n].weight for n in modules]

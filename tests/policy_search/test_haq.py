@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from tvm_mpq.hardware import BitFusion, network_latency
-from tvm_mpq.search.ddpg import DDPGConfig, haq_search
-from tvm_mpq.search.env import INFO_KEYS, STATE_DIM, BitRange, QuantEnv
+from tvm_mpq.policy_search.ddpg import DDPGConfig, haq_search
+from tvm_mpq.policy_search.env import INFO_KEYS, STATE_DIM, BitRange, QuantEnv
 
 
 def mean_bits_reward(policy):
@@ -66,7 +66,7 @@ def test_ddpg_is_seeded_and_learns(env_parts):
 def staircase_table(w_range, a_range):
     """One single-group layer priced like a CPU: W1A2 on bit-serial is fastest, the int8 kernel
     (A8) next, and bit-serial at 3..7 activation bits slowest."""
-    from tvm_mpq.search.env import LatencyTable
+    from tvm_mpq.policy_search.env import LatencyTable
 
     table = object.__new__(LatencyTable)
     table.groups, table.w_range, table.a_range, table.fixed_s = {"conv": [(0, 32)]}, w_range, a_range, 0.0
@@ -78,7 +78,7 @@ def staircase_table(w_range, a_range):
 def test_budget_enforcement_takes_a_faster_choice_with_more_bits_first():
     """At W3A4 (bit-serial, 5 ms) the int8 kernel at W8A8 (4 ms) is faster *and* keeps more bits:
     a budget of 4.5 ms is met there, not by dropping to W1A2; a budget of 3 ms then needs W1A2."""
-    from tvm_mpq.search.env import BitRange
+    from tvm_mpq.policy_search.env import BitRange
 
     table = staircase_table(BitRange(1, 8), BitRange(2, 8))
     a_bits, w_bits = {"conv": 4}, {"conv": [3]}

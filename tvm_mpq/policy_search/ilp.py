@@ -181,8 +181,8 @@ def _least_total(problem: Problem, table: Sequence[Sequence[float]]) -> float:
 
 
 @dataclass
-class SearchResult:
-    """What every search method returns."""
+class ILPResult:
+    """The ILP's answer (its k best, with ``candidates``, in ``info["candidates"]``)."""
 
     policy: object  # QuantPolicy
     method: str
@@ -194,13 +194,13 @@ class SearchResult:
 def ilp_search(net, provider, sensitivity, *, latency_budget_s: float | None = None, size_budget_bytes: float | None = None,
                energy_budget_j: float | None = None, w_bits: Sequence[int] = SEARCH_BITS, a_bits: Sequence[int] = SEARCH_BITS,
                fixed: Mapping[str, tuple[int, int]] | None = None, ties: Sequence[Sequence[str]] = (),
-               time_limit: float = 60.0, candidates: int = 1) -> SearchResult:
+               time_limit: float = 60.0, candidates: int = 1) -> ILPResult:
     """The bits per layer of ``net`` minimizing the summed ``sensitivity`` error under the budgets.
 
     ``provider``: a :class:`~tvm_mpq.hardware.LatencyProvider` (its ``pooling(net)``, if any, is
     taken off the latency budget); ``fixed``: layers held at given ``(w, a)`` (e.g. the first and
     last at 8/8); ``ties``: groups of layers that must share their bits. ``candidates`` > 1: the
-    next best assignments too, in objective order, as ``info["candidates"]`` (SearchResults, the
+    next best assignments too, in objective order, as ``info["candidates"]`` (ILPResults, the
     optimum first), for a caller that ranks them by a better judge than the additive error.
     """
     from tvm_mpq.hardware.base import layer_table
@@ -248,9 +248,9 @@ def ilp_search(net, provider, sensitivity, *, latency_budget_s: float | None = N
             raise latency_infeasible(provider, minimum, latency_budget_s) from None
         raise InfeasibleBudget(str(err), minimum) from None
 
-    def result(solution: Solution) -> SearchResult:
+    def result(solution: Solution) -> ILPResult:
         policy = QuantPolicy({n: LayerBits(w, a) for n, (w, a) in solution.choice.items()})
-        return SearchResult(policy, "ilp", solution.totals["latency"] + fixed_s, solution.objective,
+        return ILPResult(policy, "ilp", solution.totals["latency"] + fixed_s, solution.objective,
                             {"status": solution.status, "size_bytes": solution.totals.get("size"), "energy_j": solution.totals.get("energy"),
                              "pooling_s": fixed_s, "provider": getattr(provider, "name", type(provider).__name__),
                              "sensitivity": getattr(sensitivity, "method", "?")})

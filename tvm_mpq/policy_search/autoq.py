@@ -22,8 +22,8 @@ import time
 
 import numpy as np
 
-from tvm_mpq.search.ddpg import AgentResult, DDPGAgent, DDPGConfig, EpisodeLog
-from tvm_mpq.search.env import BitRange, LatencyTable, fixed_seconds, searchable_layers, step_states
+from tvm_mpq.policy_search.ddpg import AgentResult, DDPGAgent, DDPGConfig, EpisodeLog
+from tvm_mpq.policy_search.env import BitRange, LatencyTable, fixed_seconds, searchable_layers, step_states
 
 logger = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ import time
 import numpy as np
 import pytest
 
-from tvm_mpq.search.ilp import InfeasibleBudget, Problem, solve, solve_best, undominated
+from tvm_mpq.policy_search.ilp import InfeasibleBudget, Problem, solve, solve_best, undominated
 
 
 def random_problem(n_layers=5, n_opts=4, seed=0, ties=()):
@@ -105,7 +105,7 @@ def test_network_search_meets_the_budget(digits_net):
     import tvm_mpq
     from tvm_mpq.hardware import BitFusion, network_energy, network_latency
     from tvm_mpq.quant.sensitivity import kl_sensitivity
-    from tvm_mpq.search.ilp import ilp_search
+    from tvm_mpq.policy_search.ilp import ilp_search
 
     _, inputs, net = digits_net
     g = torch.Generator().manual_seed(0)
@@ -138,7 +138,7 @@ def test_bits_no_kernel_runs_are_left_out(digits_net):
 
     from tvm_mpq.hardware import simulator
     from tvm_mpq.quant.sensitivity import Sensitivity
-    from tvm_mpq.search.ilp import ilp_search
+    from tvm_mpq.policy_search.ilp import ilp_search
 
     _, _, net = digits_net
     names = [l.name for l in net.layers if l.supported]

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from tvm_mpq.hardware import BitFusion, network_latency
-from tvm_mpq.search.autoq import AutoQSearch, channel_groups
-from tvm_mpq.search.ddpg import DDPGConfig
+from tvm_mpq.policy_search.autoq import AutoQSearch, channel_groups
+from tvm_mpq.policy_search.ddpg import DDPGConfig
 
 
 def weighted_bits_reward(policy):
@@ -44,7 +44,7 @@ def test_equal_width_groups_are_priced_as_one_kernel(digits_net):
     """The search's table prices a run of equal-width groups as the one kernel it compiles to, and
     a choice with one width everywhere becomes an unsplit layer."""
     from tvm_mpq.hardware import PredictedLatency
-    from tvm_mpq.search.env import BitRange, LatencyTable, searchable_layers
+    from tvm_mpq.policy_search.env import BitRange, LatencyTable, searchable_layers
 
     _, _, net = digits_net
     hw = PredictedLatency("default")
@@ -70,7 +70,7 @@ def test_budget_enforcement_lowers_a_whole_split_layer_at_once(digits_net):
     """Lowering one group of a run of equal groups adds a kernel (it can cost more than it saves):
     the budget is still reached when only the all-lowest choice fits."""
     from tvm_mpq.hardware import PredictedLatency
-    from tvm_mpq.search.env import BitRange, LatencyTable, searchable_layers
+    from tvm_mpq.policy_search.env import BitRange, LatencyTable, searchable_layers
 
     _, _, net = digits_net
     layers = [l for l in searchable_layers(net, {}) if l.kind == "conv2d" and l.out_channels >= 32]

@@ -1,4 +1,4 @@
-"""HAQ's agent: DDPG over the per-layer steps of :class:`~tvm_mpq.search.env.QuantEnv`.
+"""HAQ's agent: DDPG over the per-layer steps of :class:`~tvm_mpq.policy_search.env.QuantEnv`.
 
 As in HAQ (Wang et al. 2019, and its released agent): an actor ``state -> action in [0, 1]`` and a
 critic ``(state, action) -> value``, both two hidden layers of 300 units; a replay buffer of every
@@ -125,7 +125,7 @@ class DDPGAgent:
 
 def haq_search(env, config: DDPGConfig = DDPGConfig(), progress=None) -> AgentResult:
     """Run DDPG on ``env`` for ``config.episodes``; the best feasible policy by reward wins."""
-    from tvm_mpq.search.env import STATE_DIM
+    from tvm_mpq.policy_search.env import STATE_DIM
 
     agent = DDPGAgent(STATE_DIM, config)
     t0 = time.perf_counter()
