@@ -48,7 +48,7 @@ import time
 import numpy as np
 
 from tvm_mpq.cli.common import bits_list
-from tvm_mpq.policy import SEARCH_BITS
+from tvm_mpq.policy import SEARCH_A_BITS
 from tvm_mpq.policy_search.options import METHODS, SENSITIVITIES
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -164,7 +164,8 @@ def finetuned_accuracy(setup, policy, args) -> tuple[float, str]:
 
     w8a8 = policy.resolve(setup.net.layer_names) == uniform_policy(setup.net, "W8A8").resolve(setup.net.layer_names)
     net = finetune(setup, policy, 0 if w8a8 else args.finetune_epochs, args.seed, args.distill, args.finetune_batches)
-    return policy_accuracy(setup, policy, net), test_correct(setup, policy, net)
+    hits = test_correct(setup, policy, net)  # one pass of the simulation over the test set: the accuracy is its mean
+    return float(unpack_correct({"correct": hits}, len(setup.task.report.split)).mean()), hits
 
 
 def setup_target(target: str, args):
@@ -232,7 +233,9 @@ def run_searches(setup, methods, budgets, args, state: State) -> None:
                             accuracy_before_finetune=result["accuracy_before_finetune"], predicted_ms=result["predicted_ms"],
                             search_wall_s=result["search_wall_s"], info=result["info"], budget_rounds=result.get("budget_rounds"),
                             bits=bits_summary(result["policy_obj"], setup.net),
-                            correct=test_correct(setup, result["policy_obj"], result["network_obj"]))
+                            # per-image hits for the cross-target table's paired test (another pass over the test set)
+                            correct=test_correct(setup, result["policy_obj"], result["network_obj"]) if key in cross_keys(
+                                {n: None for n in args.target_names}, args) else None)
             else:
                 item["error"] = result["error"]
             state.put(key, item)
@@ -474,8 +477,8 @@ def main(argv=None) -> int:
     ap.add_argument("--rounds", type=int, default=21, help="interleaved timing rounds (the Zen 3 VM: at 7 the same policy read 0.61 and, at 21, 0.49 x int8 minutes apart)")
     ap.add_argument("--number", type=int, default=20)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--a-bits", type=bits_list, default=SEARCH_BITS,
-                    help="activation bits the searches offer, e.g. 2,3,4,8 (default: tvm-mpq search's, 1,2,3,4,8)")
+    ap.add_argument("--a-bits", type=bits_list, default=SEARCH_A_BITS,
+                    help="activation bits the searches offer, e.g. 1,2,3,4,8 (default: tvm-mpq search's, 2,3,4,8)")
     ap.add_argument("--rl-targets", default="znver5", help="targets that also get the HAQ/AutoQ searches (ILP runs on all)")
     ap.add_argument("--predicted", default="znver5", help="targets priced by the shipped cost model (others: measured)")
     ap.add_argument("--hybrid", default="", help="measured targets whose shapes outside the model's layers (AutoQ's channel "
@@ -507,6 +510,7 @@ def main(argv=None) -> int:
         if not targets:
             raise SystemExit("no target left that this host can time")
 
+    args.target_names = [short(t) for t in targets]
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     state = State(args.out + ".json", args.fresh, cache_settings(args))
     t0 = time.perf_counter()

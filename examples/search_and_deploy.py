@@ -64,7 +64,7 @@ def main() -> int:
     ap.add_argument("--train-epochs", type=int, default=5, help="epochs of float training, cached per setting (default 5: ~92%% test accuracy)")
     ap.add_argument("--finetune-epochs", type=int, default=1, help="QAT epochs under the found policy (0: none; default 1)")
     ap.add_argument("--w-bits", type=bits_list, default=SearchArgs.w_bits, help="weight bits to choose from (default 1,2,3,4,8)")
-    ap.add_argument("--a-bits", type=bits_list, default=SearchArgs.a_bits, help="activation bits to choose from (default 1,2,3,4,8)")
+    ap.add_argument("--a-bits", type=bits_list, default=SearchArgs.a_bits, help="activation bits to choose from (default 2,3,4,8)")
     ap.add_argument("--episodes", type=int, default=12, help="episodes of the haq/autoq searches (default 12)")
     ap.add_argument("--groups", type=int, default=4, help="autoq: output-channel groups per layer, one kernel each (default 4)")
     ap.add_argument("--images", type=int, default=5, help="test images to classify with the runner (default 5)")

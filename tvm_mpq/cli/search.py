@@ -6,7 +6,7 @@ import json
 import sys
 
 from tvm_mpq.cli.common import EXIT_OK, UsageError, bits_list
-from tvm_mpq.policy import SEARCH_BITS
+from tvm_mpq.policy import SEARCH_A_BITS, SEARCH_BITS
 
 
 def cmd(args) -> int:
@@ -86,9 +86,11 @@ def add_parser(sub) -> None:
     p.add_argument("--ilp-candidates", type=int, default=1,
                    help="ILP: solve for the K best assignments of the sensitivity objective and keep the one the val "
                         "reward (as HAQ's episodes are scored) ranks first (default 1: the optimum)")
-    menu = ",".join(map(str, SEARCH_BITS))
+    menu, a_menu = (",".join(map(str, bits)) for bits in (SEARCH_BITS, SEARCH_A_BITS))
     p.add_argument("--w-bits", type=bits_list, default=SEARCH_BITS, help=f"weight bits offered (default {menu})")
-    p.add_argument("--a-bits", type=bits_list, default=SEARCH_BITS, help=f"activation bits offered (default {menu})")
+    p.add_argument("--a-bits", type=bits_list, default=SEARCH_A_BITS,
+                   help=f"activation bits offered (default {a_menu}; 1 offers 1-bit activations, which the ILP's "
+                        "one-layer sensitivity underrates)")
     p.add_argument("--finetune-epochs", type=int, default=4, help="QAT epochs for the chosen policy (0: none)")
     p.add_argument("--finetune-batches", type=int, default=0,
                    help="at most this many train batches per QAT epoch (0: all; for large datasets)")

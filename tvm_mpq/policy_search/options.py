@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from tvm_mpq.policy import SEARCH_BITS
+from tvm_mpq.policy import SEARCH_A_BITS, SEARCH_BITS
 
 CPU_PROVIDERS = ("predicted", "measured", "hybrid")  # CPU time: the found policy is compiled and timed here
 PROVIDERS = CPU_PROVIDERS + ("bitfusion", "bismo")
@@ -34,7 +34,7 @@ class SearchArgs:
     groups: int = 4
     ilp_candidates: int = 1  # > 1: the ILP's k best assignments, the one scoring best on val (the RL reward) kept
     w_bits: tuple = SEARCH_BITS
-    a_bits: tuple = SEARCH_BITS
+    a_bits: tuple = SEARCH_A_BITS
     finetune_epochs: int = 4
     finetune_batches: int = 0  # at most this many train batches per QAT epoch (0: all)
     distill: float = 0.5  # weight of distillation from the float model in every finetune (0: labels only)
