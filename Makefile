@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv test demo bench clean runner
+.PHONY: venv test test-all demo bench clean runner
 
 venv: $(STAMP)
 
@@ -18,6 +18,10 @@ $(STAMP): pyproject.toml
 
 test: $(STAMP)
 	$(PY) -m pytest -q -n auto tests
+
+# the slow tests too: more compile targets and networks (about 2 minutes more on 2 cores)
+test-all: $(STAMP)
+	$(PY) -m pytest -q -n auto -m "slow or not slow" tests
 
 demo: $(STAMP)
 	$(PY) -m tvm_mpq.demo

@@ -20,6 +20,7 @@ def test_compile_script_example(tmp_path):
     assert out.exists()
 
 
+@pytest.mark.slow  # 1-3 min of CPU; search -> compile -> measure also runs in test_search_and_deploy_example
 def test_demo_quick_path(tmp_path):
     """``make demo`` end to end on a width-8 ResNet (train, ILP search on the shipped cost model,
     QAT, compile, check against the simulation, measure): the table and the PNG come out."""

@@ -65,18 +65,24 @@ def _run(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-c", SCRIPT, *args], capture_output=True, text=True, timeout=300)
 
 
+SLOW = pytest.mark.slow
 CASES = [
     ("default", "llvm"),  # kernels for this host (AMX / VNNI where it has them), compiled with plain "llvm"
-    ("default", "haswell"),  # ... with a target that lacks AVX-512 altogether
-    ("default", "with-host"),  # ... inside a `with Target(...)` block
-    ("llvm -mcpu=haswell", "llvm"),  # kernels chosen for AVX2 only (no VNNI, no AMX)
+    pytest.param("default", "haswell", marks=SLOW),  # ... with a target that lacks AVX-512 altogether
+    pytest.param("default", "with-host", marks=SLOW),  # ... inside a `with Target(...)` block
+    pytest.param("llvm -mcpu=haswell", "llvm", marks=SLOW),  # kernels chosen for AVX2 only (no VNNI, no AMX)
     ("llvm -mcpu=haswell", "host"),
 ]
 if HOST_HAS_AMX:
-    CASES.append(("llvm -mcpu=icelake-server", "llvm"))  # VNNI without AMX, on an AMX host
+    CASES.append(pytest.param("llvm -mcpu=icelake-server", "llvm", marks=SLOW))  # VNNI without AMX, on an AMX host
 
 
-@pytest.mark.parametrize("lower_for,compile_with", CASES, ids=[f"{a}|{b}" for a, b in CASES])
+def _case_id(case) -> str:
+    values = case.values if hasattr(case, "values") else case
+    return f"{values[0]}|{values[1]}"
+
+
+@pytest.mark.parametrize("lower_for,compile_with", CASES, ids=[_case_id(c) for c in CASES])
 def test_readme_pipeline_runs_exactly_with_any_compile_target(lower_for, compile_with):
     result = _run(lower_for, compile_with)
     assert result.returncode == 0, f"exit {result.returncode}\n{result.stderr[-3000:]}"

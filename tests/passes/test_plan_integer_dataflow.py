@@ -1,6 +1,7 @@
 """PlanIntegerDataflow: which layers hand the next one codes, and that the codes change no output."""
 
 import numpy as np
+import pytest
 import torch
 
 import tvm_mpq
@@ -27,28 +28,28 @@ def test_structural_nothing_to_plan_is_identity():
     tvm.ir.assert_structural_equal(PlanIntegerDataflow(target=AVX512)(ConvReluAnnotated), ConvReluAnnotated)
 
 
-def test_codes_between_layers_change_no_output():
-    """MobileNetV2 (expand -> depthwise -> project chains) and ResNet-18 at mixed bits: uint8 codes
-    flow between layers, and the outputs equal the float hand-over's and the simulation's, bit for bit."""
-    for name, policy_of in (("mobilenet_v2", lambda net: tvm_mpq.QuantPolicy.uniform(net, w_bits=4, a_bits=6, keep_first_last=8)),
-                            ("resnet18", lambda net: tvm_mpq.QuantPolicy.uniform(net, w_bits=2, a_bits=3, keep_first_last=8))):
-        model, inputs = tvm_mpq.models.get(name, input_size=32)
-        net = tvm_mpq.import_torch(model, inputs)
-        gen = torch.Generator().manual_seed(0)
-        cal = tvm_mpq.calibrate(net, [torch.relu(torch.randn(inputs[0].shape, generator=gen)) for _ in range(2)])
-        policy = policy_of(net)
-        target = tvm_mpq._tvm.parse_target(None)
-        outs, uint8 = [], []
-        for dataflow in (False, True):
-            mod = tvm_mpq.pipeline(policy, cal, target, kernel="auto", integer_dataflow=dataflow, tvm_phase=False)(net.mod)
-            uint8.append(mod["main"].script().count('dtype="uint8"'))
-            outs.append(tvm_mpq.CompiledModel(tvm.compile(mod, target=target)).run(*inputs))
-        with torch.no_grad():
-            want = tvm_mpq.simulate(net, policy, cal)(*inputs).numpy()
-        # codes only for AVX-512 targets (on AVX2 alone the hand-over measured slower)
-        assert uint8[0] == 0 and (uint8[1] > 0) == tvm_mpq._tvm.target_features(target)["avx512f"], (name, uint8)
-        np.testing.assert_array_equal(outs[0], want)
-        np.testing.assert_array_equal(outs[1], want)
+@pytest.mark.parametrize("name, w_bits, a_bits", [("resnet18", 2, 3), pytest.param("mobilenet_v2", 4, 6, marks=pytest.mark.slow)])
+def test_codes_between_layers_change_no_output(name, w_bits, a_bits):
+    """ResNet-18 (residual blocks) and MobileNetV2 (expand -> depthwise -> project chains) at
+    mixed bits: uint8 codes flow between layers, and the outputs equal the float hand-over's and
+    the simulation's, bit for bit."""
+    model, inputs = tvm_mpq.models.get(name, input_size=32)
+    net = tvm_mpq.import_torch(model, inputs)
+    gen = torch.Generator().manual_seed(0)
+    cal = tvm_mpq.calibrate(net, [torch.relu(torch.randn(inputs[0].shape, generator=gen)) for _ in range(2)])
+    policy = tvm_mpq.QuantPolicy.uniform(net, w_bits=w_bits, a_bits=a_bits, keep_first_last=8)
+    target = tvm_mpq._tvm.parse_target(None)
+    outs, uint8 = [], []
+    for dataflow in (False, True):
+        mod = tvm_mpq.pipeline(policy, cal, target, kernel="auto", integer_dataflow=dataflow, tvm_phase=False)(net.mod)
+        uint8.append(mod["main"].script().count('dtype="uint8"'))
+        outs.append(tvm_mpq.CompiledModel(tvm.compile(mod, target=target)).run(*inputs))
+    with torch.no_grad():
+        want = tvm_mpq.simulate(net, policy, cal)(*inputs).numpy()
+    # codes only for AVX-512 targets (on AVX2 alone the hand-over measured slower)
+    assert uint8[0] == 0 and (uint8[1] > 0) == tvm_mpq._tvm.target_features(target)["avx512f"], (name, uint8)
+    np.testing.assert_array_equal(outs[0], want)
+    np.testing.assert_array_equal(outs[1], want)
 
 
 def test_structural_codes_for_every_reader_or_none():
