@@ -31,6 +31,7 @@ __all__ = [
     "DigitsCNN",
     "DigitsResNet",
     "FashionResNet",
+    "SmallResNet",
     "resnet18",
     "mobilenet_v2",
     "digits_cnn",
@@ -266,58 +267,50 @@ class DigitsCNN(nn.Module):
         return self.fc(torch.flatten(x, 1))
 
 
-class DigitsResNet(nn.Module):
-    """ResNet-18 layout for 1x32x32 digits: a 3x3 stem at full resolution (no max pool), four
-    stages of two BasicBlocks at ``width``, 2, 4, 8 x ``width``; about 0.55 GMAC at width 64, so
-    the convolutions dominate latency (what a mixed-precision search is for)."""
+class SmallResNet(nn.Module):
+    """The small built-ins' ResNet layout (He et al.'s CIFAR ResNet): a 3x3 stem at full resolution
+    (no max pool), ``stages`` stages of ``blocks`` BasicBlocks at ``width`` x 1, 2, 4, ... (strides
+    1, 2, 2, ...), a global average pool and ``fc``; module names as torchvision's ResNet."""
+
+    def __init__(self, num_classes: int, width: int, blocks: int, stages: int, in_channels: int = 1) -> None:
+        super().__init__()
+        self.inplanes = width
+        self.stages = stages
+        self.conv1 = nn.Conv2d(in_channels, width, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.relu = nn.ReLU(inplace=True)
+        for i in range(stages):
+            setattr(self, f"layer{i + 1}", ResNet._make_layer(self, width << i, blocks, stride=1 if i == 0 else 2))
+        self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
+        self.fc = nn.Linear(width << (stages - 1), num_classes)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.relu(self.bn1(self.conv1(x)))
+        for i in range(self.stages):
+            x = getattr(self, f"layer{i + 1}")(x)
+        return self.fc(torch.flatten(self.avgpool(x), 1))
+
+
+class DigitsResNet(SmallResNet):
+    """ResNet-18 layout for 1x32x32 digits: four stages of two BasicBlocks at ``width``, 2, 4, 8 x
+    ``width``; about 0.55 GMAC at width 64, so the convolutions dominate latency (what a
+    mixed-precision search is for)."""
 
     def __init__(self, num_classes: int = 10, width: int = 64) -> None:
-        super().__init__()
-        self.inplanes = width
-        self.conv1 = nn.Conv2d(1, width, 3, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(width)
-        self.relu = nn.ReLU(inplace=True)
-        self.layer1 = ResNet._make_layer(self, width, 2)
-        self.layer2 = ResNet._make_layer(self, 2 * width, 2, stride=2)
-        self.layer3 = ResNet._make_layer(self, 4 * width, 2, stride=2)
-        self.layer4 = ResNet._make_layer(self, 8 * width, 2, stride=2)
-        self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
-        self.fc = nn.Linear(8 * width, num_classes)
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-
-    def forward(self, x: Tensor) -> Tensor:
-        x = self.relu(self.bn1(self.conv1(x)))
-        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
-        return self.fc(torch.flatten(self.avgpool(x), 1))
+        super().__init__(num_classes, width, blocks=2, stages=4)
 
 
-class FashionResNet(nn.Module):
-    """ResNet-20 layout (He et al.'s CIFAR ResNet: a 3x3 stem, three stages of ``blocks``
-    BasicBlocks at ``width``, 2 and 4 x ``width``, strides 1, 2, 2) for 1x28x28 Fashion-MNIST.
-    At width 32 it is 0.12 GMAC and 1.1 M parameters: convolutions, not per-call overhead, set
-    its latency. Trained weights ship with the package (:mod:`tvm_mpq.tasks.fashion_mnist`)."""
+class FashionResNet(SmallResNet):
+    """ResNet-20 layout for 1x28x28 Fashion-MNIST: three stages of ``blocks`` BasicBlocks at
+    ``width``, 2 and 4 x ``width``. At width 32 it is 0.12 GMAC and 1.1 M parameters:
+    convolutions, not per-call overhead, set its latency. Trained weights ship with the package
+    (:mod:`tvm_mpq.tasks.fashion_mnist`)."""
 
     def __init__(self, num_classes: int = 10, width: int = 32, blocks: int = 3) -> None:
-        super().__init__()
-        self.inplanes = width
-        self.conv1 = nn.Conv2d(1, width, 3, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(width)
-        self.relu = nn.ReLU(inplace=True)
-        self.layer1 = ResNet._make_layer(self, width, blocks)
-        self.layer2 = ResNet._make_layer(self, 2 * width, blocks, stride=2)
-        self.layer3 = ResNet._make_layer(self, 4 * width, blocks, stride=2)
-        self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
-        self.fc = nn.Linear(4 * width, num_classes)
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-
-    def forward(self, x: Tensor) -> Tensor:
-        x = self.relu(self.bn1(self.conv1(x)))
-        x = self.layer3(self.layer2(self.layer1(x)))
-        return self.fc(torch.flatten(self.avgpool(x), 1))
+        super().__init__(num_classes, width, blocks, stages=3)
 
 
 # ---------------------------------------------------------------------------
