@@ -144,13 +144,18 @@ def uniform_policy(net, label: str):
     return tvm_mpq.QuantPolicy.uniform(net, w_bits=w, a_bits=a, keep_first_last=None if (w, a) == (8, 8) else 8)
 
 
-def test_correct(setup, policy, net) -> str:
-    """Which test images the integer simulation of ``policy`` on ``net`` gets right, as the hex of
-    the packed bits (kept per policy, for paired significance tests between policies)."""
+def test_hits(setup, policy, net) -> np.ndarray:
+    """Which test images the integer simulation of ``policy`` on ``net`` gets right (one pass over the test set)."""
     import tvm_mpq
     from tvm_mpq.quant.finetune import correct
 
-    return np.packbits(correct(tvm_mpq.simulate(net, policy, setup.cal), setup.task.report.split)).tobytes().hex()
+    return correct(tvm_mpq.simulate(net, policy, setup.cal), setup.task.report.split)
+
+
+def test_correct(setup, policy, net) -> str:
+    """:func:`test_hits` as the hex of the packed bits (kept per policy, for paired significance
+    tests between policies)."""
+    return np.packbits(test_hits(setup, policy, net)).tobytes().hex()
 
 
 def unpack_correct(item: dict, n: int):
@@ -160,12 +165,12 @@ def unpack_correct(item: dict, n: int):
 
 def finetuned_accuracy(setup, policy, args) -> tuple[float, str]:
     """Test accuracy of ``policy`` after the finetune every policy gets, and :func:`test_correct`."""
-    from tvm_mpq.policy_search.setup import finetune, policy_accuracy
+    from tvm_mpq.policy_search.setup import finetune
 
     w8a8 = policy.resolve(setup.net.layer_names) == uniform_policy(setup.net, "W8A8").resolve(setup.net.layer_names)
     net = finetune(setup, policy, 0 if w8a8 else args.finetune_epochs, args.seed, args.distill, args.finetune_batches)
-    hits = test_correct(setup, policy, net)  # one pass of the simulation over the test set: the accuracy is its mean
-    return float(unpack_correct({"correct": hits}, len(setup.task.report.split)).mean()), hits
+    hits = test_hits(setup, policy, net)  # one pass of the simulation over the test set: the accuracy is its mean
+    return float(hits.mean()), np.packbits(hits).tobytes().hex()
 
 
 def setup_target(target: str, args):

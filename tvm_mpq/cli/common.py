@@ -8,11 +8,9 @@ import functools
 import os
 from dataclasses import dataclass
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+from tvm_mpq.quant.finetune import TRAINED_MODELS
 
-#: Built-in models with trained weights (:func:`tvm_mpq.quant.finetune.pretrained`): trained on
-#: digits (cached), or shipped (fashion_resnet).
-TRAINED_MODELS = ("digits_cnn", "digits_resnet", "fashion_resnet")
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 
 class UsageError(Exception):

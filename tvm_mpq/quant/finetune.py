@@ -164,6 +164,8 @@ def _cache_path(name: str, kwargs: dict, recipe: Recipe) -> Path:
 #: the augmented test set after 15 epochs at lr 0.05, 95.2% after 40 at 0.1 and 96.2% after 80.
 DIGITS_RECIPES = {"digits_cnn": Recipe(epochs=60, lr=0.1), "digits_resnet": Recipe(epochs=15, lr=0.05)}
 DIGITS_MODELS = tuple(DIGITS_RECIPES)
+#: Built-in models :func:`pretrained` has trained weights for: the digits models and the shipped fashion_resnet.
+TRAINED_MODELS = (*DIGITS_MODELS, "fashion_resnet")
 
 
 def recipe_for(name: str, epochs: int | None = None) -> Recipe:
@@ -174,7 +176,7 @@ def recipe_for(name: str, epochs: int | None = None) -> Recipe:
 
 def trained_builtin(name: str) -> bool:
     """Whether :func:`pretrained` has trained weights for the built-in model ``name``."""
-    return name in DIGITS_MODELS or name == "fashion_resnet"
+    return name in TRAINED_MODELS
 
 
 def pretrained(name: str = "digits_resnet", recipe: Recipe | None = None, *, retrain: bool = False, **kwargs):

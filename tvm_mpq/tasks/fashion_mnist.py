@@ -13,6 +13,7 @@ batches are augmented (a random shift of up to 2 pixels, zero background, and a 
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 
@@ -72,7 +73,9 @@ def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     return out
 
 
+@functools.lru_cache(maxsize=2)
 def _load(root: Path, part: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The images (normalized) and labels of ``part``, read once per process (train and val share the file)."""
     images_file, labels_file = FILES[part]
     images, labels = read_idx(root / images_file), read_idx(root / labels_file)
     if images.ndim != 3 or labels.ndim != 1 or images.shape[0] != labels.shape[0]:
@@ -93,7 +96,7 @@ def load(split: str = "train", root: str | os.PathLike | None = None) -> Split:
         return Split(*_load(path, "test"), augment)
     x, y = _load(path, "train")
     order = torch.randperm(len(y), generator=torch.Generator().manual_seed(SPLIT_SEED))
-    n_val = min(VAL_IMAGES, len(y) // 10) if len(y) < 10 * VAL_IMAGES else VAL_IMAGES
+    n_val = min(VAL_IMAGES, len(y) // 10)  # a tenth of a training set smaller than the standard 60,000
     idx = order[n_val:] if split == "train" else order[:n_val]
     return Split(x[idx], y[idx], augment)
 
