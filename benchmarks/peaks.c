@@ -3,8 +3,8 @@
  * 12 independent accumulators per kind, inputs made opaque so nothing is hoisted out of the loop.
  * Built and run by benchmarks/peaks.py (gcc -O2 -march=native); prints "<kind> <G ops/s>" lines:
  * fp32, vnni and amx in G MAC/s, popcount in G binary-MAC/s (one bit of AND + popcount + add).
- * On AVX2-only CPUs (e.g. Zen 3): fp32 on 256-bit FMA, "vpmaddwd" (the int8 kernel's AVX2 lanes:
- * int16 products summed into int32) in G MAC/s, and popcount as the vpshufb nibble lookup + vpsadbw
+ * On AVX2-only CPUs (e.g. Zen 3): fp32 on 256-bit FMA, "vpmaddwd" and "vpmaddubsw" (the AVX2 int8
+ * kernels' int16 and byte lanes) in G MAC/s, and popcount as the vpshufb nibble lookup + vpsadbw
  * that LLVM emits for a vector ctpop without VPOPCNTDQ. */
 #include <immintrin.h>
 #include <stdio.h>
@@ -81,22 +81,29 @@ int main(){
   printf("popcount %.2f %ld\n", (double)N*12*512/t/1e9, s); }
 #endif
 #if defined(__AVX2__) && !defined(__AVX512VNNI__)
-  /* AVX2 has no byte dot product that is exact for 8-bit activations: the int8 kernel's AVX2 lanes
-   * use vpmaddwd (16 int16 x int16 products summed in pairs into int32) and vpaddd. */
-  /* each product reads its own accumulator: nothing to hoist; 10 chains
-   * keep gcc from spilling (16 ymm registers) */
-  { __m256i b=_mm256_set1_epi32(0x00030004);
-  #define DW(i) __m256i m##i=_mm256_set1_epi32(i);
-  R10(DW)
+  /* The AVX2 int8 kernels' two regimes, as their inner loops issue them (inline asm, so nothing
+   * is hoisted): "vpmaddwd", int16 lanes (vpmaddwd + vpaddd: 16 MACs); "vpmaddubsw", byte lanes
+   * (vpmaddubsw, vpmaddwd by ones, vpaddd: 32 MACs). 10 independent products per step, each into
+   * its own accumulator, two temporaries in turn. */
+  { __m256i a=_mm256_set1_epi32(0x00030004), b=_mm256_set1_epi32(0x00050006), ones=_mm256_set1_epi16(1);
+    __m256i q0=_mm256_setzero_si256(),q1=q0,q2=q0,q3=q0,q4=q0,q5=q0,q6=q0,q7=q0,q8=q0,q9=q0;
+  #define QOUT [q0]"+x"(q0),[q1]"+x"(q1),[q2]"+x"(q2),[q3]"+x"(q3),[q4]"+x"(q4),[q5]"+x"(q5),[q6]"+x"(q6),[q7]"+x"(q7),[q8]"+x"(q8),[q9]"+x"(q9)
+  #define WD(acc, tmp) "vpmaddwd %[a],%[b]," tmp "\n\tvpaddd " tmp "," acc "," acc "\n\t"
+  #define UBS(acc, tmp) "vpmaddubsw %[b],%[a]," tmp "\n\tvpmaddwd %[ones]," tmp "," tmp "\n\tvpaddd " tmp "," acc "," acc "\n\t"
+  #define TEN(X) X("%[q0]","%%ymm14") X("%[q1]","%%ymm15") X("%[q2]","%%ymm14") X("%[q3]","%%ymm15") X("%[q4]","%%ymm14") \
+                 X("%[q5]","%%ymm15") X("%[q6]","%%ymm14") X("%[q7]","%%ymm15") X("%[q8]","%%ymm14") X("%[q9]","%%ymm15")
+  int ilanes[8];
+  #define SV(v) _mm256_storeu_si256((__m256i*)ilanes,v); for(int k=0;k<8;k++) s+=ilanes[k];
   t=now();
-  for(long it=0;it<N;it++){
-    #define UW(i) m##i=_mm256_add_epi32(m##i,_mm256_madd_epi16(m##i,b));
-    R10(UW)
-  }
-  t=now()-t; s=0; int ilanes[8];
-  #define SW(i) _mm256_storeu_si256((__m256i*)ilanes,m##i); for(int k=0;k<8;k++) s+=ilanes[k];
-  R10(SW)
-  printf("vpmaddwd %.2f %ld\n", (double)N*10*16/t/1e9, s); }
+  for(long it=0;it<N;it++) __asm__ volatile(TEN(WD) : QOUT : [a]"x"(a),[b]"x"(b) : "xmm14","xmm15");
+  t=now()-t; s=0;
+  SV(q0) SV(q1) SV(q2) SV(q3) SV(q4) SV(q5) SV(q6) SV(q7) SV(q8) SV(q9)
+  printf("vpmaddwd %.2f %ld\n", (double)N*10*16/t/1e9, s);
+  t=now();
+  for(long it=0;it<N;it++) __asm__ volatile(TEN(UBS) : QOUT : [a]"x"(a),[b]"x"(b),[ones]"x"(ones) : "xmm14","xmm15");
+  t=now()-t; s=0;
+  SV(q0) SV(q1) SV(q2) SV(q3) SV(q4) SV(q5) SV(q6) SV(q7) SV(q8) SV(q9)
+  printf("vpmaddubsw %.2f %ld\n", (double)N*10*32/t/1e9, s); }
 #endif
 #if defined(__AVX2__) && !defined(__AVX512VPOPCNTDQ__)
   /* No vector popcount: LLVM lowers ctpop of 4 x i64 to a nibble lookup (vpshufb) and a byte sum

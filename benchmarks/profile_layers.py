@@ -12,7 +12,8 @@ Each layer kernel's line also gives its achieved throughput as a share of this c
 for what it multiplies with (``benchmarks/peaks.py``): byte kernels against the VNNI (or AVX2
 ``vpmaddwd``) peak, bit-serial against the popcount peak (a w x a-bit MAC is w*a binary MACs), the
 float and depthwise kernels against the fp32 FMA peak; per thread, so 2 threads count 2 cores'
-peaks. ``--target`` compiles for another target this host runs (the peaks stay this host's).
+peaks. ``--target`` compiles for another target this host runs (the peaks are then measured with
+code compiled for that target's ``-mcpu``, e.g. the AVX2 regimes for haswell).
 
 Usage: ``python benchmarks/profile_layers.py [--model resnet18] [--policy W8A8|W1A1|W1A2|W2A2]
 [--threads 1] [--runs 20] [--top 25] [--target T] [--no-peaks]``.
@@ -60,7 +61,7 @@ def main(argv=None) -> int:
     cal = tvm_mpq.calibrate(net, [batch])
     policy = tvm_mpq.QuantPolicy.uniform(net, **POLICIES[args.policy])
     compiled = tvm_mpq.build(net, policy, cal, target=args.target)
-    peak_of = {} if args.no_peaks else _peak_shares(net, policy, compiled, args.threads)
+    peak_of = {} if args.no_peaks else _peak_shares(net, policy, compiled, args.threads, args.target)
     x = batch.numpy()
     latency = float(np.median(compiled.time(x, number=20, repeat=5)))
     calls = compiled.profile(x, runs=args.runs)
@@ -82,13 +83,19 @@ def main(argv=None) -> int:
     return 0
 
 
-def _peak_shares(net, policy, compiled, threads: int) -> dict:
+def _peak_shares(net, policy, compiled, threads: int, target=None) -> dict:
     """``{layer: (symbol, seconds) -> share of the peak}`` for every layer on one kernel (a layer split
     into channel groups runs several kernels: not attributed)."""
     from peaks import measure_peaks
 
-    peaks = measure_peaks(runs=3)
-    byte_peak = peaks.get("vnni") or peaks.get("vpmaddwd")
+    from tvm_mpq._tvm import parse_target
+    from tvm_mpq.kernels.registry import KERNELS
+
+    mcpu = str(parse_target(target).attrs.get("mcpu", "")) if target else ""
+    peaks = measure_peaks(runs=3, march=mcpu or "native")
+    # per kernel: VNNI, or the AVX2 regime it runs (byte lanes: vpmaddubsw; int16 lanes: vpmaddwd)
+    byte_peak = {"vnni": peaks.get("vnni") or peaks.get("vpmaddwd"), "int8_avx2": peaks.get("vpmaddwd"),
+                 "int8_avx2_bytes": peaks.get("vpmaddubsw")}
     bits = policy.validate(net)
     shares = {}
     for layer in net.layers:
@@ -97,10 +104,11 @@ def _peak_shares(net, policy, compiled, threads: int) -> dict:
             continue
         kernel = kernels[0]
         w, a = bits[layer.name].w_bits, bits[layer.name].a_bits
-        if kernel in ("int8", "int8_avx2", "amx"):
-            rate = peaks.get("amx") if kernel == "amx" and "amx" in peaks else byte_peak
+        group = KERNELS[kernel].group if kernel in KERNELS else kernel
+        if group == "byte":
+            rate = peaks.get("amx") if kernel == "amx" and "amx" in peaks else byte_peak.get(kernel, byte_peak["vnni"])
             ops = layer.macs
-        elif kernel.startswith("bitserial"):
+        elif group == "bitserial":
             rate, ops = peaks.get("popcount"), layer.macs * w * a
         else:  # fp32, depthwise (float multiply-adds), TVM's float path
             rate, ops = peaks.get("fp32"), layer.macs

@@ -9,7 +9,7 @@ faster on VNNI than on AMX, whose 64-byte tile rows it fills a quarter or a half
 computes the same integers, so the choice changes speed only, never the output.
 
 A model only chooses among kernels it was trained on: where the target offers one it never saw
-(the AVX2 ``int8_avx2`` kernel, to the shipped model tuned on an AVX-512 host), the chooser falls
+(the AVX2 ``int8_avx2`` and ``int8_avx2_bytes`` kernels, to the shipped model tuned on an AVX-512 host), the chooser falls
 back to the built-in rule for that layer rather than dropping the kernel from the race.
 """
 
@@ -51,17 +51,18 @@ class KernelChooser:
             self._models[path] = XGBCostModel.load(path)
         return self._models[path]
 
-    def options(self, spec, target) -> list[str]:
+    def options(self, spec, target, bits: tuple[int, int] | None = None) -> list[str]:
+        """The candidates ``target`` runs for ``spec`` (and that compute ``bits`` exactly, when given)."""
         from tvm_mpq.kernels.registry import offered
 
-        return offered(spec.kind, target, self.candidates)
+        return offered(spec.kind, target, self.candidates, bits)
 
     def choose(self, spec, w_bits: int, a_bits: int, target) -> str:
         from tvm_mpq.kernels.registry import choose_kernel
 
         key = (spec, w_bits, a_bits, target_to_str(target))
         if key not in self._cache:
-            names, model = self.options(spec, target), self.model_for(target)
+            names, model = self.options(spec, target, (w_bits, a_bits)), self.model_for(target)
             if not names or not set(names) <= set(model.meta.get("kernels", self.candidates)):
                 self._cache[key] = choose_kernel(spec.kind, w_bits, a_bits, target, getattr(spec, "in_channels", None))
             else:

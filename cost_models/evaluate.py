@@ -22,12 +22,12 @@ from typing import Iterable
 import numpy as np
 from scipy.stats import spearmanr
 
+from tvm_mpq.cost_models.network import group_of
 from tvm_mpq.cost_models.xgb_model import CostModelConfig, XGBCostModel, labels, workload_id
+from tvm_mpq.kernels.registry import KERNELS
 from tvm_mpq.tuning.space import canonical_bits
 
 
-#: Kernels that run any bits in byte lanes, competing with bit-serial at their canonical bits.
-BYTE_KERNELS = ("int8", "int8_avx2", "amx")
 
 
 def kernel_choices(cells: dict) -> list[dict]:
@@ -37,13 +37,13 @@ def kernel_choices(cells: dict) -> list[dict]:
         by_workload[wk][(kernel, w, a)] = value
     decisions = []
     for wk, cell in by_workload.items():
-        pairs = {(w, a) for (k, w, a) in cell if k.startswith("bitserial")} | {(8, 8)}
+        pairs = {(w, a) for (k, w, a) in cell if group_of(k) == "bitserial"} | {(8, 8)}
         for w, a in sorted(pairs):
             options = {}
             for (k, cw, ca), value in cell.items():
-                if k.startswith("bitserial") and (cw, ca) == (w, a):
+                if group_of(k) == "bitserial" and (cw, ca) == (w, a):
                     options[k] = value
-                elif k in BYTE_KERNELS and (cw, ca) == canonical_bits(k, w, a):
+                elif group_of(k) == "byte" and KERNELS[k].serves(w, a) and (cw, ca) == canonical_bits(k, w, a):
                     options[k] = value
             if len(options) < 2:
                 continue

@@ -18,29 +18,36 @@ import numpy as np
 from tvm_mpq._tvm import FEATURES as ISA_FEATURES
 from tvm_mpq._tvm import Target, parse_target, target_features
 from tvm_mpq.kernels import amx, bitserial_x86, x86
+from tvm_mpq.kernels.registry import KERNELS
 from tvm_mpq.kernels.spec import ConvSpec, DenseSpec, ceil_div
 from tvm_mpq.tuning.space import tile_size
 
 #: Kernel families the model has a feature for; another name is an error (it has no analytic estimate).
 KERNEL_NAMES = ("fp32", "int8", "amx", "bitserial", "bitserial_ref", "depthwise")
-#: Kernels that share a family's algorithm on another instruction set: the AVX2 int8 kernel is the
-#: VNNI one's layout and schedule with ``vpmaddubsw`` + ``vpmaddwd`` for ``vpdpbusd``. They share
-#: the family's feature (the target's ISA flags tell them apart) and keep a prior of their own.
-KERNEL_FAMILY = {"int8_avx2": "int8"}
-#: Nominal per-core throughput (MACs/s; binary MACs for bit-serial) used by the analytic estimate:
-#: the peaks measured on Zen 5 (``benchmarks/peaks.py``); AVX2 int8 nominally a quarter of VNNI
-#: (half the vector width, two instructions per 4-way dot product). Only the ratios matter.
-PEAK_MACS = {
-    "fp32": 110e9, "int8": 430e9, "int8_avx2": 110e9, "amx": 1000e9, "bitserial": 1150e9, "bitserial_ref": 5e9, "depthwise": 100e9,
-}
+#: Nominal per-core throughput (MACs/s) of the kernels outside the registry; registered kernels
+#: carry their own (``KernelImpl.peak_macs``). Only the ratios matter.
+PEAK_MACS = {"fp32": 110e9, "depthwise": 100e9}
 
 
 def family(kernel: str) -> str:
-    """The :data:`KERNEL_NAMES` entry ``kernel`` belongs to (ValueError for a kernel the model cannot describe)."""
-    name = KERNEL_FAMILY.get(kernel, kernel)
+    """The :data:`KERNEL_NAMES` entry ``kernel`` belongs to (ValueError for a kernel the model cannot
+    describe). A registered kernel names its family (``KernelImpl.family``): kernels that share an
+    algorithm on other lanes or instruction sets (VNNI, AVX2 bytes, AVX2 int16) share the family's
+    feature (the target's ISA flags and each kernel's own prior tell them apart)."""
+    name = KERNELS[kernel].family if kernel in KERNELS else kernel
     if name not in KERNEL_NAMES:
-        raise ValueError(f"the cost model knows kernels {KERNEL_NAMES + tuple(KERNEL_FAMILY)}, got {kernel!r}")
+        raise ValueError(f"the cost model knows kernels {sorted(set(KERNEL_NAMES) | set(KERNELS))}, got {kernel!r}")
     return name
+
+
+def serial(kernel: str) -> bool:
+    """Whether ``kernel`` computes in bit planes (its work is ``w*a`` binary MACs per MAC)."""
+    return kernel in KERNELS and KERNELS[kernel].group == "bitserial"
+
+
+def peak_macs(kernel: str) -> float:
+    """Nominal per-core MACs/s (binary MACs for bit-serial) of the analytic estimate."""
+    return KERNELS[kernel].peak_macs if kernel in KERNELS else PEAK_MACS[kernel]
 
 
 #: Nominal memory bandwidth (bytes/s) for the bytes a kernel moves (float in/out, packed weights).
@@ -83,7 +90,7 @@ def work(spec, kernel: str, w_bits: int, a_bits: int) -> float:
     """What the kernel computes: MACs, or binary MACs (``w*a`` per MAC) for bit-serial."""
     family(kernel)
     macs = float(spec.macs)
-    return macs * w_bits * a_bits if kernel.startswith("bitserial") else macs
+    return macs * w_bits * a_bits if serial(kernel) else macs
 
 
 def bytes_moved(spec, kernel: str, w_bits: int) -> tuple[float, float, float]:
@@ -94,13 +101,13 @@ def bytes_moved(spec, kernel: str, w_bits: int) -> tuple[float, float, float]:
         n_in = spec.batch * spec.in_channels * spec.height * spec.width
         n_out = spec.batch * spec.out_channels * spec.out_height * spec.out_width
         n_w = int(np.prod(spec.weight_shape))
-    w_bytes = 4.0 if kernel == "fp32" else (w_bits / 8.0 if kernel.startswith("bitserial") else 1.0)
+    w_bytes = 4.0 if kernel == "fp32" else (w_bits / 8.0 if serial(kernel) else 1.0)
     return 4.0 * n_in, 4.0 * n_out, n_w * w_bytes
 
 
 def analytic_ms(spec, kernel: str, w_bits: int, a_bits: int, cores: int = 1) -> float:
     """Work at the kernel's peak on ``cores`` plus bytes at :data:`BANDWIDTH` (milliseconds)."""
-    compute = work(spec, kernel, w_bits, a_bits) / (PEAK_MACS[kernel] * max(1, cores))
+    compute = work(spec, kernel, w_bits, a_bits) / (peak_macs(kernel) * max(1, cores))
     return 1e3 * (compute + sum(bytes_moved(spec, kernel, w_bits)) / BANDWIDTH)
 
 
@@ -120,7 +127,7 @@ def padded_work(spec, kernel: str, w_bits: int, a_bits: int) -> float:
         if spec.groups > 1:
             return float(spec.macs)
     pad = lambda n, b: ceil_div(n, b) * b  # noqa: E731
-    if kernel.startswith("bitserial"):
+    if serial(kernel):
         return float(pad(o, bitserial_x86.OC_GROUP) * pixels * pad(c, 64) * taps * w_bits * a_bits)
     if family(kernel) == "int8":
         return float(pad(o, 16) * pixels * pad(c, 4) * taps)
@@ -135,7 +142,7 @@ def prior_terms(spec, kernel: str, w_bits: int, a_bits: int) -> np.ndarray:
     packed), output elements through the epilogue, weight bytes streamed."""
     in_b, out_b, w_b = bytes_moved(spec, kernel, w_bits)
     in_elems, out_elems = in_b / 4.0, out_b / 4.0
-    planes = a_bits if kernel.startswith("bitserial") else 1
+    planes = a_bits if serial(kernel) else 1
     return np.array([1.0, work(spec, kernel, w_bits, a_bits), padded_work(spec, kernel, w_bits, a_bits), in_elems,
                      in_elems * planes, out_elems, w_b])
 

@@ -39,6 +39,8 @@ from typing import Sequence
 
 import numpy as np
 
+from tvm_mpq.kernels.registry import KERNELS
+
 #: The models whose profiles the shipped calibration is fitted on (and the benchmark measures).
 PROFILE_MODELS = ("resnet18", "mobilenet_v2")
 
@@ -199,13 +201,10 @@ def alone_ms(model, profile: dict) -> tuple[np.ndarray, list[str | None]]:
     return np.bincount(owner, weights=ms, minlength=len(profile["layers"])), [g.pop() if len(g) == 1 else None for g in groups]
 
 
-#: Kernel groups with a scale of their own: kernels that compute alike (in bytes, in bit planes).
-GROUPS = {"int8": "byte", "int8_avx2": "byte", "amx": "byte", "bitserial": "bitserial", "bitserial_ref": "bitserial",
-          "depthwise": "depthwise", "fp32": "fp32"}
-
-
 def group_of(kernel: str) -> str:
-    return GROUPS.get(kernel, kernel)
+    """The kernel group with a scale of its own: registered kernels that compute alike (in bytes, in
+    bit planes) share one (``KernelImpl.group``); depthwise and fp32 are their own."""
+    return KERNELS[kernel].group if kernel in KERNELS else kernel
 
 
 #: What the pooling ops of :data:`tvm_mpq.frontend.POOLING_OPS` are called once compiled (an adaptive

@@ -29,9 +29,12 @@ def test_picks_the_fastest_predicted():
     bs, vnni = chooser.model.predict_points([(spec, "bitserial", 2, 1, None), (spec, "int8", 2, 1, None)], target=zen)
     assert bs < vnni and chooser.choose(spec, 2, 1, zen) == "int8" and chooser.choose(spec, 8, 8, zen) == "int8"
     haswell = parse_target("llvm -mcpu=haswell")
-    assert chooser.options(spec, haswell) == ["int8_avx2", "bitserial"]
+    assert chooser.options(spec, haswell) == ["int8_avx2_bytes_8sum", "int8_avx2_bytes_4sum", "int8_avx2_bytes", "int8_avx2", "bitserial"]
+    assert chooser.options(spec, haswell, (8, 8)) == ["int8_avx2", "bitserial"]  # bytes would saturate at W8A8
+    assert chooser.options(spec, haswell, (6, 8)) == ["int8_avx2_bytes", "int8_avx2", "bitserial"]
     # the model never saw int8_avx2: the rule decides there (bytes for W8A8, bit-serial for W1A1)
     assert chooser.choose(spec, 8, 8, haswell) == "int8_avx2" and chooser.choose(spec, 1, 1, haswell) == "bitserial"
+    assert chooser.choose(spec, 6, 8, haswell) == "int8_avx2_bytes"
 
 
 def test_compiled_model_is_unchanged_by_the_choice(digits_net):

@@ -1,5 +1,6 @@
 """Exactness of the VNNI int8 kernels (scheduled for x86, tensorized) against the NumPy references,
-and of their AVX2 twin (int16 lanes, ``vpmaddwd``, compiled for ``-mcpu=haswell``).
+and of their AVX2 twins (int16 lanes, ``vpmaddwd``; byte lanes, ``vpmaddubsw``; compiled for
+``-mcpu=haswell``).
 
 Every weight width 1..8 (levels as signed bytes for <= 7 bits, the ``2*h + 1`` split for 8 bits)
 with activation widths 1..8, random shapes (odd channel counts, strides, asymmetric padding,
@@ -25,7 +26,9 @@ from tvm_mpq.quant.qparams import MAX_BITS, act_qparams
 
 TARGET = parse_target(None)
 HASWELL = parse_target("llvm -mcpu=haswell")
-TARGETS = {int8.VNNI: TARGET, int8.AVX2: HASWELL}
+TARGETS = {int8.VNNI: TARGET, int8.AVX2: HASWELL, int8.AVX2_BYTES: HASWELL, int8.AVX2_BYTES_4SUM: HASWELL,
+           int8.AVX2_BYTES_8SUM: HASWELL}
+BYTE_LANES = {"pairs": int8.AVX2_BYTES, "4sum": int8.AVX2_BYTES_4SUM, "8sum": int8.AVX2_BYTES_8SUM}
 pytestmark = pytest.mark.skipif(
     not x86.has_vnni(TARGET), reason="the int8 kernel needs AVX-512 VNNI (vpdpbusd) on the host"
 )
@@ -36,7 +39,7 @@ def _compile(kind, spec, aq, w_bits, out, knobs=None, lanes=int8.VNNI):
     x = te.placeholder(shape, "float32", name="x")
     o = spec.out_features if kind == "dense" else spec.out_channels
     k = spec.in_features if kind == "dense" else spec.in_channels
-    shape = (-(-o // lanes.oc), -(-k // lanes.ic), 1, 1, lanes.oc, lanes.ic) if kind == "dense" else int8.weight_shape(spec, lanes)
+    shape = int8.prepare_weights(np.zeros((o, k), np.int8), lanes).shape if kind == "dense" else int8.weight_shape(spec, lanes)
     w = te.placeholder(shape, lanes.w_dtype, name="w")
     b = te.placeholder((o,), "int64", name="bias_q")
     s = te.placeholder((o,), "float32", name="out_scale")
@@ -184,3 +187,88 @@ def test_small_channel_counts_fold_kernel_columns():
     """Folding pays only where the channels leave dot lanes empty and it saves dot products."""
     assert int8.folds(3, 7) and int8.folds(1, 3) and int8.folds(3, 7, int8.AVX2) and int8.folds(21, 3, int8.AVX2)
     assert not int8.folds(16, 3) and not int8.folds(3, 1) and not int8.folds(63, 7)  # aligned, one column, too wide
+
+
+# --- AVX2 byte lanes (vpmaddubsw, int16 sums of 2, 4 or 8 products, vpmaddwd by ones) ---------------
+def _served(lanes):
+    return {(w, a) for w in range(1, MAX_BITS + 1) for a in range(1, MAX_BITS + 1) if lanes.serves(w, a)}
+
+
+def test_avx2_bytes_serve_exactly_the_unsaturating_bits():
+    every = {(w, a) for w in range(1, 9) for a in range(1, 9)}
+    assert every - _served(int8.AVX2_BYTES) == {(7, 8), (8, 8)}
+    assert every - _served(int8.AVX2_BYTES_4SUM) == {(6, 8), (7, 8), (8, 8), (7, 7), (8, 7)}
+    assert (4, 8) in _served(int8.AVX2_BYTES_8SUM) and (5, 8) not in _served(int8.AVX2_BYTES_8SUM)
+    assert {(6, 6), (8, 5), (5, 7)} <= _served(int8.AVX2_BYTES_8SUM) and (6, 7) not in _served(int8.AVX2_BYTES_8SUM)
+    for lanes in BYTE_LANES.values():  # the largest |int16 sum| of codes x weight lanes fits a signed int16
+        for w, a in _served(lanes):
+            assert 2 * lanes.groups * ((1 << a) - 1) * lanes.max_weight(w) <= 32767
+    assert 2 * 255 * 127 > 32767 and 4 * 255 * 63 > 32767 and 8 * 255 * 31 > 32767  # where each would saturate
+    assert all(int8.VNNI.serves(w, a) and int8.AVX2.serves(w, a) for w, a in every)
+
+
+@pytest.mark.parametrize("lanes,w_bits,a_bits", [
+    ("pairs", 1, 8), ("pairs", 2, 2), ("pairs", 5, 6), ("pairs", 6, 8), ("pairs", 7, 7), ("pairs", 8, 7), ("pairs", 8, 1),
+    ("4sum", 5, 8), ("4sum", 6, 7), ("4sum", 8, 6), ("4sum", 2, 3),
+    ("8sum", 4, 8), ("8sum", 6, 6), ("8sum", 8, 5), ("8sum", 1, 1),
+])
+def test_avx2_bytes_conv_exact(lanes, w_bits, a_bits):
+    rng = np.random.default_rng(700 + 10 * w_bits + a_bits + 100 * len(lanes))
+    spec = _random_conv_spec(rng, in_channels=int(rng.integers(1, 40)))
+    _check("conv", spec, w_bits, a_bits, *_conv_inputs(rng, spec), lanes=BYTE_LANES[lanes])
+
+
+@pytest.mark.parametrize("lanes,bits", [("pairs", ((6, 8), (8, 7), (7, 7))), ("4sum", ((5, 8), (8, 6), (6, 7))),
+                                         ("8sum", ((4, 8), (8, 5), (6, 6)))])
+def test_avx2_bytes_extreme_sums(lanes, bits):
+    """Every int16 sum at its largest: top codes against the widest weights each side of 0 (e.g.
+    W6A8 pairs: 2 x 63 x 255; W8A5 in 8-sums: 8 x (-128) x 31)."""
+    spec = ConvSpec(batch=1, in_channels=40, height=5, width=6, out_channels=16, kernel=(3, 3), padding=(1, 1, 1, 1))
+    x = np.full((1, 40, 5, 6), 4.0, np.float32)  # clips to the top code
+    w = np.where(np.arange(16)[:, None, None, None] % 2 == 0, 1.0, -1.0) * np.ones(spec.weight_shape, np.float32)
+    for w_bits, a_bits in bits:
+        _check("conv", spec, w_bits, a_bits, x, w.astype(np.float32), np.zeros(16, np.float32), 0.0, 1.0, lanes=BYTE_LANES[lanes])
+
+
+@pytest.mark.parametrize("lanes", sorted(BYTE_LANES))
+@pytest.mark.parametrize("knobs", [None, x86.Int8Knobs(4, 3, kernel_outer=True), x86.Int8Knobs(1, 1)])
+def test_avx2_bytes_network_shapes_and_tiles(knobs, lanes):
+    rng = np.random.default_rng(19)
+    lanes = BYTE_LANES[lanes]
+    spec = ConvSpec(batch=1, in_channels=21, height=8, width=8, out_channels=48, kernel=(3, 3), padding=(1, 1, 1, 1))
+    _check("conv", spec, 4, 8, *_conv_inputs(rng, spec), knobs=knobs, lanes=lanes)
+    if knobs is not None:
+        return
+    spec = ConvSpec(batch=1, in_channels=16, height=12, width=12, out_channels=24, kernel=(1, 1), strides=(2, 2))
+    _check("conv", spec, 3, 4, *_conv_inputs(rng, spec), lanes=lanes)
+    spec = ConvSpec(batch=1, in_channels=3, height=20, width=20, out_channels=16, kernel=(7, 7), strides=(2, 2), padding=(3, 3, 3, 3))
+    _check("conv", spec, 4, 8, *_conv_inputs(rng, spec), lanes=lanes)  # the stem, folded
+
+
+@pytest.mark.parametrize("lanes", sorted(BYTE_LANES))
+def test_avx2_bytes_dense_instruction_and_refusal(lanes):
+    rng = np.random.default_rng(29)
+    lanes = BYTE_LANES[lanes]
+    spec = DenseSpec(batch=2, in_features=75, out_features=10)
+    lo, hi = _random_act_range(rng)
+    x = _random_input(rng, (2, 75), lo, hi)
+    _check("dense", spec, 4, 8, x, _random_weight(rng, (10, 75)), _random_bias(rng, 10), lo, hi, lanes=lanes)
+    conv = ConvSpec(batch=1, in_channels=16, height=6, width=6, out_channels=16, kernel=(3, 3), padding=(1, 1, 1, 1))
+    func, _ = _compile("conv", conv, act_qparams(0.0, 1.0, 8), 4, "float", lanes=lanes)
+    asm = func.mod.inspect_source("asm")
+    # one widening vpmaddwd per `groups` vpmaddubsw (the int16 sums in between are vpaddw)
+    assert asm.count("vpmaddubsw") >= lanes.groups * asm.count("vpmaddwd") > 0 and "zmm" not in asm
+    with pytest.raises(ValueError, match="W7A8 exactly"):
+        _compile("conv", conv, act_qparams(0.0, 1.0, 8), 7, "float", lanes=lanes)
+
+
+def test_avx2_regime_follows_the_bits():
+    from tvm_mpq.kernels.registry import choose_kernel, resolve_kernel
+
+    assert choose_kernel("conv2d", 6, 8, HASWELL) == choose_kernel("conv2d", 8, 7, HASWELL) == "int8_avx2_bytes"
+    assert choose_kernel("conv2d", 5, 8, HASWELL) == choose_kernel("conv2d", 8, 6, HASWELL) == "int8_avx2_bytes_4sum"
+    assert choose_kernel("conv2d", 4, 8, HASWELL) == choose_kernel("dense", 4, 4, HASWELL) == "int8_avx2_bytes_8sum"
+    assert choose_kernel("conv2d", 7, 8, HASWELL) == choose_kernel("conv2d", 8, 8, HASWELL) == "int8_avx2"
+    assert choose_kernel("conv2d", 6, 8, TARGET) == "int8"  # VNNI serves every width
+    with pytest.raises(ValueError, match="cannot compute W8A8 exactly.*int8_avx2"):
+        resolve_kernel("int8_avx2_bytes", "conv2d", 8, 8, HASWELL, layer="conv1")

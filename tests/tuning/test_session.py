@@ -21,8 +21,11 @@ needs_vnni = pytest.mark.skipif(not x86.has_vnni(HOST), reason="needs AVX-512 VN
 def test_menu_follows_the_target():
     zen = {str(p) for p in precision_menu(SMALL, "llvm -mcpu=znver5", serial_bits=(1, 2))}
     assert zen == {"fp32 W32A32", "int8 W8A8", "int8 W4A4", "bitserial W1A1", "bitserial W1A2", "bitserial W2A1", "bitserial W2A2"}
-    haswell = {p.kernel for p in precision_menu(SMALL, "llvm -mcpu=haswell")}
-    assert haswell == {"fp32", "int8_avx2", "bitserial"}  # no VNNI, no AMX: int16 vpmaddwd
+    haswell = {str(p) for p in precision_menu(SMALL, "llvm -mcpu=haswell", serial_bits=(1,))}
+    # no VNNI, no AMX: the AVX2 regimes, each at the bits it is tuned at (bytes serve W6A8 and W8A7, not W8A8)
+    assert haswell == {"fp32 W32A32", "int8_avx2_bytes_8sum W4A8", "int8_avx2_bytes_8sum W8A5", "int8_avx2_bytes_4sum W5A8",
+                       "int8_avx2_bytes_4sum W8A6", "int8_avx2_bytes W6A8", "int8_avx2_bytes W8A7", "int8_avx2 W8A8", "int8_avx2 W4A4",
+                       "bitserial W1A1"}
     spr = {p.kernel for p in precision_menu(SMALL, "llvm -mcpu=sapphirerapids")}
     assert "amx" in spr
     dw = ConvSpec(batch=1, in_channels=8, height=8, width=8, out_channels=8, kernel=(3, 3), padding=(1, 1, 1, 1), groups=8)
@@ -149,6 +152,9 @@ def test_canonical_bits():
     assert canonical_bits("amx", 2, 2) == canonical_bits("amx", 4, 3) == (4, 4)
     assert canonical_bits("int8", 8, 4) == (8, 8) and canonical_bits("depthwise", 3, 8) == (4, 4)
     assert canonical_bits("bitserial", 2, 3) == (2, 3) and canonical_bits("fp32", 32, 32) == (32, 32)
+    # AVX2 byte lanes: every bit pair they serve costs one cell, 8-bit weights (split) another
+    assert canonical_bits("int8_avx2_bytes", 3, 8) == canonical_bits("int8_avx2_bytes", 6, 2) == (6, 8)
+    assert canonical_bits("int8_avx2_bytes", 8, 7) == canonical_bits("int8_avx2_bytes", 8, 3) == (8, 7)
 
 
 def test_worker_crash_is_recorded_and_the_session_goes_on(tmp_path):

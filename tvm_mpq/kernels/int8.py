@@ -25,13 +25,27 @@ Layouts (``B = 16`` output channels per 512-bit vector, ``4`` input channels per
 
 Channels are padded to the blocks with zero codes / zero weights, which add nothing.
 
-AVX2 (no VNNI, e.g. ``-mcpu=haswell``): the byte instruction ``vpmaddubsw`` adds two u8 x s8
-products into a *saturating* int16, which is not exact for 8-bit activations (2 * 255 * 127 >
-32767; int8 libraries answer with 7-bit activations). :data:`AVX2` lanes hold activation codes and
-weight levels as int16 instead and use ``vpmaddwd`` (two int16 x int16 products summed into an
-int32 lane, exact): 8 output channels per 256-bit vector, 2 input channels per dot, and 8-bit
-weight levels (+-255) fit without the split. Same compute, same schedule, another
-:class:`Lanes`.
+AVX2 (no VNNI, e.g. ``-mcpu=haswell``) has two regimes, each another :class:`Lanes` of the same
+compute and schedule:
+
+* :data:`AVX2_BYTES`: ``vpmaddubsw`` multiplies 32 u8 x s8 byte pairs and adds each two products
+  into a *saturating* int16; ``vpmaddwd`` by ones widens those into 8 int32 lanes of 4-byte dots
+  (oneDNN's AVX2 int8 sequence). Exact only while no pair sum can leave int16:
+  ``2 * (2**a_bits - 1) * max|weight| <= 32767`` (:meth:`Lanes.serves`): weights of at most 6
+  bits (levels +-63) at any activation width (2 * 255 * 63 = 32,130), 7-bit levels (+-127) and
+  split 8-bit weights (h in -128..127) with activations of at most 7 bits (2 * 127 * 128 =
+  32,512). int8 libraries run 8-bit activations x 8-bit weights here too and accept the
+  saturation (or, with NNCF's overflow fix, quantize weights to 7 bits); the kernel refuses bits
+  it cannot run exactly.
+* :data:`AVX2_BYTES_4SUM`, :data:`AVX2_BYTES_8SUM`: for narrower bits, 2 or 4 ``vpmaddubsw``
+  (``groups``) are added in int16 before one ``vpmaddwd`` widens them, so each int16 lane sums 4
+  or 8 products (``4 * 255 * 31`` and ``8 * 255 * 15`` still fit: W5A8, W4A8). Both AVX2
+  instructions multiply, and a core issues two multiplies a cycle: pairs cost 2 multiplies per
+  32 MACs like int16 lanes (they gain by loading half as many vectors: 1.25x measured,
+  ``benchmarks/peaks.py --march haswell``), 4-sums 3 per 64, 8-sums 5 per 128.
+* :data:`AVX2`: activation codes and weight levels as int16, ``vpmaddwd`` (two int16 x int16
+  products summed into an int32 lane, exact at every width): 8 output channels per 256-bit
+  vector, 2 input channels per dot, 8-bit weight levels (+-255) without the split.
 """
 
 from __future__ import annotations
@@ -56,16 +70,41 @@ class Lanes:
     ic: int
     act_dtype: str
     w_dtype: str
+    #: Largest pair sum ``a0*w0 + a1*w1`` the instruction holds exactly (``vpmaddubsw``: a
+    #: saturating int16); 0 when the dot never saturates.
+    pair_limit: int = 0
+    #: 4-byte groups per dot (``ic = 4 * groups``): their ``vpmaddubsw`` pair sums are added in
+    #: int16 before one ``vpmaddwd`` widens them, so each int16 lane sums ``2 * groups`` products
+    #: (weights laid out ``[..., groups, oc, 4]``). 1 for the other lanes.
+    groups: int = 1
 
     def split_levels(self, w_bits: int) -> bool:
         """True when odd ``w_bits`` levels do not fit the weight lanes (8-bit levels in int8)."""
         return self.w_dtype == "int8" and w_bits == 8
+
+    def max_weight(self, w_bits: int) -> int:
+        """Largest weight lane magnitude at ``w_bits``: odd levels reach ``2**w_bits - 1``; split
+        8-bit weights ``h = code - 128`` reach 128."""
+        return 128 if self.split_levels(w_bits) else (1 << w_bits) - 1
+
+    def serves(self, w_bits: int, a_bits: int) -> bool:
+        """Whether these lanes compute ``w_bits`` x ``a_bits`` exactly (no saturated pair sum)."""
+        if not (1 <= w_bits <= 8 and 1 <= a_bits <= 8):
+            return False
+        return not self.pair_limit or 2 * self.groups * ((1 << a_bits) - 1) * self.max_weight(w_bits) <= self.pair_limit
 
 
 #: AVX-512 VNNI ``vpdpbusd``: 16 int32 lanes, each a 4-byte u8 x s8 dot.
 VNNI = Lanes(oc=16, ic=4, act_dtype="uint8", w_dtype="int8")
 #: AVX2 ``vpmaddwd``: 8 int32 lanes, each a 2 x int16 dot (exact for every bit width).
 AVX2 = Lanes(oc=8, ic=2, act_dtype="int16", w_dtype="int16")
+#: AVX2 ``vpmaddubsw`` + ``vpmaddwd`` by ones: 8 int32 lanes, each a 4-byte u8 x s8 dot whose
+#: pair sums saturate at int16 (exact where :meth:`Lanes.serves`).
+AVX2_BYTES = Lanes(oc=8, ic=4, act_dtype="uint8", w_dtype="int8", pair_limit=32767)
+#: The same with 2 and 4 ``vpmaddubsw`` summed in int16 per widening ``vpmaddwd`` (16 and 32 bytes
+#: per dot): one multiply fewer per 64 MACs, three fewer per 128, for narrower bits.
+AVX2_BYTES_4SUM = Lanes(oc=8, ic=8, act_dtype="uint8", w_dtype="int8", pair_limit=32767, groups=2)
+AVX2_BYTES_8SUM = Lanes(oc=8, ic=16, act_dtype="uint8", w_dtype="int8", pair_limit=32767, groups=4)
 #: Output channels per accumulator vector and input channels per dot product (VNNI).
 OC_BLOCK = VNNI.oc
 IC_BLOCK = VNNI.ic
@@ -128,7 +167,12 @@ def weight_shape(spec: ConvSpec, lanes: Lanes = VNNI) -> tuple[int, ...]:
     c, (kh, kw) = spec.in_channels, spec.kernel
     if folds(c, kw, lanes):
         c, kw = c * kw, 1
-    return (ceil_div(spec.out_channels, lanes.oc), ceil_div(c, lanes.ic), kh, kw, lanes.oc, lanes.ic)
+    return (ceil_div(spec.out_channels, lanes.oc), ceil_div(c, lanes.ic), kh, kw) + _lane_block(lanes)
+
+
+def _lane_block(lanes: Lanes) -> tuple[int, ...]:
+    """The innermost weight dims of one dot: ``(oc, ic)``, or ``(groups, oc, 4)`` for grouped lanes."""
+    return (lanes.groups, lanes.oc, lanes.ic // lanes.groups) if lanes.groups > 1 else (lanes.oc, lanes.ic)
 
 
 def prepare_weights(values: np.ndarray, lanes: Lanes = VNNI) -> np.ndarray:
@@ -148,6 +192,9 @@ def prepare_weights(values: np.ndarray, lanes: Lanes = VNNI) -> np.ndarray:
     ob, cb = ceil_div(o, lanes.oc), ceil_div(c, lanes.ic)
     padded = np.zeros((ob * lanes.oc, cb * lanes.ic, kh, kw), lanes.w_dtype)
     padded[:o, :c] = values
+    if lanes.groups > 1:
+        blocked = padded.reshape(ob, lanes.oc, cb, lanes.groups, lanes.ic // lanes.groups, kh, kw)
+        return np.ascontiguousarray(blocked.transpose(0, 2, 5, 6, 3, 1, 4))
     blocked = padded.reshape(ob, lanes.oc, cb, lanes.ic, kh, kw)
     return np.ascontiguousarray(blocked.transpose(0, 2, 4, 5, 1, 3))
 
@@ -158,6 +205,9 @@ def int8_conv2d(data, w_blocked, bias_q, out_scale, dead_bias, residual=None, *,
     returns [N, O, OH, OW]."""
     if spec.groups != 1:
         raise ValueError(f"int8_conv2d handles groups=1, got {spec.groups}: use depthwise_conv2d_int")
+    if not lanes.serves(w_bits, aq.bits):
+        raise ValueError(f"{lanes} cannot compute W{w_bits}A{aq.bits} exactly (a pair of products would saturate "
+                         f"{lanes.pair_limit}): use lanes that serve these bits")
     n, c, h, w = spec.batch, spec.in_channels, spec.height, spec.width
     pt, pl, pb, pr = spec.padding
     OC_BLOCK, IC_BLOCK = lanes.oc, lanes.ic  # noqa: N806 (the module constants, per lanes)
@@ -194,15 +244,29 @@ def int8_conv2d(data, w_blocked, bias_q, out_scale, dead_bias, residual=None, *,
     rc = te.reduce_axis((0, cb), name="rc")
     rkh = te.reduce_axis((0, kh), name="rkh")
     rkw = te.reduce_axis((0, kw), name="rkw")
-    ri = te.reduce_axis((0, IC_BLOCK), name="ri")
-    acc = te.compute(
-        (n, ob, *out_hw, OC_BLOCK),
-        lambda b, o, y, x, oi: te.sum(
-            a[b, rc, y * sh + rkh * dh, x * sw + rkw * dw, ri].astype("int32") * w_blocked[o, rc, rkh, rkw, oi, ri].astype("int32"),
-            axis=[rc, rkh, rkw, ri],
-        ),
-        name=ACC_BLOCK,
-    )
+    if lanes.groups > 1:  # [..., groups, oc, 4] weights: channel g * 4 + q of the block
+        quad = IC_BLOCK // lanes.groups
+        rg = te.reduce_axis((0, lanes.groups), name="rg")
+        rq = te.reduce_axis((0, quad), name="rq")
+        acc = te.compute(
+            (n, ob, *out_hw, OC_BLOCK),
+            lambda b, o, y, x, oi: te.sum(
+                a[b, rc, y * sh + rkh * dh, x * sw + rkw * dw, rg * quad + rq].astype("int32")
+                * w_blocked[o, rc, rkh, rkw, rg, oi, rq].astype("int32"),
+                axis=[rc, rkh, rkw, rg, rq],
+            ),
+            name=ACC_BLOCK,
+        )
+    else:
+        ri = te.reduce_axis((0, IC_BLOCK), name="ri")
+        acc = te.compute(
+            (n, ob, *out_hw, OC_BLOCK),
+            lambda b, o, y, x, oi: te.sum(
+                a[b, rc, y * sh + rkh * dh, x * sw + rkw * dw, ri].astype("int32") * w_blocked[o, rc, rkh, rkw, oi, ri].astype("int32"),
+                axis=[rc, rkh, rkw, ri],
+            ),
+            name=ACC_BLOCK,
+        )
     if lanes.split_levels(w_bits):
         r1 = te.reduce_axis((0, cb), name="r1")
         r2 = te.reduce_axis((0, IC_BLOCK), name="r2")
@@ -231,7 +295,8 @@ def int8_conv2d(data, w_blocked, bias_q, out_scale, dead_bias, residual=None, *,
 
 def int8_dense(data, w_blocked, bias_q, out_scale, dead_bias, *, spec: DenseSpec, aq, w_bits: int, out: "str | Codes" = "float",
                lanes: Lanes = VNNI):
-    """Dense on integer lanes: a 1x1 conv over a 1x1 image. data [N, K]; weights [O/oc, K/ic, 1, 1, oc, ic]."""
+    """Dense on integer lanes: a 1x1 conv over a 1x1 image. data [N, K]; weights [O/oc, K/ic, 1, 1, oc, ic]
+    (grouped lanes: ``[..., groups, oc, 4]``)."""
     conv = ConvSpec(batch=spec.batch, in_channels=spec.in_features, height=1, width=1, out_channels=spec.out_features, kernel=(1, 1))
     image = te.compute((spec.batch, spec.in_features, 1, 1), lambda b, k, i, j: data[b, k], name="mpq_dense_image")
     y = int8_conv2d(image, w_blocked, bias_q, out_scale, dead_bias, spec=conv, aq=aq, w_bits=w_bits, out=out, lanes=lanes)

@@ -39,6 +39,34 @@ class KernelImpl:
     finalize: Optional[Callable] = None
     #: LLVM features (of ``tvm_mpq._tvm.FEATURES``) the kernel's code uses, named when a target lacks them
     requires: tuple[str, ...] = ()
+    #: (w_bits, a_bits) -> whether the kernel computes these bits exactly (a saturating dot does not serve all)
+    serves: Callable[[int, int], bool] = lambda w_bits, a_bits: 1 <= w_bits <= 8 and 1 <= a_bits <= 8
+    #: The integer lanes of a byte-lane kernel (:class:`~tvm_mpq.kernels.int8.Lanes`; its register
+    #: tiles are the knob space), None for the others
+    lanes: Optional[int8.Lanes] = None
+    #: The knob dataclass its schedule takes (None: no knobs)
+    knobs: Optional[type] = None
+    #: The cost model's kernel family (its one-hot feature); kernels of one family differ by ISA or lanes
+    family: str = ""
+    #: Kernels that compute alike (``"byte"``, ``"bitserial"``): the whole-network model scales each group
+    group: str = ""
+    #: The bit pairs a tuning session measures; other bits cost what :meth:`tuned_cell` says
+    tuned_bits: tuple[tuple[int, int], ...] = ()
+    #: Nominal per-core MACs/s (binary MACs for bit-serial) of the cost model's analytic estimate
+    #: (only the ratios between kernels matter)
+    peak_macs: float = 0.0
+
+    def tuned_cell(self, w_bits: int, a_bits: int) -> tuple[int, int]:
+        """The measured bit pair that (w, a) costs the same as: byte lanes run any bits they serve
+        at one cost, except that 8-bit weights in byte lanes take the split path (a box sum);
+        bit-serial cells are their own bits."""
+        if self.lanes is None:
+            return w_bits, a_bits
+        split = [c for c in self.tuned_bits if c[0] == 8]
+        plain = [c for c in self.tuned_bits if c[0] != 8]
+        if self.lanes.split_levels(w_bits) and split:
+            return split[0]
+        return (plain or split or [(w_bits, a_bits)])[0]
 
 
 def apply_schedule(func, schedule: Callable, knobs=None, finalize: Optional[Callable] = None):
@@ -80,8 +108,31 @@ def _prepare_packed(wq: WeightQuant, start: int, stop: int, bits: int, kind: str
     return pack_bits(codes, bits)  # [O, bits, words]
 
 
-def _prepare_int8(wq: WeightQuant, start: int, stop: int, bits: int, kind: str) -> np.ndarray:
-    return int8.prepare_weights(int8.weight_bytes(wq, start, stop, bits))
+def _prepare_lanes(wq: WeightQuant, start: int, stop: int, bits: int, kind: str, lanes: int8.Lanes) -> np.ndarray:
+    return int8.prepare_weights(int8.weight_bytes(wq, start, stop, bits, lanes), lanes)
+
+
+def byte_lane_kernel(name: str, lanes: int8.Lanes, available: Callable[[Target], bool], requires: tuple[str, ...],
+                     description: str, tuned_bits: tuple[tuple[int, int], ...], peak_macs: float) -> KernelImpl:
+    """A kernel of :func:`~tvm_mpq.kernels.int8.int8_conv2d` on ``lanes``, scheduled by
+    :func:`~tvm_mpq.kernels.x86.schedule_int8_conv`: everything but the lanes is shared."""
+    return KernelImpl(
+        name=name,
+        conv2d=functools.partial(int8.int8_conv2d, lanes=lanes),
+        dense=functools.partial(int8.int8_dense, lanes=lanes),
+        prepare=functools.partial(_prepare_lanes, lanes=lanes),
+        schedule=functools.partial(x86.schedule_int8_conv, lanes=lanes),
+        available=available,
+        requires=requires,
+        description=description,
+        serves=lanes.serves,
+        lanes=lanes,
+        knobs=x86.Int8Knobs,
+        family="int8",
+        group="byte",
+        tuned_bits=tuned_bits,
+        peak_macs=peak_macs,
+    )
 
 
 register_kernel(
@@ -93,39 +144,40 @@ register_kernel(
         schedule=None,
         available=lambda target: True,
         description="bit-serial popcount, plain TE (no schedule): any target, slow; the reference",
+        family="bitserial_ref",
+        group="bitserial",
+        peak_macs=5e9,
     )
 )
 
-register_kernel(
-    KernelImpl(
-        name="int8",
-        conv2d=int8.int8_conv2d,
-        dense=int8.int8_dense,
-        prepare=_prepare_int8,
-        schedule=x86.schedule_int8_conv,
-        available=x86.has_vnni,
-        description="u8 x s8 bytes tensorized to AVX-512 VNNI vpdpbusd (any w/a bits <= 8)",
-        requires=("avx512vnni", "avx512bw"),
-    )
-)
+#: The bit pairs a byte-lane kernel is tuned at: 8-bit weights take the split path (an extra box
+#: sum) where the lanes are bytes, narrower ones do not.
+BYTE_BITS = ((8, 8), (4, 4))
 
-
-def _prepare_int8_avx2(wq: WeightQuant, start: int, stop: int, bits: int, kind: str) -> np.ndarray:
-    return int8.prepare_weights(int8.weight_bytes(wq, start, stop, bits, int8.AVX2), int8.AVX2)
-
-
-register_kernel(
-    KernelImpl(
-        name="int8_avx2",
-        conv2d=functools.partial(int8.int8_conv2d, lanes=int8.AVX2),
-        dense=functools.partial(int8.int8_dense, lanes=int8.AVX2),
-        prepare=_prepare_int8_avx2,
-        schedule=functools.partial(x86.schedule_int8_conv, lanes=int8.AVX2),
-        available=x86.has_avx2_only,
-        requires=("avx2",),
-        description="int16 codes x int16 levels tensorized to AVX2 vpmaddwd (exact at any w/a bits <= 8; targets without VNNI)",
-    )
-)
+register_kernel(byte_lane_kernel(
+    "int8", int8.VNNI, x86.has_vnni, ("avx512vnni", "avx512bw"),
+    "u8 x s8 bytes tensorized to AVX-512 VNNI vpdpbusd (any w/a bits <= 8)", BYTE_BITS, 430e9))
+# AVX2 regimes (targets without VNNI): byte lanes where the bits cannot saturate an int16 sum of
+# vpmaddubsw products (the fewer the bits, the more products one int16 lane sums before a vpmaddwd
+# widens it: 2, 4 or 8), int16 lanes for the rest. Nominal peaks: the measured vpmaddwd and
+# vpmaddubsw peaks (benchmarks/peaks.py --march haswell: 1.25x), scaled by the multiplies per MAC
+# (2 per 32, 3 per 64, 5 per 128 MACs).
+register_kernel(byte_lane_kernel(
+    "int8_avx2_bytes_8sum", int8.AVX2_BYTES_8SUM, x86.has_avx2_only, ("avx2",),
+    "u8 x s8 bytes on AVX2, 4 vpmaddubsw summed in int16 per vpmaddwd (exact where 8 products fit int16: "
+    "weights <= 4 bits with 8-bit activations, W6A6, W8A5)", ((4, 8), (8, 5)), 220e9))
+register_kernel(byte_lane_kernel(
+    "int8_avx2_bytes_4sum", int8.AVX2_BYTES_4SUM, x86.has_avx2_only, ("avx2",),
+    "u8 x s8 bytes on AVX2, 2 vpmaddubsw summed in int16 per vpmaddwd (exact where 4 products fit int16: "
+    "weights <= 5 bits with 8-bit activations, W6A7, W8A6)", ((5, 8), (8, 6)), 183e9))
+register_kernel(byte_lane_kernel(
+    "int8_avx2_bytes", int8.AVX2_BYTES, x86.has_avx2_only, ("avx2",),
+    "u8 x s8 bytes tensorized to AVX2 vpmaddubsw + vpmaddwd (exact where no pair of products can saturate int16: "
+    "weights <= 6 bits, or 7-8 bit weights with activations <= 7 bits)", ((6, 8), (8, 7)), 137e9))
+register_kernel(byte_lane_kernel(
+    "int8_avx2", int8.AVX2, x86.has_avx2_only, ("avx2",),
+    "int16 codes x int16 levels tensorized to AVX2 vpmaddwd (exact at any w/a bits <= 8; targets without VNNI)",
+    ((8, 8), (4, 4)), 110e9))
 
 
 def _prepare_bitserial_x86(wq: WeightQuant, start: int, stop: int, bits: int, kind: str) -> np.ndarray:
@@ -141,6 +193,10 @@ register_kernel(
         schedule=bitserial_x86.schedule_bitserial_conv,
         available=x86.is_x86,
         description="bit-serial AND+popcount, 8 output pixels per 512-bit vector (vpopcntq; vpshufb on AVX2)",
+        knobs=bitserial_x86.BitserialKnobs,
+        family="bitserial",
+        group="bitserial",
+        peak_macs=1150e9,
     )
 )
 
@@ -167,6 +223,12 @@ register_kernel(
         description="s8 x u8 bytes on AMX tiles (tdpbsud, 16x16x64 per instruction; any w/a bits <= 8); dense on VNNI",
         requires=("amx-tile", "amx-int8", "avx512vnni", "avx512bw"),
         finalize=amx.finalize_amx,
+        lanes=int8.VNNI,  # its dense layers; its convs take AmxKnobs
+        knobs=amx.AmxKnobs,
+        family="amx",
+        group="byte",
+        tuned_bits=BYTE_BITS,
+        peak_macs=1000e9,
     )
 )
 
@@ -174,15 +236,23 @@ register_kernel(
 AMX_MIN_CHANNELS = 16
 
 
-#: Integer kernels on byte/short lanes, by preference (VNNI, else AVX2 vpmaddwd).
-BYTE_KERNELS = ("int8", "int8_avx2")
+#: Integer kernels on byte/short lanes, by preference (VNNI, else the deepest AVX2 byte lanes that
+#: serve the bits, else AVX2 int16 lanes).
+BYTE_KERNELS = ("int8", "int8_avx2_bytes_8sum", "int8_avx2_bytes_4sum", "int8_avx2_bytes", "int8_avx2")
 #: The integer kernels a chooser races for a conv2d / dense layer.
 CHOICES = ("amx", *BYTE_KERNELS, "bitserial")
 
 
-def offered(kind: str, target: Target, candidates=CHOICES) -> list[str]:
-    """The ``candidates`` that ``target`` runs for a layer of ``kind`` (AMX: conv2d only)."""
-    return [k for k in candidates if k in KERNELS and KERNELS[k].available(target) and (k != "amx" or kind == "conv2d")]
+def offered(kind: str, target: Target, candidates=CHOICES, bits: tuple[int, int] | None = None) -> list[str]:
+    """The ``candidates`` that ``target`` runs for a layer of ``kind`` (AMX: conv2d only), and
+    that serve ``bits`` = (w_bits, a_bits) when given."""
+    return [k for k in candidates if k in KERNELS and KERNELS[k].available(target) and (k != "amx" or kind == "conv2d")
+            and (bits is None or KERNELS[k].serves(*bits))]
+
+
+def byte_kernels(kind: str, target: Target) -> list[str]:
+    """The byte-lane kernels (:data:`BYTE_KERNELS`, AMX) ``target`` runs for ``kind``, preferred first."""
+    return offered(kind, target, ("amx", *BYTE_KERNELS))
 
 
 def choose_kernel(kind: str, w_bits: int, a_bits: int, target: Target, in_channels: int | None = None) -> str:
@@ -200,7 +270,7 @@ def choose_kernel(kind: str, w_bits: int, a_bits: int, target: Target, in_channe
     serial = "bitserial" if "bitserial" in KERNELS and KERNELS["bitserial"].available(target) else "bitserial_ref"
     if kind == "conv2d" and (in_channels or 0) >= AMX_MIN_CHANNELS and KERNELS["amx"].available(target):
         return serial if w_bits * a_bits == 1 and serial == "bitserial" else "amx"
-    byte = next((name for name in BYTE_KERNELS if KERNELS[name].available(target)), None)
+    byte = next(iter(offered(kind, target, BYTE_KERNELS, (w_bits, a_bits))), None)
     if byte is not None and (w_bits * a_bits > 2 or serial == "bitserial_ref"):
         return byte
     return serial
@@ -228,6 +298,11 @@ def resolve_kernel(kernel, kind: str, w_bits: int, a_bits: int, target: Target, 
     else:
         name = kernel
     impl = get_kernel(name)
+    if impl.available(target) and not impl.serves(w_bits, a_bits):
+        where = f"layer '{layer}': " if layer else ""
+        runs = ", ".join(offered(kind, target, bits=(w_bits, a_bits))) or "none"
+        raise ValueError(f"{where}kernel '{impl.name}' cannot compute W{w_bits}A{a_bits} exactly ({impl.description}); "
+                         f"kernels this target runs at these bits: {runs}. Use kernel='auto' or other bits")
     if not impl.available(target):
         where = f"layer '{layer}': " if layer else ""
         features = target_features(target)

@@ -28,13 +28,18 @@ MAX_ACC_REGISTERS = 20
 
 
 AVX2_INTRIN = "tvm_mpq.avx2_s16s16_8x2"
+AVX2_BYTES_INTRIN = "tvm_mpq.avx2_u8s8_8x4"
+AVX2_BYTES_4SUM_INTRIN = "tvm_mpq.avx2_u8s8_8x8_i16sum"
+AVX2_BYTES_8SUM_INTRIN = "tvm_mpq.avx2_u8s8_8x16_i16sum"
 
 
-def _dot_intrinsic(lanes, llvm_intrinsic: str, accumulates: bool):
-    """(description, implementation) of one dot-product instruction over ``lanes``: ``C[oc] +=
-    A[ic] . B[oc, ic]``, the ``ic`` activation lanes (32 bits) broadcast to every output channel.
-    ``accumulates``: the instruction takes the accumulator (``vpdpbusd``) rather than returning a
-    sum to add (``vpmaddwd``)."""
+def _dot_intrinsic(lanes, dot):
+    """(description, implementation) of one dot-product step over ``lanes``: ``C[oc] += A[ic] .
+    B[oc, ic]``, the ``ic`` activation lanes (32 bits) broadcast to every output channel.
+    ``dot(acc, a_all, b)`` is the implementation's new accumulator vector (int32 x oc). The
+    description is the exact integer sum; an implementation that can saturate (``vpmaddubsw``)
+    matches it only for the bits its lanes serve (:meth:`~tvm_mpq.kernels.int8.Lanes.serves`),
+    which the kernel checks."""
     oc, ic, a_dtype, w_dtype = lanes.oc, lanes.ic, lanes.act_dtype, lanes.w_dtype
     a_word_dtype, a_all_dtype, w_all_dtype, acc_dtype = f"{a_dtype}x{ic}", f"{a_dtype}x{oc * ic}", f"{w_dtype}x{oc * ic}", f"int32x{oc}"
 
@@ -64,15 +69,80 @@ def _dot_intrinsic(lanes, llvm_intrinsic: str, accumulates: bool):
             T.writes(C[0:oc])
             a_word = T.reinterpret(A.vload([0], a_word_dtype), dtype="int32")
             a_all = T.reinterpret(T.broadcast(a_word, oc), dtype=a_all_dtype)
-            if accumulates:
-                C[T.ramp(T.int32(0), 1, oc)] = T.call_llvm_pure_intrin(
-                    T.llvm_lookup_intrinsic_id(llvm_intrinsic), C.vload([0], dtype=acc_dtype), a_all,
-                    B.vload([0, 0], dtype=w_all_dtype), dtype=acc_dtype)
-            else:
-                C[T.ramp(T.int32(0), 1, oc)] = C.vload([0], dtype=acc_dtype) + T.call_llvm_pure_intrin(
-                    T.llvm_lookup_intrinsic_id(llvm_intrinsic), a_all, B.vload([0, 0], dtype=w_all_dtype), dtype=acc_dtype)
+            C[T.ramp(T.int32(0), 1, oc)] = dot(C.vload([0], dtype=acc_dtype), a_all, B.vload([0, 0], dtype=w_all_dtype))
 
     return desc, impl
+
+
+def _grouped_bytes_intrinsic(lanes):
+    """(description, implementation) of a grouped byte-lane dot (:data:`~tvm_mpq.kernels.int8.AVX2_BYTES_4SUM`):
+    ``C[oc] += sum_g A[4g:4g+4] . B[g, oc, :]``; per group one ``vpmaddubsw`` of the 4 activation
+    bytes (broadcast) against the group's ``oc x 4`` weight bytes, the groups' int16 pair sums
+    added (exact: :meth:`~tvm_mpq.kernels.int8.Lanes.serves` bounds them by int16), then one
+    ``vpmaddwd`` by ones into the int32 accumulators."""
+    oc, groups = lanes.oc, lanes.groups
+    quad = lanes.ic // groups
+    n16, n8 = oc * quad // 2, oc * quad
+
+    @T.prim_func(s_tir=True)
+    def desc(
+        A: T.Buffer((groups * quad,), "uint8", offset_factor=1),
+        B: T.Buffer((groups, oc, quad), "int8", offset_factor=1),
+        C: T.Buffer((oc,), "int32", offset_factor=1, scope="local"),
+    ) -> None:
+        with T.sblock("root"):
+            T.reads(C[0:oc], A[0:groups * quad], B[0:groups, 0:oc, 0:quad])
+            T.writes(C[0:oc])
+            for i in T.serial(0, oc):
+                for g in T.serial(0, groups):
+                    for k in T.serial(0, quad):
+                        with T.sblock("update"):
+                            vi, vg, vk = T.axis.remap("SRR", [i, g, k])
+                            C[vi] = C[vi] + T.cast(A[vg * quad + vk], "int32") * T.cast(B[vg, vi, vk], "int32")
+
+    def pairs(A, B, g):
+        word = T.reinterpret(A.vload([g * quad], f"uint8x{quad}"), dtype="int32")
+        a_all = T.reinterpret(T.broadcast(word, oc), dtype=f"uint8x{n8}")
+        return T.call_llvm_pure_intrin(T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.ub.sw"), a_all,
+                                       B.vload([g, 0, 0], dtype=f"int8x{n8}"), dtype=f"int16x{n16}")
+
+    def summed(A, B):
+        total = pairs(A, B, 0)
+        for g in range(1, groups):
+            total = total + pairs(A, B, g)
+        return total
+
+    @T.prim_func(s_tir=True)
+    def impl(
+        A: T.Buffer((groups * quad,), "uint8", offset_factor=1),
+        B: T.Buffer((groups, oc, quad), "int8", offset_factor=1),
+        C: T.Buffer((oc,), "int32", offset_factor=1, scope="local"),
+    ) -> None:
+        with T.sblock("root"):
+            T.reads(C[0:oc], A[0:groups * quad], B[0:groups, 0:oc, 0:quad])
+            T.writes(C[0:oc])
+            C[T.ramp(T.int32(0), 1, oc)] = C.vload([0], dtype=f"int32x{oc}") + T.call_llvm_pure_intrin(
+                T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.wd"), summed(A, B), T.broadcast(T.int16(1), n16), dtype=f"int32x{oc}")
+
+    return desc, impl
+
+
+def _vpdpbusd(acc, a, b):
+    """AVX-512 VNNI: 16 lanes of ``acc + 4-byte u8 x s8 dot`` in one instruction."""
+    return T.call_llvm_pure_intrin(T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.512"), acc, a, b, dtype="int32x16")
+
+
+def _vpmaddwd(acc, a, b):
+    """AVX2: 8 lanes of ``acc + 2 x int16 dot``."""
+    return acc + T.call_llvm_pure_intrin(T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.wd"), a, b, dtype="int32x8")
+
+
+def _vpmaddubsw(acc, a, b):
+    """AVX2: 16 saturating int16 sums of two u8 x s8 products (``vpmaddubsw``), each adjacent pair
+    added into an int32 lane by ``vpmaddwd`` with ones: 8 lanes of ``acc + 4-byte dot``."""
+    pairs = T.call_llvm_pure_intrin(T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.ub.sw"), a, b, dtype="int16x16")
+    ones = T.broadcast(T.int16(1), 16)
+    return acc + T.call_llvm_pure_intrin(T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.wd"), pairs, ones, dtype="int32x8")
 
 
 _registered = False
@@ -85,12 +155,17 @@ def _register_intrinsics() -> None:
     global _registered
     if _registered:
         return
-    for name, lanes, llvm_intrinsic, accumulates in ((VNNI_INTRIN, int8.VNNI, "llvm.x86.avx512.vpdpbusd.512", True),
-                                                      (AVX2_INTRIN, int8.AVX2, "llvm.x86.avx2.pmadd.wd", False)):
+    for name, lanes, dot in ((VNNI_INTRIN, int8.VNNI, _vpdpbusd), (AVX2_INTRIN, int8.AVX2, _vpmaddwd),
+                             (AVX2_BYTES_INTRIN, int8.AVX2_BYTES, _vpmaddubsw)):
         try:
             TensorIntrin.get(name)
         except Exception:  # not registered yet (TVM raises its own error type)
-            TensorIntrin.register(name, *_dot_intrinsic(lanes, llvm_intrinsic, accumulates))
+            TensorIntrin.register(name, *_dot_intrinsic(lanes, dot))
+    for name, lanes in ((AVX2_BYTES_4SUM_INTRIN, int8.AVX2_BYTES_4SUM), (AVX2_BYTES_8SUM_INTRIN, int8.AVX2_BYTES_8SUM)):
+        try:
+            TensorIntrin.get(name)
+        except Exception:  # not registered yet
+            TensorIntrin.register(name, *_grouped_bytes_intrinsic(lanes))
     _registered = True
 
 
@@ -112,8 +187,9 @@ def has_avx2_only(target: Target) -> bool:
 
 
 #: Per lanes: the tensor intrinsic and the accumulator registers a tile may use (AVX2 has 16 ymm).
-LANE_INTRINSICS = {int8.VNNI: VNNI_INTRIN, int8.AVX2: AVX2_INTRIN}
-LANE_REGISTERS = {int8.VNNI: MAX_ACC_REGISTERS, int8.AVX2: 12}
+LANE_INTRINSICS = {int8.VNNI: VNNI_INTRIN, int8.AVX2: AVX2_INTRIN, int8.AVX2_BYTES: AVX2_BYTES_INTRIN,
+                   int8.AVX2_BYTES_4SUM: AVX2_BYTES_4SUM_INTRIN, int8.AVX2_BYTES_8SUM: AVX2_BYTES_8SUM_INTRIN}
+LANE_REGISTERS = {int8.VNNI: MAX_ACC_REGISTERS, int8.AVX2: 12, int8.AVX2_BYTES: 12, int8.AVX2_BYTES_4SUM: 12, int8.AVX2_BYTES_8SUM: 12}
 
 
 @dataclass(frozen=True)
@@ -203,14 +279,17 @@ def schedule_int8_conv(sch: Schedule, knobs: Int8Knobs | None = None, lanes=int8
     if knobs is None:
         knobs = default_int8_knobs(out_w, o_blocks, lanes)
     xo, (rc_n, kh_n, kw_n) = tile_output(sch, acc, out, knobs.oc_blocks, knobs.ow_block, lanes.oc)
-    loops = tile_loops(sch, acc, xo, {"ob": knobs.oc_blocks, "x": knobs.ow_block, "oi": lanes.oc, "rc": rc_n, "kh": kh_n, "kw": kw_n, "ri": lanes.ic})
+    lane_loops = {"ri": lanes.ic} if lanes.groups == 1 else {"rg": lanes.groups, "rq": lanes.ic // lanes.groups}
+    loops = tile_loops(sch, acc, xo, {"ob": knobs.oc_blocks, "x": knobs.ow_block, "oi": lanes.oc, "rc": rc_n, "kh": kh_n, "kw": kw_n,
+                                      **lane_loops})
     order = ("kh", "kw", "rc") if knobs.kernel_outer else ("rc", "kh", "kw")
     reduction = [loops[k] for k in order if k in loops]
     spatial = [loops[k] for k in ("ob", "x") if k in loops]
-    sch.reorder(*reduction, *spatial, loops["oi"], loops["ri"])
+    dot = [loops["oi"], loops["ri"]] if lanes.groups == 1 else [loops["oi"], loops["rg"], loops["rq"]]
+    sch.reorder(*reduction, *spatial, *dot)
     init = sch.decompose_reduction(acc, (reduction or spatial or [loops["oi"]])[0])
     _register_intrinsics()
-    sch.tensorize(loops["oi"], LANE_INTRINSICS[lanes])
+    sch.tensorize(dot[0], LANE_INTRINSICS[lanes])
     for loop in spatial:
         sch.unroll(loop)
     sch.vectorize(sch.get_loops(init)[-1])

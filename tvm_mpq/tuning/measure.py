@@ -55,11 +55,11 @@ _probes: dict[str, tuple] = {}
 
 
 def probe_kernel_name(target) -> str:
-    """The kernel the probe runs on ``target``: its byte kernel (VNNI or AVX2 int8), else fp32."""
+    """The kernel the probe runs on ``target``: its byte kernel at 8 bits (VNNI or AVX2 int16 lanes), else fp32."""
     from tvm_mpq._tvm import parse_target
-    from tvm_mpq.kernels.registry import offered
+    from tvm_mpq.kernels.registry import BYTE_KERNELS, offered
 
-    return (offered("conv2d", parse_target(target), ("int8", "int8_avx2")) or ["fp32"])[0]
+    return (offered("conv2d", parse_target(target), BYTE_KERNELS, bits=(8, 8)) or ["fp32"])[0]
 
 
 def probe_kernel(target: str):

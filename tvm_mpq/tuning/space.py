@@ -15,7 +15,7 @@ from typing import Any
 
 from tvm_mpq._tvm import Target, parse_target, target_to_str
 from tvm_mpq.kernels import amx, bitserial_x86, int8, x86
-from tvm_mpq.kernels.registry import KERNELS, offered
+from tvm_mpq.kernels.registry import BYTE_BITS, KERNELS, byte_kernels, offered
 from tvm_mpq.kernels.spec import ConvSpec, DenseSpec, ceil_div
 
 #: The float path of our pipeline (TOPI conv/dense + ScheduleGeneric), measured like a kernel.
@@ -25,18 +25,19 @@ DEPTHWISE = "depthwise"
 #: Bit-serial weight/activation bits tuned by default; wider ones cost more than the int8 paths
 #: on every CPU we measured, and the cost model extrapolates in w*a.
 DEFAULT_SERIAL_BITS = (1, 2, 3, 4)
-#: int8-lane kernels: 8-bit weights take the split path (an extra box sum), narrower ones do not.
-BYTE_BITS = ((8, 8), (4, 4))
 
 
 def canonical_bits(kernel: str, w_bits: int, a_bits: int) -> tuple[int, int]:
-    """The measured cell that (kernel, w, a) costs the same as: byte-lane kernels (VNNI, AMX,
-    depthwise) run any bits in int8 lanes and only 8-bit weights take the split path, so they are
-    tuned at :data:`BYTE_BITS` only; bit-serial and float cells are their own."""
-    if kernel in ("int8", "int8_avx2", "amx", DEPTHWISE):
+    """The measured cell that (kernel, w, a) costs the same as: byte-lane kernels (VNNI, AVX2, AMX,
+    depthwise) run the bits they serve at one cost, except that 8-bit weights take the split path,
+    so they are tuned at their ``tuned_bits`` only (:meth:`KernelImpl.tuned_cell`); bit-serial and
+    float cells are their own."""
+    if kernel == DEPTHWISE:
         return BYTE_BITS[0] if w_bits >= 8 else BYTE_BITS[1]
     if kernel == FP32:
         return 32, 32
+    if kernel in KERNELS:
+        return KERNELS[kernel].tuned_cell(w_bits, a_bits)
     return w_bits, a_bits
 
 
@@ -61,7 +62,7 @@ def precision_menu(spec: "ConvSpec | DenseSpec", target: "Target | str | None" =
     if kind == "depthwise_conv2d":
         menu += [Precision(DEPTHWISE, w, a) for w, a in BYTE_BITS]
     else:
-        menu += [Precision(name, w, a) for name in offered(kind, tgt, ("int8", "int8_avx2", "amx")) for w, a in BYTE_BITS]
+        menu += [Precision(name, w, a) for name in byte_kernels(kind, tgt) for w, a in KERNELS[name].tuned_bits]
         serial = "bitserial" if KERNELS["bitserial"].available(tgt) else "bitserial_ref"
         menu += [Precision(serial, w, a) for w, a in product(serial_bits, serial_bits)]
     if kernels is not None:
@@ -91,14 +92,15 @@ def _knobs(spec, kernel: str, target, space: bool) -> tuple[Any, list]:
     """``(default knob object or None, the whole space if space else [])``: the default alone is
     cheap, and the search prices every point with it."""
     dense = isinstance(spec, DenseSpec)
-    if kernel in ("int8", "int8_avx2") or (kernel == "amx" and dense):
-        lanes = int8.AVX2 if kernel == "int8_avx2" else int8.VNNI
+    impl = KERNELS.get(kernel)
+    if impl is not None and impl.knobs is x86.Int8Knobs or kernel == "amx" and dense:
+        lanes = impl.lanes
         ow = 1 if dense else spec.out_width
         ocb = ceil_div(spec.out_channels, lanes.oc)
         default = x86.default_int8_knobs(ow, ocb, lanes)
         tiles = x86.int8_tiles(ow, ocb, lanes) if space else []
         return default, [x86.Int8Knobs(x, o, outer) for (x, o), outer in product(tiles, (False, True))]
-    if kernel == "bitserial":
+    if impl is not None and impl.knobs is bitserial_x86.BitserialKnobs:
         ow = _out_width(spec)
         o_pad = ceil_div(spec.out_channels, bitserial_x86.OC_GROUP) * bitserial_x86.OC_GROUP
         xv_n = ceil_div(ow, bitserial_x86.pixel_lanes(ow))
@@ -109,7 +111,7 @@ def _knobs(spec, kernel: str, target, space: bool) -> tuple[Any, list]:
         limit = max(accumulators, 2 * bitserial_x86.AVX2_TILE_ACCUMULATORS)  # AVX2: up to 8 (some spill)
         tiles = [(o, x) for o in x86.divisors(o_pad, limit) for x in x86.divisors(xv_n, 4) if o * x <= limit and o >= 4]
         return default, [bitserial_x86.BitserialKnobs(o, x, outer) for (o, x), outer in product(tiles, (True, False))]
-    if kernel == "amx":
+    if impl is not None and impl.knobs is amx.AmxKnobs:
         ocb = ceil_div(spec.out_channels, amx.OC_BLOCK)
         default = amx.default_amx_knobs(ocb)
         return default, [amx.AmxKnobs(mt, nt, outer) for mt, nt, outer in product((1, 2), (1, 2), (False, True)) if ocb % nt == 0]
@@ -147,7 +149,9 @@ def make_knobs(kernel: str, spec, knobs: dict[str, Any] | None):
     if not knobs:
         return None
     dense = isinstance(spec, DenseSpec)
-    cls = {"int8": x86.Int8Knobs, "int8_avx2": x86.Int8Knobs, "bitserial": bitserial_x86.BitserialKnobs, "amx": x86.Int8Knobs if dense else amx.AmxKnobs}.get(kernel)
+    cls = KERNELS[kernel].knobs if kernel in KERNELS else None
+    if kernel == "amx" and dense:  # AMX's dense layers run on VNNI
+        cls = x86.Int8Knobs
     if cls is None:
         raise ValueError(f"kernel '{kernel}' has no schedule knobs, got {knobs}")
     try:
