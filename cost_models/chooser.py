@@ -58,13 +58,13 @@ class KernelChooser:
         return offered(spec.kind, target, self.candidates, bits)
 
     def choose(self, spec, w_bits: int, a_bits: int, target) -> str:
-        from tvm_mpq.kernels.registry import choose_kernel
+        from tvm_mpq.kernels.registry import choose_kernel, kernel_width_of
 
         key = (spec, w_bits, a_bits, target_to_str(target))
         if key not in self._cache:
             names, model = self.options(spec, target, (w_bits, a_bits)), self.model_for(target)
             if not names or not set(names) <= set(model.meta.get("kernels", self.candidates)):
-                self._cache[key] = choose_kernel(spec.kind, w_bits, a_bits, target, getattr(spec, "in_channels", None))
+                self._cache[key] = choose_kernel(spec.kind, w_bits, a_bits, target, getattr(spec, "in_channels", None), kernel_width_of(spec))
             else:
                 # race only what the model measured at these bits (bit-serial W8A8, 64 popcount MACs
                 # per MAC, is never tuned): an extrapolated price does not decide, unless all are

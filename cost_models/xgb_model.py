@@ -97,6 +97,13 @@ def prior_key(spec, kernel: str) -> str:
     return kernel if spec.kind == "conv2d" else f"{kernel}:{spec.kind}"
 
 
+def _family_or_none(kernel: str):
+    try:
+        return family(kernel)
+    except ValueError:
+        return None
+
+
 class XGBCostModel:
     """Latency model for one target (and thread count), trained on tuning records."""
 
@@ -130,14 +137,25 @@ class XGBCostModel:
         parts = prior_terms(spec, kernel, w, a) * np.asarray(coef)
         return parts / max(parts.sum(), 1e-30)
 
+    def _measured_sibling(self, kernel: str):
+        """The kernel of ``kernel``'s family (:func:`~tvm_mpq.cost_models.features.family`) with a
+        fitted prior: the family's own name, else the first measured kernel of the family (the
+        AVX2 byte regimes, never tuned, price from the measured int16 ``int8_avx2``); None if none."""
+        priors = self.meta.get("prior", {})
+        base = family(kernel)
+        measured = [k for k in priors if ":" not in k and k != kernel]
+        if base in measured:
+            return base
+        return next((k for k in measured if _family_or_none(k) == base), None)
+
     def _prior_ms(self, spec, kernel: str, w: int, a: int, threads: int) -> float:
         priors = self.meta.get("prior", {})
         coef = self._coef(spec, kernel)
         if coef is None:
-            base = family(kernel)
-            if base != kernel and base in priors:  # its family's fitted prior, scaled by the nominal peaks' ratio
-                ratio = analytic_ms(spec, kernel, w, a, threads) / analytic_ms(spec, base, w, a, threads)
-                return max(float(np.dot(prior_terms(spec, base, w, a), priors[base])), 1e-4) * ratio
+            sibling = self._measured_sibling(kernel)
+            if sibling is not None:  # a measured kernel of its family's fitted prior, scaled by the nominal peaks' ratio
+                ratio = analytic_ms(spec, kernel, w, a, threads) / analytic_ms(spec, sibling, w, a, threads)
+                return max(float(np.dot(prior_terms(spec, sibling, w, a), self._coef(spec, sibling))), 1e-4) * ratio
             return analytic_ms(spec, kernel, w, a, threads)  # a kernel the model never saw measured: the analytic estimate
         return max(float(np.dot(prior_terms(spec, kernel, w, a), coef)), 1e-4)
 

@@ -88,3 +88,22 @@ def test_an_isa_variant_of_a_known_kernel_is_priced_from_its_family(caplog):
     pred = fitted.predict_records(records)
     truth = np.array([r.latency for r in records])
     assert np.max(np.abs(pred - truth) / truth) < 0.25
+
+
+def test_avx2_byte_regimes_are_priced_from_the_measured_int16_kernel():
+    """The AVX2 model measured int16 lanes (``int8_avx2``) but no byte regime: each regime is priced
+    from that measured sibling of its family, scaled by the nominal peaks, so the deeper the int16
+    sums the cheaper, and none below the measured kernel by more than the nominal ratio (the
+    analytic estimate alone sits on another scale)."""
+    from tvm_mpq.cost_models import default_model
+    from tvm_mpq.cost_models.features import analytic_ms
+
+    model = default_model("llvm -mcpu=haswell")
+    assert "int8_avx2" in model.meta["prior"] and "int8_avx2_bytes" not in model.meta["prior"]
+    assert model._measured_sibling("int8_avx2_bytes_8sum") == "int8_avx2"
+    spec = ConvSpec(1, 256, 14, 14, 256, (3, 3), padding=(1, 1, 1, 1))
+    names = ("int8_avx2", "int8_avx2_bytes", "int8_avx2_bytes_4sum", "int8_avx2_bytes_8sum")
+    priors = [model._prior_ms(spec, k, 4, 8, 1) for k in names]
+    assert priors[0] > priors[1] > priors[2] > priors[3]
+    for k, prior in zip(names[1:], priors[1:]):
+        assert prior == pytest.approx(priors[0] * analytic_ms(spec, k, 4, 8, 1) / analytic_ms(spec, "int8_avx2", 4, 8, 1))

@@ -270,5 +270,10 @@ def test_avx2_regime_follows_the_bits():
     assert choose_kernel("conv2d", 4, 8, HASWELL) == choose_kernel("dense", 4, 4, HASWELL) == "int8_avx2_bytes_8sum"
     assert choose_kernel("conv2d", 7, 8, HASWELL) == choose_kernel("conv2d", 8, 8, HASWELL) == "int8_avx2"
     assert choose_kernel("conv2d", 6, 8, TARGET) == "int8"  # VNNI serves every width
+    # few channels: the regime with the least padded work per rate (the RGB stem's 21 folded
+    # channels fill 24 lanes of 8-byte dots, 32 of 16-byte ones; one channel x 3 columns: 4 of 4)
+    assert choose_kernel("conv2d", 4, 8, HASWELL, in_channels=64, kernel_width=3) == "int8_avx2_bytes_8sum"
+    assert choose_kernel("conv2d", 4, 8, HASWELL, in_channels=3, kernel_width=7) == "int8_avx2_bytes_4sum"
+    assert choose_kernel("conv2d", 4, 8, HASWELL, in_channels=1, kernel_width=3) == "int8_avx2_bytes"
     with pytest.raises(ValueError, match="cannot compute W8A8 exactly.*int8_avx2"):
         resolve_kernel("int8_avx2_bytes", "conv2d", 8, 8, HASWELL, layer="conv1")

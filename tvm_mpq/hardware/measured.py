@@ -131,11 +131,11 @@ class MeasuredChooser:
         self.provider = provider
 
     def choose(self, spec, w_bits: int, a_bits: int, target) -> str:
-        from tvm_mpq.kernels.registry import choose_kernel, offered
+        from tvm_mpq.kernels.registry import choose_kernel, kernel_width_of, offered
         from tvm_mpq.tuning.space import DEFAULT_SERIAL_BITS
 
         names = [k for k in offered(spec.kind, target)
                  if k != "bitserial" or (w_bits in DEFAULT_SERIAL_BITS and a_bits in DEFAULT_SERIAL_BITS)]
         if not names:
-            return choose_kernel(spec.kind, w_bits, a_bits, target, getattr(spec, "in_channels", None))
+            return choose_kernel(spec.kind, w_bits, a_bits, target, getattr(spec, "in_channels", None), kernel_width_of(spec))
         return min(names, key=lambda k: self.provider._seconds(spec, k, w_bits, a_bits))

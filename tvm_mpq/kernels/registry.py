@@ -19,6 +19,7 @@ import numpy as np
 
 from tvm_mpq._tvm import Schedule, Target, target_features, target_to_str
 from tvm_mpq.kernels import amx, bitserial, bitserial_x86, int8, x86
+from tvm_mpq.kernels.spec import ceil_div
 from tvm_mpq.quant.packing import pack_bits
 from tvm_mpq.quant.qparams import WeightQuant
 
@@ -255,7 +256,8 @@ def byte_kernels(kind: str, target: Target) -> list[str]:
     return offered(kind, target, ("amx", *BYTE_KERNELS))
 
 
-def choose_kernel(kind: str, w_bits: int, a_bits: int, target: Target, in_channels: int | None = None) -> str:
+def choose_kernel(kind: str, w_bits: int, a_bits: int, target: Target, in_channels: int | None = None,
+                  kernel_width: int = 1) -> str:
     """The built-in rule (until a cost model decides): AMX, else VNNI (or AVX2) int8 unless bit-serial is cheaper.
 
     A w-bit x a-bit bit-serial MAC costs w*a AND+popcount bits; measured per-core peaks make
@@ -265,15 +267,37 @@ def choose_kernel(kind: str, w_bits: int, a_bits: int, target: Target, in_channe
     W1A1 took 0.60-0.96x the AMX kernel's time on ResNet-18's strided and 1x1 convs and 1.06-1.34x
     on its stride-1 3x3 ones, while W1A2 was slower everywhere; the rule keeps bit-serial for W1A1
     and ``kernel="predicted"`` (the cost model) decides per layer. A conv with fewer channels fills
-    too little of a 64-byte tile row; dense layers stay on VNNI.
+    too little of a 64-byte tile row; dense layers stay on VNNI. On AVX2 targets the byte regime
+    that serves the bits with the least padded work per nominal rate (:func:`lane_work`; the
+    deepest one unless the channels are few) runs, and W7A8 / W8A8 take the int16 lanes.
     """
     serial = "bitserial" if "bitserial" in KERNELS and KERNELS["bitserial"].available(target) else "bitserial_ref"
     if kind == "conv2d" and (in_channels or 0) >= AMX_MIN_CHANNELS and KERNELS["amx"].available(target):
         return serial if w_bits * a_bits == 1 and serial == "bitserial" else "amx"
-    byte = next(iter(offered(kind, target, BYTE_KERNELS, (w_bits, a_bits))), None)
-    if byte is not None and (w_bits * a_bits > 2 or serial == "bitserial_ref"):
-        return byte
+    bytes_ = offered(kind, target, BYTE_KERNELS, (w_bits, a_bits))
+    if in_channels and len(bytes_) > 1:  # AVX2 regimes: the least padded work per nominal MAC rate
+        bytes_ = [min(bytes_, key=lambda name: lane_work(KERNELS[name], in_channels, kernel_width) / KERNELS[name].peak_macs)]
+    if bytes_ and (w_bits * a_bits > 2 or serial == "bitserial_ref"):
+        return bytes_[0]
     return serial
+
+
+def lane_work(impl: KernelImpl, in_channels: int, kernel_width: int = 1) -> int:
+    """Multiply-add lanes one output pixel of one output channel pays per kernel row on ``impl``'s
+    lanes: the input channels padded to the dot's ``ic`` per kernel column, or once for a folded
+    conv (``C * KW`` channels, :func:`~tvm_mpq.kernels.int8.folds`). Deeper byte lanes take more
+    multiplies' worth of channels per dot, so a conv with few channels (the RGB stem: 21 folded
+    channels, 24 in 8-byte dots, 32 in 16-byte dots) pays for the padding."""
+    ic = impl.lanes.ic
+    if int8.folds(in_channels, kernel_width, impl.lanes):
+        return ceil_div(in_channels * kernel_width, ic) * ic
+    return ceil_div(in_channels, ic) * ic * kernel_width
+
+
+def kernel_width_of(spec) -> int:
+    """A conv spec's kernel width (1 for dense or no spec)."""
+    kernel = getattr(spec, "kernel", None)
+    return int(kernel[1]) if kernel else 1
 
 
 def resolve_kernel(kernel, kind: str, w_bits: int, a_bits: int, target: Target, layer: str = "", in_channels: int | None = None,
@@ -288,7 +312,7 @@ def resolve_kernel(kernel, kind: str, w_bits: int, a_bits: int, target: Target, 
 
         kernel = default_chooser()
     if kernel == "auto":
-        name = choose_kernel(kind, w_bits, a_bits, target, in_channels)
+        name = choose_kernel(kind, w_bits, a_bits, target, in_channels, kernel_width_of(spec))
     elif hasattr(kernel, "choose"):
         if spec is None:
             raise ValueError("a kernel chooser needs the layer's spec")
