@@ -1,7 +1,7 @@
 """Tune a model's layers, fit the XGBoost cost model on the measurements, predict with it.
 
     python examples/autotune_session.py [--model digits_cnn] [--input-size 32] [--target "llvm -mcpu=znver5"]
-        [--db records.jsonl] [--budget 1] [--bits 1,2] [--kernels fp32 int8 int8_avx2 bitserial depthwise] [--out model.json]
+        [--db records.jsonl] [--budget 1] [--bits 1,2] [--kernels fp32 int8 int8_avx2 bitserial depthwise ...] [--out model.json]
         [--base-db cost_models/data/znver5_records.jsonl] [--rpc-tracker host:9190 --rpc-key KEY]
 
 1. ``tuning.plan``: the model's distinct layer shapes x every (kernel, bits) the target offers
@@ -60,9 +60,11 @@ def main() -> None:
     ap.add_argument("--db", default=None, help="tuning database (JSON lines, appended); default: a temporary file")
     ap.add_argument("--budget", type=int, default=1, help="schedule candidates per shape and precision (default 1: the kernel's default)")
     ap.add_argument("--bits", type=bits_list, default=(1, 2), help="bit-serial weight/activation bits to tune (default 1,2)")
-    ap.add_argument("--kernels", nargs="+", default=["fp32", "int8", "int8_avx2", "bitserial", "depthwise"],
-                    help="kernels to tune, those the target offers (fp32 int8 int8_avx2 amx bitserial depthwise; default: fp32, "
-                         "the byte kernel of the ISA (VNNI int8 or AVX2 int8_avx2), bitserial, depthwise)")
+    byte = ["int8", "int8_avx2_bytes_8sum", "int8_avx2_bytes_4sum", "int8_avx2_bytes", "int8_avx2"]
+    ap.add_argument("--kernels", nargs="+", default=["fp32", *byte, "bitserial", "depthwise"],
+                    help="kernels to tune, those the target offers (fp32, amx, bitserial, depthwise, and the byte kernels "
+                         f"{' '.join(byte)}; default: fp32, the byte kernels of the ISA (VNNI int8, or AVX2's byte and int16 "
+                         "regimes), bitserial, depthwise)")
     ap.add_argument("--base-db", default=str(SHIPPED_RECORDS), help="records the model is fitted on besides yours ('' for none)")
     ap.add_argument("--n-estimators", type=int, default=300, help="boosting rounds of the fitted model (default 300)")
     ap.add_argument("--out", default="model.json", help="the fitted cost model (default model.json)")

@@ -20,7 +20,9 @@ per value written and read instead of four, and no float-to-code conversion in t
 Only for targets with AVX-512: on an AVX2-only target the hand-over measured slower (ResNet-18
 W8A8 for ``-mcpu=haswell``, 1 thread: 1.6%; on AVX-512 VNNI 2-3% faster, ResNet-18 and MobileNetV2):
 there the producer's 8-lane epilogue pays more for the quantization than the reader saves; the
-pass then leaves the module as it is.
+pass then leaves the module as it is. The AVX2 byte-lane kernels (whose prologue reads uint8 codes
+as they are) did not change that: W4A8 1.01x, W6A8 0.99x with the hand-over (medians of 7
+interleaved rounds, per-round 0.80-1.14x; 2026-12-08).
 
 Not planned: a layer output with another use (a ResNet block output that also feeds the shortcut,
 which adds floats), a consumer kept in float, and a producer split into channel groups that also

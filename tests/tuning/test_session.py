@@ -155,6 +155,7 @@ def test_canonical_bits():
     # AVX2 byte lanes: every bit pair they serve costs one cell, 8-bit weights (split) another
     assert canonical_bits("int8_avx2_bytes", 3, 8) == canonical_bits("int8_avx2_bytes", 6, 2) == (6, 8)
     assert canonical_bits("int8_avx2_bytes", 8, 7) == canonical_bits("int8_avx2_bytes", 8, 3) == (8, 7)
+    assert canonical_bits("int8_avx2", 8, 8) == (8, 8) and canonical_bits("int8_avx2", 2, 8) == (4, 4)
 
 
 def test_worker_crash_is_recorded_and_the_session_goes_on(tmp_path):

@@ -59,15 +59,15 @@ class KernelImpl:
 
     def tuned_cell(self, w_bits: int, a_bits: int) -> tuple[int, int]:
         """The measured bit pair that (w, a) costs the same as: byte lanes run any bits they serve
-        at one cost, except that 8-bit weights in byte lanes take the split path (a box sum);
-        bit-serial cells are their own bits."""
+        at one cost, except 8-bit weights, which have a cell of their own (the split path's box sum
+        where the lanes are bytes); bit-serial cells are their own bits."""
         if self.lanes is None:
             return w_bits, a_bits
-        split = [c for c in self.tuned_bits if c[0] == 8]
-        plain = [c for c in self.tuned_bits if c[0] != 8]
-        if self.lanes.split_levels(w_bits) and split:
-            return split[0]
-        return (plain or split or [(w_bits, a_bits)])[0]
+        eight = [c for c in self.tuned_bits if c[0] == 8]
+        narrow = [c for c in self.tuned_bits if c[0] != 8]
+        if w_bits == 8 and eight:
+            return eight[0]
+        return (narrow or eight or [(w_bits, a_bits)])[0]
 
 
 def apply_schedule(func, schedule: Callable, knobs=None, finalize: Optional[Callable] = None):
@@ -160,21 +160,22 @@ register_kernel(byte_lane_kernel(
     "u8 x s8 bytes tensorized to AVX-512 VNNI vpdpbusd (any w/a bits <= 8)", BYTE_BITS, 430e9))
 # AVX2 regimes (targets without VNNI): byte lanes where the bits cannot saturate an int16 sum of
 # vpmaddubsw products (the fewer the bits, the more products one int16 lane sums before a vpmaddwd
-# widens it: 2, 4 or 8), int16 lanes for the rest. Nominal peaks: the measured vpmaddwd and
-# vpmaddubsw peaks (benchmarks/peaks.py --march haswell: 1.25x), scaled by the multiplies per MAC
-# (2 per 32, 3 per 64, 5 per 128 MACs).
+# widens it: 2, 4 or 8), int16 lanes for the rest. Nominal peaks: int16 lanes' times the speed-up
+# measured on ResNet-18's 3x3 convs, 1 thread, haswell code (pairs 1.06-1.36x, 4-sums 1.16-1.64x,
+# 8-sums 1.07-1.65x; the multiplies alone would give 1.25x, 1.67x, 2x: the convs' prologue and
+# epilogue do not shrink with them).
 register_kernel(byte_lane_kernel(
     "int8_avx2_bytes_8sum", int8.AVX2_BYTES_8SUM, x86.has_avx2_only, ("avx2",),
     "u8 x s8 bytes on AVX2, 4 vpmaddubsw summed in int16 per vpmaddwd (exact where 8 products fit int16: "
-    "weights <= 4 bits with 8-bit activations, W6A6, W8A5)", ((4, 8), (8, 5)), 220e9))
+    "weights <= 4 bits with 8-bit activations, W6A6, W8A5)", ((4, 8), (8, 5)), 160e9))
 register_kernel(byte_lane_kernel(
     "int8_avx2_bytes_4sum", int8.AVX2_BYTES_4SUM, x86.has_avx2_only, ("avx2",),
     "u8 x s8 bytes on AVX2, 2 vpmaddubsw summed in int16 per vpmaddwd (exact where 4 products fit int16: "
-    "weights <= 5 bits with 8-bit activations, W6A7, W8A6)", ((5, 8), (8, 6)), 183e9))
+    "weights <= 5 bits with 8-bit activations, W6A7, W8A6)", ((5, 8), (8, 6)), 150e9))
 register_kernel(byte_lane_kernel(
     "int8_avx2_bytes", int8.AVX2_BYTES, x86.has_avx2_only, ("avx2",),
     "u8 x s8 bytes tensorized to AVX2 vpmaddubsw + vpmaddwd (exact where no pair of products can saturate int16: "
-    "weights <= 6 bits, or 7-8 bit weights with activations <= 7 bits)", ((6, 8), (8, 7)), 137e9))
+    "weights <= 6 bits, or 7-8 bit weights with activations <= 7 bits)", ((6, 8), (8, 7)), 132e9))
 register_kernel(byte_lane_kernel(
     "int8_avx2", int8.AVX2, x86.has_avx2_only, ("avx2",),
     "int16 codes x int16 levels tensorized to AVX2 vpmaddwd (exact at any w/a bits <= 8; targets without VNNI)",
