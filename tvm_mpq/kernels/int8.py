@@ -206,8 +206,8 @@ def int8_conv2d(data, w_blocked, bias_q, out_scale, dead_bias, residual=None, *,
     if spec.groups != 1:
         raise ValueError(f"int8_conv2d handles groups=1, got {spec.groups}: use depthwise_conv2d_int")
     if not lanes.serves(w_bits, aq.bits):
-        raise ValueError(f"{lanes} cannot compute W{w_bits}A{aq.bits} exactly (a pair of products would saturate "
-                         f"{lanes.pair_limit}): use lanes that serve these bits")
+        raise ValueError(f"{lanes} cannot compute W{w_bits}A{aq.bits} exactly (an int16 sum of its products could pass "
+                         f"{lanes.pair_limit} and saturate): use lanes that serve these bits")
     n, c, h, w = spec.batch, spec.in_channels, spec.height, spec.width
     pt, pl, pb, pr = spec.padding
     OC_BLOCK, IC_BLOCK = lanes.oc, lanes.ic  # noqa: N806 (the module constants, per lanes)
