@@ -93,9 +93,15 @@ def _peak_shares(net, policy, compiled, threads: int, target=None) -> dict:
 
     mcpu = str(parse_target(target).attrs.get("mcpu", "")) if target else ""
     peaks = measure_peaks(runs=3, march=mcpu or "native")
-    # per kernel: VNNI, or the AVX2 regime it runs (byte lanes: vpmaddubsw; int16 lanes: vpmaddwd)
-    byte_peak = {"vnni": peaks.get("vnni") or peaks.get("vpmaddwd"), "int8_avx2": peaks.get("vpmaddwd"),
-                 "int8_avx2_bytes": peaks.get("vpmaddubsw")}
+    def byte_peak(kernel):
+        """VNNI's peak, or the AVX2 regime's: byte lanes (vpmaddubsw pairs; the 4- and 8-sums, which
+        multiply less per MAC, can pass it) or int16 lanes (vpmaddwd)."""
+        lanes = KERNELS[kernel].lanes
+        if lanes is not None and lanes.pair_limit:
+            return peaks.get("vpmaddubsw")
+        if lanes is not None and lanes.act_dtype == "int16":
+            return peaks.get("vpmaddwd")
+        return peaks.get("vnni") or peaks.get("vpmaddwd")
     bits = policy.validate(net)
     shares = {}
     for layer in net.layers:
@@ -106,7 +112,7 @@ def _peak_shares(net, policy, compiled, threads: int, target=None) -> dict:
         w, a = bits[layer.name].w_bits, bits[layer.name].a_bits
         group = KERNELS[kernel].group if kernel in KERNELS else kernel
         if group == "byte":
-            rate = peaks.get("amx") if kernel == "amx" and "amx" in peaks else byte_peak.get(kernel, byte_peak["vnni"])
+            rate = peaks.get("amx") if kernel == "amx" and "amx" in peaks else byte_peak(kernel)
             ops = layer.macs
         elif group == "bitserial":
             rate, ops = peaks.get("popcount"), layer.macs * w * a

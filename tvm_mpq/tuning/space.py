@@ -14,8 +14,8 @@ from itertools import product
 from typing import Any
 
 from tvm_mpq._tvm import Target, parse_target, target_to_str
-from tvm_mpq.kernels import amx, bitserial_x86, int8, x86
-from tvm_mpq.kernels.registry import BYTE_BITS, KERNELS, byte_kernels, offered
+from tvm_mpq.kernels import amx, bitserial_x86, x86
+from tvm_mpq.kernels.registry import BYTE_BITS, KERNELS, byte_kernels
 from tvm_mpq.kernels.spec import ConvSpec, DenseSpec, ceil_div
 
 #: The float path of our pipeline (TOPI conv/dense + ScheduleGeneric), measured like a kernel.
