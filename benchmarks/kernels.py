@@ -75,7 +75,7 @@ def _worker_tvm(rows: list[dict], number: int, repeat: int) -> list[dict]:
     target = parse_target(None)
     has_serial = "bitserial" in KERNELS and KERNELS["bitserial"].available(target)
     has_amx = "amx" in KERNELS and KERNELS["amx"].available(target)
-    byte = offered("conv2d", target, BYTE_KERNELS)[0]  # VNNI, else AVX2
+    byte = offered("conv2d", target, BYTE_KERNELS, bits=(8, 8))[0]  # VNNI, else AVX2 int16 lanes (the rows are W8A8)
     results = []
     for row in rows:
         spec = _conv_spec(row)

@@ -28,8 +28,6 @@ from tvm_mpq.kernels.registry import KERNELS
 from tvm_mpq.tuning.space import canonical_bits
 
 
-
-
 def kernel_choices(cells: dict) -> list[dict]:
     """Decisions per workload and bit pair from ``cells[(wkey, kernel, w, a)] = (measured, predicted)``."""
     by_workload: dict[str, dict] = defaultdict(dict)

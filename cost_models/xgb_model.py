@@ -149,7 +149,6 @@ class XGBCostModel:
         return next((k for k in measured if _family_or_none(k) == base), None)
 
     def _prior_ms(self, spec, kernel: str, w: int, a: int, threads: int) -> float:
-        priors = self.meta.get("prior", {})
         coef = self._coef(spec, kernel)
         if coef is None:
             sibling = self._measured_sibling(kernel)

@@ -84,6 +84,23 @@ def test_measured_chooser_runs_each_point_on_its_fastest_measured_kernel(tmp_pat
     assert hw.kernel.choose(SPEC, 8, 8, zen) == "int8"
 
 
+def test_measured_chooser_races_only_kernels_that_serve_the_bits(tmp_path):
+    """On AVX2 the byte regimes saturate at W8A8: however fast their records, the int16 lanes run it."""
+    from tvm_mpq.tuning.database import Record, workload_dict
+
+    haswell = "llvm -mcpu=haswell"
+    db = TuningDatabase(tmp_path / "r.jsonl")
+    for kernel, w, a, ms in [("int8_avx2_bytes_8sum", 4, 8, 0.1), ("int8_avx2_bytes_8sum", 8, 5, 0.1), ("int8_avx2_bytes_4sum", 5, 8, 0.15),
+                             ("int8_avx2_bytes_4sum", 8, 6, 0.15), ("int8_avx2_bytes", 6, 8, 0.2), ("int8_avx2_bytes", 8, 7, 0.2),
+                             ("int8_avx2", 8, 8, 0.3), ("int8_avx2", 4, 4, 0.3)]:
+        db.append(Record(workload=workload_dict(SPEC), kernel=kernel, w_bits=w, a_bits=a, knobs={}, target=haswell, status="ok",
+                         latency_ms={"median": ms, "mean": ms, "min": ms, "std": 0.0, "n": 1}))
+    hw = MeasuredLatency(db, target=haswell, measure=False)
+    tgt = parse_target(haswell)
+    assert hw.kernel.choose(SPEC, 4, 8, tgt) == "int8_avx2_bytes_8sum"
+    assert hw.kernel.choose(SPEC, 8, 8, tgt) == "int8_avx2"
+
+
 def test_measured_provider_answers_probe_relative_latencies(tmp_path):
     """Points measured at different moments of a drifting machine are priced in the same units:
     a record's probe ratio x the database's median probe time (records without a probe: median)."""

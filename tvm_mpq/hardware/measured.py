@@ -134,7 +134,7 @@ class MeasuredChooser:
         from tvm_mpq.kernels.registry import choose_kernel, kernel_width_of, offered
         from tvm_mpq.tuning.space import DEFAULT_SERIAL_BITS
 
-        names = [k for k in offered(spec.kind, target)
+        names = [k for k in offered(spec.kind, target, bits=(w_bits, a_bits))
                  if k != "bitserial" or (w_bits in DEFAULT_SERIAL_BITS and a_bits in DEFAULT_SERIAL_BITS)]
         if not names:
             return choose_kernel(spec.kind, w_bits, a_bits, target, getattr(spec, "in_channels", None), kernel_width_of(spec))
